@@ -1,0 +1,108 @@
+"""Passwords, tokens, and the dependency chain that turns a bearer token into an owner:
+token -> user -> "the path's user_id is this user".
+
+Passwords are hashed with bcrypt directly (passlib is unmaintained and breaks on bcrypt 4+);
+tokens are PyJWT HS256 (python-jose is unmaintained).
+"""
+
+import os
+import secrets
+import threading
+from datetime import datetime, timedelta
+from typing import Annotated
+
+import bcrypt
+import jwt
+from fastapi import Depends, HTTPException, status
+from fastapi.security import OAuth2PasswordBearer
+
+from config import settings
+from db import SessionDep
+from models import User
+from schemas import BCRYPT_MAX_BYTES, MAX_ID, IdPath
+
+JWT_ALGORITHM = "HS256"
+
+# bcrypt is meant to be slow (about 0.25 s of one core at 12 rounds). Unbounded concurrent
+# hashing would starve every other request of CPU, so only this many hashes run at once.
+hashing_slots = threading.BoundedSemaphore(max(1, (os.cpu_count() or 1) // 2))
+
+
+def hash_password(password: str) -> str:
+    with hashing_slots:
+        return bcrypt.hashpw(password.encode(), bcrypt.gensalt(settings.bcrypt_rounds)).decode()
+
+
+# Verified against when the email is unknown, so a login takes as long either way and
+# its timing does not reveal which emails are registered.
+DUMMY_HASH = hash_password(secrets.token_urlsafe(16))
+
+
+def verify_password(password: str, password_hash: str | None) -> bool:
+    """Constant-time check. With no hash (unknown user) it still does one full bcrypt
+    verification, and a password over bcrypt's limit is a plain mismatch."""
+    candidate = password.encode(errors="surrogatepass")
+    with hashing_slots:
+        matches = bcrypt.checkpw(
+            candidate[:BCRYPT_MAX_BYTES], (password_hash or DUMMY_HASH).encode()
+        )
+    return matches and password_hash is not None and len(candidate) <= BCRYPT_MAX_BYTES
+
+
+def create_access_token(user_id: int, now: datetime) -> str:
+    claims = {
+        "sub": str(user_id),
+        "iat": now,
+        "exp": now + timedelta(minutes=settings.access_token_expire_minutes),
+    }
+    return jwt.encode(claims, settings.jwt_secret, algorithm=JWT_ALGORITHM)
+
+
+# tokenUrl is where Swagger UI's Authorize button posts the OAuth2 password form.
+oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/api/auth/token")
+
+
+def invalid_credentials() -> HTTPException:
+    return HTTPException(
+        status.HTTP_401_UNAUTHORIZED,
+        detail="Could not validate credentials",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
+async def get_token_user_id(token: Annotated[str, Depends(oauth2_scheme)]) -> int:
+    # async def: decoding is pure CPU, so it runs on the event loop without a thread hop.
+    try:
+        claims = jwt.decode(
+            token,
+            settings.jwt_secret,
+            algorithms=[JWT_ALGORITHM],
+            options={"require": ["exp", "iat", "sub"]},
+        )
+        user_id = int(claims["sub"])
+    except (jwt.InvalidTokenError, ValueError):
+        raise invalid_credentials() from None
+    if not 1 <= user_id <= MAX_ID:
+        raise invalid_credentials()
+    return user_id
+
+
+def get_current_user(
+    user_id: Annotated[int, Depends(get_token_user_id)], session: SessionDep
+) -> User:
+    user = session.get(User, user_id)
+    if user is None:  # deleted since the token was issued
+        raise invalid_credentials()
+    return user
+
+
+CurrentUser = Annotated[User, Depends(get_current_user)]
+
+
+async def get_path_owner(user_id: IdPath, user: CurrentUser) -> User:
+    if user.id != user_id:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail="You can only access your own tasks")
+    return user
+
+
+OwnerDep = Annotated[User, Depends(get_path_owner)]

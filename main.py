@@ -1,0 +1,121 @@
+"""The Todo API application: run it with `uvicorn main:app`.
+
+Wires the routers together and makes every error a JSON {"detail": ...} body.
+"""
+
+from contextlib import asynccontextmanager
+
+from anyio import to_thread
+from fastapi import FastAPI, HTTPException, Request, status
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import select
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from config import settings
+from db import SessionDep, create_tables, engine
+from routes import auth, tasks
+from schemas import ErrorMessage, HealthStatus
+
+MAX_BODY_BYTES = 64 * 1024
+
+
+class BodySizeLimit:
+    """413 {"detail": ...} for a request body over max_bytes, before any of it is stored.
+
+    FastAPI's own max_body_size answers in plain text, so this small ASGI middleware does
+    the same job in JSON: it refuses an oversized Content-Length at once, and counts the
+    bytes of a streamed (chunked) body as they arrive.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def too_large(self) -> HTTPException:
+        return HTTPException(
+            status.HTTP_413_CONTENT_TOO_LARGE,
+            detail=f"Request body too large: the limit is {self.max_bytes} bytes",
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            error = self.too_large()
+            response = JSONResponse({"detail": error.detail}, status_code=error.status_code)
+            return await response(scope, receive, send)
+        received = 0
+
+        async def receive_within_limit() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise self.too_large()  # FastAPI's handler turns it into the JSON 413
+            return message
+
+        await self.app(scope, receive_within_limit, send)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    await to_thread.run_sync(create_tables, engine)  # blocking I/O stays off the event loop
+    yield
+    engine.dispose()
+
+
+app = FastAPI(
+    title="Todo API",
+    version="1.0.0",
+    summary="A multi-user todo backend: sign up, log in, and manage your own tasks.",
+    lifespan=lifespan,
+)
+# Added before CORS, so CORS wraps it and even a 413 carries the CORS headers.
+app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
+app.add_middleware(
+    CORSMiddleware,
+    allow_origins=settings.cors_origins,
+    allow_credentials=False,  # bearer tokens travel in a header, never in cookies
+    allow_methods=["*"],
+    allow_headers=["Authorization", "Content-Type"],
+    expose_headers=["X-Total-Count", "Location"],
+)
+app.include_router(auth.router)
+app.include_router(tasks.router)
+
+
+@app.exception_handler(RequestValidationError)
+async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    # FastAPI's usual format, minus the echoed "input": it could be a password.
+    errors = [{key: value for key, value in error.items() if key != "input"} for error in exc.errors()]
+    return JSONResponse(
+        status_code=status.HTTP_422_UNPROCESSABLE_CONTENT, content={"detail": jsonable_encoder(errors)}
+    )
+
+
+@app.exception_handler(Exception)
+async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    # The traceback goes to the server log (Starlette re-raises after this), never to the client.
+    return JSONResponse(status_code=500, content={"detail": "Internal server error"})
+
+
+@app.get(
+    "/health",
+    response_model=HealthStatus,
+    tags=["health"],
+    summary="Health check",
+    responses={503: {"model": ErrorMessage, "description": "The database does not answer"}},
+)
+def health(session: SessionDep) -> HealthStatus:
+    """200 when the API is up and its database answers a query."""
+    try:
+        session.exec(select(1)).one()
+    except SQLAlchemyError:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail="Database unavailable") from None
+    return HealthStatus()

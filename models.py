@@ -1,0 +1,60 @@
+"""Database tables. What clients send and receive lives in schemas.py.
+
+SQLModel (0.0.45 and later) stores datetime fields as aware UTC on every database,
+so each timestamp here comes from utc_now().
+"""
+
+from datetime import datetime, timezone
+
+from sqlalchemy import Index
+from sqlmodel import Field, SQLModel
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+# AUTOINCREMENT stops SQLite from handing a deleted row's id to the next insert;
+# PostgreSQL sequences never reuse ids anyway, and ignore this option.
+NEVER_REUSE_IDS = {"sqlite_autoincrement": True}
+
+
+class User(SQLModel, table=True):
+    __table_args__ = NEVER_REUSE_IDS
+
+    id: int | None = Field(default=None, primary_key=True)
+    email: str = Field(max_length=320, unique=True)  # stored lower-cased
+    name: str | None = Field(default=None, max_length=100)
+    password_hash: str
+    created_at: datetime = Field(default_factory=utc_now)
+
+
+class Task(SQLModel, table=True):
+    __table_args__ = (
+        # The default list: one user's tasks, newest first, ties broken by id.
+        Index("ix_task_user_created", "user_id", "created_at", "id"),
+        NEVER_REUSE_IDS,
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="user.id", ondelete="CASCADE")
+    title: str = Field(max_length=200)
+    description: str | None = Field(default=None, max_length=1000)
+    completed: bool = False
+    priority: str = Field(default="medium", max_length=6)
+    due_date: datetime | None = None
+    recurrence: str = Field(default="none", max_length=7)
+    # Set once the next occurrence of a recurring task exists, so that reopening and
+    # completing the task again never creates a second one.
+    next_occurrence_created: bool = False
+    created_at: datetime = Field(default_factory=utc_now)
+    updated_at: datetime = Field(default_factory=utc_now)
+    completed_at: datetime | None = None
+
+
+class TaskTag(SQLModel, table=True):
+    """One tag of one task. The primary key makes a tag unique per task and serves
+    both the tag filter and loading a page's tags."""
+
+    task_id: int = Field(foreign_key="task.id", primary_key=True, ondelete="CASCADE")
+    name: str = Field(primary_key=True, max_length=30)

@@ -1,0 +1,302 @@
+"""A user's tasks at /api/{user_id}/tasks.
+
+Every route depends on OwnerDep, so the token's user must be the path's user (403
+otherwise), and every query is scoped by user_id, so another user's task is a plain 404.
+"""
+
+import calendar
+from datetime import datetime, timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
+from fastapi.exceptions import RequestValidationError
+from sqlalchemy import Boolean, asc, case, delete, desc, exists, false, func, literal, not_, or_, update
+from sqlmodel import Session, select
+
+from auth import OwnerDep
+from db import SessionDep
+from models import Task, TaskTag, utc_now
+from schemas import (
+    RECURRENCE_NEEDS_DUE_DATE,
+    CompletionUpdate,
+    ErrorMessage,
+    IdPath,
+    TaskCreate,
+    TaskListQuery,
+    TaskPublic,
+    TaskUpdate,
+)
+
+OWNER_ERRORS = {
+    401: {"model": ErrorMessage, "description": "Missing, invalid or expired token"},
+    403: {"model": ErrorMessage, "description": "The path's user_id is not the token's user"},
+}
+TASK_ERRORS = {**OWNER_ERRORS, 404: {"model": ErrorMessage, "description": "Task not found"}}
+
+router = APIRouter(prefix="/api/{user_id}/tasks", tags=["tasks"], responses=OWNER_ERRORS)
+
+
+async def request_time() -> datetime:
+    """The one timestamp of this request. async def: no thread hop; tests override it."""
+    return utc_now()
+
+
+Now = Annotated[datetime, Depends(request_time)]
+
+PRIORITY_RANK = case({"low": 0, "medium": 1, "high": 2}, value=Task.priority)
+SORT_KEYS = {
+    "created": Task.created_at,
+    "updated": Task.updated_at,
+    "title": func.lower(Task.title),
+    "due_date": Task.due_date,
+    "priority": PRIORITY_RANK,
+}
+DEFAULT_ORDER = {"created": "desc", "updated": "desc", "title": "asc", "due_date": "asc", "priority": "desc"}
+
+
+def task_filters(owner_id: int, query: TaskListQuery) -> list:
+    filters = [Task.user_id == owner_id]
+    if query.status != "all":
+        filters.append(Task.completed == (query.status == "completed"))
+    if query.priority is not None:
+        filters.append(Task.priority == query.priority)
+    if query.tag is not None:
+        filters.append(exists().where(TaskTag.task_id == Task.id, TaskTag.name == query.tag))
+    if query.q is not None:
+        # autoescape makes %, _ and the escape character plain text in the pattern.
+        filters.append(
+            or_(
+                Task.title.icontains(query.q, autoescape=True),
+                Task.description.icontains(query.q, autoescape=True),
+            )
+        )
+    if query.due_before is not None:
+        filters.append(Task.due_date <= query.due_before)
+    if query.due_after is not None:
+        filters.append(Task.due_date >= query.due_after)
+    return filters
+
+
+def task_ordering(query: TaskListQuery) -> list:
+    direction = asc if (query.order or DEFAULT_ORDER[query.sort]) == "asc" else desc
+    undated_last = [Task.due_date.is_(None)] if query.sort == "due_date" else []
+    # The id breaks ties, so pages never overlap or skip a task.
+    return [*undated_last, direction(SORT_KEYS[query.sort]), direction(Task.id)]
+
+
+def load_tags(session: Session, task_ids: list[int]) -> dict[int, list[str]]:
+    """Tags of many tasks in one query, each list sorted by name."""
+    tags: dict[int, list[str]] = {task_id: [] for task_id in task_ids}
+    rows = session.exec(
+        select(TaskTag.task_id, TaskTag.name)
+        .where(TaskTag.task_id.in_(task_ids))
+        .order_by(TaskTag.task_id, TaskTag.name)
+    )
+    for task_id, name in rows:
+        tags[task_id].append(name)
+    return tags
+
+
+def to_public(task: Task, tags: list[str]) -> dict:
+    # A dict, not a TaskPublic: FastAPI validates it once against the response model.
+    return {**task.model_dump(exclude={"next_occurrence_created"}), "tags": tags}
+
+
+def get_owned_task(session: Session, owner_id: int, task_id: int) -> Task:
+    task = session.exec(select(Task).where(Task.id == task_id, Task.user_id == owner_id)).first()
+    if task is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail="Task not found")
+    return task
+
+
+def replace_tags(session: Session, task_id: int, names: list[str]) -> None:
+    session.execute(delete(TaskTag).where(TaskTag.task_id == task_id))
+    session.add_all(TaskTag(task_id=task_id, name=name) for name in names)
+
+
+def next_due_date(due: datetime, recurrence: str) -> datetime:
+    if recurrence == "daily":
+        return due + timedelta(days=1)
+    if recurrence == "weekly":
+        return due + timedelta(weeks=1)
+    year, month = (due.year + 1, 1) if due.month == 12 else (due.year, due.month + 1)
+    last_day = calendar.monthrange(year, month)[1]
+    return due.replace(year=year, month=month, day=min(due.day, last_day))  # 31 Jan -> 28/29 Feb
+
+
+def create_next_occurrence(session: Session, task: Task, now: datetime) -> None:
+    """Called when `task` has just become completed. The guarded UPDATE claims the one
+    next occurrence atomically, so neither concurrent completions nor reopening and
+    completing again can create a second one."""
+    if task.recurrence == "none":
+        return
+    claimed = session.execute(
+        update(Task)
+        .where(Task.id == task.id, Task.next_occurrence_created == false())
+        .values(next_occurrence_created=True)
+    )
+    if claimed.rowcount != 1:
+        return
+    tags = load_tags(session, [task.id])[task.id]
+    next_task = Task(
+        user_id=task.user_id,
+        title=task.title,
+        description=task.description,
+        priority=task.priority,
+        recurrence=task.recurrence,
+        due_date=next_due_date(task.due_date, task.recurrence),
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(next_task)
+    session.flush()
+    session.add_all(TaskTag(task_id=next_task.id, name=name) for name in tags)
+
+
+def set_completed(
+    session: Session, owner_id: int, task_id: int, completed: bool | None, now: datetime
+) -> Task | None:
+    """Set (or, with None, toggle) completion in one atomic UPDATE, so concurrent requests
+    never lose an update. Returns the task if its state changed, None if the task does not
+    exist or already had that state."""
+    new_state = not_(Task.completed) if completed is None else literal(completed, Boolean)
+    timestamp = literal(now, Task.__table__.c.completed_at.type)
+    statement = update(Task).where(Task.id == task_id, Task.user_id == owner_id)
+    if completed is not None:
+        statement = statement.where(Task.completed != completed)
+    statement = statement.values(
+        # Every right-hand side sees the row as it was before this UPDATE.
+        completed=new_state,
+        completed_at=case((new_state, timestamp), else_=None),
+        updated_at=now,
+    )
+    task = session.execute(statement.returning(Task)).scalars().first()
+    if task is not None and task.completed:
+        create_next_occurrence(session, task, now)
+    return task
+
+
+@router.get("", response_model=list[TaskPublic], summary="List tasks")
+def list_tasks(
+    owner: OwnerDep,
+    session: SessionDep,
+    query: Annotated[TaskListQuery, Query()],
+    response: Response,
+) -> list[dict]:
+    """Filter, search, sort and page the user's tasks. X-Total-Count is the number of
+    tasks matching the filters before limit and offset."""
+    filters = task_filters(owner.id, query)
+    total = session.exec(select(func.count()).select_from(Task).where(*filters)).one()
+    tasks = session.exec(
+        select(Task)
+        .where(*filters)
+        .order_by(*task_ordering(query))
+        .offset(query.offset)
+        .limit(query.limit)
+    ).all()
+    response.headers["X-Total-Count"] = str(total)
+    tags = load_tags(session, [task.id for task in tasks])
+    return [to_public(task, tags[task.id]) for task in tasks]
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=TaskPublic,
+    summary="Create a task",
+)
+def create_task(
+    body: TaskCreate, owner: OwnerDep, session: SessionDep, now: Now, response: Response
+) -> dict:
+    """Create a task. The Location header is the new task's URL."""
+    task = Task.model_validate(
+        body.model_dump(exclude={"tags"}),
+        update={"user_id": owner.id, "created_at": now, "updated_at": now},
+    )
+    session.add(task)
+    session.flush()  # assigns the id that the tags refer to
+    session.add_all(TaskTag(task_id=task.id, name=name) for name in body.tags)
+    session.commit()
+    response.headers["Location"] = f"/api/{owner.id}/tasks/{task.id}"
+    return to_public(task, sorted(body.tags))
+
+
+@router.get("/{task_id}", response_model=TaskPublic, summary="Get a task", responses=TASK_ERRORS)
+def read_task(task_id: IdPath, owner: OwnerDep, session: SessionDep) -> dict:
+    """Return one task."""
+    task = get_owned_task(session, owner.id, task_id)
+    return to_public(task, load_tags(session, [task.id])[task.id])
+
+
+def update_task(
+    task_id: IdPath, body: TaskUpdate, owner: OwnerDep, session: SessionDep, now: Now
+) -> dict:
+    """Change the fields present in the body; absent fields keep their values. An
+    explicit null clears description or due_date."""
+    task = get_owned_task(session, owner.id, task_id)
+    changes = body.model_dump(exclude_unset=True)
+    completed = changes.pop("completed", None)
+    tags = changes.pop("tags", None)
+    task.sqlmodel_update(changes)
+    if task.recurrence != "none" and task.due_date is None:
+        raise RequestValidationError(
+            [{"type": "value_error", "loc": ("body",), "msg": f"Value error, {RECURRENCE_NEEDS_DUE_DATE}"}]
+        )
+    task.updated_at = now
+    session.add(task)
+    if tags is not None:
+        replace_tags(session, task.id, tags)
+    session.flush()
+    if completed is not None:
+        set_completed(session, owner.id, task.id, completed, now)
+    session.commit()
+    return to_public(task, load_tags(session, [task.id])[task.id])
+
+
+router.put(
+    "/{task_id}", response_model=TaskPublic, summary="Update a task", responses=TASK_ERRORS
+)(update_task)
+router.patch(
+    "/{task_id}",
+    response_model=TaskPublic,
+    summary="Update a task (same as PUT)",
+    responses=TASK_ERRORS,
+)(update_task)
+
+
+@router.delete(
+    "/{task_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Delete a task",
+    responses=TASK_ERRORS,
+)
+def delete_task(task_id: IdPath, owner: OwnerDep, session: SessionDep) -> Response:
+    """Delete a task and its tags. Its id is never given to another task."""
+    result = session.execute(delete(Task).where(Task.id == task_id, Task.user_id == owner.id))
+    if result.rowcount == 0:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail="Task not found")
+    session.commit()
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.patch(
+    "/{task_id}/complete",
+    response_model=TaskPublic,
+    summary="Complete, reopen or toggle a task",
+    responses=TASK_ERRORS,
+)
+def complete_task(
+    task_id: IdPath,
+    owner: OwnerDep,
+    session: SessionDep,
+    now: Now,
+    body: CompletionUpdate | None = None,
+) -> dict:
+    """With no body, toggle completion. With {"completed": true|false}, set it, so
+    repeating the request changes nothing. Completing a recurring task creates its next
+    occurrence, once."""
+    task = set_completed(session, owner.id, task_id, body.completed if body else None, now)
+    if task is None:  # missing (404), or already in the requested state
+        task = get_owned_task(session, owner.id, task_id)
+    session.commit()
+    return to_public(task, load_tags(session, [task.id])[task.id])

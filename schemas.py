@@ -1,0 +1,176 @@
+"""Request and response shapes: what a client may send, and what the API returns.
+
+Input models name only the fields a client may set, so id, user_id and the timestamps
+can never be written through the API: unknown fields are ignored.
+"""
+
+from datetime import datetime, timezone
+from typing import Annotated, Literal
+
+from fastapi import Path
+from pydantic import AfterValidator, EmailStr, StringConstraints, field_validator, model_validator
+from sqlmodel import Field, SQLModel
+
+BCRYPT_MAX_BYTES = 72  # bcrypt refuses longer passwords
+PASSWORD_MIN_BYTES = 8
+MAX_ID = 2**63 - 1  # the largest id a 64-bit integer column can hold
+EARLIEST_DATE = datetime(1900, 1, 1, tzinfo=timezone.utc)
+LATEST_DATE = datetime(9999, 1, 1, tzinfo=timezone.utc)  # leaves room to advance by a month
+
+Priority = Literal["low", "medium", "high"]
+Recurrence = Literal["none", "daily", "weekly", "monthly"]
+IdPath = Annotated[int, Path(ge=1, le=MAX_ID)]
+RECURRENCE_NEEDS_DUE_DATE = "A recurring task needs a due_date"
+
+
+def plain_text(value: str) -> str:
+    # JSON can carry NUL and lone surrogates; PostgreSQL and UTF-8 reject them later,
+    # so they are refused here with a 422 instead of failing as a 500.
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text") from None
+    return value
+
+
+def as_utc(value: datetime) -> datetime:
+    """Read a date-time without an offset as UTC, and keep it within storable years."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    if not EARLIEST_DATE <= value < LATEST_DATE:
+        raise ValueError("must be between the years 1900 and 9998")
+    return value.astimezone(timezone.utc)
+
+
+PlainText = AfterValidator(plain_text)  # after the length checks, which must see stripped text
+Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), PlainText]
+Description = Annotated[str, StringConstraints(max_length=1000), PlainText]
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), PlainText]
+TagName = Annotated[
+    str, StringConstraints(strip_whitespace=True, to_lower=True, min_length=1, max_length=30), PlainText
+]
+Tags = Annotated[list[TagName], Field(max_length=10), AfterValidator(lambda tags: list(dict.fromkeys(tags)))]
+UtcDateTime = Annotated[datetime, AfterValidator(as_utc)]
+
+
+class ErrorMessage(SQLModel):
+    detail: str
+
+
+class HealthStatus(SQLModel):
+    status: Literal["ok"] = "ok"
+
+
+# --- users and tokens ---
+
+
+class UserCreate(SQLModel):
+    email: EmailStr
+    password: str
+    name: Name | None = None
+
+    @field_validator("password")
+    @classmethod
+    def check_password_bytes(cls, password: str) -> str:
+        try:
+            size = len(password.encode())
+        except UnicodeEncodeError:
+            raise ValueError("Password must be valid Unicode text") from None
+        if not PASSWORD_MIN_BYTES <= size <= BCRYPT_MAX_BYTES:
+            raise ValueError(
+                f"Password must be {PASSWORD_MIN_BYTES} to {BCRYPT_MAX_BYTES} bytes in UTF-8 "
+                f"(this one is {size}); bcrypt cannot use more than {BCRYPT_MAX_BYTES}"
+            )
+        return password
+
+
+class UserLogin(SQLModel):
+    email: EmailStr
+    password: str  # any length: a wrong or too long password is simply a failed login
+
+
+class UserPublic(SQLModel):
+    id: int
+    email: str
+    name: str | None
+    created_at: datetime
+
+
+class TokenResponse(SQLModel):
+    access_token: str
+    token_type: Literal["bearer"] = "bearer"
+    expires_in: int  # seconds
+    user: UserPublic
+
+
+# --- tasks ---
+
+
+class TaskCreate(SQLModel):
+    title: Title
+    description: Description | None = None
+    priority: Priority = "medium"
+    due_date: UtcDateTime | None = None
+    tags: Tags = []
+    recurrence: Recurrence = "none"
+
+    @model_validator(mode="after")
+    def recurrence_needs_due_date(self) -> "TaskCreate":
+        if self.recurrence != "none" and self.due_date is None:
+            raise ValueError(RECURRENCE_NEEDS_DUE_DATE)
+        return self
+
+
+class TaskUpdate(SQLModel):
+    """Every field optional: PUT and PATCH change only the fields present in the body."""
+
+    title: Title | None = None
+    description: Description | None = None  # an explicit null clears it
+    completed: bool | None = None
+    priority: Priority | None = None
+    due_date: UtcDateTime | None = None  # an explicit null clears it
+    tags: Tags | None = None
+    recurrence: Recurrence | None = None
+
+    @field_validator("title", "completed", "priority", "tags", "recurrence")
+    @classmethod
+    def reject_null(cls, value: object) -> object:
+        if value is None:
+            raise ValueError("cannot be null; leave the field out to keep its value")
+        return value
+
+
+class CompletionUpdate(SQLModel):
+    completed: bool
+
+
+class TaskPublic(SQLModel):
+    id: int
+    user_id: int
+    title: str
+    description: str | None
+    completed: bool
+    priority: Priority
+    due_date: datetime | None
+    tags: list[str]
+    recurrence: Recurrence
+    created_at: datetime
+    updated_at: datetime
+    completed_at: datetime | None
+
+
+class TaskListQuery(SQLModel):
+    """Filters, sorting and paging for GET /api/{user_id}/tasks."""
+
+    status: Literal["all", "pending", "completed"] = "all"
+    priority: Priority | None = None
+    tag: TagName | None = None
+    q: Annotated[str, StringConstraints(max_length=200), PlainText] | None = None
+    due_before: UtcDateTime | None = None
+    due_after: UtcDateTime | None = None
+    sort: Literal["created", "updated", "title", "due_date", "priority"] = "created"
+    order: Literal["asc", "desc"] | None = None  # absent: the natural order of each sort
+    limit: int = Field(default=50, ge=1, le=100)
+    offset: int = Field(default=0, ge=0, le=MAX_ID)
