@@ -912,3 +912,27 @@ def test_100_parallel_toggles_lose_no_update(client, alice):
         assert final.json()["completed"] is False and final.json()["completed_at"] is None
     # Fifty completions of the recurring task, and still exactly one next occurrence.
     assert client.get(alice.tasks_url, headers=alice.headers).headers["x-total-count"] == "3"
+
+
+def test_mixed_parallel_traffic_never_reports_a_locked_database(client, alice):
+    recurring = create(client, alice, title="r", due_date="2026-03-01T00:00:00Z", recurrence="daily")
+    url = f"{alice.tasks_url}/{recurring['id']}"
+
+    def one_request(i: int) -> int:
+        kind = i % 4
+        if kind == 0:
+            response = client.put(url, json={"title": f"edit {i}", "tags": [f"tag{i}"]}, headers=alice.headers)
+        elif kind == 1:
+            response = client.post(alice.tasks_url, json={"title": f"new {i}"}, headers=alice.headers)
+        elif kind == 2:
+            response = client.patch(f"{url}/complete", json={"completed": i % 8 == 2}, headers=alice.headers)
+        else:
+            response = client.get(alice.tasks_url, headers=alice.headers)
+        assert response.status_code < 300, response.text
+        return response.status_code
+
+    with ThreadPoolExecutor(max_workers=40) as pool:
+        statuses = list(pool.map(one_request, range(400)))
+    assert statuses.count(201) == 100
+    # The original, 100 creates, and exactly one next occurrence of the recurring task.
+    assert client.get(alice.tasks_url, headers=alice.headers).headers["x-total-count"] == "102"

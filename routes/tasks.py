@@ -228,6 +228,10 @@ def read_task(task_id: IdPath, owner: OwnerDep, session: SessionDep) -> dict:
     return to_public(task, load_tags(session, [task.id])[task.id])
 
 
+@router.put("/{task_id}", response_model=TaskPublic, summary="Update a task", responses=TASK_ERRORS)
+@router.patch(
+    "/{task_id}", response_model=TaskPublic, summary="Update a task (same as PUT)", responses=TASK_ERRORS
+)
 def update_task(
     task_id: IdPath, body: TaskUpdate, owner: OwnerDep, session: SessionDep, now: Now
 ) -> dict:
@@ -249,19 +253,9 @@ def update_task(
     session.flush()
     if completed is not None:
         set_completed(session, owner.id, task.id, completed, now)
+        session.refresh(task)  # that UPDATE changed the row behind the ORM's back
     session.commit()
     return to_public(task, load_tags(session, [task.id])[task.id])
-
-
-router.put(
-    "/{task_id}", response_model=TaskPublic, summary="Update a task", responses=TASK_ERRORS
-)(update_task)
-router.patch(
-    "/{task_id}",
-    response_model=TaskPublic,
-    summary="Update a task (same as PUT)",
-    responses=TASK_ERRORS,
-)(update_task)
 
 
 @router.delete(
