@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from config import settings
 from db import SessionDep, create_tables, engine
 from routes import auth, tasks
-from schemas import ErrorMessage, HealthStatus
+from schemas import HealthStatus, error_response
 
 MAX_BODY_BYTES = 64 * 1024
 
@@ -110,7 +110,7 @@ async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     response_model=HealthStatus,
     tags=["health"],
     summary="Health check",
-    responses={503: {"model": ErrorMessage, "description": "The database does not answer"}},
+    responses={503: error_response("The database does not answer", "Database unavailable")},
 )
 def health(session: SessionDep) -> HealthStatus:
     """200 when the API is up and its database answers a query."""

@@ -8,7 +8,14 @@ from datetime import datetime, timezone
 from typing import Annotated, Literal
 
 from fastapi import Path
-from pydantic import AfterValidator, EmailStr, StringConstraints, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    ConfigDict,
+    EmailStr,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 from sqlmodel import Field, SQLModel
 
 BCRYPT_MAX_BYTES = 72  # bcrypt refuses longer passwords
@@ -21,6 +28,7 @@ Priority = Literal["low", "medium", "high"]
 Recurrence = Literal["none", "daily", "weekly", "monthly"]
 IdPath = Annotated[int, Path(ge=1, le=MAX_ID)]
 RECURRENCE_NEEDS_DUE_DATE = "A recurring task needs a due_date"
+EXAMPLE_TIME = "2026-03-01T12:00:00Z"
 
 
 def plain_text(value: str) -> str:
@@ -55,11 +63,61 @@ Tags = Annotated[list[TagName], Field(max_length=10), AfterValidator(lambda tags
 UtcDateTime = Annotated[datetime, AfterValidator(as_utc)]
 
 
+def example(**fields: object) -> ConfigDict:
+    """A model's example in /openapi.json, so "Try it out" in /docs starts from a valid body.
+    test_docs.py checks that each one validates."""
+    return ConfigDict(json_schema_extra={"examples": [fields]})
+
+
+# --- errors and health ---
+
+
 class ErrorMessage(SQLModel):
+    model_config = example(detail="Task not found")
+
     detail: str
 
 
+def error_response(description: str, detail: str) -> dict:
+    """One entry of a route's responses=: the ErrorMessage shape with this status's own detail."""
+    return {
+        "model": ErrorMessage,
+        "description": description,
+        "content": {"application/json": {"example": {"detail": detail}}},
+    }
+
+
+class FieldError(SQLModel):
+    type: str
+    loc: list[str | int]
+    msg: str
+    ctx: dict | None = None
+
+
+class ValidationErrorMessage(SQLModel):
+    """What a 422 really carries: FastAPI's usual list of errors, without the echoed input
+    (main.py drops it, since it could be a password)."""
+
+    model_config = example(
+        detail=[
+            {
+                "type": "string_too_short",
+                "loc": ["body", "title"],
+                "msg": "String should have at least 1 character",
+                "ctx": {"min_length": 1},
+            }
+        ]
+    )
+
+    detail: list[FieldError]
+
+
+VALIDATION_ERROR = {422: {"model": ValidationErrorMessage, "description": "Validation Error"}}
+
+
 class HealthStatus(SQLModel):
+    model_config = example(status="ok")
+
     status: Literal["ok"] = "ok"
 
 
@@ -67,6 +125,8 @@ class HealthStatus(SQLModel):
 
 
 class UserCreate(SQLModel):
+    model_config = example(email="alice@example.com", password="correct horse battery", name="Alice")
+
     email: EmailStr
     password: str
     name: Name | None = None
@@ -87,11 +147,15 @@ class UserCreate(SQLModel):
 
 
 class UserLogin(SQLModel):
+    model_config = example(email="alice@example.com", password="correct horse battery")
+
     email: EmailStr
     password: str  # any length: a wrong or too long password is simply a failed login
 
 
 class UserPublic(SQLModel):
+    model_config = example(id=1, email="alice@example.com", name="Alice", created_at=EXAMPLE_TIME)
+
     id: int
     email: str
     name: str | None
@@ -99,6 +163,13 @@ class UserPublic(SQLModel):
 
 
 class TokenResponse(SQLModel):
+    model_config = example(
+        access_token="eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxIiwiaWF0IjoxNzcyMzY2NDAwLCJleHAiOjE3NzIzNzAwMDB9.c2lnbmF0dXJl",
+        token_type="bearer",
+        expires_in=3600,
+        user={"id": 1, "email": "alice@example.com", "name": "Alice", "created_at": EXAMPLE_TIME},
+    )
+
     access_token: str
     token_type: Literal["bearer"] = "bearer"
     expires_in: int  # seconds
@@ -109,6 +180,11 @@ class TokenResponse(SQLModel):
 
 
 class TaskCreate(SQLModel):
+    model_config = example(
+        title="Pay rent", description="Transfer to the landlord", priority="high",
+        due_date="2026-04-01T09:00:00Z", tags=["home", "money"], recurrence="monthly",
+    )
+
     title: Title
     description: Description | None = None
     priority: Priority = "medium"
@@ -125,6 +201,8 @@ class TaskCreate(SQLModel):
 
 class TaskUpdate(SQLModel):
     """Every field optional: PUT and PATCH change only the fields present in the body."""
+
+    model_config = example(title="Pay rent and bills", priority="medium", tags=["home", "money", "bills"])
 
     title: Title | None = None
     description: Description | None = None  # an explicit null clears it
@@ -143,10 +221,18 @@ class TaskUpdate(SQLModel):
 
 
 class CompletionUpdate(SQLModel):
+    model_config = example(completed=True)
+
     completed: bool
 
 
 class TaskPublic(SQLModel):
+    model_config = example(
+        id=42, user_id=1, title="Pay rent", description="Transfer to the landlord", completed=False,
+        priority="high", due_date="2026-04-01T09:00:00Z", tags=["home", "money"], recurrence="monthly",
+        created_at=EXAMPLE_TIME, updated_at=EXAMPLE_TIME, completed_at=None,
+    )
+
     id: int
     user_id: int
     title: str

@@ -12,12 +12,32 @@ from auth import CurrentUser, create_access_token, hash_password, verify_passwor
 from config import settings
 from db import SessionDep
 from models import User, utc_now
-from schemas import ErrorMessage, TokenResponse, UserCreate, UserLogin, UserPublic
+from schemas import (
+    VALIDATION_ERROR,
+    TokenResponse,
+    UserCreate,
+    UserLogin,
+    UserPublic,
+    error_response,
+)
 
 router = APIRouter(prefix="/api/auth", tags=["auth"])
 
-LOGIN_FAILED = {401: {"model": ErrorMessage, "description": "Incorrect email or password"}}
-NOT_AUTHENTICATED = {401: {"model": ErrorMessage, "description": "Missing, invalid or expired token"}}
+LOGIN_FAILED = {
+    401: error_response("Incorrect email or password", "Incorrect email or password"),
+    **VALIDATION_ERROR,
+}
+NOT_AUTHENTICATED = {401: error_response("Missing, invalid or expired token", "Not authenticated")}
+# The OAuth2 form has no model of our own, so its example sits on the request body itself.
+FORM_EXAMPLE = {
+    "requestBody": {
+        "content": {
+            "application/x-www-form-urlencoded": {
+                "example": {"username": "alice@example.com", "password": "correct horse battery"}
+            }
+        }
+    }
+}
 
 
 def token_response(user: User) -> TokenResponse:
@@ -44,7 +64,10 @@ def authenticate(session: SessionDep, email: str, password: str) -> TokenRespons
     status_code=status.HTTP_201_CREATED,
     response_model=TokenResponse,
     summary="Create an account",
-    responses={409: {"model": ErrorMessage, "description": "Email already registered"}},
+    responses={
+        409: error_response("Email already registered", "Email already registered"),
+        **VALIDATION_ERROR,
+    },
 )
 def signup(body: UserCreate, session: SessionDep) -> TokenResponse:
     """Create a user and return a bearer token for it, so the client is logged in at once."""
@@ -66,7 +89,13 @@ def login(body: UserLogin, session: SessionDep) -> TokenResponse:
     return authenticate(session, body.email, body.password)
 
 
-@router.post("/token", response_model=TokenResponse, summary="Log in (OAuth2 form)", responses=LOGIN_FAILED)
+@router.post(
+    "/token",
+    response_model=TokenResponse,
+    summary="Log in (OAuth2 form)",
+    responses=LOGIN_FAILED,
+    openapi_extra=FORM_EXAMPLE,
+)
 def login_form(
     form: Annotated[OAuth2PasswordRequestForm, Depends()], session: SessionDep
 ) -> TokenResponse:

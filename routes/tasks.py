@@ -18,20 +18,25 @@ from db import SessionDep
 from models import Task, TaskTag, utc_now
 from schemas import (
     RECURRENCE_NEEDS_DUE_DATE,
+    VALIDATION_ERROR,
     CompletionUpdate,
-    ErrorMessage,
     IdPath,
     TaskCreate,
     TaskListQuery,
     TaskPublic,
     TaskUpdate,
+    error_response,
 )
 
+# Every task route takes a user_id path parameter, so every one can answer 422.
 OWNER_ERRORS = {
-    401: {"model": ErrorMessage, "description": "Missing, invalid or expired token"},
-    403: {"model": ErrorMessage, "description": "The path's user_id is not the token's user"},
+    401: error_response("Missing, invalid or expired token", "Could not validate credentials"),
+    403: error_response(
+        "The path's user_id is not the token's user", "You can only access your own tasks"
+    ),
+    **VALIDATION_ERROR,
 }
-TASK_ERRORS = {**OWNER_ERRORS, 404: {"model": ErrorMessage, "description": "Task not found"}}
+TASK_ERRORS = {**OWNER_ERRORS, 404: error_response("Task not found", "Task not found")}
 
 router = APIRouter(prefix="/api/{user_id}/tasks", tags=["tasks"], responses=OWNER_ERRORS)
 
