@@ -1,0 +1,244 @@
+"""API.md and /openapi.json must tell the same story, and every example in /docs must work.
+
+API.md names each endpoint in exactly one way, a heading inside its "API Endpoints"
+section such as "#### `GET /api/{user_id}/tasks`"; these tests parse those headings and
+compare them with the paths and methods that the running app publishes. Examples are
+checked twice: against the model class that the schema component names, and by sending
+each request example to the API, which must answer with the documented success status.
+"""
+
+import re
+from pathlib import Path
+
+import pytest
+
+import schemas
+from main import app
+
+API_MD = Path(__file__).with_name("API.md")
+SECTIONS = [
+    "API Overview",
+    "Project Structure",
+    "Core Dependencies",
+    "Authentication & Authorization",
+    "Pydantic & SQLModel Models",
+    "API Endpoints",
+    "Error Handling Strategy",
+    "Key Asynchronous Operations",
+]
+HTTP_METHODS = ("get", "post", "put", "patch", "delete", "head", "options", "trace")
+ENDPOINT_HEADING = re.compile(r"^#{3,4} `(GET|POST|PUT|PATCH|DELETE|HEAD|OPTIONS) (/\S*)`$")
+# A heading that mentions a method and a path but not in the form above: it would slip
+# past the comparison, so it is an error of its own.
+LOOSE_ENDPOINT_HEADING = re.compile(r"^#+ .*\b(GET|POST|PUT|PATCH|DELETE|HEAD|OPTIONS)\b\W*/")
+SIGNUP_PATH = "/api/auth/signup"
+
+# Collected once from the app, so that every operation with a body gets its own test.
+BODY_OPERATIONS = [
+    (method.upper(), path)
+    for path, operations in app.openapi()["paths"].items()
+    for method, operation in operations.items()
+    if "requestBody" in operation
+]
+
+
+def fetch_openapi(client) -> dict:
+    response = client.get("/openapi.json")
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def schema_operations(openapi: dict) -> dict[tuple[str, str], dict]:
+    return {
+        (method.upper(), path): operation
+        for path, operations in openapi["paths"].items()
+        for method, operation in operations.items()
+        if method in HTTP_METHODS
+    }
+
+
+def api_md_sections() -> dict[str, str]:
+    """Each "## " section of API.md by its heading, in document order."""
+    sections: dict[str, str] = {}
+    current = None
+    for line in API_MD.read_text(encoding="utf-8").splitlines():
+        if line.startswith("## "):
+            current = line[3:].strip()
+            sections[current] = ""
+        elif current is not None:
+            sections[current] += line + "\n"
+    return sections
+
+
+def documented_endpoints() -> dict[tuple[str, str], str]:
+    """Each endpoint heading of the API Endpoints section, with the text under it."""
+    endpoints: dict[tuple[str, str], str] = {}
+    current = None
+    for line in api_md_sections()["API Endpoints"].splitlines():
+        match = ENDPOINT_HEADING.match(line)
+        if match:
+            current = (match[1], match[2])
+            assert current not in endpoints, f"{current} is documented twice"
+            endpoints[current] = ""
+        elif line.startswith("#"):
+            assert not LOOSE_ENDPOINT_HEADING.match(line), f"write it as #### `METHOD /path`: {line}"
+            current = None
+        elif current is not None:
+            endpoints[current] += line + "\n"
+    return endpoints
+
+
+def component(openapi: dict, schema: dict) -> tuple[str | None, dict]:
+    """The named component behind a $ref (also inside anyOf [model, null]), else the schema."""
+    if "$ref" in schema:
+        name = schema["$ref"].rsplit("/", 1)[1]
+        return name, openapi["components"]["schemas"][name]
+    for option in schema.get("anyOf", []):
+        if "$ref" in option:
+            return component(openapi, option)
+    return None, schema
+
+
+def first_example(openapi: dict, media: dict) -> object | None:
+    """The example that Swagger UI shows for a media type: its own, else its model's."""
+    if "example" in media:
+        return media["example"]
+    if media.get("examples"):
+        return next(iter(media["examples"].values()))["value"]
+    schema = media.get("schema", {})
+    if schema.get("type") == "array":
+        _, items = component(openapi, schema["items"])
+        return [items["examples"][0]] if items.get("examples") else None
+    _, model = component(openapi, schema)
+    return model["examples"][0] if model.get("examples") else None
+
+
+def model_class(name: str):
+    model = getattr(schemas, name, None)
+    assert model is not None, f"schema component {name} is not a model in schemas.py"
+    return model
+
+
+def body_example(openapi: dict, method: str, path: str) -> object | None:
+    media = schema_operations(openapi)[(method, path)]["requestBody"]["content"]["application/json"]
+    return first_example(openapi, media)
+
+
+def success_status(operation: dict) -> str:
+    statuses = [code for code in operation["responses"] if code.startswith("2")]
+    assert len(statuses) == 1, f"expected one success status, found {statuses}"
+    return statuses[0]
+
+
+# --- API.md against /openapi.json ---
+
+
+def test_api_md_has_the_eight_sections_in_order():
+    assert list(api_md_sections()) == SECTIONS
+
+
+def test_every_endpoint_in_the_schema_is_documented(client):
+    missing = set(schema_operations(fetch_openapi(client))) - set(documented_endpoints())
+    assert not missing, f"API.md does not document {sorted(missing)}"
+
+
+def test_api_md_documents_no_endpoint_that_the_schema_lacks(client):
+    extra = set(documented_endpoints()) - set(schema_operations(fetch_openapi(client)))
+    assert not extra, f"API.md documents endpoints the app does not have: {sorted(extra)}"
+
+
+def test_every_documented_endpoint_has_a_curl_example():
+    for (method, path), text in documented_endpoints().items():
+        curl = [line for line in text.splitlines() if line.lstrip().startswith("curl ")]
+        assert curl, f"{method} {path} has no curl example"
+        if method != "GET":
+            assert f"-X {method}" in text, f"the curl example of {method} {path} lacks -X {method}"
+
+
+def test_every_documented_status_is_named_under_its_endpoint(client):
+    documented = documented_endpoints()
+    for key, operation in schema_operations(fetch_openapi(client)).items():
+        for status in operation["responses"]:
+            assert re.search(rf"\b{status}\b", documented[key]), f"{key} does not mention {status}"
+
+
+# --- examples in /openapi.json ---
+
+
+def test_every_request_body_has_an_example_that_its_model_accepts(client):
+    openapi = fetch_openapi(client)
+    assert BODY_OPERATIONS, "no operation takes a body"
+    for (method, path), operation in schema_operations(openapi).items():
+        for media_type, media in operation.get("requestBody", {}).get("content", {}).items():
+            example = first_example(openapi, media)
+            assert isinstance(example, dict), f"{method} {path} ({media_type}) has no example"
+            name, _ = component(openapi, media["schema"])
+            if name.startswith("Body_"):
+                # FastAPI's generated form model has no class of ours: the API test below
+                # sends this example instead.
+                assert media_type == "application/x-www-form-urlencoded", name
+                continue
+            model_class(name).model_validate(example)
+
+
+def test_every_success_response_has_an_example_that_its_model_accepts(client):
+    openapi = fetch_openapi(client)
+    for (method, path), operation in schema_operations(openapi).items():
+        response = operation["responses"][success_status(operation)]
+        for media in response.get("content", {}).values():
+            example = first_example(openapi, media)
+            assert example is not None, f"{method} {path}: the success response has no example"
+            schema = media["schema"]
+            if schema.get("type") == "array":
+                name, _ = component(openapi, schema["items"])
+                assert isinstance(example, list) and example, f"{method} {path}"
+                for item in example:
+                    model_class(name).model_validate(item)
+            else:
+                name, _ = component(openapi, schema)
+                model_class(name).model_validate(example)
+
+
+def test_every_error_response_shows_an_example_detail(client):
+    openapi = fetch_openapi(client)
+    for (method, path), operation in schema_operations(openapi).items():
+        for status, response in operation["responses"].items():
+            if status.startswith("2"):
+                continue
+            media = response.get("content", {}).get("application/json")
+            assert media, f"{method} {path} {status} has no JSON body"
+            example = first_example(openapi, media)
+            assert isinstance(example, dict) and example.get("detail"), f"{method} {path} {status}"
+
+
+@pytest.mark.parametrize(
+    "method,path", BODY_OPERATIONS, ids=[f"{method} {path}" for method, path in BODY_OPERATIONS]
+)
+def test_each_request_example_is_accepted_by_the_api(client, method, path):
+    """Sent as "Try it out" would send it, by the user of the signup example, to that
+    user's own path and task: the answer must be the documented success status."""
+    openapi = fetch_openapi(client)
+    operation = schema_operations(openapi)[(method, path)]
+    headers, path_values = {}, {}
+    if path != SIGNUP_PATH:
+        response = client.post(SIGNUP_PATH, json=body_example(openapi, "POST", SIGNUP_PATH))
+        assert response.status_code == 201, response.text
+        headers = {"Authorization": f"Bearer {response.json()['access_token']}"}
+        path_values["user_id"] = response.json()["user"]["id"]
+    if "{task_id}" in path:
+        task = body_example(openapi, "POST", "/api/{user_id}/tasks")
+        response = client.post(f"/api/{path_values['user_id']}/tasks", json=task, headers=headers)
+        assert response.status_code == 201, response.text
+        path_values["task_id"] = response.json()["id"]
+
+    ((media_type, media),) = operation["requestBody"]["content"].items()
+    example = first_example(openapi, media)
+    is_form = media_type == "application/x-www-form-urlencoded"
+    body = {"data": example} if is_form else {"json": example}
+    response = client.request(method, path.format(**path_values), headers=headers, **body)
+
+    status = success_status(operation)
+    assert response.status_code == int(status), response.text
+    for success_media in operation["responses"][status].get("content", {}).values():
+        name, _ = component(openapi, success_media["schema"])
+        model_class(name).model_validate(response.json())
