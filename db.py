@@ -4,19 +4,26 @@ SQLite is the zero-setup default. Its settings below are what keep it correct un
 concurrent clients: WAL lets readers run beside the one writer, busy_timeout makes a
 writer wait for the lock instead of failing with "database is locked", and the pool has
 a connection for every thread of FastAPI's threadpool.
+
+PostgreSQL (DATABASE_URL=postgresql+psycopg://...) needs none of that: it gets the same
+pool size, plus pool_pre_ping so that a connection the server has closed is replaced
+instead of failing a request. Date-times are timestamptz columns that SQLModel returns
+in UTC, so the server's TimeZone setting never shows in the API.
 """
 
 from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, event, text
 from sqlmodel import Session, SQLModel, create_engine
 
 from config import settings
 
 THREADPOOL_SIZE = 40  # AnyIO's default number of worker threads, which run our sync handlers
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Any fixed number works: it only has to be the same in every process of this app.
+SCHEMA_LOCK_KEY = 0x70D0_5C4E
 
 
 def enable_sqlite_concurrency(dbapi_connection, _connection_record) -> None:
@@ -57,7 +64,13 @@ engine = make_engine(settings.database_url)
 def create_tables(target: Engine) -> None:
     import models  # noqa: F401  (registers the tables on SQLModel.metadata)
 
-    SQLModel.metadata.create_all(target)
+    with target.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            # Workers started together would each find a table missing and create it, and
+            # all but one would fail on a duplicate. The lock makes them take turns; it is
+            # released when this transaction ends.
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+        SQLModel.metadata.create_all(connection)
 
 
 def get_session() -> Iterator[Session]:
