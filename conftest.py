@@ -1,5 +1,10 @@
 """Test setup: every test gets a fresh database, fast bcrypt, a random JWT secret, and a
-clock it can set. Settings are read when the app is imported, so they are set first."""
+clock it can set. Settings are read when the app is imported, so they are set first.
+
+The database is a new SQLite file per test, unless TEST_DATABASE_URL names a PostgreSQL
+database that the tests may wipe (postgresql+psycopg://...). Then the whole suite runs
+there: its tables are recreated once per run and emptied before every test.
+"""
 
 import os
 import secrets
@@ -11,12 +16,18 @@ os.environ["BCRYPT_ROUNDS"] = "4"
 os.environ["JWT_SECRET"] = secrets.token_urlsafe(48)
 os.environ.pop("CORS_ORIGINS", None)
 os.environ.pop("ACCESS_TOKEN_EXPIRE_MINUTES", None)
+TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL") or None
+if TEST_DATABASE_URL is not None and not TEST_DATABASE_URL.startswith("postgresql"):
+    raise SystemExit("TEST_DATABASE_URL must be a postgresql+psycopg:// URL; leave it unset for SQLite")
 # The app's own engine only serves start-up here: each test overrides the session.
-os.environ["DATABASE_URL"] = f"sqlite:///{tempfile.mkdtemp(prefix='todo-tests-')}/startup.db"
+os.environ["DATABASE_URL"] = (
+    TEST_DATABASE_URL or f"sqlite:///{tempfile.mkdtemp(prefix='todo-tests-')}/startup.db"
+)
 
 import pytest  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
-from sqlmodel import Session  # noqa: E402
+from sqlalchemy import Engine, text  # noqa: E402
+from sqlmodel import Session, SQLModel  # noqa: E402
 
 import db  # noqa: E402
 from main import app  # noqa: E402
@@ -25,9 +36,37 @@ from routes.tasks import request_time  # noqa: E402
 PASSWORD = "correct horse battery"
 
 
+@pytest.fixture(scope="session")
+def server_engine():
+    """The TEST_DATABASE_URL database, with tables of the current shape, for the whole run."""
+    shared_engine = db.make_engine(TEST_DATABASE_URL)
+    SQLModel.metadata.drop_all(shared_engine)  # a previous run may have left an older shape
+    db.create_tables(shared_engine)
+    yield shared_engine
+    shared_engine.dispose()
+
+
+def empty_tables(target: Engine) -> None:
+    """Remove every row, so the test starts as on a new database. RESTART IDENTITY numbers
+    rows from 1 again, as a fresh SQLite file does; within a test, the sequences still
+    never hand out a deleted row's id."""
+    quote = target.dialect.identifier_preparer.format_table
+    tables = ", ".join(quote(table) for table in SQLModel.metadata.sorted_tables)
+    with target.begin() as connection:
+        # A connection left inside a transaction would block TRUNCATE forever; fail instead.
+        connection.execute(text("SET LOCAL lock_timeout = '10s'"))
+        connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+
+
 @pytest.fixture
-def engine(tmp_path):
-    """A fresh SQLite file per test: a real file, so WAL and locking behave as in production."""
+def engine(request, tmp_path):
+    """A fresh SQLite file per test: a real file, so WAL and locking behave as in production.
+    With TEST_DATABASE_URL, the shared PostgreSQL database, emptied."""
+    if TEST_DATABASE_URL is not None:
+        shared_engine = request.getfixturevalue("server_engine")
+        empty_tables(shared_engine)
+        yield shared_engine
+        return
     test_engine = db.make_engine(f"sqlite:///{tmp_path / 'test.db'}")
     db.create_tables(test_engine)
     yield test_engine
