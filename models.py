@@ -6,13 +6,18 @@ so each timestamp here comes from utc_now().
 
 from datetime import datetime, timezone
 
-from sqlalchemy import Index
+from sqlalchemy import BigInteger, Index, Integer
 from sqlmodel import Field, SQLModel
 
 
 def utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
+
+# Ids are 64-bit, as the API promises (any id up to 2**63 - 1 is a 404, never a 500):
+# BIGINT/BIGSERIAL on PostgreSQL, where a 32-bit INTEGER column makes larger lookups fail.
+# SQLite's INTEGER is already 64-bit, and only INTEGER PRIMARY KEY can be AUTOINCREMENT.
+Id = BigInteger().with_variant(Integer(), "sqlite")
 
 # AUTOINCREMENT stops SQLite from handing a deleted row's id to the next insert;
 # PostgreSQL sequences never reuse ids anyway, and ignore this option.
@@ -22,7 +27,7 @@ NEVER_REUSE_IDS = {"sqlite_autoincrement": True}
 class User(SQLModel, table=True):
     __table_args__ = NEVER_REUSE_IDS
 
-    id: int | None = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True, sa_type=Id)
     email: str = Field(max_length=320, unique=True)  # stored lower-cased
     name: str | None = Field(default=None, max_length=100)
     password_hash: str
@@ -36,8 +41,8 @@ class Task(SQLModel, table=True):
         NEVER_REUSE_IDS,
     )
 
-    id: int | None = Field(default=None, primary_key=True)
-    user_id: int = Field(foreign_key="user.id", ondelete="CASCADE")
+    id: int | None = Field(default=None, primary_key=True, sa_type=Id)
+    user_id: int = Field(foreign_key="user.id", ondelete="CASCADE", sa_type=Id)
     title: str = Field(max_length=200)
     description: str | None = Field(default=None, max_length=1000)
     completed: bool = False
@@ -56,5 +61,5 @@ class TaskTag(SQLModel, table=True):
     """One tag of one task. The primary key makes a tag unique per task and serves
     both the tag filter and loading a page's tags."""
 
-    task_id: int = Field(foreign_key="task.id", primary_key=True, ondelete="CASCADE")
+    task_id: int = Field(foreign_key="task.id", primary_key=True, ondelete="CASCADE", sa_type=Id)
     name: str = Field(primary_key=True, max_length=30)
