@@ -49,7 +49,11 @@ def token_response(user: User) -> TokenResponse:
 
 
 def authenticate(session: SessionDep, email: str, password: str) -> TokenResponse:
-    user = session.exec(select(User).where(User.email == email.lower())).first()
+    # The OAuth2 form's username is not validated as an email, and PostgreSQL refuses a
+    # NUL in text; no stored email has one, so such a login simply fails.
+    user = None
+    if "\x00" not in email:
+        user = session.exec(select(User).where(User.email == email.lower())).first()
     if not verify_password(password, user.password_hash if user else None):
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
