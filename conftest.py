@@ -26,7 +26,7 @@ os.environ["DATABASE_URL"] = (
 
 import pytest  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
-from sqlalchemy import Engine, text  # noqa: E402
+from sqlalchemy import Engine, make_url, text  # noqa: E402
 from sqlmodel import Session, SQLModel  # noqa: E402
 
 import db  # noqa: E402
@@ -56,6 +56,19 @@ def empty_tables(target: Engine) -> None:
         # A connection left inside a transaction would block TRUNCATE forever; fail instead.
         connection.execute(text("SET LOCAL lock_timeout = '10s'"))
         connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+
+
+@pytest.fixture
+def empty_schema_url(server_engine):
+    """A URL of the TEST_DATABASE_URL database whose connections see only a new, empty
+    schema: for tests of start-up on an empty database, beside the shared tables."""
+    schema = f"empty_{secrets.token_hex(4)}"
+    with server_engine.begin() as connection:
+        connection.execute(text(f"CREATE SCHEMA {schema}"))
+    url = make_url(TEST_DATABASE_URL).update_query_dict({"options": f"-c search_path={schema}"})
+    yield url.render_as_string(hide_password=False)
+    with server_engine.begin() as connection:
+        connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
 
 
 @pytest.fixture
