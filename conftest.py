@@ -58,7 +58,7 @@ def empty_tables(target: Engine) -> None:
         connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def empty_schema_url(server_engine):
     """A URL of the TEST_DATABASE_URL database whose connections see only a new, empty
     schema: for tests of start-up on an empty database, beside the shared tables."""
