@@ -89,6 +89,11 @@ def task_ordering(query: TaskListQuery) -> list:
     return [*undated_last, direction(SORT_KEYS[query.sort]), direction(Task.id)]
 
 
+# The columns of TaskPublic (tags come from their own table), and their names.
+PUBLIC_COLUMNS = [column for column in Task.__table__.columns if column.name in TaskPublic.model_fields]
+PUBLIC_NAMES = [column.name for column in PUBLIC_COLUMNS]
+
+
 def load_tags(session: Session, task_ids: list[int]) -> dict[int, list[str]]:
     """Tags of many tasks in one query, each list sorted by name."""
     tags: dict[int, list[str]] = {task_id: [] for task_id in task_ids}
@@ -192,16 +197,20 @@ def list_tasks(
     tasks matching the filters before limit and offset."""
     filters = task_filters(owner.id, query)
     total = session.exec(select(func.count()).select_from(Task).where(*filters)).one()
-    tasks = session.exec(
-        select(Task)
+    # Plain rows of the public columns, not Task objects: the list only reads them, and
+    # building an ORM object per row (identity map, change tracking) costs more than the
+    # query itself.
+    rows = session.exec(
+        select(*PUBLIC_COLUMNS)
         .where(*filters)
         .order_by(*task_ordering(query))
         .offset(query.offset)
         .limit(query.limit)
     ).all()
     response.headers["X-Total-Count"] = str(total)
-    tags = load_tags(session, [task.id for task in tasks])
-    return [to_public(task, tags[task.id]) for task in tasks]
+    tags = load_tags(session, [row.id for row in rows])
+    # dict(zip(...)) is several times faster than Row._asdict() on every row of every page.
+    return [dict(zip(PUBLIC_NAMES, row), tags=tags[row.id]) for row in rows]
 
 
 @router.post(
