@@ -16,7 +16,6 @@ import resource
 import secrets
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,7 @@ import urllib.request
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from statistics import median
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPOSITORY = BENCH_DIR.parent
@@ -192,7 +192,7 @@ def add_tasks_over_http(server: Server, user_id: int, token: str, count: int) ->
 def bulk_load(database_url: str, second_user_id: int, plan: Plan) -> None:
     """Insert the other users and their tasks, and the second user's tasks, straight into
     the database: a few seconds instead of 110,000 requests."""
-    sys.path.insert(0, str(REPOSITORY))
+    sys.path.insert(0, str(REPOSITORY))  # models.py lives at the repository root
     from sqlalchemy import create_engine, insert, select
 
     from models import Task, TaskTag, User
@@ -224,10 +224,6 @@ def bulk_load(database_url: str, second_user_id: int, plan: Plan) -> None:
         connection.execute(insert(Task), task_rows)
         connection.execute(insert(TaskTag), tag_rows)
     engine.dispose()
-
-
-def median(values: list[float]) -> float:
-    return statistics.median(values)
 
 
 def check(condition: bool, message: str, failures: list[str]) -> None:
