@@ -11,9 +11,10 @@ instead of failing a request. Date-times are timestamptz columns that SQLModel r
 in UTC, so the server's TimeZone setting never shows in the API.
 """
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated
 
+from anyio import CancelScope, CapacityLimiter, to_thread
 from fastapi import Depends
 from sqlalchemy import Engine, event, text
 from sqlmodel import Session, SQLModel, create_engine
@@ -73,10 +74,20 @@ def create_tables(target: Engine) -> None:
         SQLModel.metadata.create_all(connection)
 
 
-def get_session() -> Iterator[Session]:
+async def get_session() -> AsyncIterator[Session]:
+    # async def saves a thread hop on every request: opening a Session does no I/O (it
+    # connects at its first query, in a worker thread). Closing it returns the connection
+    # to the pool, which talks to the database, so that runs in a worker thread: shielded,
+    # so a client hanging up cannot leak the connection, and outside the threadpool's
+    # limit (as FastAPI does for sync dependencies), so it never waits for a thread held
+    # by a request that is itself waiting for this connection.
     # expire_on_commit=False: a handler returns the rows it just wrote without a re-read.
-    with Session(engine, expire_on_commit=False) as session:
+    session = Session(engine, expire_on_commit=False)
+    try:
         yield session
+    finally:
+        with CancelScope(shield=True):
+            await to_thread.run_sync(session.close, limiter=CapacityLimiter(1))
 
 
 SessionDep = Annotated[Session, Depends(get_session)]

@@ -10,7 +10,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
 from fastapi.exceptions import RequestValidationError
-from sqlalchemy import Boolean, asc, case, delete, desc, exists, false, func, literal, not_, or_, update
+from sqlalchemy import Boolean, asc, bindparam, case, delete, desc, exists, false, func, literal, not_, or_, update
 from sqlmodel import Session, select
 
 from auth import OwnerDep
@@ -89,15 +89,32 @@ def task_ordering(query: TaskListQuery) -> list:
     return [*undated_last, direction(SORT_KEYS[query.sort]), direction(Task.id)]
 
 
+# The columns of TaskPublic (tags come from their own table), and their names.
+PUBLIC_COLUMNS = [column for column in Task.__table__.columns if column.name in TaskPublic.model_fields]
+PUBLIC_NAMES = [column.name for column in PUBLIC_COLUMNS]
+
+
+def count_matches(session: Session, filters: list, query: TaskListQuery, page_size: int) -> int:
+    """X-Total-Count. A page that is neither empty nor full, or an empty first page, ends
+    at the last match, so it gives the count without a second query."""
+    if 0 < page_size < query.limit or (page_size == 0 and query.offset == 0):
+        return query.offset + page_size
+    return session.exec(select(func.count()).select_from(Task).where(*filters)).one()
+
+
+# Built once, not per call: SQLAlchemy then reuses the statement and its cache key, which
+# halves the cost of a query that every task response makes.
+TAGS_OF_TASKS = (
+    select(TaskTag.task_id, TaskTag.name)
+    .where(TaskTag.task_id.in_(bindparam("task_ids", expanding=True)))
+    .order_by(TaskTag.task_id, TaskTag.name)
+)
+
+
 def load_tags(session: Session, task_ids: list[int]) -> dict[int, list[str]]:
     """Tags of many tasks in one query, each list sorted by name."""
     tags: dict[int, list[str]] = {task_id: [] for task_id in task_ids}
-    rows = session.exec(
-        select(TaskTag.task_id, TaskTag.name)
-        .where(TaskTag.task_id.in_(task_ids))
-        .order_by(TaskTag.task_id, TaskTag.name)
-    )
-    for task_id, name in rows:
+    for task_id, name in session.exec(TAGS_OF_TASKS, params={"task_ids": task_ids}):
         tags[task_id].append(name)
     return tags
 
@@ -191,17 +208,20 @@ def list_tasks(
     """Filter, search, sort and page the user's tasks. X-Total-Count is the number of
     tasks matching the filters before limit and offset."""
     filters = task_filters(owner.id, query)
-    total = session.exec(select(func.count()).select_from(Task).where(*filters)).one()
-    tasks = session.exec(
-        select(Task)
+    # Plain rows of the public columns, not Task objects: the list only reads them, and
+    # building an ORM object per row (identity map, change tracking) costs more than the
+    # query itself.
+    rows = session.exec(
+        select(*PUBLIC_COLUMNS)
         .where(*filters)
         .order_by(*task_ordering(query))
         .offset(query.offset)
         .limit(query.limit)
     ).all()
-    response.headers["X-Total-Count"] = str(total)
-    tags = load_tags(session, [task.id for task in tasks])
-    return [to_public(task, tags[task.id]) for task in tasks]
+    response.headers["X-Total-Count"] = str(count_matches(session, filters, query, len(rows)))
+    tags = load_tags(session, [row.id for row in rows])
+    # dict(zip(...)) is several times faster than Row._asdict() on every row of every page.
+    return [dict(zip(PUBLIC_NAMES, row), tags=tags[row.id]) for row in rows]
 
 
 @router.post(
