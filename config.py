@@ -23,6 +23,10 @@ class Settings:
     access_token_expire_minutes: int
     bcrypt_rounds: int
     cors_origins: list[str]
+    # Abuse limits; 0 turns a limit off (benchmarks, test suites that create many users).
+    login_failure_limit: int
+    login_failure_window_minutes: int
+    auth_requests_per_minute: int
 
 
 def load_or_create_secret(path: Path) -> str:
@@ -81,6 +85,9 @@ def load_settings() -> Settings:
         access_token_expire_minutes=int_setting("ACCESS_TOKEN_EXPIRE_MINUTES", 60, 1, 60 * 24 * 30),
         bcrypt_rounds=int_setting("BCRYPT_ROUNDS", 12, 4, 31),  # bcrypt's own range
         cors_origins=[origin.strip() for origin in origins.split(",") if origin.strip()],
+        login_failure_limit=int_setting("LOGIN_FAILURE_LIMIT", 5, 0, 1_000_000),
+        login_failure_window_minutes=int_setting("LOGIN_FAILURE_WINDOW_MINUTES", 15, 0, 60 * 24 * 30),
+        auth_requests_per_minute=int_setting("AUTH_REQUESTS_PER_MINUTE", 20, 0, 1_000_000),
     )
 
 

@@ -16,6 +16,11 @@ os.environ["BCRYPT_ROUNDS"] = "4"
 os.environ["JWT_SECRET"] = secrets.token_urlsafe(48)
 os.environ.pop("CORS_ORIGINS", None)
 os.environ.pop("ACCESS_TOKEN_EXPIRE_MINUTES", None)
+# The abuse limits are off by default here, since many tests sign up many users; the
+# tests of the limits themselves set theirs through the configured_limits dependency.
+os.environ["LOGIN_FAILURE_LIMIT"] = "0"
+os.environ["AUTH_REQUESTS_PER_MINUTE"] = "0"
+os.environ.pop("LOGIN_FAILURE_WINDOW_MINUTES", None)
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL") or None
 if TEST_DATABASE_URL is not None and not TEST_DATABASE_URL.startswith("postgresql"):
     raise SystemExit("TEST_DATABASE_URL must be a postgresql+psycopg:// URL; leave it unset for SQLite")

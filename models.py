@@ -63,3 +63,14 @@ class TaskTag(SQLModel, table=True):
 
     task_id: int = Field(foreign_key="task.id", primary_key=True, ondelete="CASCADE", sa_type=Id)
     name: str = Field(primary_key=True, max_length=30)
+
+
+class RateLimitEvent(SQLModel, table=True):
+    """One counted event of an abuse limit (a failed login, an auth request), kept until it
+    leaves its sliding window. In the database, not in memory, so every worker sees it."""
+
+    __table_args__ = (Index("ix_ratelimitevent_bucket_expires", "bucket", "expires_at"),)
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=Id)  # pruned rows, but the ids go on
+    bucket: str = Field(max_length=64)  # SHA-256 of what is counted: fixed size, no raw emails
+    expires_at: datetime = Field(index=True)  # counted until then; pruned after

@@ -1,0 +1,284 @@
+"""Issue 3, section 1: abuse limits on signup and login, driven through HTTP.
+
+conftest turns the limits off for the whole suite; the tests here set the limits they
+need through the configured_limits dependency, the same way the clock is injected, so
+nothing depends on environment variables read at import time.
+"""
+
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlmodel import Session, func, select
+
+from conftest import PASSWORD, sign_up
+from config import load_settings, settings
+from limits import AbuseLimits, configured_limits
+from main import app
+from models import RateLimitEvent
+
+WRONG = "not the password"
+LOGIN_FAILED = {"detail": "Incorrect email or password"}
+TOO_MANY_FAILURES = {"detail": "Too many failed logins for this email; try again later"}
+TOO_MANY_REQUESTS = {"detail": "Too many signups and logins from your address; try again later"}
+
+
+@pytest.fixture
+def set_limits(client):
+    """Put limits in force for this test (the client fixture clears the override)."""
+
+    def put_in_force(login_failures=0, window_minutes=15, auth_requests_per_minute=0) -> None:
+        limits = AbuseLimits(login_failures, timedelta(minutes=window_minutes), auth_requests_per_minute)
+        app.dependency_overrides[configured_limits] = lambda: limits
+
+    return put_in_force
+
+
+def login(client, email, password):
+    return client.post("/api/auth/login", json={"email": email, "password": password})
+
+
+def form_login(client, email, password):
+    return client.post("/api/auth/token", data={"username": email, "password": password})
+
+
+def fail_logins(client, email, times):
+    for _ in range(times):
+        response = login(client, email, WRONG)
+        assert response.status_code == 401, response.text
+        assert response.json() == LOGIN_FAILED
+
+
+def assert_locked(response, retry_after, body=TOO_MANY_FAILURES):
+    assert response.status_code == 429, response.text
+    assert response.json() == body
+    assert response.headers["Retry-After"] == str(retry_after)
+
+
+def other_address(client_address):
+    """A client at another socket address, sharing the app and its test database."""
+    return TestClient(app, client=(client_address, 40000))
+
+
+# --- configuration ---
+
+
+def test_limits_default_to_5_failures_in_15_minutes_and_20_auth_requests(monkeypatch):
+    for name in ("LOGIN_FAILURE_LIMIT", "LOGIN_FAILURE_WINDOW_MINUTES", "AUTH_REQUESTS_PER_MINUTE"):
+        monkeypatch.delenv(name, raising=False)
+    defaults = load_settings()
+    assert (defaults.login_failure_limit, defaults.login_failure_window_minutes) == (5, 15)
+    assert defaults.auth_requests_per_minute == 20
+
+
+def test_limit_settings_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("LOGIN_FAILURE_LIMIT", "3")
+    monkeypatch.setenv("LOGIN_FAILURE_WINDOW_MINUTES", "7")
+    monkeypatch.setenv("AUTH_REQUESTS_PER_MINUTE", "0")
+    configured = load_settings()
+    assert (configured.login_failure_limit, configured.login_failure_window_minutes) == (3, 7)
+    assert configured.auth_requests_per_minute == 0
+
+
+def test_a_negative_limit_stops_start_up(monkeypatch):
+    monkeypatch.setenv("LOGIN_FAILURE_LIMIT", "-1")
+    with pytest.raises(SystemExit, match="LOGIN_FAILURE_LIMIT must be between 0"):
+        load_settings()
+
+
+def test_the_suite_runs_with_the_limits_off():
+    assert (settings.login_failure_limit, settings.auth_requests_per_minute) == (0, 0)
+
+
+# --- failed logins per (email, client address) ---
+
+
+def test_sixth_login_after_five_failures_is_429_with_retry_after(client, clock, alice, set_limits):
+    set_limits(login_failures=5, window_minutes=15)
+    fail_logins(client, alice.email, 5)
+    assert_locked(login(client, alice.email, WRONG), retry_after=15 * 60)
+
+
+def test_locked_pair_gets_429_even_with_the_right_password(client, clock, alice, set_limits):
+    set_limits(login_failures=5)
+    fail_logins(client, alice.email, 5)
+    clock.advance(minutes=10)
+    assert_locked(login(client, alice.email, PASSWORD), retry_after=5 * 60)
+    assert_locked(form_login(client, alice.email, PASSWORD), retry_after=5 * 60)
+
+
+def test_unknown_email_is_limited_like_a_known_one(client, clock, set_limits):
+    set_limits(login_failures=2)
+    fail_logins(client, "nobody@example.com", 2)
+    assert_locked(login(client, "nobody@example.com", WRONG), retry_after=15 * 60)
+
+
+def test_the_failure_window_slides(client, clock, alice, set_limits):
+    set_limits(login_failures=3, window_minutes=15)
+    fail_logins(client, alice.email, 1)  # at 0:00
+    clock.advance(minutes=5)
+    fail_logins(client, alice.email, 2)  # at 0:05
+    clock.advance(minutes=9)
+    assert_locked(login(client, alice.email, PASSWORD), retry_after=60)  # at 0:14
+
+    clock.advance(minutes=1)  # 0:15: the first failure has left the window, the others not
+    fail_logins(client, alice.email, 1)
+    assert_locked(login(client, alice.email, PASSWORD), retry_after=5 * 60)
+
+    clock.advance(minutes=5)  # 0:20: both 0:05 failures have left the window
+    response = login(client, alice.email, PASSWORD)
+    assert response.status_code == 200, response.text
+    assert response.json()["user"]["email"] == alice.email
+
+
+def test_retry_after_counts_up_to_the_next_whole_second(client, clock, alice, set_limits):
+    set_limits(login_failures=1, window_minutes=1)
+    fail_logins(client, alice.email, 1)
+    clock.advance(seconds=59.5)
+    assert_locked(login(client, alice.email, PASSWORD), retry_after=1)
+
+
+def test_successful_login_clears_the_failures(client, clock, alice, set_limits):
+    set_limits(login_failures=5)
+    fail_logins(client, alice.email, 4)
+    response = login(client, alice.email, PASSWORD)
+    assert response.status_code == 200, response.text
+    assert response.json()["user"]["id"] == alice.id
+    fail_logins(client, alice.email, 5)  # a fresh count: five more before the lock
+    assert_locked(login(client, alice.email, WRONG), retry_after=15 * 60)
+
+
+def test_json_and_form_logins_share_one_count(client, clock, alice, set_limits):
+    set_limits(login_failures=4)
+    fail_logins(client, alice.email.upper(), 2)  # emails compare case-insensitively
+    for _ in range(2):
+        response = form_login(client, alice.email, WRONG)
+        assert response.status_code == 401, response.text
+        assert response.json() == LOGIN_FAILED
+    assert_locked(form_login(client, alice.email, PASSWORD), retry_after=15 * 60)
+    assert_locked(login(client, alice.email, PASSWORD), retry_after=15 * 60)
+
+
+def test_the_lock_is_per_email_and_client_address(client, clock, alice, bob, set_limits):
+    set_limits(login_failures=2)
+    fail_logins(client, alice.email, 2)
+    assert_locked(login(client, alice.email, PASSWORD), retry_after=15 * 60)
+
+    other = login(other_address("203.0.113.9"), alice.email, PASSWORD)
+    assert other.status_code == 200, other.text
+    assert other.json()["user"]["id"] == alice.id
+    same_address_other_email = login(client, bob.email, PASSWORD)
+    assert same_address_other_email.status_code == 200, same_address_other_email.text
+    assert same_address_other_email.json()["user"]["id"] == bob.id
+
+
+def test_concurrent_guesses_reach_bcrypt_at_most_limit_times(client, alice, set_limits):
+    set_limits(login_failures=5)
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        responses = list(pool.map(lambda _: login(client, alice.email, WRONG), range(24)))
+    assert sorted(response.status_code for response in responses) == [401] * 5 + [429] * 19
+    assert {response.json()["detail"] for response in responses} == {
+        LOGIN_FAILED["detail"],
+        TOO_MANY_FAILURES["detail"],
+    }
+
+
+def test_login_failure_limit_zero_turns_it_off(client, clock, alice, set_limits):
+    set_limits(login_failures=0, auth_requests_per_minute=0)
+    fail_logins(client, alice.email, 30)
+    response = login(client, alice.email, PASSWORD)
+    assert response.status_code == 200, response.text
+    assert response.json()["user"]["id"] == alice.id
+
+
+def test_old_login_failures_are_pruned(client, engine, clock, alice, set_limits):
+    set_limits(login_failures=5, window_minutes=15)
+    for number in range(10):
+        fail_logins(client, f"guess{number}@example.com", 3)
+    with Session(engine) as session:
+        assert session.exec(select(func.count()).select_from(RateLimitEvent)).one() == 30
+
+    clock.advance(minutes=15)
+    fail_logins(client, alice.email, 1)
+    with Session(engine) as session:
+        assert session.exec(select(func.count()).select_from(RateLimitEvent)).one() == 1
+
+
+# --- signups and logins per client address ---
+
+
+def test_more_than_20_auth_requests_a_minute_from_one_address_is_429(client, clock, alice, set_limits):
+    set_limits(auth_requests_per_minute=20)
+    for number in range(10):
+        assert sign_up(client, f"user{number}@example.com").email == f"user{number}@example.com"
+        clock.advance(seconds=1)
+    for _ in range(5):
+        assert login(client, alice.email, PASSWORD).status_code == 200
+        assert form_login(client, alice.email, PASSWORD).status_code == 200
+    clock.advance(seconds=30)  # 0:40; the first signup, at 0:00, leaves the window at 1:00
+
+    too_many = [
+        client.post("/api/auth/signup", json={"email": "late@example.com", "password": PASSWORD}),
+        login(client, alice.email, PASSWORD),
+        form_login(client, alice.email, PASSWORD),
+    ]
+    for response in too_many:
+        assert_locked(response, retry_after=20, body=TOO_MANY_REQUESTS)
+
+    other = other_address("198.51.100.7").post(
+        "/api/auth/signup", json={"email": "late@example.com", "password": PASSWORD}
+    )
+    assert other.status_code == 201, other.text
+    assert other.json()["user"]["email"] == "late@example.com"
+
+
+def test_the_auth_request_window_slides(client, clock, alice, set_limits):
+    set_limits(auth_requests_per_minute=2)
+    assert login(client, alice.email, PASSWORD).status_code == 200  # at 0:00
+    clock.advance(seconds=30)
+    assert login(client, alice.email, PASSWORD).status_code == 200  # at 0:30
+    assert_locked(login(client, alice.email, PASSWORD), retry_after=30, body=TOO_MANY_REQUESTS)
+    clock.advance(seconds=30)
+    response = login(client, alice.email, PASSWORD)  # at 1:00 the first one has left the window
+    assert response.status_code == 200, response.text
+    assert response.json()["user"]["id"] == alice.id
+    assert_locked(login(client, alice.email, PASSWORD), retry_after=30, body=TOO_MANY_REQUESTS)
+
+
+def test_refused_auth_requests_do_not_extend_the_block(client, clock, alice, set_limits):
+    set_limits(auth_requests_per_minute=1)
+    assert login(client, alice.email, PASSWORD).status_code == 200  # at 0:00
+    for retry_after in (50, 40, 30, 20, 10):
+        clock.advance(seconds=10)
+        assert_locked(login(client, alice.email, PASSWORD), retry_after=retry_after, body=TOO_MANY_REQUESTS)
+    clock.advance(seconds=10)
+    response = login(client, alice.email, PASSWORD)
+    assert (response.status_code, response.json()["user"]["id"]) == (200, alice.id)
+
+
+def test_auth_requests_per_minute_zero_turns_it_off(client, clock, set_limits):
+    set_limits(auth_requests_per_minute=0)
+    for number in range(25):
+        assert sign_up(client, f"many{number}@example.com").email == f"many{number}@example.com"
+
+
+def test_old_auth_requests_are_pruned(client, engine, clock, alice, set_limits):
+    set_limits(auth_requests_per_minute=20)
+    for number in range(5):
+        assert login(other_address(f"192.0.2.{number}"), alice.email, PASSWORD).status_code == 200
+    clock.advance(minutes=1)
+    assert login(client, alice.email, PASSWORD).status_code == 200
+    with Session(engine) as session:
+        assert session.exec(select(func.count()).select_from(RateLimitEvent)).one() == 1
+
+
+# --- OpenAPI ---
+
+
+def test_openapi_documents_429_with_retry_after(client):
+    paths = client.get("/openapi.json").json()["paths"]
+    for path in ("/api/auth/signup", "/api/auth/login", "/api/auth/token"):
+        too_many = paths[path]["post"]["responses"]["429"]
+        assert too_many["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorMessage"}
+        assert "Retry-After" in too_many["headers"]
