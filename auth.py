@@ -10,20 +10,24 @@ import os
 import secrets
 import sys
 import threading
-from datetime import datetime, timedelta
-from typing import Annotated
+from datetime import datetime, timedelta, timezone
+from typing import Annotated, NamedTuple
 
 import bcrypt
 import jwt
 from fastapi import Depends, HTTPException, status
 from fastapi.security import OAuth2PasswordBearer
+from sqlalchemy import delete, exists
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, select
 
 from config import settings
 from db import SessionDep
-from models import User
+from models import RevokedToken, User
 from schemas import BCRYPT_MAX_BYTES, MAX_ID, IdPath
 
 JWT_ALGORITHM = "HS256"
+MAX_TOKEN_ID_LENGTH = 64  # the jti column's size
 
 # bcrypt is meant to be slow (about 0.25 s of one core at 12 rounds). Unbounded concurrent
 # hashing would starve every other request of CPU, so hashes run only on these few threads.
@@ -69,11 +73,12 @@ def verify_password(password: str, password_hash: str | None) -> bool:
     return matches and password_hash is not None and len(candidate) <= BCRYPT_MAX_BYTES
 
 
-def create_access_token(user_id: int, now: datetime) -> str:
+def create_access_token(user: User, now: datetime) -> str:
     claims = {
-        "sub": str(user_id),
+        "sub": str(user.id),
         "iat": now,
         "exp": now + timedelta(minutes=settings.access_token_expire_minutes),
+        "jti": secrets.token_urlsafe(16),  # names this one token, so logout can revoke it alone
     }
     return jwt.encode(claims, settings.jwt_secret, algorithm=JWT_ALGORITHM)
 
@@ -90,28 +95,48 @@ def invalid_credentials() -> HTTPException:
     )
 
 
-async def get_token_user_id(token: Annotated[str, Depends(oauth2_scheme)]) -> int:
+class TokenClaims(NamedTuple):
+    user_id: int
+    token_id: str  # the jti
+    expires_at: datetime
+
+
+async def get_token_claims(token: Annotated[str, Depends(oauth2_scheme)]) -> TokenClaims:
     # async def: decoding is pure CPU, so it runs on the event loop without a thread hop.
     try:
         claims = jwt.decode(
             token,
             settings.jwt_secret,
             algorithms=[JWT_ALGORITHM],
-            options={"require": ["exp", "iat", "sub"]},
+            options={"require": ["exp", "iat", "sub", "jti"]},
         )
-        user_id = int(claims["sub"])
-    except (jwt.InvalidTokenError, ValueError):
+        token_claims = TokenClaims(
+            user_id=int(claims["sub"]),
+            token_id=claims["jti"],
+            expires_at=datetime.fromtimestamp(claims["exp"], timezone.utc),
+        )
+    except (jwt.InvalidTokenError, ValueError, TypeError, OverflowError, OSError):
         raise invalid_credentials() from None
-    if not 1 <= user_id <= MAX_ID:
+    if not (
+        1 <= token_claims.user_id <= MAX_ID
+        and isinstance(token_claims.token_id, str)
+        and len(token_claims.token_id) <= MAX_TOKEN_ID_LENGTH
+    ):
         raise invalid_credentials()
-    return user_id
+    return token_claims
 
 
-def get_current_user(
-    user_id: Annotated[int, Depends(get_token_user_id)], session: SessionDep
-) -> User:
-    user = session.get(User, user_id)
-    if user is None:  # deleted since the token was issued
+TokenClaimsDep = Annotated[TokenClaims, Depends(get_token_claims)]
+
+
+def get_current_user(claims: TokenClaimsDep, session: SessionDep) -> User:
+    # One query, two primary-key lookups: the user, and whether this token was logged out.
+    logged_out = exists().where(RevokedToken.jti == claims.token_id)
+    row = session.exec(select(User, logged_out).where(User.id == claims.user_id)).first()
+    if row is None:  # deleted since the token was issued
+        raise invalid_credentials()
+    user, revoked = row
+    if revoked:  # logged out
         raise invalid_credentials()
     return user
 
@@ -126,3 +151,15 @@ async def get_path_owner(user_id: IdPath, user: CurrentUser) -> User:
 
 
 OwnerDep = Annotated[User, Depends(get_path_owner)]
+
+
+def revoke_token(session: Session, claims: TokenClaims, now: datetime) -> None:
+    """Record the token as logged out, and forget tokens that have expired anyway.
+    The first statement is the INSERT, so this is a plain write transaction on SQLite."""
+    session.add(RevokedToken(jti=claims.token_id, expires_at=claims.expires_at))
+    try:
+        session.flush()
+    except IntegrityError:  # the same token logged out twice at once: it is revoked either way
+        session.rollback()
+    session.execute(delete(RevokedToken).where(RevokedToken.expires_at <= now))
+    session.commit()

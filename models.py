@@ -65,6 +65,13 @@ class TaskTag(SQLModel, table=True):
     name: str = Field(primary_key=True, max_length=30)
 
 
+class RevokedToken(SQLModel, table=True):
+    """A logged-out token, by its jti, until it would have expired anyway (then pruned)."""
+
+    jti: str = Field(primary_key=True, max_length=64)
+    expires_at: datetime = Field(index=True)
+
+
 class RateLimitEvent(SQLModel, table=True):
     """One counted event of an abuse limit (a failed login, an auth request), kept until it
     leaves its sliding window. In the database, not in memory, so every worker sees it."""

@@ -1,4 +1,5 @@
-"""Issue 3, section 1: abuse limits on signup and login, driven through HTTP.
+"""Issue 3, sections 1 and 2: abuse limits on signup and login, and token revocation
+by logout, driven through HTTP.
 
 conftest turns the limits off for the whole suite; the tests here set the limits they
 need through the configured_limits dependency, the same way the clock is injected, so
@@ -8,6 +9,7 @@ nothing depends on environment variables read at import time.
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
+import jwt
 import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import Session, func, select
@@ -16,9 +18,10 @@ from conftest import PASSWORD, sign_up
 from config import load_settings, settings
 from limits import AbuseLimits, configured_limits
 from main import app
-from models import RateLimitEvent
+from models import RateLimitEvent, RevokedToken, utc_now
 
 WRONG = "not the password"
+INVALID_TOKEN = {"detail": "Could not validate credentials"}
 LOGIN_FAILED = {"detail": "Incorrect email or password"}
 TOO_MANY_FAILURES = {"detail": "Too many failed logins for this email; try again later"}
 TOO_MANY_REQUESTS = {"detail": "Too many signups and logins from your address; try again later"}
@@ -54,6 +57,14 @@ def assert_locked(response, retry_after, body=TOO_MANY_FAILURES):
     assert response.status_code == 429, response.text
     assert response.json() == body
     assert response.headers["Retry-After"] == str(retry_after)
+
+
+def me(client, token):
+    return client.get("/api/auth/me", headers={"Authorization": f"Bearer {token}"})
+
+
+def bearer(token):
+    return {"Authorization": f"Bearer {token}"}
 
 
 def other_address(client_address):
@@ -273,12 +284,92 @@ def test_old_auth_requests_are_pruned(client, engine, clock, alice, set_limits):
         assert session.exec(select(func.count()).select_from(RateLimitEvent)).one() == 1
 
 
+# --- logout ---
+
+
+def test_logout_ends_only_the_presented_token(client, alice):
+    second = login(client, alice.email, PASSWORD).json()["access_token"]
+    response = client.post("/api/auth/logout", headers=alice.headers)
+    assert response.status_code == 204
+    assert response.content == b""
+
+    assert me(client, alice.token).status_code == 401
+    assert me(client, alice.token).json() == INVALID_TOKEN
+    assert me(client, alice.token).headers["WWW-Authenticate"] == "Bearer"
+    still_logged_in = me(client, second)
+    assert still_logged_in.status_code == 200
+    assert still_logged_in.json()["id"] == alice.id
+    tasks = client.get(alice.tasks_url, headers=alice.headers)
+    assert (tasks.status_code, tasks.json()) == (401, INVALID_TOKEN)
+
+
+def test_logging_out_twice_is_401(client, alice):
+    assert client.post("/api/auth/logout", headers=alice.headers).status_code == 204
+    again = client.post("/api/auth/logout", headers=alice.headers)
+    assert (again.status_code, again.json()) == (401, INVALID_TOKEN)
+
+
+def test_logout_needs_a_token(client):
+    response = client.post("/api/auth/logout")
+    assert (response.status_code, response.json()) == (401, {"detail": "Not authenticated"})
+
+
+def complete_claims(user_id: int) -> dict:
+    now = utc_now()
+    return {"sub": str(user_id), "iat": now, "exp": now + timedelta(minutes=5), "jti": "forged"}
+
+
+def test_a_token_with_every_claim_and_our_secret_works(client, alice):
+    """The control for the test below: only the missing claim makes the difference."""
+    token = jwt.encode(complete_claims(alice.id), settings.jwt_secret, algorithm="HS256")
+    assert (me(client, token).status_code, me(client, token).json()["id"]) == (200, alice.id)
+
+
+@pytest.mark.parametrize("missing", ["exp", "iat", "sub", "jti"])
+def test_a_token_missing_a_claim_is_401(client, alice, missing):
+    claims = {name: value for name, value in complete_claims(alice.id).items() if name != missing}
+    token = jwt.encode(claims, settings.jwt_secret, algorithm="HS256")
+    response = me(client, token)
+    assert (response.status_code, response.json()) == (401, INVALID_TOKEN)
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+
+
+def test_revoked_tokens_are_pruned_once_they_would_have_expired(client, engine, clock, alice):
+    real_now = utc_now()
+    short_lived_claims = {
+        "sub": str(alice.id),
+        "iat": real_now,
+        "exp": real_now + timedelta(minutes=10),
+        "jti": "short-lived",
+    }
+    short_lived = jwt.encode(short_lived_claims, settings.jwt_secret, algorithm="HS256")
+    clock.now = real_now
+    assert client.post("/api/auth/logout", headers=bearer(short_lived)).status_code == 204
+
+    clock.now = real_now + timedelta(minutes=30)  # the short-lived token has expired by now
+    assert client.post("/api/auth/logout", headers=alice.headers).status_code == 204
+    with Session(engine) as session:
+        remaining = session.exec(select(RevokedToken.jti)).all()
+    assert remaining == [jwt.decode(alice.token, options={"verify_signature": False})["jti"]]
+    assert (me(client, alice.token).status_code, me(client, alice.token).json()) == (401, INVALID_TOKEN)
+
+
 # --- OpenAPI ---
 
 
-def test_openapi_documents_429_with_retry_after(client):
+def test_openapi_documents_the_new_routes_and_their_errors(client):
     paths = client.get("/openapi.json").json()["paths"]
-    for path in ("/api/auth/signup", "/api/auth/login", "/api/auth/token"):
-        too_many = paths[path]["post"]["responses"]["429"]
-        assert too_many["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorMessage"}
-        assert "Retry-After" in too_many["headers"]
+    expected = {
+        ("post", "/api/auth/logout"): {"204", "401"},
+        ("post", "/api/auth/signup"): {"201", "409", "422", "429"},
+        ("post", "/api/auth/login"): {"200", "401", "422", "429"},
+        ("post", "/api/auth/token"): {"200", "401", "422", "429"},
+    }
+    for (method, path), statuses in expected.items():
+        operation = paths[path][method]
+        assert operation["tags"] == ["auth"]
+        assert operation["summary"]
+        assert set(operation["responses"]) == statuses, (method, path)
+        if "429" in statuses:
+            assert "Retry-After" in operation["responses"]["429"]["headers"]
+    assert paths["/api/auth/logout"]["post"]["security"] == [{"OAuth2PasswordBearer": []}]

@@ -1,17 +1,24 @@
 """Sign up, log in (JSON, or the OAuth2 form that Swagger UI's Authorize button sends),
-and read the current user.
+read the current user, and log out.
 
 Signups and logins count against the abuse limits in limits.py."""
 
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from fastapi.security import OAuth2PasswordRequestForm
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
-from auth import CurrentUser, create_access_token, hash_password, verify_password
+from auth import (
+    CurrentUser,
+    TokenClaimsDep,
+    create_access_token,
+    hash_password,
+    revoke_token,
+    verify_password,
+)
 from config import settings
 from db import SessionDep
 from limits import (
@@ -84,7 +91,7 @@ def limit_auth_requests(session: SessionDep, limits: LimitsDep, client: ClientAd
 def token_response(user: User) -> TokenResponse:
     # The token's own clock is the real one: PyJWT checks exp against it.
     return TokenResponse(
-        access_token=create_access_token(user.id, utc_now()),
+        access_token=create_access_token(user, utc_now()),
         expires_in=settings.access_token_expire_minutes * 60,
         user=UserPublic.model_validate(user),
     )
@@ -173,3 +180,15 @@ def login_form(
 def read_me(user: CurrentUser) -> User:
     """Return the account that the bearer token belongs to."""
     return user
+
+
+@router.post(
+    "/logout",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Log out this token",
+    responses=NOT_AUTHENTICATED,
+)
+def logout(claims: TokenClaimsDep, user: CurrentUser, session: SessionDep, now: Now) -> Response:
+    """End the presented token at once, on every worker. The user's other tokens keep working."""
+    revoke_token(session, claims, now)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
