@@ -79,6 +79,7 @@ def create_access_token(user: User, now: datetime) -> str:
         "iat": now,
         "exp": now + timedelta(minutes=settings.access_token_expire_minutes),
         "jti": secrets.token_urlsafe(16),  # names this one token, so logout can revoke it alone
+        "gen": user.token_generation,
     }
     return jwt.encode(claims, settings.jwt_secret, algorithm=JWT_ALGORITHM)
 
@@ -98,6 +99,7 @@ def invalid_credentials() -> HTTPException:
 class TokenClaims(NamedTuple):
     user_id: int
     token_id: str  # the jti
+    generation: int
     expires_at: datetime
 
 
@@ -108,11 +110,12 @@ async def get_token_claims(token: Annotated[str, Depends(oauth2_scheme)]) -> Tok
             token,
             settings.jwt_secret,
             algorithms=[JWT_ALGORITHM],
-            options={"require": ["exp", "iat", "sub", "jti"]},
+            options={"require": ["exp", "iat", "sub", "jti", "gen"]},
         )
         token_claims = TokenClaims(
             user_id=int(claims["sub"]),
             token_id=claims["jti"],
+            generation=claims["gen"],
             expires_at=datetime.fromtimestamp(claims["exp"], timezone.utc),
         )
     except (jwt.InvalidTokenError, ValueError, TypeError, OverflowError, OSError):
@@ -121,6 +124,7 @@ async def get_token_claims(token: Annotated[str, Depends(oauth2_scheme)]) -> Tok
         1 <= token_claims.user_id <= MAX_ID
         and isinstance(token_claims.token_id, str)
         and len(token_claims.token_id) <= MAX_TOKEN_ID_LENGTH
+        and type(token_claims.generation) is int
     ):
         raise invalid_credentials()
     return token_claims
@@ -136,7 +140,7 @@ def get_current_user(claims: TokenClaimsDep, session: SessionDep) -> User:
     if row is None:  # deleted since the token was issued
         raise invalid_credentials()
     user, revoked = row
-    if revoked:  # logged out
+    if revoked or user.token_generation != claims.generation:  # logged out, or password changed
         raise invalid_credentials()
     return user
 

@@ -32,6 +32,10 @@ class User(SQLModel, table=True):
     name: str | None = Field(default=None, max_length=100)
     password_hash: str
     created_at: datetime = Field(default_factory=utc_now)
+    # Every token carries the generation it was issued in; changing the password bumps it,
+    # which ends all older tokens at once. A counter, not a timestamp: a token's iat has
+    # one-second resolution and could not tell "just before" from "just after" a change.
+    token_generation: int = 0
 
 
 class Task(SQLModel, table=True):

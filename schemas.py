@@ -125,26 +125,28 @@ class HealthStatus(SQLModel):
 # --- users and tokens ---
 
 
+def password_within_bcrypt_limits(password: str) -> str:
+    try:
+        size = len(password.encode())
+    except UnicodeEncodeError:
+        raise ValueError("Password must be valid Unicode text") from None
+    if not PASSWORD_MIN_BYTES <= size <= BCRYPT_MAX_BYTES:
+        raise ValueError(
+            f"Password must be {PASSWORD_MIN_BYTES} to {BCRYPT_MAX_BYTES} bytes in UTF-8 "
+            f"(this one is {size}); bcrypt cannot use more than {BCRYPT_MAX_BYTES}"
+        )
+    return password
+
+
+NewPassword = Annotated[str, AfterValidator(password_within_bcrypt_limits)]
+
+
 class UserCreate(SQLModel):
     model_config = example(email="alice@example.com", password="correct horse battery", name="Alice")
 
     email: EmailStr
-    password: str
+    password: NewPassword
     name: Name | None = None
-
-    @field_validator("password")
-    @classmethod
-    def check_password_bytes(cls, password: str) -> str:
-        try:
-            size = len(password.encode())
-        except UnicodeEncodeError:
-            raise ValueError("Password must be valid Unicode text") from None
-        if not PASSWORD_MIN_BYTES <= size <= BCRYPT_MAX_BYTES:
-            raise ValueError(
-                f"Password must be {PASSWORD_MIN_BYTES} to {BCRYPT_MAX_BYTES} bytes in UTF-8 "
-                f"(this one is {size}); bcrypt cannot use more than {BCRYPT_MAX_BYTES}"
-            )
-        return password
 
 
 class UserLogin(SQLModel):
@@ -152,6 +154,19 @@ class UserLogin(SQLModel):
 
     email: EmailStr
     password: str  # any length: a wrong or too long password is simply a failed login
+
+
+class PasswordChange(SQLModel):
+    model_config = example(current_password="correct horse battery", new_password="a brand new passphrase")
+
+    current_password: str  # any length: a wrong one is simply a 401
+    new_password: NewPassword  # the same rules as at signup
+
+
+class PasswordConfirmation(SQLModel):
+    model_config = example(password="correct horse battery")
+
+    password: str
 
 
 class UserPublic(SQLModel):

@@ -1,5 +1,5 @@
 """Issue 3, sections 1 and 2: abuse limits on signup and login, and token revocation
-by logout, driven through HTTP.
+(logout, password change, account deletion), driven through HTTP.
 
 conftest turns the limits off for the whole suite; the tests here set the limits they
 need through the configured_limits dependency, the same way the clock is injected, so
@@ -14,13 +14,15 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import Session, func, select
 
+import routes.auth
 from conftest import PASSWORD, sign_up
 from config import load_settings, settings
 from limits import AbuseLimits, configured_limits
 from main import app
-from models import RateLimitEvent, RevokedToken, utc_now
+from models import RateLimitEvent, RevokedToken, Task, TaskTag, User, utc_now
 
 WRONG = "not the password"
+NEW_PASSWORD = "a brand new passphrase"
 INVALID_TOKEN = {"detail": "Could not validate credentials"}
 LOGIN_FAILED = {"detail": "Incorrect email or password"}
 TOO_MANY_FAILURES = {"detail": "Too many failed logins for this email; try again later"}
@@ -316,7 +318,7 @@ def test_logout_needs_a_token(client):
 
 def complete_claims(user_id: int) -> dict:
     now = utc_now()
-    return {"sub": str(user_id), "iat": now, "exp": now + timedelta(minutes=5), "jti": "forged"}
+    return {"sub": str(user_id), "iat": now, "exp": now + timedelta(minutes=5), "jti": "forged", "gen": 0}
 
 
 def test_a_token_with_every_claim_and_our_secret_works(client, alice):
@@ -325,13 +327,19 @@ def test_a_token_with_every_claim_and_our_secret_works(client, alice):
     assert (me(client, token).status_code, me(client, token).json()["id"]) == (200, alice.id)
 
 
-@pytest.mark.parametrize("missing", ["exp", "iat", "sub", "jti"])
+@pytest.mark.parametrize("missing", ["exp", "iat", "sub", "jti", "gen"])
 def test_a_token_missing_a_claim_is_401(client, alice, missing):
     claims = {name: value for name, value in complete_claims(alice.id).items() if name != missing}
     token = jwt.encode(claims, settings.jwt_secret, algorithm="HS256")
     response = me(client, token)
     assert (response.status_code, response.json()) == (401, INVALID_TOKEN)
     assert response.headers["WWW-Authenticate"] == "Bearer"
+
+
+@pytest.mark.parametrize("generation", [1, "0", True, None])
+def test_a_token_of_another_generation_is_401(client, alice, generation):
+    token = jwt.encode({**complete_claims(alice.id), "gen": generation}, settings.jwt_secret, algorithm="HS256")
+    assert (me(client, token).status_code, me(client, token).json()) == (401, INVALID_TOKEN)
 
 
 def test_revoked_tokens_are_pruned_once_they_would_have_expired(client, engine, clock, alice):
@@ -341,6 +349,7 @@ def test_revoked_tokens_are_pruned_once_they_would_have_expired(client, engine, 
         "iat": real_now,
         "exp": real_now + timedelta(minutes=10),
         "jti": "short-lived",
+        "gen": 0,
     }
     short_lived = jwt.encode(short_lived_claims, settings.jwt_secret, algorithm="HS256")
     clock.now = real_now
@@ -354,6 +363,164 @@ def test_revoked_tokens_are_pruned_once_they_would_have_expired(client, engine, 
     assert (me(client, alice.token).status_code, me(client, alice.token).json()) == (401, INVALID_TOKEN)
 
 
+# --- password change ---
+
+
+def change_password(client, token, current, new):
+    return client.put(
+        "/api/auth/password",
+        headers=bearer(token),
+        json={"current_password": current, "new_password": new},
+    )
+
+
+def test_password_change_ends_every_older_token(client, alice):
+    second = login(client, alice.email, PASSWORD).json()["access_token"]
+    response = change_password(client, alice.token, PASSWORD, NEW_PASSWORD)
+    assert response.status_code == 204
+    assert response.content == b""
+
+    for old_token in (alice.token, second):
+        assert (me(client, old_token).status_code, me(client, old_token).json()) == (401, INVALID_TOKEN)
+    assert (login(client, alice.email, PASSWORD).status_code, login(client, alice.email, PASSWORD).json()) == (
+        401,
+        LOGIN_FAILED,
+    )
+    fresh = login(client, alice.email, NEW_PASSWORD)
+    assert fresh.status_code == 200, fresh.text
+    mine = me(client, fresh.json()["access_token"])
+    assert (mine.status_code, mine.json()["id"]) == (200, alice.id)
+
+
+def test_a_token_issued_in_the_same_second_as_the_change_tells_before_from_after(
+    client, alice, monkeypatch
+):
+    one_second = utc_now().replace(microsecond=0)
+    monkeypatch.setattr(routes.auth, "utc_now", lambda: one_second)  # every token gets this iat
+    before = login(client, alice.email, PASSWORD).json()["access_token"]
+    assert change_password(client, alice.token, PASSWORD, NEW_PASSWORD).status_code == 204
+    after = login(client, alice.email, NEW_PASSWORD).json()["access_token"]
+
+    def issued_at(token):
+        return jwt.decode(token, options={"verify_signature": False})["iat"]
+
+    assert issued_at(before) == issued_at(after)
+    assert (me(client, before).status_code, me(client, before).json()) == (401, INVALID_TOKEN)
+    assert (me(client, after).status_code, me(client, after).json()["id"]) == (200, alice.id)
+
+
+def test_password_change_with_a_wrong_current_password_is_401(client, alice):
+    response = change_password(client, alice.token, WRONG, NEW_PASSWORD)
+    assert (response.status_code, response.json()) == (401, {"detail": "Incorrect password"})
+    assert me(client, alice.token).status_code == 200
+    assert login(client, alice.email, PASSWORD).status_code == 200
+    assert login(client, alice.email, NEW_PASSWORD).status_code == 401
+
+
+@pytest.mark.parametrize("new_password", ["short7!", "é" * 36 + "x"], ids=["7 bytes", "73 bytes"])
+def test_new_password_follows_the_signup_rules(client, alice, new_password):
+    response = change_password(client, alice.token, PASSWORD, new_password)
+    assert response.status_code == 422
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["body", "new_password"]
+    assert "Password must be 8 to 72 bytes in UTF-8" in error["msg"]
+    assert new_password not in response.text
+    assert me(client, alice.token).status_code == 200
+
+
+def test_a_72_byte_new_password_is_accepted(client, alice):
+    longest = "é" * 36
+    assert change_password(client, alice.token, PASSWORD, longest).status_code == 204
+    response = login(client, alice.email, longest)
+    assert (response.status_code, response.json()["user"]["id"]) == (200, alice.id)
+
+
+def test_password_change_needs_a_token(client):
+    response = client.put("/api/auth/password", json={"current_password": PASSWORD, "new_password": NEW_PASSWORD})
+    assert (response.status_code, response.json()) == (401, {"detail": "Not authenticated"})
+
+
+# --- account deletion ---
+
+
+def delete_me(client, token, password):
+    return client.request("DELETE", "/api/auth/me", headers=bearer(token), json={"password": password})
+
+
+def count_rows(engine, table, *where) -> int:
+    with Session(engine) as session:
+        return session.exec(select(func.count()).select_from(table).where(*where)).one()
+
+
+def test_delete_me_removes_the_user_tasks_and_tags(client, engine, alice, bob):
+    for title in ("one", "two"):
+        created = client.post(alice.tasks_url, headers=alice.headers, json={"title": title, "tags": ["a", "b"]})
+        assert created.status_code == 201, created.text
+    bobs = client.post(bob.tasks_url, headers=bob.headers, json={"title": "bob's", "tags": ["a"]})
+    assert bobs.status_code == 201, bobs.text
+
+    response = delete_me(client, alice.token, PASSWORD)
+    assert response.status_code == 204
+    assert response.content == b""
+
+    assert (me(client, alice.token).status_code, me(client, alice.token).json()) == (401, INVALID_TOKEN)
+    assert count_rows(engine, User, User.id == alice.id) == 0
+    assert count_rows(engine, Task, Task.user_id == alice.id) == 0
+    assert count_rows(engine, TaskTag) == 1  # bob's only
+    still_there = client.get(f"{bob.tasks_url}/{bobs.json()['id']}", headers=bob.headers)
+    assert (still_there.status_code, still_there.json()["tags"]) == (200, ["a"])
+
+
+def test_a_deleted_email_can_sign_up_again_and_old_tokens_stay_dead(client, alice):
+    assert delete_me(client, alice.token, PASSWORD).status_code == 204
+    again = sign_up(client, alice.email, NEW_PASSWORD)
+    assert again.id != alice.id
+    assert (me(client, alice.token).status_code, me(client, alice.token).json()) == (401, INVALID_TOKEN)
+    mine = me(client, again.token)
+    assert (mine.status_code, mine.json()["email"]) == (200, alice.email)
+
+
+def test_delete_me_with_a_wrong_password_is_401_and_deletes_nothing(client, engine, alice):
+    created = client.post(alice.tasks_url, headers=alice.headers, json={"title": "keep me"})
+    assert created.status_code == 201, created.text
+    response = delete_me(client, alice.token, WRONG)
+    assert (response.status_code, response.json()) == (401, {"detail": "Incorrect password"})
+    assert me(client, alice.token).status_code == 200
+    assert count_rows(engine, Task, Task.user_id == alice.id) == 1
+
+
+def test_delete_me_needs_the_password(client, alice):
+    response = client.request("DELETE", "/api/auth/me", headers=alice.headers)
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["body"]
+    assert me(client, alice.token).status_code == 200
+
+
+# --- password checks with a token count as failed logins too ---
+
+
+def test_a_stolen_token_cannot_guess_the_password_either(client, clock, alice, set_limits):
+    set_limits(login_failures=3)
+    wrong_change = change_password(client, alice.token, WRONG, NEW_PASSWORD)
+    assert (wrong_change.status_code, wrong_change.json()) == (401, {"detail": "Incorrect password"})
+    wrong_delete = delete_me(client, alice.token, WRONG)
+    assert (wrong_delete.status_code, wrong_delete.json()) == (401, {"detail": "Incorrect password"})
+    fail_logins(client, alice.email, 1)
+
+    assert_locked(change_password(client, alice.token, PASSWORD, NEW_PASSWORD), retry_after=15 * 60)
+    assert_locked(delete_me(client, alice.token, PASSWORD), retry_after=15 * 60)
+    assert_locked(login(client, alice.email, PASSWORD), retry_after=15 * 60)
+    assert me(client, alice.token).status_code == 200  # locked out of guessing, not logged out
+
+
+def test_a_right_password_on_a_token_route_clears_the_failures(client, clock, alice, set_limits):
+    set_limits(login_failures=2)
+    fail_logins(client, alice.email, 1)
+    assert change_password(client, alice.token, PASSWORD, NEW_PASSWORD).status_code == 204
+    fail_logins(client, alice.email, 2)  # a fresh count: two more before the lock
+    assert_locked(login(client, alice.email, NEW_PASSWORD), retry_after=15 * 60)
+
+
 # --- OpenAPI ---
 
 
@@ -361,6 +528,8 @@ def test_openapi_documents_the_new_routes_and_their_errors(client):
     paths = client.get("/openapi.json").json()["paths"]
     expected = {
         ("post", "/api/auth/logout"): {"204", "401"},
+        ("put", "/api/auth/password"): {"204", "401", "422", "429"},
+        ("delete", "/api/auth/me"): {"204", "401", "422", "429"},
         ("post", "/api/auth/signup"): {"201", "409", "422", "429"},
         ("post", "/api/auth/login"): {"200", "401", "422", "429"},
         ("post", "/api/auth/token"): {"200", "401", "422", "429"},
@@ -372,4 +541,5 @@ def test_openapi_documents_the_new_routes_and_their_errors(client):
         assert set(operation["responses"]) == statuses, (method, path)
         if "429" in statuses:
             assert "Retry-After" in operation["responses"]["429"]["headers"]
-    assert paths["/api/auth/logout"]["post"]["security"] == [{"OAuth2PasswordBearer": []}]
+    for method, path in [("post", "/api/auth/logout"), ("put", "/api/auth/password"), ("delete", "/api/auth/me")]:
+        assert paths[path][method]["security"] == [{"OAuth2PasswordBearer": []}]

@@ -1,13 +1,15 @@
 """Sign up, log in (JSON, or the OAuth2 form that Swagger UI's Authorize button sends),
-read the current user, and log out.
+read the current user, log out, change the password and delete the account.
 
 Signups and logins count against the abuse limits in limits.py."""
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from fastapi.security import OAuth2PasswordRequestForm
+from sqlalchemy import delete, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
@@ -34,6 +36,8 @@ from models import User, utc_now
 from routes.tasks import Now
 from schemas import (
     VALIDATION_ERROR,
+    PasswordChange,
+    PasswordConfirmation,
     TokenResponse,
     UserCreate,
     UserLogin,
@@ -73,6 +77,13 @@ FORM_EXAMPLE = {
         }
     }
 }
+PASSWORD_CHECK_ERRORS = {
+    401: error_response("Missing, invalid or expired token, or incorrect password", "Incorrect password"),
+    429: too_many_requests_response(
+        "Too many failed logins for this email from this address", TOO_MANY_FAILED_LOGINS
+    ),
+    **VALIDATION_ERROR,
+}
 
 
 def client_address(request: Request) -> str:
@@ -97,22 +108,50 @@ def token_response(user: User) -> TokenResponse:
     )
 
 
+def incorrect_password(detail: str) -> HTTPException:
+    return HTTPException(
+        status.HTTP_401_UNAUTHORIZED, detail=detail, headers={"WWW-Authenticate": "Bearer"}
+    )
+
+
+@dataclass(frozen=True)
+class PasswordCheck:
+    """Checks the passwords this request's client types. Every route that checks a
+    password counts it against the failed-login limit of (email, client address), so a
+    stolen token cannot be used to guess the password either."""
+
+    session: Session
+    limits: AbuseLimits
+    client: str
+    now: datetime
+
+    def matches(self, email: str, password: str, password_hash: str | None) -> bool:
+        failures = count_login_attempt(self.session, self.limits, email, self.client, self.now)
+        if not verify_password(password, password_hash):
+            return False  # the attempt stays counted
+        clear_login_failures(self.session, failures)
+        return True
+
+
+def password_check(
+    session: SessionDep, limits: LimitsDep, client: ClientAddress, now: Now
+) -> PasswordCheck:
+    return PasswordCheck(session, limits, client, now)
+
+
+PasswordCheckDep = Annotated[PasswordCheck, Depends(password_check)]
+
+
 def authenticate(
-    session: Session, limits: AbuseLimits, client: str, now: datetime, email: str, password: str
+    session: Session, password_check: PasswordCheck, email: str, password: str
 ) -> TokenResponse:
-    failures = count_login_attempt(session, limits, email, client, now)
     # The OAuth2 form's username is not validated as an email, and PostgreSQL refuses a
     # NUL in text; no stored email has one, so such a login simply fails.
     user = None
     if "\x00" not in email:
         user = session.exec(select(User).where(User.email == email.lower())).first()
-    if not verify_password(password, user.password_hash if user else None):
-        raise HTTPException(  # the attempt stays counted
-            status.HTTP_401_UNAUTHORIZED,
-            detail="Incorrect email or password",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    clear_login_failures(session, failures)
+    if not password_check.matches(email, password, user.password_hash if user else None):
+        raise incorrect_password("Incorrect email or password")
     return token_response(user)
 
 
@@ -149,11 +188,9 @@ def signup(body: UserCreate, session: SessionDep) -> TokenResponse:
     responses=LOGIN_ERRORS,
     dependencies=[Depends(limit_auth_requests)],
 )
-def login(
-    body: UserLogin, session: SessionDep, limits: LimitsDep, client: ClientAddress, now: Now
-) -> TokenResponse:
+def login(body: UserLogin, session: SessionDep, password_check: PasswordCheckDep) -> TokenResponse:
     """Exchange email and password for a bearer token."""
-    return authenticate(session, limits, client, now, body.email, body.password)
+    return authenticate(session, password_check, body.email, body.password)
 
 
 @router.post(
@@ -167,13 +204,11 @@ def login(
 def login_form(
     form: Annotated[OAuth2PasswordRequestForm, Depends()],
     session: SessionDep,
-    limits: LimitsDep,
-    client: ClientAddress,
-    now: Now,
+    password_check: PasswordCheckDep,
 ) -> TokenResponse:
     """The OAuth2 password flow: a form with username (your email) and password.
     This is the tokenUrl that Swagger UI's Authorize button uses."""
-    return authenticate(session, limits, client, now, form.username, form.password)
+    return authenticate(session, password_check, form.username, form.password)
 
 
 @router.get("/me", response_model=UserPublic, summary="The current user", responses=NOT_AUTHENTICATED)
@@ -191,4 +226,46 @@ def read_me(user: CurrentUser) -> User:
 def logout(claims: TokenClaimsDep, user: CurrentUser, session: SessionDep, now: Now) -> Response:
     """End the presented token at once, on every worker. The user's other tokens keep working."""
     revoke_token(session, claims, now)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.put(
+    "/password",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Change the password",
+    responses=PASSWORD_CHECK_ERRORS,
+)
+def change_password(
+    body: PasswordChange, user: CurrentUser, session: SessionDep, password_check: PasswordCheckDep
+) -> Response:
+    """Set a new password (same rules as at signup). Every token issued before the change,
+    this one included, stops working: log in again with the new password."""
+    if not password_check.matches(user.email, body.current_password, user.password_hash):
+        raise incorrect_password("Incorrect password")
+    new_hash = hash_password(body.new_password)
+    # One atomic UPDATE: a concurrent change can never leave an old generation behind.
+    session.execute(
+        update(User)
+        .where(User.id == user.id)
+        .values(password_hash=new_hash, token_generation=User.token_generation + 1)
+    )
+    session.commit()
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.delete(
+    "/me",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Delete the account",
+    responses=PASSWORD_CHECK_ERRORS,
+)
+def delete_me(
+    body: PasswordConfirmation, user: CurrentUser, session: SessionDep, password_check: PasswordCheckDep
+) -> Response:
+    """Delete the account with all its tasks and tags, in one transaction (the foreign
+    keys cascade). Its tokens stop working, and the email can sign up again."""
+    if not password_check.matches(user.email, body.password, user.password_hash):
+        raise incorrect_password("Incorrect password")
+    session.execute(delete(User).where(User.id == user.id))
+    session.commit()
     return Response(status_code=status.HTTP_204_NO_CONTENT)
