@@ -1,7 +1,7 @@
 """Sign up, log in (JSON, or the OAuth2 form that Swagger UI's Authorize button sends),
 read the current user, log out, change the password and delete the account.
 
-Signups and logins count against the abuse limits in limits.py."""
+Signups, logins and every password check count against the abuse limits in limits.py."""
 
 from dataclasses import dataclass
 from datetime import datetime
