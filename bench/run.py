@@ -29,12 +29,15 @@ from statistics import median
 BENCH_DIR = Path(__file__).resolve().parent
 REPOSITORY = BENCH_DIR.parent
 RESULTS_FILE = BENCH_DIR / "results.json"
+POSTGRES_RESULTS_FILE = BENCH_DIR / "results-postgres.json"
 SERVER_CPU = "0"
 LOAD_CPU = "1"
 CONNECTIONS = 16
 BURST_CONNECTIONS = 4  # list clients, and as many clients logging in back to back
 PASSWORD = secrets.token_urlsafe(16)
 load_generator_cpu: list[float] = []  # wrk's share of its CPU, run by run
+# On PostgreSQL, each wrk connection closes after this many requests (wrk_report.lua says why).
+RECONNECT_EVERY = 20
 NEW_TASK = {"title": "Buy milk", "description": "Two litres, semi-skimmed", "tags": ["shopping"]}
 
 
@@ -69,14 +72,58 @@ def call(method: str, url: str, body: dict | None = None, token: str | None = No
         return response.status, response.headers, json.loads(content) if content else None
 
 
-class Server:
-    """A uvicorn process on CPU 0; its log goes to a file in the run's directory."""
+def process_tree(root: int) -> list[int]:
+    """The process and all its descendants, from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError):
+            continue  # exited while we looked
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    tree, pending = [], [root]
+    while pending:
+        pid = pending.pop()
+        tree.append(pid)
+        pending.extend(children.get(pid, []))
+    return tree
 
-    def __init__(self, app: str, environment: dict, log_path: Path) -> None:
+
+def cpu_seconds(pid: int) -> float:
+    """User and system time of a process and of its children that it has waited for, so
+    summed over a process tree it also counts the members that have exited."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(field) for field in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(root: int) -> float:
+    return sum(cpu_seconds(pid) for pid in process_tree(root))
+
+
+def machine_busy_seconds() -> float:
+    """CPU time the whole machine spent on anything but idling, from /proc/stat."""
+    fields = [int(field) for field in Path("/proc/stat").read_text().split("\n")[0].split()[1:9]]
+    idle, iowait = fields[3], fields[4]
+    return (sum(fields) - idle - iowait) / os.sysconf("SC_CLK_TCK")
+
+
+class Server:
+    """A uvicorn process, pinned to CPU 0 unless told otherwise, with its workers if it has
+    any; its log goes to a file in the run's directory."""
+
+    def __init__(self, app: str, environment: dict, log_path: Path,
+                 cpus: str | None = SERVER_CPU, workers: int = 1) -> None:
         self.port = free_port()
         self.log_path = log_path
-        command = ["taskset", "-c", SERVER_CPU, sys.executable, "-m", "uvicorn", app,
-                   "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"]
+        command = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1",
+                   "--port", str(self.port), "--log-level", "warning"]
+        if workers > 1:
+            command += ["--workers", str(workers)]
+        if cpus:
+            command = ["taskset", "-c", cpus, *command]
         with open(log_path, "wb") as log:
             # taskset execs uvicorn, so this pid is the server's own.
             self.process = subprocess.Popen(
@@ -99,8 +146,12 @@ class Server:
         raise SystemExit(f"{self.log_path.name} did not start:\n{self.log_path.read_text()}")
 
     def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+        return tree_cpu_seconds(self.process.pid)  # with --workers, the workers' too
+
+    def worker_cpu_seconds(self) -> dict[int, float]:
+        """With --workers: each worker process's CPU time (not multiprocessing's helpers)."""
+        return {pid: cpu_seconds(pid) for pid in process_tree(self.process.pid)[1:]
+                if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()}
 
     def wait_until_idle(self) -> None:
         """Let queued work (such as logins that wrk gave up on) finish before the next run."""
@@ -121,13 +172,18 @@ class Server:
         self.process.wait(timeout=30)
 
 
-def wrk_command(url: str, seconds: int, connections: int, timeout_s: int) -> list[str]:
-    return ["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s",
-            f"--timeout={timeout_s}s", "-s", str(BENCH_DIR / "wrk_report.lua"), url]
+def wrk_command(url: str, seconds: int, connections: int, timeout_s: int,
+                cpus: str | None = LOAD_CPU) -> list[str]:
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", f"--timeout={timeout_s}s",
+               "-s", str(BENCH_DIR / "wrk_report.lua"), url]
+    return ["taskset", "-c", cpus, *command] if cpus else command
 
 
-def wrk_environment(method: str, token: str | None, body: dict | None) -> dict:
+def wrk_environment(method: str, token: str | None, body: dict | None,
+                    reconnect_every: int | None = None) -> dict:
     environment = {**os.environ, "BENCH_METHOD": method}
+    if reconnect_every:
+        environment["BENCH_RECONNECT_EVERY"] = str(reconnect_every)
     if token:
         environment["BENCH_AUTHORIZATION"] = f"Bearer {token}"
     if body is not None:
@@ -146,15 +202,17 @@ def wrk_summary(output: str) -> dict:
 
 
 def load(url: str, seconds: int, connections: int = CONNECTIONS, method: str = "GET",
-         token: str | None = None, body: dict | None = None, server: Server | None = None) -> dict:
+         token: str | None = None, body: dict | None = None, server: Server | None = None,
+         load_cpus: str | None = LOAD_CPU, reconnect_every: int | None = None) -> dict:
     """Run wrk to completion. Also records how busy wrk itself was, to show it is not
     the bottleneck, and with `server`, the server's CPU time per request: a figure that
     other programs on a shared machine disturb far less than requests per second."""
     server_cpu = server.cpu_seconds() if server else 0.0
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     finished = subprocess.run(
-        wrk_command(url, seconds, connections, timeout_s=10),
-        env=wrk_environment(method, token, body), capture_output=True, text=True, check=True,
+        wrk_command(url, seconds, connections, timeout_s=10, cpus=load_cpus),
+        env=wrk_environment(method, token, body, reconnect_every), capture_output=True, text=True,
+        check=True,
     )
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     stats = wrk_summary(finished.stdout)
@@ -232,9 +290,8 @@ def check(condition: bool, message: str, failures: list[str]) -> None:
         print(f"FAILED: {message}", flush=True)
 
 
-def run(plan: Plan, workdir: Path) -> tuple[dict, list[str]]:
-    failures: list[str] = []
-    environment = {
+def server_environment(workdir: Path) -> dict:
+    return {
         **{key: value for key, value in os.environ.items() if key != "BCRYPT_ROUNDS"},
         "JWT_SECRET": secrets.token_urlsafe(48),  # fresh for every run, never a constant
         "JWT_SECRET_FILE": str(workdir / "unused_jwt_secret"),
@@ -242,6 +299,11 @@ def run(plan: Plan, workdir: Path) -> tuple[dict, list[str]]:
         "AUTH_REQUESTS_PER_MINUTE": "0",
         "PYTHONDONTWRITEBYTECODE": "1",
     }
+
+
+def run(plan: Plan, workdir: Path) -> tuple[dict, list[str]]:
+    failures: list[str] = []
+    environment = server_environment(workdir)
     main_url = f"sqlite:///{workdir / 'main.db'}"
     scale_url = f"sqlite:///{workdir / 'scale.db'}"
     project = Server("main:app", {**environment, "DATABASE_URL": main_url}, workdir / "project.log")
@@ -346,6 +408,116 @@ def run(plan: Plan, workdir: Path) -> tuple[dict, list[str]]:
             server.stop()
 
 
+def load_with_cpu_accounting(url: str, seconds: int, server: Server, postgres_pid: int | None,
+                             **request) -> dict:
+    """Run wrk, unpinned, and say where the machine's CPU went meanwhile, in cores: the app
+    (all its workers), the PostgreSQL server (all its backends), wrk, and other programs."""
+    before_app, before_workers = server.cpu_seconds(), server.worker_cpu_seconds()
+    before_postgres = tree_cpu_seconds(postgres_pid) if postgres_pid else 0.0
+    before_busy, started = machine_busy_seconds(), time.monotonic()
+    stats = load(url, seconds, server=server, load_cpus=None, reconnect_every=RECONNECT_EVERY,
+                 **request)
+    wall = time.monotonic() - started
+    cores = {"app": (server.cpu_seconds() - before_app) / wall,
+             "postgres": (tree_cpu_seconds(postgres_pid) - before_postgres) / wall
+             if postgres_pid else 0.0,
+             "wrk": stats["load_generator_cpu"]}
+    cores["other programs"] = (machine_busy_seconds() - before_busy) / wall - sum(cores.values())
+    cores["idle"] = len(os.sched_getaffinity(0)) - sum(cores.values())
+    stats["cores"] = cores
+    stats["worker_cores"] = sorted(
+        ((cpu - before_workers.get(pid, 0.0)) / wall
+         for pid, cpu in server.worker_cpu_seconds().items()), reverse=True)
+    stats["postgres_cpu_ms"] = cores["postgres"] * wall * 1000 / max(1, stats["requests"])
+    return stats
+
+
+def start_postgres(directory: Path) -> tuple[str, int]:
+    """A throwaway PostgreSQL server (.ci/postgres), unpinned; returns its URL and the
+    postmaster's pid, whose process tree holds every backend."""
+    started = subprocess.run([REPOSITORY / ".ci" / "postgres", "start", directory],
+                             capture_output=True, text=True)
+    if started.returncode != 0:
+        raise SystemExit(f".ci/postgres could not start a server:\n{started.stderr}")
+    postmaster_pid = int((directory / "data" / "postmaster.pid").read_text().split()[0])
+    return started.stdout.strip(), postmaster_pid
+
+
+def run_postgres(plan: Plan, workdir: Path, database_url: str,
+                 postgres_pid: int | None) -> tuple[dict, list[str]]:
+    """List and create throughput on PostgreSQL, with 1 worker and with 2, in alternating
+    rounds. Nothing is pinned: both set-ups share every CPU with PostgreSQL and wrk, as
+    they would on a real small machine, so the only difference is the number of workers."""
+    failures: list[str] = []
+    environment = {**server_environment(workdir), "DATABASE_URL": database_url}
+    servers = {workers: Server("main:app", environment, workdir / f"workers-{workers}.log",
+                               cpus=None, workers=workers) for workers in (1, 2)}
+    run_tag = secrets.token_hex(4)  # the database may be one the caller gave us: fresh emails
+    try:
+        urls: dict[int, dict] = {}
+        for workers, server in servers.items():
+            server.wait_until_serving("/health")
+            server.wait_until_idle()  # every worker has imported the app and is accepting
+            check(len(server.worker_cpu_seconds()) == (workers if workers > 1 else 0),
+                  f"{workers} worker(s) running", failures)
+            list_user, list_token = sign_up(server, f"list-{workers}-{run_tag}@bench.example")
+            add_tasks_over_http(server, list_user, list_token, 20)
+            create_user, create_token = sign_up(server, f"create-{workers}-{run_tag}@bench.example")
+            urls[workers] = {"list": (server.url(f"/api/{list_user}/tasks"), list_token),
+                             "create": (server.url(f"/api/{create_user}/tasks"), create_token)}
+            load(urls[workers]["list"][0], 1, token=list_token, load_cpus=None)  # warm-up
+        rounds = range(plan.rounds)
+        figures: dict = {}
+
+        def measure(scenario: str, **request) -> list[tuple[dict, dict]]:
+            """(2 workers, 1 worker) per round, alternating."""
+            pairs = []
+            for _ in rounds:
+                one, two = [load_with_cpu_accounting(urls[workers][scenario][0], plan.seconds,
+                                                     servers[workers], postgres_pid,
+                                                     token=urls[workers][scenario][1], **request)
+                            for workers in (1, 2)]
+                pairs.append((two, one))
+            return pairs
+
+        for scenario, request in [("list", {}),
+                                  ("create", {"method": "POST", "body": NEW_TASK})]:
+            print(f"{scenario} on PostgreSQL, 1 and 2 workers...", flush=True)
+            pairs = measure(scenario, **request)
+            figure = summarise(pairs, "rps", "rps")
+            for position, workers in [(1, 1), (0, 2)]:
+                runs = [pair[position] for pair in pairs]
+                figure[f"workers_{workers}"] = {
+                    "rps_rounds": [run["rps"] for run in runs],
+                    "acknowledged": sum(run["requests"] for run in runs),
+                    "p50_ms": median([run["p50_ms"] for run in runs]),
+                    "postgres_cpu_ms": median([run["postgres_cpu_ms"] for run in runs]),
+                    "app_cpu_ms": median([run["cpu_ms"] for run in runs]),
+                    "cores": {part: median([run["cores"][part] for run in runs])
+                              for part in runs[0]["cores"]},
+                    "worker_cores": [median(shares) for shares in
+                                     zip(*[run["worker_cores"] for run in runs])],
+                }
+            figures[f"postgres_{scenario}"] = figure
+            check(all(run["errors"] == 0 for pair in pairs for run in pair),
+                  f"{scenario} on PostgreSQL: 0 errors", failures)
+
+        for workers, figure in figures["postgres_create"].items():
+            if not workers.startswith("workers_"):
+                continue
+            url, token = urls[int(workers.removeprefix("workers_"))]["create"]
+            _, headers, _ = call("GET", url + "?limit=1", token=token)
+            figure["stored"] = int(headers["X-Total-Count"])
+            # As on SQLite: wrk may stop with one request per connection still in flight.
+            check(figure["acknowledged"] <= figure["stored"]
+                  <= figure["acknowledged"] + CONNECTIONS * plan.rounds,
+                  f"create on PostgreSQL, {workers}: every created task is stored", failures)
+        return figures, failures
+    finally:
+        for server in servers.values():
+            server.stop()
+
+
 def summarise(runs: list[tuple[dict, dict]], figure: str, reference_figure: str) -> dict:
     """Medians of a figure and of its reference, and the median of their round-by-round
     ratios (not the ratio of the medians: each round's pair ran under the same noise)."""
@@ -403,11 +575,42 @@ def report(figures: dict) -> list[str]:
     return missed
 
 
+def report_postgres(figures: dict) -> list[str]:
+    """Print the PostgreSQL table and where the CPU went; return the targets that were missed."""
+    print(f"\n{'PostgreSQL, 16 connections':34} {'1 worker':>9} {'2 workers':>10} {'2w/1w':>7}")
+    for scenario in ("list", "create"):
+        figure = figures[f"postgres_{scenario}"]
+        rounds = ", ".join(f"{ratio:.2f}" for ratio in figure["ratios"])
+        print(f"{scenario + ': req/s':34} {figure['reference']:9.1f} {figure['project']:10.1f} "
+              f"{figure['ratio']:7.2f}  (rounds: {rounds})")
+    for scenario in ("list", "create"):
+        print(f"\nwhere the CPU went during {scenario} (cores, of "
+              f"{len(os.sched_getaffinity(0))}; medians):")
+        for workers in (1, 2):
+            figure = figures[f"postgres_{scenario}"][f"workers_{workers}"]
+            parts = ", ".join(f"{part} {cores:.2f}" for part, cores in figure["cores"].items())
+            split = (" = " + " + ".join(f"{cores:.2f}" for cores in figure["worker_cores"])
+                     if figure["worker_cores"] else "")
+            print(f"  {workers} worker(s): {parts}; app{split}; per request: app "
+                  f"{figure['app_cpu_ms']:.2f} ms, PostgreSQL {figure['postgres_cpu_ms']:.2f} ms")
+    create = figures["postgres_create"]
+    print("created tasks: " + "; ".join(
+        f"{workers} worker(s) {create[f'workers_{workers}']['acknowledged']} acknowledged, "
+        f"{create[f'workers_{workers}']['stored']} stored" for workers in (1, 2)))
+    beats = figures["postgres_list"]["ratio"] > 1
+    print(f"2 workers beat 1 on list throughput: {'yes' if beats else 'NO'}")
+    return [] if beats else ["postgres_list"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true",
                         help="a few seconds: check that everything runs, enforce no target")
     parser.add_argument("--rounds", type=int, help="alternating rounds (default 3)")
+    parser.add_argument("--postgres", nargs="?", const="throwaway", metavar="URL",
+                        help="instead: list and create on PostgreSQL with 1 and 2 workers, on "
+                             "a throwaway server (.ci/postgres) or on the database at URL "
+                             "(postgresql+psycopg://...; it gets a few users and tasks)")
     arguments = parser.parse_args()
     plan = SMOKE if arguments.smoke else FULL
     if arguments.rounds:
@@ -420,9 +623,22 @@ def main() -> None:
         raise SystemExit("the benchmark needs two CPUs: one for the server, one for wrk")
     started = datetime.now(timezone.utc)
     with tempfile.TemporaryDirectory(prefix="todo-bench-") as workdir:
-        figures, failures = run(plan, Path(workdir))
-    missed = report(figures)
-    RESULTS_FILE.write_text(json.dumps({
+        if arguments.postgres is None:
+            figures, failures = run(plan, Path(workdir))
+        elif arguments.postgres != "throwaway":
+            figures, failures = run_postgres(plan, Path(workdir), arguments.postgres, None)
+        else:
+            # Not inside workdir: the server runs as the postgres user, who cannot enter it.
+            server_dir = Path(tempfile.mkdtemp(prefix="todo-bench-postgres-"))
+            try:
+                database_url, postmaster_pid = start_postgres(server_dir)
+                figures, failures = run_postgres(plan, Path(workdir), database_url,
+                                                 postmaster_pid)
+            finally:
+                subprocess.run([REPOSITORY / ".ci" / "postgres", "stop", server_dir], check=True)
+    missed = report(figures) if arguments.postgres is None else report_postgres(figures)
+    results_file = RESULTS_FILE if arguments.postgres is None else POSTGRES_RESULTS_FILE
+    results_file.write_text(json.dumps({
         "date": started.isoformat(timespec="seconds"),
         "cpus": os.cpu_count(),
         "smoke": arguments.smoke,
