@@ -7,6 +7,11 @@ temporary directory, pinned to CPU 0, and the framework ceiling (bench/ceiling.p
 the same settings. wrk drives both from CPU 1. Every figure is the median of alternating
 rounds, and every ratio is taken round by round, because shared machines are noisy.
 The table is printed and the figures are written to bench/results.json.
+
+`python bench/run.py --postgres` (about two minutes) instead measures list and create on
+PostgreSQL with `--workers 1` and `--workers 2`, on a throwaway server (.ci/postgres) or on
+$BENCH_DATABASE_URL, and writes bench/results-postgres.json. Nothing is pinned there: the
+question is what a second worker buys when everything shares the machine's cores.
 """
 
 import argparse
@@ -418,17 +423,17 @@ def load_with_cpu_accounting(url: str, seconds: int, server: Server, postgres_pi
     stats = load(url, seconds, server=server, load_cpus=None, reconnect_every=RECONNECT_EVERY,
                  **request)
     wall = time.monotonic() - started
-    cores = {"app": (server.cpu_seconds() - before_app) / wall,
-             "postgres": (tree_cpu_seconds(postgres_pid) - before_postgres) / wall
-             if postgres_pid else 0.0,
-             "wrk": stats["load_generator_cpu"]}
+    cores = {"app": (server.cpu_seconds() - before_app) / wall}
+    if postgres_pid:  # only for a server of our own: another may not even be on this machine
+        cores["postgres"] = (tree_cpu_seconds(postgres_pid) - before_postgres) / wall
+    cores["wrk"] = stats["load_generator_cpu"]
     cores["other programs"] = (machine_busy_seconds() - before_busy) / wall - sum(cores.values())
     cores["idle"] = len(os.sched_getaffinity(0)) - sum(cores.values())
     stats["cores"] = cores
     stats["worker_cores"] = sorted(
         ((cpu - before_workers.get(pid, 0.0)) / wall
          for pid, cpu in server.worker_cpu_seconds().items()), reverse=True)
-    stats["postgres_cpu_ms"] = cores["postgres"] * wall * 1000 / max(1, stats["requests"])
+    stats["postgres_cpu_ms"] = cores.get("postgres", 0.0) * wall * 1000 / max(1, stats["requests"])
     return stats
 
 
@@ -591,8 +596,10 @@ def report_postgres(figures: dict) -> list[str]:
             parts = ", ".join(f"{part} {cores:.2f}" for part, cores in figure["cores"].items())
             split = (" = " + " + ".join(f"{cores:.2f}" for cores in figure["worker_cores"])
                      if figure["worker_cores"] else "")
-            print(f"  {workers} worker(s): {parts}; app{split}; per request: app "
-                  f"{figure['app_cpu_ms']:.2f} ms, PostgreSQL {figure['postgres_cpu_ms']:.2f} ms")
+            postgres = (f", PostgreSQL {figure['postgres_cpu_ms']:.2f} ms"
+                        if "postgres" in figure["cores"] else "")
+            print(f"  {workers} worker(s): {parts}; app{split}; CPU per request: app "
+                  f"{figure['app_cpu_ms']:.2f} ms{postgres}")
     create = figures["postgres_create"]
     print("created tasks: " + "; ".join(
         f"{workers} worker(s) {create[f'workers_{workers}']['acknowledged']} acknowledged, "
@@ -607,10 +614,11 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true",
                         help="a few seconds: check that everything runs, enforce no target")
     parser.add_argument("--rounds", type=int, help="alternating rounds (default 3)")
-    parser.add_argument("--postgres", nargs="?", const="throwaway", metavar="URL",
+    parser.add_argument("--postgres", action="store_true",
                         help="instead: list and create on PostgreSQL with 1 and 2 workers, on "
-                             "a throwaway server (.ci/postgres) or on the database at URL "
-                             "(postgresql+psycopg://...; it gets a few users and tasks)")
+                             "a throwaway server (.ci/postgres), or on the database at "
+                             "$BENCH_DATABASE_URL (postgresql+psycopg://...) if set, which gets "
+                             "a few users and tasks")
     arguments = parser.parse_args()
     plan = SMOKE if arguments.smoke else FULL
     if arguments.rounds:
@@ -623,10 +631,11 @@ def main() -> None:
         raise SystemExit("the benchmark needs two CPUs: one for the server, one for wrk")
     started = datetime.now(timezone.utc)
     with tempfile.TemporaryDirectory(prefix="todo-bench-") as workdir:
-        if arguments.postgres is None:
+        if not arguments.postgres:
             figures, failures = run(plan, Path(workdir))
-        elif arguments.postgres != "throwaway":
-            figures, failures = run_postgres(plan, Path(workdir), arguments.postgres, None)
+        elif os.environ.get("BENCH_DATABASE_URL"):  # not an argument: ps would show its password
+            figures, failures = run_postgres(plan, Path(workdir),
+                                             os.environ["BENCH_DATABASE_URL"], None)
         else:
             # Not inside workdir: the server runs as the postgres user, who cannot enter it.
             server_dir = Path(tempfile.mkdtemp(prefix="todo-bench-postgres-"))
@@ -636,8 +645,8 @@ def main() -> None:
                                                  postmaster_pid)
             finally:
                 subprocess.run([REPOSITORY / ".ci" / "postgres", "stop", server_dir], check=True)
-    missed = report(figures) if arguments.postgres is None else report_postgres(figures)
-    results_file = RESULTS_FILE if arguments.postgres is None else POSTGRES_RESULTS_FILE
+    missed = report_postgres(figures) if arguments.postgres else report(figures)
+    results_file = POSTGRES_RESULTS_FILE if arguments.postgres else RESULTS_FILE
     results_file.write_text(json.dumps({
         "date": started.isoformat(timespec="seconds"),
         "cpus": os.cpu_count(),
