@@ -441,7 +441,7 @@ def start_postgres(directory: Path) -> tuple[str, int]:
     """A throwaway PostgreSQL server (.ci/postgres), unpinned; returns its URL and the
     postmaster's pid, whose process tree holds every backend."""
     started = subprocess.run([REPOSITORY / ".ci" / "postgres", "start", directory],
-                             capture_output=True, text=True)
+                             check=False, capture_output=True, text=True)
     if started.returncode != 0:
         raise SystemExit(f".ci/postgres could not start a server:\n{started.stderr}")
     postmaster_pid = int((directory / "data" / "postmaster.pid").read_text().split()[0])
