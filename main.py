@@ -117,6 +117,15 @@ def allowed_methods(request: Request) -> str:
 
 @app.exception_handler(StarletteHTTPException)
 async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    if exc.status_code == status.HTTP_400_BAD_REQUEST and isinstance(exc.__cause__, UnicodeDecodeError):
+        # A body that is not UTF-8 is malformed JSON like any other: 422, not FastAPI's bare 400.
+        not_utf8 = {
+            "type": "json_invalid",
+            "loc": ("body", exc.__cause__.start),
+            "msg": "JSON decode error",
+            "ctx": {"error": "The body is not valid UTF-8"},
+        }
+        return await validation_error(request, RequestValidationError([not_utf8]))
     if exc.status_code == status.HTTP_405_METHOD_NOT_ALLOWED:
         exc = StarletteHTTPException(exc.status_code, exc.detail, {"Allow": allowed_methods(request)})
     return await http_exception_handler(request, exc)

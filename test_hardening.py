@@ -12,3 +12,14 @@ def test_405_allow_header_names_every_method_of_the_path(client, alice: Account)
     assert response.status_code == 405
     assert response.json() == {"detail": "Method Not Allowed"}
     assert response.headers["allow"] == "GET, PUT, PATCH, DELETE"
+
+
+def test_body_that_is_not_utf8_is_malformed_json_422(client, alice: Account):
+    response = client.post(
+        alice.tasks_url,
+        content=b'{"title": "\xff\xfe"}',
+        headers={**alice.headers, "Content-Type": "application/json"},
+    )
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["type"] == "json_invalid"
+    assert client.get(alice.tasks_url, headers=alice.headers).json() == []
