@@ -16,6 +16,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
 from sqlmodel import Field, SQLModel
 
 BCRYPT_MAX_BYTES = 72  # bcrypt refuses longer passwords
@@ -221,13 +222,15 @@ class TaskUpdate(SQLModel):
 
     model_config = example(title="Pay rent and bills", priority="medium", tags=["home", "money", "bills"])
 
-    title: Title | None = None
+    # SkipJsonSchema: None only means "absent" for these, so the OpenAPI schema must not
+    # offer null for them; reject_null below answers an explicit null with 422.
+    title: Title | SkipJsonSchema[None] = None
     description: Description | None = None  # an explicit null clears it
-    completed: bool | None = None
-    priority: Priority | None = None
+    completed: bool | SkipJsonSchema[None] = None
+    priority: Priority | SkipJsonSchema[None] = None
     due_date: UtcDateTime | None = None  # an explicit null clears it
-    tags: Tags | None = None
-    recurrence: Recurrence | None = None
+    tags: Tags | SkipJsonSchema[None] = None
+    recurrence: Recurrence | SkipJsonSchema[None] = None
 
     @field_validator("title", "completed", "priority", "tags", "recurrence")
     @classmethod

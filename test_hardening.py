@@ -23,3 +23,14 @@ def test_body_that_is_not_utf8_is_malformed_json_422(client, alice: Account):
     assert response.status_code == 422
     assert response.json()["detail"][0]["type"] == "json_invalid"
     assert client.get(alice.tasks_url, headers=alice.headers).json() == []
+
+
+def test_update_schema_offers_null_only_where_null_clears(client, alice: Account):
+    # The schema said completed/title/priority/tags/recurrence could be null; the API says 422.
+    update = client.get("/openapi.json").json()["components"]["schemas"]["TaskUpdate"]["properties"]
+    nullable = {name for name, field in update.items() if {"type": "null"} in field.get("anyOf", [])}
+    assert nullable == {"description", "due_date"}
+    created = client.post(alice.tasks_url, json={"title": "t"}, headers=alice.headers).json()
+    response = client.put(f"{alice.tasks_url}/{created['id']}", json={"completed": None}, headers=alice.headers)
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["body", "completed"]
