@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 from fastapi import Path
 from pydantic import (
     AfterValidator,
+    BeforeValidator,
     ConfigDict,
     EmailStr,
     StringConstraints,
@@ -44,6 +45,19 @@ def plain_text(value: str) -> str:
     return value
 
 
+def iso_8601(value: object) -> object:
+    # Pydantic would also read a number, or a string of digits, as seconds since 1970:
+    # due_date=0 would quietly become 1970-01-01. The contract says ISO 8601, so only that.
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("must be an ISO 8601 date-time string")
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError("must be an ISO 8601 date-time, such as 2026-03-01T12:00:00Z") from None
+
+
 def as_utc(value: datetime) -> datetime:
     """Read a date-time without an offset as UTC, and keep it within storable years."""
     if value.tzinfo is None:
@@ -61,7 +75,7 @@ TagName = Annotated[
     str, StringConstraints(strip_whitespace=True, to_lower=True, min_length=1, max_length=30), PlainText
 ]
 Tags = Annotated[list[TagName], Field(max_length=10), AfterValidator(lambda tags: list(dict.fromkeys(tags)))]
-UtcDateTime = Annotated[datetime, AfterValidator(as_utc)]
+UtcDateTime = Annotated[datetime, BeforeValidator(iso_8601), AfterValidator(as_utc)]
 
 
 def example(**fields: object) -> ConfigDict:
