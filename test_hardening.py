@@ -1,6 +1,10 @@
 """Hardening (issue 3): regressions for what fuzzing found, request logging, and the
 live-server checks (crash safety, several workers)."""
 
+import logging
+import re
+import secrets
+
 from conftest import Account
 
 
@@ -59,3 +63,69 @@ def test_iso_due_dates_still_work(client, alice: Account):
         response = client.post(alice.tasks_url, json={"title": "t", "due_date": sent}, headers=alice.headers)
         assert response.status_code == 201, response.text
         assert response.json()["due_date"].replace("+00:00", "Z") == stored
+
+
+# --- request logging ---
+
+
+def access_lines(caplog) -> list[str]:
+    return [record.getMessage() for record in caplog.records if record.name == "todo.access"]
+
+
+def test_one_access_line_per_request_with_method_path_status_duration_and_id(client, alice: Account, caplog):
+    caplog.set_level(logging.INFO, logger="todo.access")
+    response = client.get(alice.tasks_url, params={"q": "milk"}, headers={**alice.headers, "X-Request-ID": "req-42"})
+    assert response.status_code == 200
+    assert response.json() == []
+    assert response.headers["x-request-id"] == "req-42"
+    [line] = access_lines(caplog)
+    assert re.fullmatch(rf"GET {alice.tasks_url} 200 \d+\.\dms request_id=req-42", line), line
+
+
+def test_request_id_is_generated_when_missing_or_not_a_short_token(client, caplog):
+    caplog.set_level(logging.INFO, logger="todo.access")
+    sent = [None, "", "has space", "x" * 65, "semi;colon", "Bearer abc"]
+    echoed = []
+    for request_id in sent:
+        headers = {} if request_id is None else {"X-Request-ID": request_id}
+        response = client.get("/health", headers=headers)
+        assert response.status_code == 200
+        assert response.json() == {"status": "ok"}
+        echoed.append(response.headers["x-request-id"])
+    assert all(re.fullmatch(r"[0-9a-f]{16}", request_id) for request_id in echoed), echoed
+    assert len(set(echoed)) == len(sent)
+    assert [line.rsplit("request_id=", 1)[1] for line in access_lines(caplog)] == echoed
+
+
+def test_no_password_token_or_authorization_in_any_log_line(client, caplog):
+    caplog.set_level(logging.DEBUG)  # every logger, every level
+    password = "hunter2-" + secrets.token_urlsafe(12)
+    signup = client.post("/api/auth/signup", json={"email": "carol@example.com", "password": password})
+    assert signup.status_code == 201
+    token = signup.json()["access_token"]
+    user_id = signup.json()["user"]["id"]
+    login = client.post("/api/auth/login", json={"email": "carol@example.com", "password": password})
+    assert login.status_code == 200
+    form = client.post("/api/auth/token", data={"username": "carol@example.com", "password": password})
+    assert form.status_code == 200
+    wrong = client.post("/api/auth/login", json={"email": "carol@example.com", "password": password + "x"})
+    assert wrong.status_code == 401
+    short = client.post("/api/auth/signup", json={"email": "dave@example.com", "password": "pw"})
+    assert short.status_code == 422
+    bearer = {"Authorization": f"Bearer {token}"}
+    me = client.get("/api/auth/me", headers=bearer)
+    assert me.status_code == 200
+    # A careless client that puts the token in the query string: the path alone is logged.
+    listed = client.get(f"/api/{user_id}/tasks", params={"access_token": token, "q": password}, headers=bearer)
+    assert listed.status_code == 200
+    forged = client.get("/api/auth/me", headers={"Authorization": f"Bearer {token}x"})
+    assert forged.status_code == 401
+    secrets_sent = [password, "pw", token, login.json()["access_token"], form.json()["access_token"]]
+    # Every server-side logger; httpx2 is the test's own client, which logs the URL it asked for.
+    lines = [record.getMessage() for record in caplog.records if not record.name.startswith("httpx")]
+    assert len(access_lines(caplog)) == 8
+    for line in lines:
+        assert "Bearer" not in line and "Authorization" not in line.title(), line
+        assert "access_token" not in line, line
+        for secret in secrets_sent:
+            assert secret not in line, line
