@@ -27,6 +27,7 @@ class Settings:
     login_failure_limit: int
     login_failure_window_minutes: int
     auth_requests_per_minute: int
+    sqlite_synchronous: str
 
 
 def load_or_create_secret(path: Path) -> str:
@@ -72,6 +73,13 @@ def int_setting(name: str, default: int, low: int, high: int) -> int:
     return value
 
 
+def choice_setting(name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = os.environ.get(name, default)
+    if raw.strip().upper() not in choices:
+        raise SystemExit(f"{name} must be one of {', '.join(choices)}, not {raw!r}")
+    return raw.strip().upper()
+
+
 def load_settings() -> Settings:
     if "JWT_SECRET" in os.environ:
         jwt_secret = require_strong_secret(os.environ["JWT_SECRET"], "JWT_SECRET")
@@ -88,6 +96,9 @@ def load_settings() -> Settings:
         login_failure_limit=int_setting("LOGIN_FAILURE_LIMIT", 5, 0, 1_000_000),
         login_failure_window_minutes=int_setting("LOGIN_FAILURE_WINDOW_MINUTES", 15, 0, 60 * 24 * 30),
         auth_requests_per_minute=int_setting("AUTH_REQUESTS_PER_MINUTE", 20, 0, 1_000_000),
+        # NORMAL: no committed write is lost when the server crashes; FULL: nor when the
+        # machine loses power. OFF is not offered: it can corrupt the file.
+        sqlite_synchronous=choice_setting("SQLITE_SYNCHRONOUS", "NORMAL", ("NORMAL", "FULL")),
     )
 
 

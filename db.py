@@ -33,8 +33,8 @@ def enable_sqlite_concurrency(dbapi_connection, _connection_record) -> None:
     cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA foreign_keys=ON")  # SQLite ignores ON DELETE CASCADE without it
     # In WAL mode NORMAL loses no committed transaction on a process crash; only a power
-    # loss can roll back the last few. PRAGMA synchronous=FULL closes that gap.
-    cursor.execute("PRAGMA synchronous=NORMAL")
+    # loss can roll back the last few. SQLITE_SYNCHRONOUS=FULL closes that gap.
+    cursor.execute(f"PRAGMA synchronous={settings.sqlite_synchronous}")  # validated in config.py
     cursor.close()
 
 

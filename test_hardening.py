@@ -2,10 +2,20 @@
 live-server checks (crash safety, several workers)."""
 
 import logging
+import os
 import re
 import secrets
+import sqlite3
+import subprocess
+import sys
+import threading
+from contextlib import closing
 
-from conftest import Account
+import httpx2
+import pytest
+
+from conftest import PASSWORD, Account
+from live_server import REPO_ROOT, LiveServer
 
 
 # --- found by schemathesis (test_fuzz.py); each keeps a plain HTTP test here ---
@@ -129,3 +139,112 @@ def test_no_password_token_or_authorization_in_any_log_line(client, caplog):
         assert "access_token" not in line, line
         for secret in secrets_sent:
             assert secret not in line, line
+
+
+# --- crash safety: a real server, SIGKILLed in the middle of writes ---
+
+WRITER_THREADS = 8
+CREATES_PER_THREAD = 50
+KILL_AFTER_ACKNOWLEDGED = 150
+
+
+def list_all_tasks(client: httpx2.Client, account: Account) -> list[dict]:
+    tasks, offset = [], 0
+    while True:
+        page = client.get(account.tasks_url, params={"limit": 100, "offset": offset, "sort": "created"})
+        assert page.status_code == 200, page.text
+        tasks += page.json()
+        offset += 100
+        if offset >= int(page.headers["x-total-count"]):
+            return tasks
+
+
+@pytest.mark.parametrize("synchronous", ["NORMAL", "FULL"])
+def test_no_acknowledged_create_is_lost_when_the_server_is_killed(tmp_path, synchronous):
+    acknowledged: dict[int, dict] = {}  # task id -> the body the 201 carried
+    sent_titles: set[str] = set()
+    lock = threading.Lock()
+    enough_acknowledged = threading.Event()
+
+    with LiveServer(tmp_path, env={"SQLITE_SYNCHRONOUS": synchronous}) as server:
+        with httpx2.Client(base_url=server.url) as client:
+            signup = client.post("/api/auth/signup", json={"email": "crash@example.com", "password": PASSWORD})
+            assert signup.status_code == 201, signup.text
+        account = Account(signup.json()["user"]["id"], "crash@example.com", signup.json()["access_token"])
+
+        def write(thread: int) -> None:
+            with httpx2.Client(base_url=server.url, headers=account.headers, timeout=30) as client:
+                for number in range(CREATES_PER_THREAD):
+                    body = {
+                        "title": f"task {thread}-{number}",
+                        "description": secrets.token_hex(16),
+                        "priority": ("low", "medium", "high")[number % 3],
+                        "tags": [f"thread-{thread}"],
+                    }
+                    with lock:
+                        sent_titles.add(body["title"])
+                    try:
+                        response = client.post(account.tasks_url, json=body)
+                    except httpx2.TransportError:
+                        return  # the server is gone; this create's fate is unknown
+                    assert response.status_code == 201, response.text
+                    with lock:
+                        acknowledged[response.json()["id"]] = response.json()
+                        if len(acknowledged) >= KILL_AFTER_ACKNOWLEDGED:
+                            enough_acknowledged.set()
+
+        writers = [threading.Thread(target=write, args=(thread,)) for thread in range(WRITER_THREADS)]
+        for writer in writers:
+            writer.start()
+        assert enough_acknowledged.wait(timeout=120), "the writers stalled"
+        server.kill()
+        for writer in writers:
+            writer.join()
+
+    # The writers were still going when the server died, so this was a crash mid-write.
+    assert KILL_AFTER_ACKNOWLEDGED <= len(acknowledged) < WRITER_THREADS * CREATES_PER_THREAD
+
+    with LiveServer(tmp_path, env={"SQLITE_SYNCHRONOUS": synchronous}) as restarted, httpx2.Client(base_url=restarted.url, headers=account.headers) as client:
+        stored = {task["id"]: task for task in list_all_tasks(client, account)}
+        for task_id, body in acknowledged.items():
+            assert stored.get(task_id) == body
+        # Creates in flight at the kill may or may not have landed; nothing else did.
+        assert {task["title"] for task in stored.values()} <= sent_titles
+
+        created = client.post(account.tasks_url, json={"title": "after the crash"})
+        assert created.status_code == 201, created.text
+        fetched = client.get(f"{account.tasks_url}/{created.json()['id']}")
+        assert fetched.status_code == 200
+        assert fetched.json() == created.json()
+        assert created.json()["id"] > max(stored)  # ids are never reused, even after a crash
+        health = client.get("/health")
+        assert health.status_code == 200
+        assert health.json() == {"status": "ok"}
+
+    with closing(sqlite3.connect(server.database_path)) as database:
+        assert database.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+
+
+def read_synchronous_setting(tmp_path, setting: str | None) -> subprocess.CompletedProcess:
+    """The PRAGMA synchronous that the app's engine sets, read in a fresh process, since
+    settings are read once at import."""
+    env = {name: value for name, value in os.environ.items() if name != "SQLITE_SYNCHRONOUS"}
+    env["DATABASE_URL"] = f"sqlite:///{tmp_path / 'probe.db'}"
+    if setting is not None:
+        env["SQLITE_SYNCHRONOUS"] = setting
+    probe = "import db; print(db.engine.connect().exec_driver_sql('PRAGMA synchronous').scalar())"
+    return subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+
+
+@pytest.mark.parametrize(("setting", "level"), [(None, "1"), ("normal", "1"), ("FULL", "2")])
+def test_sqlite_synchronous_setting_reaches_sqlite(tmp_path, setting, level):
+    result = read_synchronous_setting(tmp_path, setting)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == level  # SQLite's numbers: 1 is NORMAL, 2 is FULL
+
+
+def test_unsafe_sqlite_synchronous_stops_start_up(tmp_path):
+    result = read_synchronous_setting(tmp_path, "OFF")
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert "SQLITE_SYNCHRONOUS must be one of NORMAL, FULL, not 'OFF'" in result.stderr
