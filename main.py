@@ -35,7 +35,7 @@ if not access_log.handlers:
     # uvicorn configures only its own loggers, so ours gets a handler of its own (INFO and
     # up on stderr). It still propagates, so a root handler (pytest's caplog) sees it too.
     _handler = logging.StreamHandler()
-    _handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    _handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(process)d]: %(message)s"))
     access_log.addHandler(_handler)
     access_log.setLevel(logging.INFO)
 # uvicorn's own access line would repeat ours, without the request id and with the query

@@ -6,12 +6,15 @@ import os
 import re
 import secrets
 import sqlite3
+import stat
 import subprocess
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 
 import httpx2
+import jwt
 import pytest
 
 from conftest import PASSWORD, Account
@@ -248,3 +251,61 @@ def test_unsafe_sqlite_synchronous_stops_start_up(tmp_path):
     assert result.returncode == 1
     assert result.stdout == ""
     assert "SQLITE_SYNCHRONOUS must be one of NORMAL, FULL, not 'OFF'" in result.stderr
+
+
+# --- several workers: uvicorn main:app --workers 4, in a fresh directory, no JWT_SECRET ---
+
+WORKERS = 4
+TOKEN_USES = 120
+
+
+def worker_of_each_request(server_log: str) -> dict[str, int]:
+    """Request id -> process id of the worker that served it, from the access log."""
+    line = re.compile(r"todo\.access \[(?P<pid>\d+)\]: .* request_id=(?P<request_id>\S+)$", re.MULTILINE)
+    return {match["request_id"]: int(match["pid"]) for match in line.finditer(server_log)}
+
+
+def test_several_workers_share_one_generated_secret(tmp_path):
+    assert list(tmp_path.iterdir()) == []  # a fresh directory: no secret, no database
+    with LiveServer(tmp_path, workers=WORKERS) as server:
+        assert "JWT_SECRET" not in server.env
+
+        def send(method: str, path: str, request_id: str, **kwargs) -> httpx2.Response:
+            # A new connection per request, so the kernel may hand each one to any worker.
+            with httpx2.Client(base_url=server.url, timeout=30) as client:
+                headers = {"X-Request-ID": request_id, **kwargs.pop("headers", {})}
+                return client.request(method, path, headers=headers, **kwargs)
+
+        signup = send("POST", "/api/auth/signup", "signup", json={"email": "w@example.com", "password": PASSWORD})
+        assert signup.status_code == 201, signup.text
+        token, user = signup.json()["access_token"], signup.json()["user"]
+        bearer = {"Authorization": f"Bearer {token}"}
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            uses = list(
+                pool.map(lambda number: send("GET", "/api/auth/me", f"use-{number}", headers=bearer), range(TOKEN_USES))
+            )
+        for response in uses:
+            assert response.status_code == 200, response.text
+            assert response.json() == user
+        worker_pids = server.worker_pids()
+        server_log = server.log()
+
+    served_by = worker_of_each_request(server_log)
+    signup_worker = served_by["signup"]
+    token_workers = {served_by[f"use-{number}"] for number in range(TOKEN_USES)}
+    # The token was signed by one worker and accepted by other, separate processes.
+    assert token_workers - {signup_worker}, served_by
+    assert len(token_workers) >= 3, served_by  # typically all four share the 120 requests
+    assert token_workers | {signup_worker} <= worker_pids
+    assert server_log.count("Application startup complete") == WORKERS
+
+    # One secret, created once, private, with no temporary file left behind.
+    secret_file = tmp_path / ".jwt_secret"
+    assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+    assert sorted(path.name for path in tmp_path.iterdir() if "jwt_secret" in path.name) == [".jwt_secret"]
+    claims = jwt.decode(token, secret_file.read_text().strip(), algorithms=["HS256"])
+    assert claims["sub"] == str(user["id"])
+
+    # Nothing secret in any line the server wrote, uvicorn's included.
+    assert "Traceback" not in server_log
+    assert token not in server_log and PASSWORD not in server_log and "Bearer" not in server_log
