@@ -17,6 +17,7 @@ from typing import Annotated
 from anyio import CancelScope, CapacityLimiter, to_thread
 from fastapi import Depends
 from sqlalchemy import Engine, event, text
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, SQLModel, create_engine
 
 from config import settings
@@ -65,13 +66,24 @@ engine = make_engine(settings.database_url)
 def create_tables(target: Engine) -> None:
     import models  # noqa: F401  (registers the tables on SQLModel.metadata)
 
-    with target.begin() as connection:
-        if connection.dialect.name == "postgresql":
-            # Workers started together would each find a table missing and create it, and
-            # all but one would fail on a duplicate. The lock makes them take turns; it is
-            # released when this transaction ends.
-            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
-        SQLModel.metadata.create_all(connection)
+    # SQLite has no advisory lock: workers starting together on a new file can each find
+    # a table missing, and all but one are then told it "already exists". The loser checks
+    # again and creates only what is still missing. Each lost round means another worker
+    # created one more table or index, so one round more than there are of those suffices.
+    attempts = 1 + sum(1 + len(table.indexes) for table in SQLModel.metadata.tables.values())
+    for attempt in range(attempts):
+        try:
+            with target.begin() as connection:
+                if connection.dialect.name == "postgresql":
+                    # Workers started together would each find a table missing and create
+                    # it, and all but one would fail on a duplicate. The lock makes them
+                    # take turns; it is released when this transaction ends.
+                    connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+                SQLModel.metadata.create_all(connection)
+            return
+        except OperationalError:
+            if attempt == attempts - 1:
+                raise
 
 
 async def get_session() -> AsyncIterator[Session]:

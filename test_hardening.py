@@ -17,6 +17,7 @@ import httpx2
 import jwt
 import pytest
 
+import db
 from conftest import PASSWORD, Account
 from live_server import REPO_ROOT, LiveServer
 
@@ -309,3 +310,30 @@ def test_several_workers_share_one_generated_secret(tmp_path):
     # Nothing secret in any line the server wrote, uvicorn's included.
     assert "Traceback" not in server_log
     assert token not in server_log and PASSWORD not in server_log and "Bearer" not in server_log
+
+
+def test_workers_starting_together_on_a_new_database_all_create_its_tables(tmp_path):
+    # Found by the multi-worker test: one of four workers died at start-up with "table
+    # user already exists", which stopped the whole server. Eight engines race here.
+    engines = [db.make_engine(f"sqlite:///{tmp_path / 'new.db'}") for _ in range(8)]
+    start_together = threading.Barrier(len(engines))
+    failures = []
+
+    def start_worker(engine) -> None:
+        start_together.wait()
+        try:
+            db.create_tables(engine)
+        except Exception as error:  # noqa: BLE001  (collected, and shown by the assert)
+            failures.append(error)
+
+    threads = [threading.Thread(target=start_worker, args=(engine,)) for engine in engines]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for engine in engines:
+        engine.dispose()
+    assert failures == []
+    with closing(sqlite3.connect(tmp_path / "new.db")) as database:
+        tables = {name for (name,) in database.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"user", "task", "tasktag"} <= tables
