@@ -68,6 +68,17 @@ class AccessLog:
         if not SANE_REQUEST_ID.fullmatch(request_id):
             request_id = secrets.token_hex(8)
         status_code = 500  # what the client gets if the app fails before it answers
+        logged = False
+
+        def log_line() -> None:
+            nonlocal logged
+            logged = True
+            # raw_path is still percent-encoded, so a crafted path cannot forge log lines.
+            path = scope.get("raw_path", scope["path"].encode()).decode("ascii", "backslashreplace")
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            access_log.info(
+                "%s %s %d %.1fms request_id=%s", scope["method"], path, status_code, elapsed_ms, request_id
+            )
 
         async def send_with_request_id(message: Message) -> None:
             nonlocal status_code
@@ -75,17 +86,17 @@ class AccessLog:
                 status_code = message["status"]
                 headers = [*message.get("headers", ()), (b"x-request-id", request_id.encode())]
                 message = {**message, "headers": headers}
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                # Logged before the last bytes go out, so the line is written by the time
+                # the client has the whole response (tests read the log right after).
+                log_line()
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_request_id)
         finally:
-            # raw_path is still percent-encoded, so a crafted path cannot forge log lines.
-            path = scope.get("raw_path", scope["path"].encode()).decode("ascii", "backslashreplace")
-            elapsed_ms = (time.perf_counter() - started) * 1000
-            access_log.info(
-                "%s %s %d %.1fms request_id=%s", scope["method"], path, status_code, elapsed_ms, request_id
-            )
+            if not logged:  # the app failed, or the client went away, before the end
+                log_line()
 
 
 class BodySizeLimit:
