@@ -32,12 +32,14 @@ MAX_BODY_BYTES = 64 * 1024
 
 access_log = logging.getLogger("todo.access")
 if not access_log.handlers:
-    # uvicorn configures only its own loggers, so ours gets a handler of its own (INFO and
-    # up on stderr). It still propagates, so a root handler (pytest's caplog) sees it too.
+    # uvicorn configures only its own loggers, so ours gets a handler of its own, on
+    # stderr. It still propagates, so a root handler (pytest's caplog) sees it too.
     _handler = logging.StreamHandler()
     _handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(process)d]: %(message)s"))
     access_log.addHandler(_handler)
-    access_log.setLevel(logging.INFO)
+    # uvicorn has set its loggers up by now: follow its --log-level as its own access log
+    # would (INFO by default; `--log-level warning` silences both).
+    access_log.setLevel(logging.getLogger("uvicorn.access").getEffectiveLevel())
 # uvicorn's own access line would repeat ours, without the request id and with the query
 # string, which a careless client can fill with a token. The run command stays
 # `uvicorn main:app`, so it is switched off here rather than with --no-access-log.
