@@ -19,6 +19,13 @@ import httpx2
 REPO_ROOT = Path(__file__).resolve().parent
 START_TIMEOUT_SECONDS = 60
 POLL_INTERVAL_SECONDS = 0.05
+# Cleared from the test process's environment (conftest sets some), so the server runs
+# with the defaults a user gets, except what a test passes in `env`.
+APP_SETTINGS = {
+    "DATABASE_URL", "JWT_SECRET", "JWT_SECRET_FILE", "ACCESS_TOKEN_EXPIRE_MINUTES", "BCRYPT_ROUNDS",
+    "CORS_ORIGINS", "SQLITE_SYNCHRONOUS", "LOGIN_FAILURE_LIMIT", "LOGIN_FAILURE_WINDOW_MINUTES",
+    "AUTH_REQUESTS_PER_MINUTE",
+}  # fmt: skip
 
 
 def free_port() -> int:
@@ -30,9 +37,9 @@ def free_port() -> int:
 class LiveServer:
     """Start with start(), or use as a context manager, which always kills it at the end.
 
-    Settings come from the test's environment with the app's own ones cleared, so no
-    JWT_SECRET is set (the server generates .jwt_secret in its directory) unless the
-    caller passes one in `env`.
+    The app's settings are the defaults, except BCRYPT_ROUNDS=4 (fast tests), a SQLite
+    file in `directory`, and what the caller passes in `env`. No JWT_SECRET is set, so
+    the server generates .jwt_secret in its directory.
     """
 
     def __init__(self, directory: Path, workers: int = 1, env: dict[str, str] | None = None) -> None:
@@ -41,8 +48,7 @@ class LiveServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = directory / "server.log"
-        cleared = {"JWT_SECRET", "JWT_SECRET_FILE", "DATABASE_URL", "CORS_ORIGINS", "ACCESS_TOKEN_EXPIRE_MINUTES"}
-        self.env = {name: value for name, value in os.environ.items() if name not in cleared}
+        self.env = {name: value for name, value in os.environ.items() if name not in APP_SETTINGS}
         self.env.update(
             DATABASE_URL=f"sqlite:///{directory / 'todo.db'}", BCRYPT_ROUNDS="4", PYTHONUNBUFFERED="1"
         )

@@ -255,10 +255,10 @@ def test_unsafe_sqlite_synchronous_stops_start_up(tmp_path):
     assert "SQLITE_SYNCHRONOUS must be one of NORMAL, FULL, not 'OFF'" in result.stderr
 
 
-# --- several workers: uvicorn main:app --workers 4, in a fresh directory, no JWT_SECRET ---
+# --- several workers: uvicorn main:app --workers 4 ---
 
 WORKERS = 4
-TOKEN_USES = 120
+REQUESTS_PER_CHECK = 80
 
 
 def worker_of_each_request(server_log: str) -> dict[str, int]:
@@ -267,50 +267,137 @@ def worker_of_each_request(server_log: str) -> dict[str, int]:
     return {match["request_id"]: int(match["pid"]) for match in line.finditer(server_log)}
 
 
-def test_several_workers_share_one_generated_secret(tmp_path):
+def send(server: LiveServer, method: str, path: str, request_id: str, *, client_address: str = "127.0.0.1",
+         headers: dict[str, str] | None = None, **kwargs) -> httpx2.Response:  # fmt: skip
+    """One request on a new connection, so the kernel may hand it to any worker. Any
+    127.x.y.z source address reaches the server over loopback, and the rate limits count
+    per client address, so each check can have an address of its own."""
+    transport = httpx2.HTTPTransport(local_address=client_address)
+    with httpx2.Client(base_url=server.url, transport=transport, timeout=30) as client:
+        return client.request(method, path, headers={"X-Request-ID": request_id, **(headers or {})}, **kwargs)
+
+
+def send_in_parallel(
+    server: LiveServer, method: str, path: str, prefix: str, count: int = REQUESTS_PER_CHECK, json_for=None, **kwargs
+) -> list[httpx2.Response]:
+    """`count` requests at once, 8 at a time, with request ids prefix-0, prefix-1, ...;
+    json_for(number) gives each its own body."""
+
+    def one(number: int) -> httpx2.Response:
+        body = {} if json_for is None else {"json": json_for(number)}
+        return send(server, method, path, f"{prefix}-{number}", **body, **kwargs)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return list(pool.map(one, range(count)))
+
+
+def workers_that_served(served_by: dict[str, int], prefix: str) -> set[int]:
+    return {pid for request_id, pid in served_by.items() if request_id.startswith(f"{prefix}-")}
+
+
+def test_four_workers_in_a_fresh_directory_share_one_secret_and_every_logout(tmp_path):
     assert list(tmp_path.iterdir()) == []  # a fresh directory: no secret, no database
     with LiveServer(tmp_path, workers=WORKERS) as server:
         assert "JWT_SECRET" not in server.env
-
-        def send(method: str, path: str, request_id: str, **kwargs) -> httpx2.Response:
-            # A new connection per request, so the kernel may hand each one to any worker.
-            with httpx2.Client(base_url=server.url, timeout=30) as client:
-                headers = {"X-Request-ID": request_id, **kwargs.pop("headers", {})}
-                return client.request(method, path, headers=headers, **kwargs)
-
-        signup = send("POST", "/api/auth/signup", "signup", json={"email": "w@example.com", "password": PASSWORD})
+        account = {"email": "w@example.com", "password": PASSWORD}
+        signup = send(server, "POST", "/api/auth/signup", "signup", json=account)
         assert signup.status_code == 201, signup.text
-        token, user = signup.json()["access_token"], signup.json()["user"]
-        bearer = {"Authorization": f"Bearer {token}"}
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            uses = list(
-                pool.map(lambda number: send("GET", "/api/auth/me", f"use-{number}", headers=bearer), range(TOKEN_USES))
-            )
-        for response in uses:
+        user = signup.json()["user"]
+        login = send(server, "POST", "/api/auth/login", "login", json=account)
+        assert login.status_code == 200, login.text
+        first = {"Authorization": f"Bearer {signup.json()['access_token']}"}
+        second = {"Authorization": f"Bearer {login.json()['access_token']}"}
+
+        for response in send_in_parallel(server, "GET", "/api/auth/me", "before", headers=first):
             assert response.status_code == 200, response.text
             assert response.json() == user
+
+        logout = send(server, "POST", "/api/auth/logout", "logout", headers=first)
+        assert logout.status_code == 204, logout.text
+        for response in send_in_parallel(server, "GET", "/api/auth/me", "revoked", headers=first):
+            assert response.status_code == 401, response.text
+            assert response.json() == {"detail": "Could not validate credentials"}
+            assert response.headers["www-authenticate"] == "Bearer"
+        for response in send_in_parallel(server, "GET", "/api/auth/me", "other-session", headers=second):
+            assert response.status_code == 200, response.text
+            assert response.json() == user
+
         worker_pids = server.worker_pids()
         server_log = server.log()
 
     served_by = worker_of_each_request(server_log)
-    signup_worker = served_by["signup"]
-    token_workers = {served_by[f"use-{number}"] for number in range(TOKEN_USES)}
-    # The token was signed by one worker and accepted by other, separate processes.
-    assert token_workers - {signup_worker}, served_by
-    assert len(token_workers) >= 3, served_by  # typically all four share the 120 requests
-    assert token_workers | {signup_worker} <= worker_pids
     assert server_log.count("Application startup complete") == WORKERS
+    # The token was signed by one worker and accepted, then refused after the logout, by
+    # other worker processes: several distinct children of the master, typically all four.
+    for prefix in ("before", "revoked", "other-session"):
+        answered = workers_that_served(served_by, prefix)
+        assert len(answered) >= 3 and answered <= worker_pids, (prefix, served_by)
+    assert workers_that_served(served_by, "before") - {served_by["signup"]}
+    assert workers_that_served(served_by, "revoked") - {served_by["logout"]}
 
     # One secret, created once, private, with no temporary file left behind.
     secret_file = tmp_path / ".jwt_secret"
     assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
     assert sorted(path.name for path in tmp_path.iterdir() if "jwt_secret" in path.name) == [".jwt_secret"]
-    claims = jwt.decode(token, secret_file.read_text().strip(), algorithms=["HS256"])
+    claims = jwt.decode(signup.json()["access_token"], secret_file.read_text().strip(), algorithms=["HS256"])
     assert claims["sub"] == str(user["id"])
 
     # Nothing secret in any line the server wrote, uvicorn's included.
     assert "Traceback" not in server_log
-    assert token not in server_log and PASSWORD not in server_log and "Bearer" not in server_log
+    for secret in (PASSWORD, signup.json()["access_token"], login.json()["access_token"], "Bearer"):
+        assert secret not in server_log
+
+
+def test_rate_limits_count_across_workers(tmp_path):
+    """With the default limits. Each check sends the requests that fill a limit at once,
+    so that several workers take them: counted in each process alone, no worker would
+    have reached the limit, and the next request would be let in."""
+    rounds = 4  # a round whose requests all reached one worker would prove nothing
+    with LiveServer(tmp_path, workers=WORKERS) as server:
+        for round_number in range(rounds):
+            # 5 failed logins for one email from one address, then even the right password: 429.
+            address = f"127.0.0.{10 + round_number}"  # a loopback address of its own per round
+            account = {"email": f"victim{round_number}@example.com", "password": PASSWORD}
+            signup = send(
+                server, "POST", "/api/auth/signup", f"victim-{round_number}", client_address=address, json=account
+            )
+            assert signup.status_code == 201, signup.text
+            wrong = {**account, "password": "a wrong guess"}
+            guesses = send_in_parallel(
+                server, "POST", "/api/auth/login", f"guess{round_number}", count=5, client_address=address,
+                json_for=lambda _: wrong,
+            )  # fmt: skip
+            for failed in guesses:
+                assert failed.status_code == 401, failed.text
+                assert failed.json() == {"detail": "Incorrect email or password"}
+            blocked = send(
+                server, "POST", "/api/auth/login", f"right-{round_number}", client_address=address, json=account
+            )
+            assert blocked.status_code == 429, blocked.text
+            assert blocked.json() == {"detail": "Too many failed logins for this email; try again later"}
+            assert int(blocked.headers["retry-after"]) > 0
+
+        # 20 signups from one address in a minute, then a 21st: 429; another address: 201.
+        scripter = "127.0.0.3"
+        signups = send_in_parallel(
+            server, "POST", "/api/auth/signup", "bot", count=20, client_address=scripter,
+            json_for=lambda number: {"email": f"bot{number}@example.com", "password": PASSWORD},
+        )  # fmt: skip
+        for created in signups:
+            assert created.status_code == 201, created.text
+        body = {"email": "bot20@example.com", "password": PASSWORD}
+        refused = send(server, "POST", "/api/auth/signup", "bot-over", client_address=scripter, json=body)
+        assert refused.status_code == 429, refused.text
+        assert refused.json() == {"detail": "Too many signups and logins from your address; try again later"}
+        assert int(refused.headers["retry-after"]) > 0
+        elsewhere = send(server, "POST", "/api/auth/signup", "elsewhere", json={**body, "email": "human@example.com"})
+        assert elsewhere.status_code == 201, elsewhere.text
+        server_log = server.log()
+
+    served_by = worker_of_each_request(server_log)
+    spread = [len(workers_that_served(served_by, f"guess{round_number}")) for round_number in range(rounds)]
+    assert max(spread) >= 2, served_by
+    assert len(workers_that_served(served_by, "bot")) >= 2, served_by
 
 
 def test_workers_starting_together_on_a_new_database_all_create_its_tables(tmp_path):
