@@ -160,8 +160,8 @@ app.add_middleware(
     allow_origins=settings.cors_origins,
     allow_credentials=False,  # bearer tokens travel in a header, never in cookies
     allow_methods=["*"],
-    allow_headers=["Authorization", "Content-Type"],
-    expose_headers=["X-Total-Count", "Location"],
+    allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+    expose_headers=["X-Total-Count", "Location", "X-Request-ID"],
 )
 app.add_middleware(AccessLog)  # added last, so it is outermost and sees the final status
 app.include_router(auth.router)

@@ -872,7 +872,7 @@ def test_cors_allows_configured_origins_without_credentials(client, alice):
     listing = client.get(alice.tasks_url, headers={**alice.headers, "Origin": "http://localhost:3000"})
     assert listing.status_code == 200
     exposed = {h.strip().lower() for h in listing.headers["access-control-expose-headers"].split(",")}
-    assert {"x-total-count", "location"} <= exposed
+    assert {"x-total-count", "location", "x-request-id"} <= exposed
 
 
 def test_cors_ignores_other_origins(client, alice):
