@@ -32,7 +32,7 @@ os.environ["DATABASE_URL"] = (
 import pytest  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 from sqlalchemy import Engine, make_url, text  # noqa: E402
-from sqlmodel import Session, SQLModel  # noqa: E402
+from sqlmodel import SQLModel  # noqa: E402
 
 import db  # noqa: E402
 from main import app  # noqa: E402
@@ -92,12 +92,9 @@ def engine(request, tmp_path):
 
 
 @pytest.fixture
-def client(engine):
-    def session_on_test_engine():
-        with Session(engine, expire_on_commit=False) as session:
-            yield session
-
-    app.dependency_overrides[db.get_session] = session_on_test_engine
+def client(engine, monkeypatch):
+    # The app's own get_session, on this test's engine: tests exercise the real dependency.
+    monkeypatch.setattr(db, "engine", engine)
     with TestClient(app) as test_client:
         yield test_client
     app.dependency_overrides.clear()

@@ -789,14 +789,8 @@ def test_health_checks_the_database(client):
     assert response.json() == {"status": "ok"}
 
 
-def test_health_is_503_when_the_database_does_not_answer(client, tmp_path):
-    broken = db.make_engine(f"sqlite:///{tmp_path}/missing-dir/nothing.db")
-
-    def broken_session():
-        with Session(broken) as session:
-            yield session
-
-    app.dependency_overrides[db.get_session] = broken_session
+def test_health_is_503_when_the_database_does_not_answer(client, tmp_path, monkeypatch):
+    monkeypatch.setattr(db, "engine", db.make_engine(f"sqlite:///{tmp_path}/missing-dir/nothing.db"))
     response = client.get("/health")
     assert response.status_code == 503
     assert response.json() == {"detail": "Database unavailable"}
@@ -809,14 +803,8 @@ def test_unknown_routes_and_methods_answer_json(client):
     assert wrong_method.status_code == 405 and wrong_method.json() == {"detail": "Method Not Allowed"}
 
 
-def test_an_unexpected_failure_is_a_bare_500(client, alice, tmp_path):
-    no_tables = db.make_engine(f"sqlite:///{tmp_path}/empty.db")
-
-    def session_without_tables():
-        with Session(no_tables) as session:
-            yield session
-
-    app.dependency_overrides[db.get_session] = session_without_tables
+def test_an_unexpected_failure_is_a_bare_500(client, alice, tmp_path, monkeypatch):
+    monkeypatch.setattr(db, "engine", db.make_engine(f"sqlite:///{tmp_path}/empty.db"))  # no tables
     with TestClient(app, raise_server_exceptions=False) as failing:
         response = failing.get(alice.tasks_url, headers=alice.headers)
     assert response.status_code == 500

@@ -13,12 +13,11 @@ from datetime import datetime, timedelta, timezone
 import jwt
 import pytest
 from sqlalchemy import make_url, text
-from sqlmodel import Session, SQLModel
+from sqlmodel import SQLModel
 
 import db
 from config import settings
 from conftest import TEST_DATABASE_URL, Account
-from main import app
 
 MAX_ID = 2**63 - 1
 BEYOND_32_BITS = 2**31
@@ -71,12 +70,8 @@ def new_york_engine(engine):
     new_york.dispose()
 
 
-def test_date_times_are_utc_whatever_the_database_time_zone(client, alice, new_york_engine):
-    def session_in_new_york():
-        with Session(new_york_engine, expire_on_commit=False) as session:
-            yield session
-
-    app.dependency_overrides[db.get_session] = session_in_new_york
+def test_date_times_are_utc_whatever_the_database_time_zone(client, alice, new_york_engine, monkeypatch):
+    monkeypatch.setattr(db, "engine", new_york_engine)
     # 23:30 in New York on 1 March is 04:30 UTC on 2 March; an input without offset is UTC.
     late = create(client, alice, "late call", due_date="2026-03-01T23:30:00-05:00")
     naive = create(client, alice, "naive", due_date="2026-03-02T04:30:00")
