@@ -17,7 +17,7 @@ import bcrypt
 import jwt
 from fastapi import Depends, HTTPException, status
 from fastapi.security import OAuth2PasswordBearer
-from sqlalchemy import delete, exists
+from sqlalchemy import bindparam, delete, exists
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
@@ -133,10 +133,15 @@ async def get_token_claims(token: Annotated[str, Depends(oauth2_scheme)]) -> Tok
 TokenClaimsDep = Annotated[TokenClaims, Depends(get_token_claims)]
 
 
+# One query, two primary-key lookups: the user, and whether this token was logged out.
+# Built once, not per request: constructing the statement cost more than running it.
+USER_AND_LOGOUT = select(User, exists().where(RevokedToken.jti == bindparam("jti"))).where(
+    User.id == bindparam("user_id")
+)
+
+
 def get_current_user(claims: TokenClaimsDep, session: SessionDep) -> User:
-    # One query, two primary-key lookups: the user, and whether this token was logged out.
-    logged_out = exists().where(RevokedToken.jti == claims.token_id)
-    row = session.exec(select(User, logged_out).where(User.id == claims.user_id)).first()
+    row = session.exec(USER_AND_LOGOUT, params={"jti": claims.token_id, "user_id": claims.user_id}).first()
     if row is None:  # deleted since the token was issued
         raise invalid_credentials()
     user, revoked = row
