@@ -5,15 +5,8 @@ request is read from the app's access log (main.AccessLog): each line carries th
 worker's process id and the request's X-Request-ID, which the tests set.
 """
 
-import json
-import os
 import re
 import secrets
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,94 +15,41 @@ import httpx2 as httpx
 import pytest
 
 from conftest import TEST_DATABASE_URL
+from live_server import LiveServer
 
 pytestmark = pytest.mark.skipif(
     TEST_DATABASE_URL is None,
     reason="several workers need a shared server database: set TEST_DATABASE_URL to PostgreSQL",
 )
 
-ROOT = Path(__file__).parent
 PASSWORD = "correct horse battery"
-# uvicorn's loggers, with the process id in front of every line. (uvicorn's access log
-# is off: the app writes its own, with the process id, to stderr.)
-LOG_CONFIG = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"with_pid": {"format": "%(process)d %(levelname)s %(message)s"}},
-    "handlers": {
-        "stderr": {"class": "logging.StreamHandler", "formatter": "with_pid", "stream": "ext://sys.stderr"}
-    },
-    "loggers": {
-        "uvicorn": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
-    },
-}
 ACCESS_LINE = re.compile(r"todo\.access \[(\d+)\]: \w+ \S+ (\d{3}) [\d.]+ms request_id=(\S+)$", re.M)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def started_workers(server: LiveServer) -> set[int]:
+    return {int(pid) for pid in re.findall(r"Started server process \[(\d+)\]", server.log())}
 
 
-class Server:
-    def __init__(self, process: subprocess.Popen, base_url: str, log: Path) -> None:
-        self.process = process
-        self.base_url = base_url
-        self.log = log
-
-    def worker_pids(self) -> set[int]:
-        return {int(pid) for pid in re.findall(r"Started server process \[(\d+)\]", self.log.read_text())}
-
-    def answered_by(self) -> dict[str, list[tuple[int, str]]]:
-        """Request id -> [(pid, status)] of every request in the access log."""
-        answers = defaultdict(list)
-        for pid, status, request_id in ACCESS_LINE.findall(self.log.read_text()):
-            answers[request_id].append((int(pid), status))
-        return answers
+def answered_by(server: LiveServer) -> dict[str, list[tuple[int, str]]]:
+    """Request id -> [(pid, status)] of every request in the app's access log, whose lines
+    carry the worker's process id."""
+    answers = defaultdict(list)
+    for pid, status, request_id in ACCESS_LINE.findall(server.log()):
+        answers[request_id].append((int(pid), status))
+    return answers
 
 
 @pytest.fixture(scope="module")
 def two_workers(empty_schema_url, tmp_path_factory):
     """uvicorn with two workers on a schema with no tables yet, so both workers also create
     them at start-up, as on a first deployment."""
-    workdir = tmp_path_factory.mktemp("workers")
-    log_config = workdir / "log-config.json"
-    log_config.write_text(json.dumps(LOG_CONFIG))
-    log = workdir / "server.log"
-    port = free_port()
-    environment = {
-        **os.environ,
+    settings = {
         "DATABASE_URL": empty_schema_url,
         "JWT_SECRET": secrets.token_urlsafe(48),  # explicit, and the same for both workers
-        "BCRYPT_ROUNDS": "4",
     }
-    command = [
-        sys.executable, "-m", "uvicorn", "main:app", "--app-dir", str(ROOT), "--host", "127.0.0.1",
-        "--port", str(port), "--workers", "2", "--log-config", str(log_config),
-    ]
-    with log.open("ab") as output:
-        process = subprocess.Popen(
-            command, cwd=workdir, env=environment, stdout=output, stderr=output, start_new_session=True
-        )
-    server = Server(process, f"http://127.0.0.1:{port}", log)
-    try:
-        for _ in range(600):  # until both workers have started up: at most ~60 s on a busy machine
-            assert process.poll() is None, f"uvicorn exited during start-up:\n{log.read_text()}"
-            if log.read_text().count("Application startup complete.") == 2:
-                break
-            time.sleep(0.1)
-        else:
-            pytest.fail(f"two workers did not start within a minute:\n{log.read_text()}")
+    with LiveServer(tmp_path_factory.mktemp("workers"), workers=2, env=settings) as server:
         yield server
-    finally:
-        process.terminate()  # uvicorn's parent stops its workers on SIGTERM
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)  # the group this test started, and nothing else
-            process.wait()
-    assert "Traceback" not in log.read_text()
+    assert "Traceback" not in server.log()
 
 
 def sign_up(base_url: str, email: str, probe: str) -> dict:
@@ -122,7 +62,7 @@ def sign_up(base_url: str, email: str, probe: str) -> dict:
 
 
 def test_both_workers_start_and_are_children_of_uvicorn(two_workers):
-    workers = two_workers.worker_pids()
+    workers = started_workers(two_workers)
 
     assert len(workers) == 2 and two_workers.process.pid not in workers
     for pid in workers:
@@ -131,33 +71,33 @@ def test_both_workers_start_and_are_children_of_uvicorn(two_workers):
 
 
 def test_a_token_from_one_worker_works_on_the_other(two_workers):
-    account = sign_up(two_workers.base_url, "tokens@example.com", probe="tokens-signup")
+    account = sign_up(two_workers.url, "tokens@example.com", probe="tokens-signup")
     headers = {"Authorization": f"Bearer {account['access_token']}", "Connection": "close"}
-    [(issuer, _)] = two_workers.answered_by()["tokens-signup"]
+    [(issuer, _)] = answered_by(two_workers)["tokens-signup"]
 
     # One new connection per request, so the kernel hands each to whichever worker accepts it.
     other_worker_answers = []
-    with httpx.Client(base_url=two_workers.base_url, headers=headers, timeout=30) as http:
+    with httpx.Client(base_url=two_workers.url, headers=headers, timeout=30) as http:
         for attempt in range(200):
             response = http.get("/api/auth/me", headers={"X-Request-ID": f"tokens-{attempt}"})
             assert response.status_code == 200, response.text
             assert response.json() == account["user"]
-            [(pid, status)] = two_workers.answered_by()[f"tokens-{attempt}"]
+            [(pid, status)] = answered_by(two_workers)[f"tokens-{attempt}"]
             if pid != issuer:
                 other_worker_answers.append((pid, status))
                 break
 
-    assert issuer in two_workers.worker_pids()
+    assert issuer in started_workers(two_workers)
     assert other_worker_answers, "all 200 new connections went to the worker that issued the token"
     [(other, status)] = other_worker_answers
-    assert other in two_workers.worker_pids() - {issuer} and status == "200"
+    assert other in started_workers(two_workers) - {issuer} and status == "200"
 
 
 def test_200_parallel_creates_from_several_clients_all_land(two_workers):
-    users = [sign_up(two_workers.base_url, f"load{n}@example.com", probe=f"signup-{n}") for n in range(4)]
+    users = [sign_up(two_workers.url, f"load{n}@example.com", probe=f"signup-{n}") for n in range(4)]
     clients = [
         httpx.Client(
-            base_url=two_workers.base_url,
+            base_url=two_workers.url,
             headers={"Authorization": f"Bearer {user['access_token']}"},
             timeout=60,
             limits=httpx.Limits(max_connections=4),
@@ -192,7 +132,7 @@ def test_200_parallel_creates_from_several_clients_all_land(two_workers):
         assert listing.headers["X-Total-Count"] == "50"
         expected = {f"task {number}" for number in range(owner, 200, len(users))}
         assert {task["title"] for task in listing.json()} == expected
-    answers = two_workers.answered_by()
+    answers = answered_by(two_workers)
     served = Counter(pid for number in range(200) for pid, _ in answers[f"load-{number}"])
     assert sum(served.values()) == 200
-    assert set(served) == two_workers.worker_pids(), f"one worker served every create: {served}"
+    assert set(served) == started_workers(two_workers), f"one worker served every create: {served}"
