@@ -132,6 +132,11 @@ class PasswordCheck:
         clear_login_failures(self.session, failures)
         return True
 
+    def confirm(self, user: User, password: str) -> None:
+        """401 unless `password` is the signed-in user's: for the routes that change the account."""
+        if not self.matches(user.email, password, user.password_hash):
+            raise incorrect_password("Incorrect password")
+
 
 def password_check(
     session: SessionDep, limits: LimitsDep, client: ClientAddress, now: Now
@@ -225,6 +230,7 @@ def read_me(user: CurrentUser) -> User:
 )
 def logout(claims: TokenClaimsDep, user: CurrentUser, session: SessionDep, now: Now) -> Response:
     """End the presented token at once, on every worker. The user's other tokens keep working."""
+    # CurrentUser is asked for only to check the token: one already logged out is a 401.
     revoke_token(session, claims, now)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
@@ -240,8 +246,7 @@ def change_password(
 ) -> Response:
     """Set a new password (same rules as at signup). Every token issued before the change,
     this one included, stops working: log in again with the new password."""
-    if not password_check.matches(user.email, body.current_password, user.password_hash):
-        raise incorrect_password("Incorrect password")
+    password_check.confirm(user, body.current_password)
     new_hash = hash_password(body.new_password)
     # One atomic UPDATE: a concurrent change can never leave an old generation behind.
     session.execute(
@@ -264,8 +269,7 @@ def delete_me(
 ) -> Response:
     """Delete the account with all its tasks and tags, in one transaction (the foreign
     keys cascade). Its tokens stop working, and the email can sign up again."""
-    if not password_check.matches(user.email, body.password, user.password_hash):
-        raise incorrect_password("Incorrect password")
+    password_check.confirm(user, body.password)
     session.execute(delete(User).where(User.id == user.id))
     session.commit()
     return Response(status_code=status.HTTP_204_NO_CONTENT)
