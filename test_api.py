@@ -13,8 +13,8 @@ from sqlmodel import Session, select
 
 import auth
 import db
-from conftest import PASSWORD, sign_up
 from config import settings
+from conftest import PASSWORD, sign_up
 from main import app
 from models import TaskTag, User
 

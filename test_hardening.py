@@ -21,7 +21,6 @@ import db
 from conftest import PASSWORD, Account
 from live_server import REPO_ROOT, LiveServer
 
-
 # --- found by schemathesis (test_fuzz.py); each keeps a plain HTTP test here ---
 
 

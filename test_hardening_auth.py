@@ -15,8 +15,8 @@ from fastapi.testclient import TestClient
 from sqlmodel import Session, func, select
 
 import routes.auth
-from conftest import PASSWORD, sign_up
 from config import load_settings, settings
+from conftest import PASSWORD, sign_up
 from limits import AbuseLimits, configured_limits
 from main import app
 from models import RateLimitEvent, RevokedToken, Task, TaskTag, User, utc_now

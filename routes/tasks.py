@@ -10,7 +10,21 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
 from fastapi.exceptions import RequestValidationError
-from sqlalchemy import Boolean, asc, bindparam, case, delete, desc, exists, false, func, literal, not_, or_, update
+from sqlalchemy import (
+    Boolean,
+    asc,
+    bindparam,
+    case,
+    delete,
+    desc,
+    exists,
+    false,
+    func,
+    literal,
+    not_,
+    or_,
+    update,
+)
 from sqlmodel import Session, select
 
 from auth import OwnerDep
