@@ -28,7 +28,14 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 SCHEMA_LOCK_KEY = 0x70D0_5C4E
 
 
-def enable_sqlite_concurrency(dbapi_connection, _connection_record) -> None:
+def unicode_lower(value: object) -> object:
+    return value.lower() if isinstance(value, str) else value
+
+
+def configure_sqlite(dbapi_connection, _connection_record) -> None:
+    # SQLite's own lower() folds only A-Z. Python's folds all of Unicode, as PostgreSQL's
+    # does, so case-insensitive search and title sorting answer the same on both.
+    dbapi_connection.create_function("lower", 1, unicode_lower, deterministic=True)
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
@@ -49,7 +56,7 @@ def make_engine(url: str) -> Engine:
             pool_size=THREADPOOL_SIZE,
             max_overflow=0,
         )
-        event.listen(engine, "connect", enable_sqlite_concurrency)
+        event.listen(engine, "connect", configure_sqlite)
         return engine
     return create_engine(
         url,

@@ -54,6 +54,16 @@ def test_search_treats_escape_characters_as_text(client, alice, q, expected):
     assert listed(client, alice, q=q) == (expected, len(expected))
 
 
+def test_search_and_title_sort_fold_the_case_of_any_letter(client, alice):
+    for title in ["Éclair", "zebra", "ÄPFEL", "éCLAT"]:
+        create(client, alice, title)
+
+    assert listed(client, alice, q="écla", sort="title") == (["Éclair", "éCLAT"], 2)
+    assert listed(client, alice, q="äpf") == (["ÄPFEL"], 1)
+    # Lower-cased, then by code point: z (U+007A) < ä (U+00E4) < é (U+00E9).
+    assert listed(client, alice, sort="title") == (["zebra", "ÄPFEL", "Éclair", "éCLAT"], 4)
+
+
 @pytest.fixture
 def new_york_engine(engine):
     """On PostgreSQL, an engine whose connections have TimeZone=America/New_York. SQLite
