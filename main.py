@@ -45,6 +45,8 @@ if not access_log.handlers:
 # `uvicorn main:app`, so it is switched off here rather than with --no-access-log.
 logging.getLogger("uvicorn.access").disabled = True
 
+error_log = logging.getLogger("uvicorn.error")  # where uvicorn writes its own tracebacks
+
 SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
@@ -101,6 +103,38 @@ class AccessLog:
                 log_line()
 
 
+class InternalErrorAsJson:
+    """An unexpected exception becomes 500 {"detail": "Internal server error"} here, inside
+    CORS and the access log, so the response still carries the CORS headers and the
+    X-Request-ID that the log line names. The traceback goes to the server log only.
+
+    (FastAPI's handler for Exception runs in Starlette's outermost middleware, outside
+    both, so a browser would see a CORS failure instead of the JSON body.)
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        response_started = False
+
+        async def send_noting_start(message: Message) -> None:
+            nonlocal response_started
+            response_started = response_started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_noting_start)
+        except Exception:
+            if response_started:
+                raise  # too late for a clean 500: the server closes the connection
+            error_log.exception("Unexpected error in %s %s", scope["method"], scope["path"])
+            response = JSONResponse({"detail": "Internal server error"}, status_code=500)
+            await response(scope, receive, send)
+
+
 class BodySizeLimit:
     """413 {"detail": ...} for a request body over max_bytes, before any of it is stored.
 
@@ -153,7 +187,8 @@ app = FastAPI(
     summary="A multi-user todo backend: sign up, log in, and manage your own tasks.",
     lifespan=lifespan,
 )
-# Added before CORS, so CORS wraps it and even a 413 carries the CORS headers.
+# Added before CORS, so CORS wraps them and even a 413 or a 500 carries the CORS headers.
+app.add_middleware(InternalErrorAsJson)
 app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
 app.add_middleware(
     CORSMiddleware,
@@ -192,24 +227,20 @@ def allowed_methods(request: Request) -> str:
 
 @app.exception_handler(StarletteHTTPException)
 async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-    if exc.status_code == status.HTTP_400_BAD_REQUEST and isinstance(exc.__cause__, UnicodeDecodeError):
-        # A body that is not UTF-8 is malformed JSON like any other: 422, not FastAPI's bare 400.
-        not_utf8 = {
+    if exc.status_code == status.HTTP_400_BAD_REQUEST and isinstance(exc.__cause__, (ValueError, RecursionError)):
+        # FastAPI answers a bare 400 when the JSON parser itself fails: a body that is not
+        # UTF-8, nesting too deep to parse, an integer over Python's digit limit. That is
+        # malformed JSON like any other: 422.
+        unparsable = {
             "type": "json_invalid",
-            "loc": ("body", exc.__cause__.start),
+            "loc": ("body", getattr(exc.__cause__, "start", 0)),
             "msg": "JSON decode error",
-            "ctx": {"error": "The body is not valid UTF-8"},
+            "ctx": {"error": "The body is not JSON that can be parsed, in UTF-8"},
         }
-        return await validation_error(request, RequestValidationError([not_utf8]))
+        return await validation_error(request, RequestValidationError([unparsable]))
     if exc.status_code == status.HTTP_405_METHOD_NOT_ALLOWED:
         exc = StarletteHTTPException(exc.status_code, exc.detail, {"Allow": allowed_methods(request)})
     return await http_exception_handler(request, exc)
-
-
-@app.exception_handler(Exception)
-async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-    # The traceback goes to the server log (Starlette re-raises after this), never to the client.
-    return JSONResponse(status_code=500, content={"detail": "Internal server error"})
 
 
 @app.get(

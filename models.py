@@ -6,7 +6,7 @@ so each timestamp here comes from utc_now().
 
 from datetime import datetime, timezone
 
-from sqlalchemy import BigInteger, Index, Integer
+from sqlalchemy import BigInteger, CheckConstraint, Index, Integer
 from sqlmodel import Field, SQLModel
 
 
@@ -42,6 +42,10 @@ class Task(SQLModel, table=True):
     __table_args__ = (
         # The default list: one user's tasks, newest first, ties broken by id.
         Index("ix_task_user_created", "user_id", "created_at", "id"),
+        # Validation checks this rule on each request's view of the task; the database
+        # checks it on the row itself, so two concurrent updates (one making the task
+        # recurring, one clearing its due date) cannot break it between them.
+        CheckConstraint("recurrence = 'none' OR due_date IS NOT NULL", name="recurring_task_has_due_date"),
         NEVER_REUSE_IDS,
     )
 

@@ -71,8 +71,22 @@ PlainText = AfterValidator(plain_text)  # after the length checks, which must se
 Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), PlainText]
 Description = Annotated[str, StringConstraints(max_length=1000), PlainText]
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), PlainText]
+TAG_MAX_LENGTH = 30
+
+
+def fits_tag_column(tag: str) -> str:
+    # Lower-casing can lengthen a tag ("İ" becomes two characters), and pydantic checks
+    # max_length before it lower-cases, so the stored form is measured again.
+    if len(tag) > TAG_MAX_LENGTH:
+        raise ValueError(f"a tag can have at most {TAG_MAX_LENGTH} characters once lower-cased")
+    return tag
+
+
 TagName = Annotated[
-    str, StringConstraints(strip_whitespace=True, to_lower=True, min_length=1, max_length=30), PlainText
+    str,
+    StringConstraints(strip_whitespace=True, to_lower=True, min_length=1, max_length=TAG_MAX_LENGTH),
+    AfterValidator(fits_tag_column),
+    PlainText,
 ]
 Tags = Annotated[list[TagName], Field(max_length=10), AfterValidator(lambda tags: list(dict.fromkeys(tags)))]
 UtcDateTime = Annotated[datetime, BeforeValidator(iso_8601), AfterValidator(as_utc)]

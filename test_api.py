@@ -8,15 +8,15 @@ from datetime import datetime, timedelta, timezone
 
 import jwt
 import pytest
-from fastapi.testclient import TestClient
+from sqlalchemy import delete as sql_delete
+from sqlalchemy import update as sql_update
 from sqlmodel import Session, select
 
 import auth
 import db
 from config import settings
 from conftest import PASSWORD, sign_up
-from main import app
-from models import TaskTag, User
+from models import Task, TaskTag, User
 
 UTC_OFFSET = re.compile(r"(Z|\+00:00)$")
 
@@ -803,13 +803,21 @@ def test_unknown_routes_and_methods_answer_json(client):
     assert wrong_method.status_code == 405 and wrong_method.json() == {"detail": "Method Not Allowed"}
 
 
-def test_an_unexpected_failure_is_a_bare_500(client, alice, tmp_path, monkeypatch):
+def test_an_unexpected_failure_is_a_bare_500_with_cors_and_request_id(
+    client, alice, tmp_path, monkeypatch, caplog
+):
     monkeypatch.setattr(db, "engine", db.make_engine(f"sqlite:///{tmp_path}/empty.db"))  # no tables
-    with TestClient(app, raise_server_exceptions=False) as failing:
-        response = failing.get(alice.tasks_url, headers=alice.headers)
+    response = client.get(
+        alice.tasks_url,
+        headers={**alice.headers, "Origin": "http://localhost:3000", "X-Request-ID": "probe-500"},
+    )
     assert response.status_code == 500
     assert response.json() == {"detail": "Internal server error"}
     assert "Traceback" not in response.text and "SELECT" not in response.text
+    # A browser can read it, and its id names the log line that holds the traceback.
+    assert response.headers["access-control-allow-origin"] == "http://localhost:3000"
+    assert response.headers["x-request-id"] == "probe-500"
+    assert "no such table" in caplog.text
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
@@ -932,3 +940,94 @@ def test_mixed_parallel_traffic_never_reports_a_locked_database(client, alice):
     assert statuses.count(201) == 100
     # The original, 100 creates, and exactly one next occurrence of the recurring task.
     assert client.get(alice.tasks_url, headers=alice.headers).headers["x-total-count"] == "102"
+
+
+# --- found in review: races between a read and a write, and inputs at the edges ---
+
+
+@pytest.fixture
+def another_request_commits_after_the_read(engine, monkeypatch):
+    """Makes the next update of a task read it, then lets a concurrent request commit
+    `change` to that row, then go on: the interleaving of two real requests, on demand."""
+    import routes.tasks
+
+    def install(change):
+        read = routes.tasks.get_owned_task
+
+        def read_then_race(session, owner_id, task_id):
+            task = read(session, owner_id, task_id)
+            with Session(engine) as other:
+                other.execute(change(task_id))
+                other.commit()
+            return task
+
+        monkeypatch.setattr(routes.tasks, "get_owned_task", read_then_race)
+
+    return install
+
+
+def test_concurrent_updates_cannot_leave_a_recurring_task_without_a_due_date(
+    client, alice, another_request_commits_after_the_read
+):
+    task = create(client, alice, due_date="2026-04-01T00:00:00Z")
+    another_request_commits_after_the_read(
+        lambda task_id: sql_update(Task).where(Task.id == task_id).values(recurrence="daily")
+    )
+    response = client.put(f"{alice.tasks_url}/{task['id']}", json={"due_date": None}, headers=alice.headers)
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["msg"] == "Value error, A recurring task needs a due_date"
+    stored = client.get(f"{alice.tasks_url}/{task['id']}", headers=alice.headers).json()
+    assert stored["recurrence"] == "daily" and stored["due_date"] == "2026-04-01T00:00:00Z"
+    done = client.patch(f"{alice.tasks_url}/{task['id']}/complete", headers=alice.headers)
+    assert done.status_code == 200 and done.json()["completed"] is True
+
+
+def test_updating_a_task_deleted_meanwhile_is_404(client, alice, another_request_commits_after_the_read):
+    task = create(client, alice, tags=["home"])
+    another_request_commits_after_the_read(lambda task_id: sql_delete(Task).where(Task.id == task_id))
+    response = client.put(f"{alice.tasks_url}/{task['id']}", json={"tags": ["work"]}, headers=alice.headers)
+    assert response.status_code == 404
+    assert response.json() == {"detail": "Task not found"}
+
+
+def test_creating_while_the_account_is_deleted_never_fails_with_500(client, alice):
+    def create_one(_: int) -> int:
+        return client.post(alice.tasks_url, json={"title": "racing"}, headers=alice.headers).status_code
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        creates = pool.map(create_one, range(24))
+        deleted = client.request("DELETE", "/api/auth/me", json={"password": PASSWORD}, headers=alice.headers)
+        statuses = set(creates)
+    assert deleted.status_code == 204
+    assert statuses <= {201, 401}
+
+
+def test_a_tag_that_lengthens_when_lower_cased_is_measured_after(client, alice):
+    response = client.post(alice.tasks_url, json={"title": "x", "tags": ["İ" * 30]}, headers=alice.headers)
+    assert response.status_code == 422
+    assert "at most 30 characters once lower-cased" in response.json()["detail"][0]["msg"]
+    assert create(client, alice, tags=["İ" * 15])["tags"] == ["i̇" * 15]
+
+
+def test_a_recurring_series_ends_before_the_year_9999(client, alice):
+    task = create(client, alice, due_date="9998-11-30T00:00:00Z", recurrence="monthly")
+    assert client.patch(f"{alice.tasks_url}/{task['id']}/complete", headers=alice.headers).status_code == 200
+    [follower] = client.get(alice.tasks_url, params={"status": "pending"}, headers=alice.headers).json()
+    assert follower["due_date"] == "9998-12-30T00:00:00Z"
+    last = client.patch(f"{alice.tasks_url}/{follower['id']}/complete", headers=alice.headers)
+    assert last.status_code == 200 and last.json()["completed"] is True
+    pending = client.get(alice.tasks_url, params={"status": "pending"}, headers=alice.headers)
+    assert pending.json() == [] and pending.headers["x-total-count"] == "0"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"[" * 5000 + b"]" * 5000, b'{"title": "x", "priority": ' + b"9" * 5000 + b"}", b'{"title": "\xff"}'],
+    ids=["nested-too-deep", "integer-too-long", "not-utf-8"],
+)
+def test_json_the_parser_cannot_read_is_422(client, alice, raw):
+    response = client.post(
+        alice.tasks_url, content=raw, headers={**alice.headers, "Content-Type": "application/json"}
+    )
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["type"] == "json_invalid"

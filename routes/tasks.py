@@ -25,12 +25,15 @@ from sqlalchemy import (
     or_,
     update,
 )
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm.exc import StaleDataError
 from sqlmodel import Session, select
 
-from auth import OwnerDep
+from auth import OwnerDep, invalid_credentials
 from db import SessionDep
 from models import Task, TaskTag, utc_now
 from schemas import (
+    LATEST_DATE,
     RECURRENCE_NEEDS_DUE_DATE,
     VALIDATION_ERROR,
     CompletionUpdate,
@@ -138,10 +141,21 @@ def to_public(task: Task, tags: list[str]) -> dict:
     return {**task.model_dump(exclude={"next_occurrence_created"}), "tags": tags}
 
 
+def task_not_found() -> HTTPException:
+    return HTTPException(status.HTTP_404_NOT_FOUND, detail="Task not found")
+
+
+def recurring_without_due_date() -> RequestValidationError:
+    # The same error, in FastAPI's usual format, as TaskCreate's own check gives.
+    return RequestValidationError(
+        [{"type": "value_error", "loc": ("body",), "msg": f"Value error, {RECURRENCE_NEEDS_DUE_DATE}"}]
+    )
+
+
 def get_owned_task(session: Session, owner_id: int, task_id: int) -> Task:
     task = session.exec(select(Task).where(Task.id == task_id, Task.user_id == owner_id)).first()
     if task is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail="Task not found")
+        raise task_not_found()
     return task
 
 
@@ -163,8 +177,12 @@ def next_due_date(due: datetime, recurrence: str) -> datetime:
 def create_next_occurrence(session: Session, task: Task, now: datetime) -> None:
     """Called when `task` has just become completed. The guarded UPDATE claims the one
     next occurrence atomically, so neither concurrent completions nor reopening and
-    completing again can create a second one."""
+    completing again can create a second one. A series ends where due dates would leave
+    the range that every stored date keeps to (before the year 9999)."""
     if task.recurrence == "none":
+        return
+    next_due = next_due_date(task.due_date, task.recurrence)
+    if next_due >= LATEST_DATE:
         return
     claimed = session.execute(
         update(Task)
@@ -180,7 +198,7 @@ def create_next_occurrence(session: Session, task: Task, now: datetime) -> None:
         description=task.description,
         priority=task.priority,
         recurrence=task.recurrence,
-        due_date=next_due_date(task.due_date, task.recurrence),
+        due_date=next_due,
         created_at=now,
         updated_at=now,
     )
@@ -253,7 +271,10 @@ def create_task(
         update={"user_id": owner.id, "created_at": now, "updated_at": now},
     )
     session.add(task)
-    session.flush()  # assigns the id that the tags refer to
+    try:
+        session.flush()  # assigns the id that the tags refer to
+    except IntegrityError:  # the owner's account was deleted since the token was checked
+        raise invalid_credentials() from None
     session.add_all(TaskTag(task_id=task.id, name=name) for name in body.tags)
     session.commit()
     response.headers["Location"] = f"/api/{owner.id}/tasks/{task.id}"
@@ -282,14 +303,20 @@ def update_task(
     tags = changes.pop("tags", None)
     task.sqlmodel_update(changes)
     if task.recurrence != "none" and task.due_date is None:
-        raise RequestValidationError(
-            [{"type": "value_error", "loc": ("body",), "msg": f"Value error, {RECURRENCE_NEEDS_DUE_DATE}"}]
-        )
+        raise recurring_without_due_date()
     task.updated_at = now
     session.add(task)
+    # The first write: from here on this transaction holds the row. Between our read and
+    # it, a concurrent request may have deleted the task, or changed it so that ours
+    # breaks the recurrence rule (the database's CHECK constraint refuses that row).
+    try:
+        session.flush()
+    except StaleDataError:
+        raise task_not_found() from None
+    except IntegrityError:
+        raise recurring_without_due_date() from None
     if tags is not None:
         replace_tags(session, task.id, tags)
-    session.flush()
     if completed is not None:
         set_completed(session, owner.id, task.id, completed, now)
         session.refresh(task)  # that UPDATE changed the row behind the ORM's back
@@ -307,7 +334,7 @@ def delete_task(task_id: IdPath, owner: OwnerDep, session: SessionDep) -> Respon
     """Delete a task and its tags. Its id is never given to another task."""
     result = session.execute(delete(Task).where(Task.id == task_id, Task.user_id == owner.id))
     if result.rowcount == 0:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail="Task not found")
+        raise task_not_found()
     session.commit()
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
