@@ -12,6 +12,7 @@ in UTC, so the server's TimeZone setting never shows in the API.
 """
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Annotated
 
 from anyio import CancelScope, CapacityLimiter, to_thread
@@ -73,6 +74,10 @@ engine = make_engine(settings.database_url)
 def create_tables(target: Engine) -> None:
     import models  # noqa: F401  (registers the tables on SQLModel.metadata)
 
+    if target.dialect.name == "sqlite" and target.url.database not in (None, "", ":memory:"):
+        # The file holds password hashes: a new one is readable by its owner only (SQLite
+        # gives its -wal and -shm files the same permissions).
+        Path(target.url.database).touch(mode=0o600, exist_ok=True)
     # SQLite has no advisory lock: workers starting together on a new file can each find
     # a table missing, and all but one are then told it "already exists". The loser checks
     # again and creates only what is still missing. Each lost round means another worker

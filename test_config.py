@@ -46,6 +46,9 @@ def test_without_jwt_secret_a_private_secret_file_is_made_once_and_tokens_surviv
     assert first.stdout.split() == ["201"]
     secret_file = tmp_path / ".jwt_secret"
     assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+    for database_file in ("todo.db", "todo.db-wal", "todo.db-shm"):  # they hold password hashes
+        if (tmp_path / database_file).exists():
+            assert stat.S_IMODE((tmp_path / database_file).stat().st_mode) == 0o600, database_file
     secret = secret_file.read_text()
     assert len(secret.encode()) >= 32
 
