@@ -10,8 +10,9 @@ import os
 import secrets
 import sys
 import threading
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
-from typing import Annotated, NamedTuple
+from typing import Annotated, NamedTuple, TypeVar
 
 import bcrypt
 import jwt
@@ -28,6 +29,7 @@ from schemas import BCRYPT_MAX_BYTES, MAX_ID, IdPath
 
 JWT_ALGORITHM = "HS256"
 MAX_TOKEN_ID_LENGTH = 64  # the jti column's size
+T = TypeVar("T")
 
 # bcrypt is meant to be slow (about 0.25 s of one core at 12 rounds). Unbounded concurrent
 # hashing would starve every other request of CPU, so hashes run only on these few threads.
@@ -51,11 +53,32 @@ def lower_hashing_priority() -> None:
 hashing_threads = concurrent.futures.ThreadPoolExecutor(
     HASHING_THREADS, thread_name_prefix="bcrypt", initializer=lower_hashing_priority
 )
+# A request waiting for a hashing thread holds one of FastAPI's 40 threadpool threads, so an
+# unbounded queue here lets a burst of logins take every thread and stall every request.
+# A few hashes per hashing thread keep those threads busy; beyond that a request is
+# refused at once (503) instead of queued. The cap stays well below 40 on any machine.
+MAX_HASHES_IN_FLIGHT = min(8 * HASHING_THREADS, 16)
+hashing_slots = threading.BoundedSemaphore(MAX_HASHES_IN_FLIGHT)
+HASHING_BUSY = "Too many password checks in progress; try again shortly"
+
+
+def run_hash(function: Callable[..., T], *args) -> T:
+    """Run a bcrypt function on a hashing thread, or 503 when all slots are taken."""
+    if not hashing_slots.acquire(blocking=False):
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            detail=HASHING_BUSY,
+            headers={"Retry-After": "1"},  # a hash takes about 0.25 s at the default 12 rounds
+        )
+    try:
+        return hashing_threads.submit(function, *args).result()
+    finally:
+        hashing_slots.release()
 
 
 def hash_password(password: str) -> str:
     salt = bcrypt.gensalt(settings.bcrypt_rounds)
-    return hashing_threads.submit(bcrypt.hashpw, password.encode(), salt).result().decode()
+    return run_hash(bcrypt.hashpw, password.encode(), salt).decode()
 
 
 # Verified against when the email is unknown, so a login takes as long either way and
@@ -67,9 +90,7 @@ def verify_password(password: str, password_hash: str | None) -> bool:
     """Constant-time check. With no hash (unknown user) it still does one full bcrypt
     verification, and a password over bcrypt's limit is a plain mismatch."""
     candidate = password.encode(errors="surrogatepass")
-    matches = hashing_threads.submit(
-        bcrypt.checkpw, candidate[:BCRYPT_MAX_BYTES], (password_hash or DUMMY_HASH).encode()
-    ).result()
+    matches = run_hash(bcrypt.checkpw, candidate[:BCRYPT_MAX_BYTES], (password_hash or DUMMY_HASH).encode())
     return matches and password_hash is not None and len(candidate) <= BCRYPT_MAX_BYTES
 
 

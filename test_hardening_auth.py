@@ -14,6 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import Session, func, select
 
+import auth
 import routes.auth
 from config import load_settings, settings
 from conftest import PASSWORD, sign_up
@@ -521,6 +522,71 @@ def test_a_right_password_on_a_token_route_clears_the_failures(client, clock, al
     assert_locked(login(client, alice.email, NEW_PASSWORD), retry_after=15 * 60)
 
 
+# --- a burst of password hashing ---
+
+HASHING_BUSY = {"detail": "Too many password checks in progress; try again shortly"}
+
+
+@pytest.fixture
+def hashing_full(client):
+    """Every hashing slot taken, as by a burst of logins still running or waiting."""
+    for _ in range(auth.MAX_HASHES_IN_FLIGHT):
+        assert auth.hashing_slots.acquire(blocking=False)
+    yield
+    for _ in range(auth.MAX_HASHES_IN_FLIGHT):
+        auth.hashing_slots.release()
+
+
+def assert_hashing_busy(response):
+    assert response.status_code == 503, response.text
+    assert response.json() == HASHING_BUSY
+    assert response.headers["Retry-After"] == "1"
+
+
+def hashing_requests(client, account):
+    """One request to each route that hashes or verifies a password."""
+    return {
+        "signup": client.post("/api/auth/signup", json={"email": "new@example.com", "password": PASSWORD}),
+        "login": login(client, account.email, PASSWORD),
+        "login of an unknown email": login(client, "nobody@example.com", PASSWORD),
+        "token form": form_login(client, account.email, PASSWORD),
+        "password change": change_password(client, account.token, PASSWORD, NEW_PASSWORD),
+        "delete me": delete_me(client, account.token, PASSWORD),
+    }
+
+
+def test_routes_that_hash_get_503_while_hashing_is_full(client, alice, hashing_full):
+    for route, response in hashing_requests(client, alice).items():
+        assert response.status_code == 503, route
+        assert_hashing_busy(response)
+
+
+def test_other_requests_are_served_while_hashing_is_full(client, alice, hashing_full):
+    created = client.post(alice.tasks_url, headers=alice.headers, json={"title": "still here"})
+    assert created.status_code == 201, created.text
+    listing = client.get(alice.tasks_url, headers=alice.headers)
+    assert listing.status_code == 200, listing.text
+    assert [task["title"] for task in listing.json()] == ["still here"]
+    assert (me(client, alice.token).status_code, me(client, alice.token).json()["id"]) == (200, alice.id)
+
+
+def test_a_refused_hash_changes_nothing(client, engine, alice, hashing_full):
+    assert_hashing_busy(client.post("/api/auth/signup", json={"email": "new@example.com", "password": PASSWORD}))
+    assert_hashing_busy(change_password(client, alice.token, PASSWORD, NEW_PASSWORD))
+    assert_hashing_busy(delete_me(client, alice.token, PASSWORD))
+    assert count_rows(engine, User) == 1
+    assert (me(client, alice.token).status_code, me(client, alice.token).json()["id"]) == (200, alice.id)
+
+
+def test_every_hash_gives_its_slot_back(client, alice):
+    """A slot kept after any of these would leave the later ones 503."""
+    for _ in range(auth.MAX_HASHES_IN_FLIGHT + 2):
+        assert login(client, alice.email, PASSWORD).status_code == 200
+        assert login(client, alice.email, WRONG).json() == LOGIN_FAILED
+    response = change_password(client, alice.token, PASSWORD, NEW_PASSWORD)
+    assert (response.status_code, response.content) == (204, b"")
+
+
 # --- OpenAPI ---
 
 
@@ -528,18 +594,18 @@ def test_openapi_documents_the_new_routes_and_their_errors(client):
     paths = client.get("/openapi.json").json()["paths"]
     expected = {
         ("post", "/api/auth/logout"): {"204", "401"},
-        ("put", "/api/auth/password"): {"204", "401", "422", "429"},
-        ("delete", "/api/auth/me"): {"204", "401", "422", "429"},
-        ("post", "/api/auth/signup"): {"201", "409", "422", "429"},
-        ("post", "/api/auth/login"): {"200", "401", "422", "429"},
-        ("post", "/api/auth/token"): {"200", "401", "422", "429"},
+        ("put", "/api/auth/password"): {"204", "401", "422", "429", "503"},
+        ("delete", "/api/auth/me"): {"204", "401", "422", "429", "503"},
+        ("post", "/api/auth/signup"): {"201", "409", "422", "429", "503"},
+        ("post", "/api/auth/login"): {"200", "401", "422", "429", "503"},
+        ("post", "/api/auth/token"): {"200", "401", "422", "429", "503"},
     }
     for (method, path), statuses in expected.items():
         operation = paths[path][method]
         assert operation["tags"] == ["auth"]
         assert operation["summary"]
         assert set(operation["responses"]) == statuses, (method, path)
-        if "429" in statuses:
-            assert "Retry-After" in operation["responses"]["429"]["headers"]
+        for retry_later in {"429", "503"} & statuses:
+            assert "Retry-After" in operation["responses"][retry_later]["headers"]
     for method, path in [("post", "/api/auth/logout"), ("put", "/api/auth/password"), ("delete", "/api/auth/me")]:
         assert paths[path][method]["security"] == [{"OAuth2PasswordBearer": []}]

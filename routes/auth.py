@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from auth import (
+    HASHING_BUSY,
     CurrentUser,
     TokenClaimsDep,
     create_access_token,
@@ -50,21 +51,26 @@ router = APIRouter(prefix="/api/auth", tags=["auth"])
 NOT_AUTHENTICATED = {401: error_response("Missing, invalid or expired token", "Not authenticated")}
 
 
-def too_many_requests_response(description: str, detail: str) -> dict:
+def retry_later_response(description: str, detail: str) -> dict:
     retry_after = {"description": "Seconds to wait before trying again", "schema": {"type": "integer"}}
     return {**error_response(description, detail), "headers": {"Retry-After": retry_after}}
 
 
 LIMITED_AUTH_REQUESTS = {
-    429: too_many_requests_response("Too many signups and logins from this address", TOO_MANY_AUTH_REQUESTS)
+    429: retry_later_response("Too many signups and logins from this address", TOO_MANY_AUTH_REQUESTS)
+}
+# Every route that hashes or checks a password.
+HASHING_BUSY_RESPONSE = {
+    503: retry_later_response("Too many password hashes already running or waiting", HASHING_BUSY)
 }
 LOGIN_ERRORS = {
     401: error_response("Incorrect email or password", "Incorrect email or password"),
-    429: too_many_requests_response(
+    429: retry_later_response(
         "Too many failed logins for this email from this address, "
         "or too many signups and logins from this address",
         TOO_MANY_FAILED_LOGINS,
     ),
+    **HASHING_BUSY_RESPONSE,
     **VALIDATION_ERROR,
 }
 # The OAuth2 form has no model of our own, so its example sits on the request body itself.
@@ -79,9 +85,8 @@ FORM_EXAMPLE = {
 }
 PASSWORD_CHECK_ERRORS = {
     401: error_response("Missing, invalid or expired token, or incorrect password", "Incorrect password"),
-    429: too_many_requests_response(
-        "Too many failed logins for this email from this address", TOO_MANY_FAILED_LOGINS
-    ),
+    429: retry_later_response("Too many failed logins for this email from this address", TOO_MANY_FAILED_LOGINS),
+    **HASHING_BUSY_RESPONSE,
     **VALIDATION_ERROR,
 }
 
@@ -168,6 +173,7 @@ def authenticate(
     responses={
         409: error_response("Email already registered", "Email already registered"),
         **LIMITED_AUTH_REQUESTS,
+        **HASHING_BUSY_RESPONSE,
         **VALIDATION_ERROR,
     },
     dependencies=[Depends(limit_auth_requests)],
