@@ -62,14 +62,21 @@ hashing_slots = threading.BoundedSemaphore(MAX_HASHES_IN_FLIGHT)
 HASHING_BUSY = "Too many password checks in progress; try again shortly"
 
 
-def run_hash(function: Callable[..., T], *args) -> T:
-    """Run a bcrypt function on a hashing thread, or 503 when all slots are taken."""
-    if not hashing_slots.acquire(blocking=False):
-        raise HTTPException(
+class HashingBusy(HTTPException):
+    """503: every hashing slot is taken, so the password was not hashed or checked."""
+
+    def __init__(self) -> None:
+        super().__init__(
             status.HTTP_503_SERVICE_UNAVAILABLE,
             detail=HASHING_BUSY,
             headers={"Retry-After": "1"},  # a hash takes about 0.25 s at the default 12 rounds
         )
+
+
+def run_hash(function: Callable[..., T], *args) -> T:
+    """Run a bcrypt function on a hashing thread, or raise HashingBusy when all slots are taken."""
+    if not hashing_slots.acquire(blocking=False):
+        raise HashingBusy()
     try:
         return hashing_threads.submit(function, *args).result()
     finally:

@@ -134,3 +134,12 @@ def clear_login_failures(session: Session, bucket: str | None) -> None:
     if bucket is not None:
         session.execute(delete(RateLimitEvent).where(RateLimitEvent.bucket == bucket))
         session.commit()
+
+
+def withdraw_login_attempt(session: Session, bucket: str | None) -> None:
+    """Uncount one attempt of the pair, for one whose password was never checked. The
+    pair's events are interchangeable, so the newest goes."""
+    if bucket is not None:
+        newest = select(func.max(RateLimitEvent.id)).where(RateLimitEvent.bucket == bucket).scalar_subquery()
+        session.execute(delete(RateLimitEvent).where(RateLimitEvent.id == newest))
+        session.commit()

@@ -7,6 +7,7 @@ nothing depends on environment variables read at import time.
 """
 
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import timedelta
 
 import jwt
@@ -527,14 +528,22 @@ def test_a_right_password_on_a_token_route_clears_the_failures(client, clock, al
 HASHING_BUSY = {"detail": "Too many password checks in progress; try again shortly"}
 
 
-@pytest.fixture
-def hashing_full(client):
+@contextmanager
+def hashing_slots_taken():
     """Every hashing slot taken, as by a burst of logins still running or waiting."""
     for _ in range(auth.MAX_HASHES_IN_FLIGHT):
         assert auth.hashing_slots.acquire(blocking=False)
-    yield
-    for _ in range(auth.MAX_HASHES_IN_FLIGHT):
-        auth.hashing_slots.release()
+    try:
+        yield
+    finally:
+        for _ in range(auth.MAX_HASHES_IN_FLIGHT):
+            auth.hashing_slots.release()
+
+
+@pytest.fixture
+def hashing_full(client):
+    with hashing_slots_taken():
+        yield
 
 
 def assert_hashing_busy(response):
@@ -576,6 +585,17 @@ def test_a_refused_hash_changes_nothing(client, engine, alice, hashing_full):
     assert_hashing_busy(delete_me(client, alice.token, PASSWORD))
     assert count_rows(engine, User) == 1
     assert (me(client, alice.token).status_code, me(client, alice.token).json()["id"]) == (200, alice.id)
+
+
+def test_a_password_check_refused_for_hashing_is_not_a_failed_login(client, clock, alice, set_limits):
+    set_limits(login_failures=1)
+    with hashing_slots_taken():
+        assert_hashing_busy(login(client, alice.email, PASSWORD))
+        assert_hashing_busy(form_login(client, alice.email, PASSWORD))
+        assert_hashing_busy(change_password(client, alice.token, PASSWORD, NEW_PASSWORD))
+    response = login(client, alice.email, PASSWORD)
+    assert response.status_code == 200, response.text
+    assert response.json()["user"]["id"] == alice.id
 
 
 def test_every_hash_gives_its_slot_back(client, alice):

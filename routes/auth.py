@@ -16,6 +16,7 @@ from sqlmodel import Session, select
 from auth import (
     HASHING_BUSY,
     CurrentUser,
+    HashingBusy,
     TokenClaimsDep,
     create_access_token,
     hash_password,
@@ -32,6 +33,7 @@ from limits import (
     clear_login_failures,
     count_auth_request,
     count_login_attempt,
+    withdraw_login_attempt,
 )
 from models import User, utc_now
 from routes.tasks import Now
@@ -132,7 +134,12 @@ class PasswordCheck:
 
     def matches(self, email: str, password: str, password_hash: str | None) -> bool:
         failures = count_login_attempt(self.session, self.limits, email, self.client, self.now)
-        if not verify_password(password, password_hash):
+        try:
+            matched = verify_password(password, password_hash)
+        except HashingBusy:  # refused before the check: a retry must not find the pair locked
+            withdraw_login_attempt(self.session, failures)
+            raise
+        if not matched:
             return False  # the attempt stays counted
         clear_login_failures(self.session, failures)
         return True
