@@ -288,6 +288,29 @@ def test_old_auth_requests_are_pruned(client, engine, clock, alice, set_limits):
         assert session.exec(select(func.count()).select_from(RateLimitEvent)).one() == 1
 
 
+def test_ipv6_clients_are_counted_by_their_64_network(client, clock, alice, set_limits):
+    set_limits(auth_requests_per_minute=2)
+    one_network = [other_address("2001:db8:0:1::1"), other_address("2001:db8:0:1:ffff:ffff:ffff:fffe")]
+    for same_network in one_network:
+        assert login(same_network, alice.email, PASSWORD).status_code == 200
+    for same_network in one_network:
+        assert_locked(login(same_network, alice.email, PASSWORD), retry_after=60, body=TOO_MANY_REQUESTS)
+
+    next_network = login(other_address("2001:db8:0:2::1"), alice.email, PASSWORD)
+    assert next_network.status_code == 200, next_network.text
+    assert next_network.json()["user"]["id"] == alice.id
+
+
+def test_ipv4_clients_on_an_ipv6_socket_are_still_counted_per_address(client, clock, alice, set_limits):
+    """A dual-stack server sees IPv4 clients as ::ffff:a.b.c.d, all in one /64."""
+    set_limits(auth_requests_per_minute=1)
+    assert login(other_address("::ffff:192.0.2.1"), alice.email, PASSWORD).status_code == 200
+    assert_locked(login(other_address("192.0.2.1"), alice.email, PASSWORD), retry_after=60, body=TOO_MANY_REQUESTS)
+    response = login(other_address("::ffff:192.0.2.2"), alice.email, PASSWORD)
+    assert response.status_code == 200, response.text
+    assert response.json()["user"]["id"] == alice.id
+
+
 # --- logout ---
 
 

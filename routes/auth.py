@@ -3,6 +3,7 @@ read the current user, log out, change the password and delete the account.
 
 Signups, logins and every password check count against the abuse limits in limits.py."""
 
+import ipaddress
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated
@@ -94,9 +95,23 @@ PASSWORD_CHECK_ERRORS = {
 
 
 def client_address(request: Request) -> str:
-    """The socket peer's address. Behind a reverse proxy, uvicorn replaces it with the
-    X-Forwarded-For client only when the proxy is listed in --forwarded-allow-ips."""
-    return request.client.host if request.client else "unknown"
+    """The socket peer's address, as the limits count it. Behind a reverse proxy, uvicorn
+    replaces it with the X-Forwarded-For client only when the proxy is listed in
+    --forwarded-allow-ips.
+
+    An IPv6 client counts as its /64 network: that is what one subscriber usually gets,
+    so counting single addresses would give each one endless fresh addresses. An IPv4
+    client seen on a dual-stack socket (::ffff:a.b.c.d) still counts as its IPv4 address."""
+    host = request.client.host if request.client else "unknown"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if address.version == 4:
+        return host
+    if address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(ipaddress.IPv6Network((address, 64), strict=False))
 
 
 ClientAddress = Annotated[str, Depends(client_address)]
