@@ -175,6 +175,13 @@ def test_json_and_form_logins_share_one_count(client, clock, alice, set_limits):
     assert_locked(login(client, alice.email, PASSWORD), retry_after=15 * 60)
 
 
+@pytest.mark.parametrize("padded", [" alice@example.com", "alice@example.com ", "\tALICE@example.com "])
+def test_form_login_ignores_whitespace_around_the_email_like_json_login(client, alice, padded):
+    for response in (form_login(client, padded, PASSWORD), login(client, padded, PASSWORD)):
+        assert response.status_code == 200, response.text
+        assert response.json()["user"]["id"] == alice.id
+
+
 def test_the_lock_is_per_email_and_client_address(client, clock, alice, bob, set_limits):
     set_limits(login_failures=2)
     fail_logins(client, alice.email, 2)

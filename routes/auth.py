@@ -241,7 +241,8 @@ def login_form(
 ) -> TokenResponse:
     """The OAuth2 password flow: a form with username (your email) and password.
     This is the tokenUrl that Swagger UI's Authorize button uses."""
-    return authenticate(session, password_check, form.username, form.password)
+    # Stripped as the JSON login's EmailStr is, so both forms accept the same email.
+    return authenticate(session, password_check, form.username.strip(), form.password)
 
 
 @router.get("/me", response_model=UserPublic, summary="The current user", responses=NOT_AUTHENTICATED)
