@@ -138,7 +138,7 @@ def load_tags(session: Session, task_ids: list[int]) -> dict[int, list[str]]:
 
 def to_public(task: Task, tags: list[str]) -> dict:
     # A dict, not a TaskPublic: FastAPI validates it once against the response model.
-    return {**task.model_dump(exclude={"next_occurrence_created"}), "tags": tags}
+    return {name: getattr(task, name) for name in PUBLIC_NAMES} | {"tags": tags}
 
 
 def task_not_found() -> HTTPException:
