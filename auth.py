@@ -22,10 +22,12 @@ from sqlalchemy import bindparam, delete, exists
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
+import better_auth
+from better_auth import BetterAuthClaims, KeySetUnavailable
 from config import settings
 from db import SessionDep
 from models import RevokedToken, User
-from schemas import BCRYPT_MAX_BYTES, MAX_ID, IdPath
+from schemas import BCRYPT_MAX_BYTES, MAX_ID, UserIdPath, error_response
 
 JWT_ALGORITHM = "HS256"
 MAX_TOKEN_ID_LENGTH = 64  # the jti column's size
@@ -158,7 +160,39 @@ async def get_token_claims(token: Annotated[str, Depends(oauth2_scheme)]) -> Tok
     return token_claims
 
 
-TokenClaimsDep = Annotated[TokenClaims, Depends(get_token_claims)]
+KEY_SET_UNAVAILABLE = "Better Auth's key set cannot be fetched; try again shortly"
+# Documented on every route that takes a token.
+KEY_SET_UNAVAILABLE_RESPONSE = {
+    503: {
+        **error_response("A Better Auth token, while Better Auth's key set cannot be fetched", KEY_SET_UNAVAILABLE),
+        "headers": {
+            "Retry-After": {"description": "Seconds to wait before trying again", "schema": {"type": "integer"}}
+        },
+    }
+}
+
+
+async def get_any_token_claims(token: Annotated[str, Depends(oauth2_scheme)]) -> TokenClaims | BetterAuthClaims:
+    """Our own token's claims, or else (when configured) a Better Auth token's. Ours are
+    tried first, so they cost exactly what they would without Better Auth."""
+    try:
+        return await get_token_claims(token)
+    except HTTPException:
+        if not better_auth.verifier.enabled:
+            raise
+    try:
+        return await better_auth.verifier.verify(token)
+    except KeySetUnavailable as unavailable:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            detail=KEY_SET_UNAVAILABLE,
+            headers={"Retry-After": str(unavailable.retry_after)},
+        ) from None
+    except (jwt.InvalidTokenError, ValueError, TypeError, OverflowError, OSError):
+        raise invalid_credentials() from None
+
+
+TokenClaimsDep = Annotated[TokenClaims | BetterAuthClaims, Depends(get_any_token_claims)]
 
 
 # One query, two primary-key lookups: the user, and whether this token was logged out.
@@ -169,6 +203,11 @@ USER_AND_LOGOUT = select(User, exists().where(RevokedToken.jti == bindparam("jti
 
 
 def get_current_user(claims: TokenClaimsDep, session: SessionDep) -> User:
+    if isinstance(claims, BetterAuthClaims):
+        user, revoked = better_auth.find_or_create_user(session, claims)
+        if revoked:
+            raise invalid_credentials()
+        return user
     row = session.exec(USER_AND_LOGOUT, params={"jti": claims.token_id, "user_id": claims.user_id}).first()
     if row is None:  # deleted since the token was issued
         raise invalid_credentials()
@@ -181,8 +220,13 @@ def get_current_user(claims: TokenClaimsDep, session: SessionDep) -> User:
 CurrentUser = Annotated[User, Depends(get_current_user)]
 
 
-async def get_path_owner(user_id: IdPath, user: CurrentUser) -> User:
-    if user.id != user_id:
+def names_user(user_id: str, user: User) -> bool:
+    """Whether the path's user_id is this user's numeric id, or their Better Auth id."""
+    return user_id == user.better_auth_id or (user_id.isdigit() and int(user_id) == user.id)
+
+
+async def get_path_owner(user_id: UserIdPath, user: CurrentUser) -> User:
+    if not names_user(user_id, user):
         raise HTTPException(status.HTTP_403_FORBIDDEN, detail="You can only access your own tasks")
     return user
 
@@ -190,8 +234,9 @@ async def get_path_owner(user_id: IdPath, user: CurrentUser) -> User:
 OwnerDep = Annotated[User, Depends(get_path_owner)]
 
 
-def revoke_token(session: Session, claims: TokenClaims, now: datetime) -> None:
-    """Record the token as logged out, and forget tokens that have expired anyway.
+def revoke_token(session: Session, claims: TokenClaims | BetterAuthClaims, now: datetime) -> None:
+    """Record the token as logged out (a Better Auth token by its hash), and forget tokens
+    that have expired anyway.
     The first statement is the INSERT, so this is a plain write transaction on SQLite."""
     session.add(RevokedToken(jti=claims.token_id, expires_at=claims.expires_at))
     try:

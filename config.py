@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MIN_SECRET_BYTES = 32
+MAX_URL_LENGTH = 255  # BETTER_AUTH_URL is stored as the issuer of its accounts
 DEFAULT_CORS_ORIGINS = (
     "http://localhost:3000,http://127.0.0.1:3000,http://localhost:5173,http://127.0.0.1:5173"
 )
@@ -28,6 +29,10 @@ class Settings:
     login_failure_window_minutes: int
     auth_requests_per_minute: int
     sqlite_synchronous: str
+    # Better Auth (see better_auth.py); None turns that kind of token off.
+    better_auth_url: str | None
+    better_auth_jwks_url: str | None
+    better_auth_secret: str | None
 
 
 def load_or_create_secret(path: Path) -> str:
@@ -80,6 +85,33 @@ def choice_setting(name: str, default: str, choices: tuple[str, ...]) -> str:
     return raw.strip().upper()
 
 
+def url_setting(name: str) -> str | None:
+    """An http(s) URL without its trailing slash, or None when the variable is unset or empty."""
+    raw = os.environ.get(name, "").strip().rstrip("/")
+    if not raw:
+        return None
+    if not raw.startswith(("http://", "https://")) or len(raw) > MAX_URL_LENGTH or not raw.isascii():
+        raise SystemExit(f"{name} must be an http:// or https:// URL of at most {MAX_URL_LENGTH} characters")
+    return raw
+
+
+def better_auth_settings(jwt_secret: str) -> tuple[str | None, str | None, str | None]:
+    """BETTER_AUTH_URL, the key set's URL, and BETTER_AUTH_SECRET."""
+    url = url_setting("BETTER_AUTH_URL")
+    jwks_url = url_setting("BETTER_AUTH_JWKS_URL")
+    if jwks_url is not None and url is None:
+        raise SystemExit("BETTER_AUTH_JWKS_URL needs BETTER_AUTH_URL, which its tokens' iss and aud must equal")
+    secret = os.environ.get("BETTER_AUTH_SECRET") or None
+    if secret is not None:
+        require_strong_secret(secret, "BETTER_AUTH_SECRET")
+        # With one secret for both, our own tokens would pass as Better Auth tokens too.
+        if secrets.compare_digest(secret.encode(), jwt_secret.encode()):
+            raise SystemExit("BETTER_AUTH_SECRET must differ from JWT_SECRET")
+    if url is not None and jwks_url is None:
+        jwks_url = f"{url}/api/auth/jwks"
+    return url, jwks_url, secret
+
+
 def load_settings() -> Settings:
     if "JWT_SECRET" in os.environ:
         jwt_secret = require_strong_secret(os.environ["JWT_SECRET"], "JWT_SECRET")
@@ -87,6 +119,7 @@ def load_settings() -> Settings:
         secret_file = Path(os.environ.get("JWT_SECRET_FILE", ".jwt_secret"))
         jwt_secret = require_strong_secret(load_or_create_secret(secret_file), str(secret_file))
     origins = os.environ.get("CORS_ORIGINS", DEFAULT_CORS_ORIGINS)
+    better_auth_url, better_auth_jwks_url, better_auth_secret = better_auth_settings(jwt_secret)
     return Settings(
         database_url=os.environ.get("DATABASE_URL", "sqlite:///./todo.db"),
         jwt_secret=jwt_secret,
@@ -99,6 +132,9 @@ def load_settings() -> Settings:
         # NORMAL: no committed write is lost when the server crashes; FULL: nor when the
         # machine loses power. OFF is not offered: it can corrupt the file.
         sqlite_synchronous=choice_setting("SQLITE_SYNCHRONOUS", "NORMAL", ("NORMAL", "FULL")),
+        better_auth_url=better_auth_url,
+        better_auth_jwks_url=better_auth_jwks_url,
+        better_auth_secret=better_auth_secret,
     )
 
 

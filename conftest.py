@@ -16,6 +16,9 @@ os.environ["BCRYPT_ROUNDS"] = "4"
 os.environ["JWT_SECRET"] = secrets.token_urlsafe(48)
 os.environ.pop("CORS_ORIGINS", None)
 os.environ.pop("ACCESS_TOKEN_EXPIRE_MINUTES", None)
+# Better Auth is off, as by default; test_better_auth.py configures its own per test.
+for better_auth_setting in ("BETTER_AUTH_URL", "BETTER_AUTH_JWKS_URL", "BETTER_AUTH_SECRET"):
+    os.environ.pop(better_auth_setting, None)
 # The abuse limits are off by default here, since many tests sign up many users; the
 # tests of the limits themselves set theirs through the configured_limits dependency.
 os.environ["LOGIN_FAILURE_LIMIT"] = "0"

@@ -6,7 +6,7 @@ so each timestamp here comes from utc_now().
 
 from datetime import datetime, timezone
 
-from sqlalchemy import BigInteger, CheckConstraint, Index, Integer
+from sqlalchemy import BigInteger, CheckConstraint, Index, Integer, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -24,13 +24,35 @@ Id = BigInteger().with_variant(Integer(), "sqlite")
 NEVER_REUSE_IDS = {"sqlite_autoincrement": True}
 
 
+# The name that keeps shared-secret Better Auth accounts apart from key-set ones, whose
+# issuer is a URL (BETTER_AUTH_URL) and so can never equal it.
+SHARED_SECRET_ISSUER = "shared-secret"
+
+
 class User(SQLModel, table=True):
-    __table_args__ = NEVER_REUSE_IDS
+    """A local account (email and password here), or a Better Auth account (its Better Auth
+    user id and issuer; no email or password here, since Better Auth holds both)."""
+
+    __table_args__ = (
+        # NULLs are distinct in a unique constraint, on SQLite and PostgreSQL alike, so
+        # local accounts (NULL here) never collide; Better Auth accounts are unique.
+        UniqueConstraint("better_auth_issuer", "better_auth_id", name="uq_user_better_auth"),
+        CheckConstraint(
+            "(better_auth_id IS NULL AND better_auth_issuer IS NULL"
+            " AND email IS NOT NULL AND password_hash IS NOT NULL)"
+            " OR (better_auth_id IS NOT NULL AND better_auth_issuer IS NOT NULL"
+            " AND email IS NULL AND password_hash IS NULL)",
+            name="user_is_local_or_better_auth",
+        ),
+        NEVER_REUSE_IDS,
+    )
 
     id: int | None = Field(default=None, primary_key=True, sa_type=Id)
-    email: str = Field(max_length=320, unique=True)  # stored lower-cased
+    email: str | None = Field(default=None, max_length=320, unique=True)  # stored lower-cased
     name: str | None = Field(default=None, max_length=100)
-    password_hash: str
+    password_hash: str | None = None
+    better_auth_issuer: str | None = Field(default=None, max_length=255)
+    better_auth_id: str | None = Field(default=None, max_length=255)  # the token's sub
     created_at: datetime = Field(default_factory=utc_now)
     # Every token carries the generation it was issued in; changing the password bumps it,
     # which ends all older tokens at once. A counter, not a timestamp: a token's iat has
@@ -74,7 +96,8 @@ class TaskTag(SQLModel, table=True):
 
 
 class RevokedToken(SQLModel, table=True):
-    """A logged-out token, by its jti, until it would have expired anyway (then pruned)."""
+    """A logged-out token, by its jti, until it would have expired anyway (then pruned).
+    A Better Auth token has no jti: it is kept by the SHA-256 of the whole token."""
 
     jti: str = Field(primary_key=True, max_length=64)
     expires_at: datetime = Field(index=True)

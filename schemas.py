@@ -29,6 +29,16 @@ LATEST_DATE = datetime(9999, 1, 1, tzinfo=timezone.utc)  # leaves room to advanc
 Priority = Literal["low", "medium", "high"]
 Recurrence = Literal["none", "daily", "weekly", "monthly"]
 IdPath = Annotated[int, Path(ge=1, le=MAX_ID)]
+# The path's user: a numeric id, or a Better Auth user id (URL-safe, up to 255 characters).
+USER_ID_PATTERN = r"^[A-Za-z0-9._~-]{1,255}$"
+UserIdPath = Annotated[
+    str,
+    Path(
+        pattern=USER_ID_PATTERN,
+        description="Your numeric id, or, for a Better Auth account, its Better Auth user id",
+        examples=["1"],
+    ),
+]
 RECURRENCE_NEEDS_DUE_DATE = "A recurring task needs a due_date"
 EXAMPLE_TIME = "2026-03-01T12:00:00Z"
 
@@ -202,9 +212,10 @@ class UserPublic(SQLModel):
     model_config = example(id=1, email="alice@example.com", name="Alice", created_at=EXAMPLE_TIME)
 
     id: int
-    email: str
+    email: str | None  # None for a Better Auth account: Better Auth holds its email
     name: str | None
     created_at: datetime
+    better_auth_id: str | None = None  # a Better Auth account's own user id (its tokens' sub)
 
 
 class TokenResponse(SQLModel):

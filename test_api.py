@@ -44,7 +44,7 @@ def test_signup_returns_token_and_public_user(client):
     body = response.json()
     assert body["token_type"] == "bearer"
     assert body["expires_in"] == 60 * 60
-    assert set(body["user"]) == {"id", "email", "name", "created_at"}
+    assert set(body["user"]) == {"id", "email", "name", "created_at", "better_auth_id"}
     assert body["user"]["email"] == "ada@example.com"
     assert body["user"]["name"] == "Ada"
     assert UTC_OFFSET.search(body["user"]["created_at"])
@@ -296,8 +296,16 @@ def test_bad_task_ids_are_422(client, alice, task_id):
         assert response.json()["detail"][0]["loc"] == ["path", "task_id"]
 
 
-@pytest.mark.parametrize("user_id", ["abc", "0", "-5", str(2**64)])
-def test_bad_user_ids_are_422(client, alice, user_id):
+@pytest.mark.parametrize("user_id", ["abc", "0", "-5", "2", str(2**64), "a" * 255])
+def test_a_user_id_that_is_not_the_callers_is_403(client, alice, user_id):
+    response = client.get(f"/api/{user_id}/tasks", headers=alice.headers)
+    assert response.status_code == 403
+    assert response.json() == {"detail": "You can only access your own tasks"}
+
+
+# Longer than 255 characters, or outside [A-Za-z0-9._~-]: no account can have such an id.
+@pytest.mark.parametrize("user_id", ["a" * 256, "a%20b", "a!b", "%C3%A9", "1%00"])
+def test_a_user_id_that_can_never_be_valid_is_422(client, alice, user_id):
     response = client.get(f"/api/{user_id}/tasks", headers=alice.headers)
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == ["path", "user_id"]

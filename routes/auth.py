@@ -16,6 +16,7 @@ from sqlmodel import Session, select
 
 from auth import (
     HASHING_BUSY,
+    KEY_SET_UNAVAILABLE_RESPONSE,
     CurrentUser,
     HashingBusy,
     TokenClaimsDep,
@@ -51,7 +52,14 @@ from schemas import (
 
 router = APIRouter(prefix="/api/auth", tags=["auth"])
 
-NOT_AUTHENTICATED = {401: error_response("Missing, invalid or expired token", "Not authenticated")}
+NOT_AUTHENTICATED = {
+    401: error_response("Missing, invalid or expired token", "Not authenticated"),
+    **KEY_SET_UNAVAILABLE_RESPONSE,
+}
+PASSWORD_IN_BETTER_AUTH = (
+    "This account signs in with Better Auth, which keeps its password: "
+    "change the password or delete the user there"
+)
 
 
 def retry_later_response(description: str, detail: str) -> dict:
@@ -88,6 +96,7 @@ FORM_EXAMPLE = {
 }
 PASSWORD_CHECK_ERRORS = {
     401: error_response("Missing, invalid or expired token, or incorrect password", "Incorrect password"),
+    403: error_response("A Better Auth account: it has no password here", PASSWORD_IN_BETTER_AUTH),
     429: retry_later_response("Too many failed logins for this email from this address", TOO_MANY_FAILED_LOGINS),
     **HASHING_BUSY_RESPONSE,
     **VALIDATION_ERROR,
@@ -160,7 +169,10 @@ class PasswordCheck:
         return True
 
     def confirm(self, user: User, password: str) -> None:
-        """401 unless `password` is the signed-in user's: for the routes that change the account."""
+        """401 unless `password` is the signed-in user's: for the routes that change the account.
+        403 for a Better Auth account, whose password is not here to check."""
+        if user.password_hash is None:
+            raise HTTPException(status.HTTP_403_FORBIDDEN, detail=PASSWORD_IN_BETTER_AUTH)
         if not self.matches(user.email, password, user.password_hash):
             raise incorrect_password("Incorrect password")
 

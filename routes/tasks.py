@@ -29,7 +29,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.exc import StaleDataError
 from sqlmodel import Session, select
 
-from auth import OwnerDep, invalid_credentials
+from auth import KEY_SET_UNAVAILABLE_RESPONSE, OwnerDep, invalid_credentials
 from db import SessionDep
 from models import Task, TaskTag, utc_now
 from schemas import (
@@ -42,6 +42,7 @@ from schemas import (
     TaskListQuery,
     TaskPublic,
     TaskUpdate,
+    UserIdPath,
     error_response,
 )
 
@@ -51,6 +52,7 @@ OWNER_ERRORS = {
     403: error_response(
         "The path's user_id is not the token's user", "You can only access your own tasks"
     ),
+    **KEY_SET_UNAVAILABLE_RESPONSE,
     **VALIDATION_ERROR,
 }
 TASK_ERRORS = {**OWNER_ERRORS, 404: error_response("Task not found", "Task not found")}
@@ -263,9 +265,10 @@ def list_tasks(
     summary="Create a task",
 )
 def create_task(
-    body: TaskCreate, owner: OwnerDep, session: SessionDep, now: Now, response: Response
+    user_id: UserIdPath, body: TaskCreate, owner: OwnerDep, session: SessionDep, now: Now, response: Response
 ) -> dict:
-    """Create a task. The Location header is the new task's URL."""
+    """Create a task. The Location header is the new task's URL, with the user id as the
+    request's path has it (numeric, or a Better Auth id)."""
     task = Task.model_validate(
         body.model_dump(exclude={"tags"}),
         update={"user_id": owner.id, "created_at": now, "updated_at": now},
@@ -277,7 +280,7 @@ def create_task(
         raise invalid_credentials() from None
     session.add_all(TaskTag(task_id=task.id, name=name) for name in body.tags)
     session.commit()
-    response.headers["Location"] = f"/api/{owner.id}/tasks/{task.id}"
+    response.headers["Location"] = f"/api/{user_id}/tasks/{task.id}"
     return to_public(task, sorted(body.tags))
 
 

@@ -1,0 +1,248 @@
+"""Tokens from Better Auth (https://www.better-auth.com), for Next.js frontends that sign
+their users in there: checked here, and turned into accounts of their own.
+
+Two kinds, each off unless configured (config.py):
+- BETTER_AUTH_URL: the jwt() plugin's tokens (EdDSA by default; ES256, ES512, RS256, PS256),
+  checked against the key set at BETTER_AUTH_JWKS_URL, with iss and aud equal to the URL.
+- BETTER_AUTH_SECRET: HS256 tokens {sub, exp} that a frontend signs itself with that secret.
+
+A Better Auth user is an account here keyed by (issuer, sub), created by their first valid
+token, never linked to a local account by email. auth.py sends a token here only after
+it failed as one of our own, so our own tokens cost nothing more.
+"""
+
+import hashlib
+import json
+import logging
+import math
+import re
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from datetime import datetime, timezone
+from http.client import HTTPException as HTTPProtocolError
+from typing import NamedTuple
+
+import jwt
+from anyio import to_thread
+from sqlalchemy import bindparam, exists
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, select
+
+from config import settings
+from models import SHARED_SECRET_ISSUER, RevokedToken, User
+from schemas import USER_ID_PATTERN
+
+# The jwt() plugin's algorithms. Never HS256 or none on this path: the key set is public.
+KEY_SET_ALGORITHMS = frozenset({"EdDSA", "ES256", "ES512", "RS256", "PS256"})
+FETCH_TIMEOUT_SECONDS = 3
+# A token naming a key id that is not in the cache fetches the key set again (Better Auth
+# rotated its keys), but at most this often, so made-up key ids cannot flood Better Auth.
+REFETCH_INTERVAL_SECONDS = 5
+MAX_KEY_SET_BYTES = 256 * 1024
+# Better Auth's clock is another machine's: a token it issued a moment "in the future"
+# (iat) or that expired a moment ago still counts.
+CLOCK_SKEW_SECONDS = 10
+SUBJECT = re.compile(USER_ID_PATTERN)  # a sub that can name the account in the path
+
+log = logging.getLogger("uvicorn.error")  # where uvicorn writes its own messages
+logged_causes: set[str] = set()
+
+
+def log_once(cause: str, message: str, *args: object) -> None:
+    """A refusal a developer must see (a configuration mistake), logged once per cause
+    and process. Never with the token."""
+    if cause not in logged_causes:
+        logged_causes.add(cause)
+        log.warning("Refused a Better Auth token: " + message + " (logged once)", *args)
+
+
+def shown(value: object) -> str:
+    return repr(value)[:120]
+
+
+class KeySetUnavailable(Exception):
+    """The key set could not be fetched: the request gets 503 with Retry-After."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__("Better Auth's key set cannot be fetched")
+        self.retry_after = retry_after
+
+
+class BetterAuthClaims(NamedTuple):
+    issuer: str  # BETTER_AUTH_URL, or SHARED_SECRET_ISSUER
+    subject: str  # the Better Auth user id
+    token_id: str  # SHA-256 of the token (no jti): what logout records
+    expires_at: datetime
+
+
+def download_key_set(url: str) -> dict[str, jwt.PyJWK]:
+    """GET the JWKS at `url`: its usable keys by kid. Blocking: run it in a worker thread."""
+    request = urllib.request.Request(url, headers={"Accept": "application/json"})
+    with urllib.request.urlopen(request, timeout=FETCH_TIMEOUT_SECONDS) as response:
+        body = response.read(MAX_KEY_SET_BYTES + 1)
+    if len(body) > MAX_KEY_SET_BYTES:
+        raise ValueError(f"the key set is larger than {MAX_KEY_SET_BYTES} bytes")
+    keys = {}
+    for entry in json.loads(body)["keys"]:
+        try:
+            key = jwt.PyJWK(entry)
+        except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError, KeyError):
+            continue  # a key of a kind we do not accept; the others still count
+        if key.algorithm_name in KEY_SET_ALGORITHMS and isinstance(entry.get("kid"), str):
+            keys[entry["kid"]] = key
+    return keys
+
+
+class KeySet:
+    """Better Auth's public keys, fetched on first use (Better Auth may start after us),
+    cached, and fetched again for an unknown kid at most every REFETCH_INTERVAL_SECONDS."""
+
+    def __init__(self, url: str, clock: Callable[[], float] = time.monotonic) -> None:
+        self.url = url
+        self.clock = clock
+        self.keys: dict[str, jwt.PyJWK] = {}
+        self.attempted_at: float | None = None
+        self.failing = False
+        self.lock = threading.Lock()  # one fetch at a time; the others wait and reuse it
+
+    async def key_for(self, kid: object) -> jwt.PyJWK | None:
+        if not isinstance(kid, str):
+            return None
+        key = self.keys.get(kid)
+        if key is None:
+            # The fetch blocks for up to FETCH_TIMEOUT_SECONDS: never on the event loop.
+            key = await to_thread.run_sync(self.refetch_for, kid)
+        return key
+
+    def refetch_for(self, kid: str) -> jwt.PyJWK | None:
+        with self.lock:
+            if kid in self.keys:  # fetched by another request while this one waited
+                return self.keys[kid]
+            now = self.clock()
+            if self.attempted_at is not None and now - self.attempted_at < REFETCH_INTERVAL_SECONDS:
+                if self.failing:
+                    raise KeySetUnavailable(self.retry_after(now))
+                return None  # the key set is fresh and has no such key
+            self.attempted_at = now
+            try:
+                keys = download_key_set(self.url)
+            except (OSError, HTTPProtocolError, ValueError, TypeError, KeyError, AttributeError) as error:
+                if not self.failing:  # logged when it starts failing, not on every retry
+                    log.warning("Better Auth's key set at %s cannot be fetched: %s", self.url, error)
+                self.failing = True
+                raise KeySetUnavailable(self.retry_after(now)) from None
+            self.failing = False
+            self.keys = keys
+            if kid not in keys:
+                log_once(
+                    "unknown kid",
+                    "it names a key (kid) that the key set at %s does not have; is BETTER_AUTH_JWKS_URL "
+                    "the key set of the Better Auth server that issued it?",
+                    self.url,
+                )
+            return keys.get(kid)
+
+    def retry_after(self, now: float) -> int:
+        return max(1, math.ceil(REFETCH_INTERVAL_SECONDS - (now - self.attempted_at)))
+
+
+class BetterAuth:
+    """Checks Better Auth tokens of the configured kinds."""
+
+    def __init__(
+        self,
+        url: str | None,
+        jwks_url: str | None,
+        secret: str | None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.url = url
+        self.secret = secret
+        self.key_set = KeySet(jwks_url or f"{url}/api/auth/jwks", clock) if url else None
+
+    @property
+    def enabled(self) -> bool:
+        return self.key_set is not None or self.secret is not None
+
+    async def verify(self, token: str) -> BetterAuthClaims:
+        """The token's claims, or jwt.InvalidTokenError (a 401), or KeySetUnavailable (a 503)."""
+        header = jwt.get_unverified_header(token)
+        algorithm = header.get("alg")
+        if algorithm == "HS256" and self.secret is not None:
+            # A frontend's own token: no iss or aud to check, whatever it carries.
+            claims = jwt.decode(
+                token,
+                self.secret,
+                algorithms=["HS256"],
+                leeway=CLOCK_SKEW_SECONDS,
+                options={"require": ["exp", "sub"], "verify_aud": False},
+            )
+            issuer = SHARED_SECRET_ISSUER
+        elif algorithm in KEY_SET_ALGORITHMS and self.key_set is not None:
+            key = await self.key_set.key_for(header.get("kid"))
+            if key is None:
+                raise jwt.InvalidKeyError("no key in the key set has this kid")
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[key.algorithm_name],
+                leeway=CLOCK_SKEW_SECONDS,
+                # Checked below, after the signature, so that a mismatch can be logged.
+                options={"require": ["exp", "sub", "iss", "aud"], "verify_iss": False, "verify_aud": False},
+            )
+            self.check_issuer_and_audience(claims)
+            issuer = self.url
+        else:
+            if algorithm in KEY_SET_ALGORITHMS:
+                log_once("no url", "it is signed with %s, which needs BETTER_AUTH_URL to be set", shown(algorithm))
+            raise jwt.InvalidAlgorithmError("not an algorithm of a configured kind")
+        subject = claims["sub"]
+        if not isinstance(subject, str) or not SUBJECT.fullmatch(subject):
+            raise jwt.InvalidSubjectError("sub must be 1 to 255 characters of [A-Za-z0-9._~-]")
+        return BetterAuthClaims(
+            issuer=issuer,
+            subject=subject,
+            token_id=hashlib.sha256(token.encode()).hexdigest(),
+            expires_at=datetime.fromtimestamp(claims["exp"], timezone.utc),
+        )
+
+    def check_issuer_and_audience(self, claims: dict) -> None:
+        """A token signed with a key of the configured key set, but naming another URL:
+        usually BETTER_AUTH_URL spelt differently from Better Auth's baseURL."""
+        issuer, audience = claims["iss"], claims["aud"]
+        if issuer != self.url:
+            log_once("iss", "its iss is %s, but BETTER_AUTH_URL is %s: they must be equal", shown(issuer), shown(self.url))
+            raise jwt.InvalidIssuerError("wrong iss")
+        audiences = [audience] if isinstance(audience, str) else audience
+        if not isinstance(audiences, list) or self.url not in audiences:
+            log_once("aud", "its aud is %s, but BETTER_AUTH_URL is %s: it must be one of them", shown(audience), shown(self.url))
+            raise jwt.InvalidAudienceError("wrong aud")
+
+
+verifier = BetterAuth(settings.better_auth_url, settings.better_auth_jwks_url, settings.better_auth_secret)
+
+# One query, as for our own tokens: the account, and whether this token was logged out.
+USER_AND_LOGOUT = select(User, exists().where(RevokedToken.jti == bindparam("token_id"))).where(
+    User.better_auth_issuer == bindparam("issuer"), User.better_auth_id == bindparam("subject")
+)
+
+
+def find_or_create_user(session: Session, claims: BetterAuthClaims) -> tuple[User, bool]:
+    """The token's account, created by its first valid token, and whether the token was
+    logged out. Of two first requests at once, the unique constraint lets one insert; the
+    other reads the account it made."""
+    params = {"token_id": claims.token_id, "issuer": claims.issuer, "subject": claims.subject}
+    row = session.exec(USER_AND_LOGOUT, params=params).first()
+    if row is not None:
+        return row[0], row[1]
+    user = User(better_auth_issuer=claims.issuer, better_auth_id=claims.subject)
+    session.add(user)
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        user, revoked = session.exec(USER_AND_LOGOUT, params=params).one()
+        return user, revoked
+    return user, False
