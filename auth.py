@@ -188,7 +188,7 @@ async def get_any_token_claims(token: Annotated[str, Depends(oauth2_scheme)]) ->
             detail=KEY_SET_UNAVAILABLE,
             headers={"Retry-After": str(unavailable.retry_after)},
         ) from None
-    except (jwt.InvalidTokenError, ValueError, TypeError, OverflowError, OSError):
+    except (jwt.PyJWTError, ValueError, TypeError, OverflowError, OSError):
         raise invalid_credentials() from None
 
 

@@ -183,7 +183,7 @@ class BetterAuth:
         elif algorithm in KEY_SET_ALGORITHMS and self.key_set is not None:
             key = await self.key_set.key_for(header.get("kid"))
             if key is None:
-                raise jwt.InvalidKeyError("no key in the key set has this kid")
+                raise jwt.InvalidTokenError("no key in the key set has this kid")
             claims = jwt.decode(
                 token,
                 key,
@@ -200,7 +200,7 @@ class BetterAuth:
             raise jwt.InvalidAlgorithmError("not an algorithm of a configured kind")
         subject = claims["sub"]
         if not isinstance(subject, str) or not SUBJECT.fullmatch(subject):
-            raise jwt.InvalidSubjectError("sub must be 1 to 255 characters of [A-Za-z0-9._~-]")
+            raise jwt.InvalidTokenError("sub must be 1 to 255 characters of [A-Za-z0-9._~-]")
         return BetterAuthClaims(
             issuer=issuer,
             subject=subject,
