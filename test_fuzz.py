@@ -10,7 +10,10 @@ so a schema-valid request can rightly get 422. See NOTES-hardening.md.
 """
 
 import os
+import secrets
+from datetime import datetime, timedelta, timezone
 
+import jwt
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
@@ -29,6 +32,7 @@ from schemathesis.specs.openapi.checks import (
     use_after_free,
 )
 
+import better_auth
 from conftest import sign_up
 from main import app
 
@@ -48,21 +52,30 @@ CHECKS = [
     ensure_resource_availability,
 ]
 
+GENERATION = {
+    "max-examples": int(os.environ.get("FUZZ_EXAMPLES", "40")),
+    "database": "none",  # no example database: each run is the same run
+}
+
 schema = schemathesis.openapi.from_asgi(
     "/openapi.json",
     app,
     config=schemathesis.Config.from_dict(
         {
             "seed": 20260301,
-            "generation": {
-                "max-examples": int(os.environ.get("FUZZ_EXAMPLES", "40")),
-                "database": "none",  # no example database: each run is the same run
-            },
+            "generation": GENERATION,
             # The token's own user, so requests get past the 403 and reach the handlers.
-            "parameters": {"user_id": FUZZ_USER_ID},
+            "parameters": {"user_id": str(FUZZ_USER_ID)},
         }
     ),
 )
+# The task routes again, with user_id generated too (any id, valid or not), for a
+# Better Auth caller: the path parameter's own schema is fuzzed as well.
+any_user_id_schema = schemathesis.openapi.from_asgi(
+    "/openapi.json",
+    app,
+    config=schemathesis.Config.from_dict({"seed": 20260302, "generation": GENERATION}),
+).include(path_regex=r"^/api/\{user_id\}/")
 
 
 @pytest.fixture
@@ -77,3 +90,18 @@ def fuzz_account(client):
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_api_matches_its_schema(case, fuzz_account):
     case.call_and_validate(headers=fuzz_account.headers, checks=CHECKS)
+
+
+@pytest.fixture
+def better_auth_caller(client, monkeypatch) -> dict[str, str]:
+    """A caller with a shared-secret Better Auth token."""
+    secret = secrets.token_urlsafe(48)
+    monkeypatch.setattr(better_auth, "verifier", better_auth.BetterAuth(None, None, secret))
+    claims = {"sub": "fuzz-user", "exp": datetime.now(timezone.utc) + timedelta(hours=1)}
+    return {"Authorization": f"Bearer {jwt.encode(claims, secret, algorithm='HS256')}"}
+
+
+@any_user_id_schema.parametrize()
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_task_routes_match_their_schema_for_any_user_id(case, better_auth_caller):
+    case.call_and_validate(headers=better_auth_caller, checks=CHECKS)
