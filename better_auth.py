@@ -16,7 +16,6 @@ import json
 import logging
 import math
 import re
-import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from datetime import datetime, timezone
 from http.client import HTTPException as HTTPProtocolError
 from typing import NamedTuple
 
+import anyio
 import jwt
 from anyio import to_thread
 from sqlalchemy import bindparam, exists
@@ -97,7 +97,12 @@ def download_key_set(url: str) -> dict[str, jwt.PyJWK]:
 
 class KeySet:
     """Better Auth's public keys, fetched on first use (Better Auth may start after us),
-    cached, and fetched again for an unknown kid at most every REFETCH_INTERVAL_SECONDS."""
+    cached, and fetched again for an unknown kid at most every REFETCH_INTERVAL_SECONDS.
+
+    Its state changes only on the event loop, so it needs no lock: the one fetch in flight
+    runs in a worker thread, and requests that need its result wait for it on the loop,
+    holding no thread, however many of them arrive.
+    """
 
     def __init__(self, url: str, clock: Callable[[], float] = time.monotonic) -> None:
         self.url = url
@@ -105,44 +110,44 @@ class KeySet:
         self.keys: dict[str, jwt.PyJWK] = {}
         self.attempted_at: float | None = None
         self.failing = False
-        self.lock = threading.Lock()  # one fetch at a time; the others wait and reuse it
+        self.fetching: anyio.Event | None = None
 
     async def key_for(self, kid: object) -> jwt.PyJWK | None:
+        """The key named `kid`, or None when the key set (fresh enough) has no such key.
+        Raises KeySetUnavailable when the key set cannot be fetched."""
         if not isinstance(kid, str):
             return None
-        key = self.keys.get(kid)
-        if key is None:
-            # The fetch blocks for up to FETCH_TIMEOUT_SECONDS: never on the event loop.
-            key = await to_thread.run_sync(self.refetch_for, kid)
-        return key
-
-    def refetch_for(self, kid: str) -> jwt.PyJWK | None:
-        with self.lock:
-            if kid in self.keys:  # fetched by another request while this one waited
-                return self.keys[kid]
-            now = self.clock()
-            if self.attempted_at is not None and now - self.attempted_at < REFETCH_INTERVAL_SECONDS:
-                if self.failing:
-                    raise KeySetUnavailable(self.retry_after(now))
-                return None  # the key set is fresh and has no such key
-            self.attempted_at = now
-            try:
-                keys = download_key_set(self.url)
-            except (OSError, HTTPProtocolError, ValueError, TypeError, KeyError, AttributeError) as error:
-                if not self.failing:  # logged when it starts failing, not on every retry
-                    log.warning("Better Auth's key set at %s cannot be fetched: %s", self.url, error)
-                self.failing = True
-                raise KeySetUnavailable(self.retry_after(now)) from None
+        if kid not in self.keys and self.fetching is not None:
+            await self.fetching.wait()
+        if kid in self.keys:
+            return self.keys[kid]
+        now = self.clock()
+        if self.attempted_at is not None and now - self.attempted_at < REFETCH_INTERVAL_SECONDS:
+            if self.failing:
+                raise KeySetUnavailable(self.retry_after(now))
+            return None  # the key set is fresh and has no such key
+        self.attempted_at = now
+        self.fetching = anyio.Event()
+        try:
+            # Blocks for up to FETCH_TIMEOUT_SECONDS: never on the event loop.
+            self.keys = await to_thread.run_sync(download_key_set, self.url)
             self.failing = False
-            self.keys = keys
-            if kid not in keys:
-                log_once(
-                    "unknown kid",
-                    "it names a key (kid) that the key set at %s does not have; is BETTER_AUTH_JWKS_URL "
-                    "the key set of the Better Auth server that issued it?",
-                    self.url,
-                )
-            return keys.get(kid)
+        except (OSError, HTTPProtocolError, ValueError, TypeError, KeyError, AttributeError) as error:
+            if not self.failing:  # logged when it starts failing, not on every retry
+                log.warning("Better Auth's key set at %s cannot be fetched: %s", self.url, error)
+            self.failing = True
+            raise KeySetUnavailable(self.retry_after(now)) from None
+        finally:
+            self.fetching.set()
+            self.fetching = None
+        if kid not in self.keys:
+            log_once(
+                "unknown kid",
+                "it names a key (kid) that the key set at %s does not have; is BETTER_AUTH_JWKS_URL "
+                "the key set of the Better Auth server that issued it?",
+                self.url,
+            )
+        return self.keys.get(kid)
 
     def retry_after(self, now: float) -> int:
         return max(1, math.ceil(REFETCH_INTERVAL_SECONDS - (now - self.attempted_at)))

@@ -460,21 +460,26 @@ def test_a_hanging_key_set_fetch_does_not_stop_other_requests(client, monotonic,
     configure(monkeypatch, monotonic, ISSUER, key_set_server.url)
     key_set_server.hang = True
     monkeypatch.setattr(better_auth, "FETCH_TIMEOUT_SECONDS", 2)
-    token = sign(better_auth_claims("ada"), SigningKey())
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        waiting = pool.submit(client.get, "/api/auth/me", headers=bearer(token))
+    key = SigningKey()
+    tokens = [sign(better_auth_claims(f"user{n}"), key, kid=f"kid{n % 3}") for n in range(12)]
+    with ThreadPoolExecutor(max_workers=len(tokens)) as pool:
+        first = pool.submit(client.get, "/api/auth/me", headers=bearer(tokens[0]))
         assert key_set_server.received.wait(timeout=10)
+        # More Better Auth requests arrive while the fetch is in flight: they wait for it.
+        waiting = [first] + [pool.submit(client.get, "/api/auth/me", headers=bearer(token)) for token in tokens[1:]]
         # The fetch is in flight (the key set server holds it), and the app still answers.
         assert client.get("/health").json() == {"status": "ok"}
         served = client.get(alice.tasks_url, headers=alice.headers)
         assert served.status_code == 200
         assert served.json() == []
-        assert not waiting.done()
-        response = waiting.result(timeout=30)
+        assert not first.done()
+        responses = [request.result(timeout=30) for request in waiting]
     key_set_server.release.set()
-    assert response.status_code == 503
-    assert response.json() == KEY_SET_UNAVAILABLE
-    assert response.headers["retry-after"].isdigit()
+    for response in responses:
+        assert response.status_code == 503
+        assert response.json() == KEY_SET_UNAVAILABLE
+        assert response.headers["retry-after"].isdigit()
+    assert key_set_server.fetches == 1
 
 
 # --- wrong tokens ---
