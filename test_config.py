@@ -92,6 +92,10 @@ def test_jwt_secret_file_setting_picks_the_path(tmp_path):
         ({"BCRYPT_ROUNDS": "3"}, "BCRYPT_ROUNDS must be between 4 and 31, not 3"),
         ({"ACCESS_TOKEN_EXPIRE_MINUTES": "soon"}, "ACCESS_TOKEN_EXPIRE_MINUTES must be a whole number"),
         ({"ACCESS_TOKEN_EXPIRE_MINUTES": "0"}, "ACCESS_TOKEN_EXPIRE_MINUTES must be between 1"),
+        ({"BETTER_AUTH_SECRET": "too-short"}, "BETTER_AUTH_SECRET must be at least 32 bytes long"),
+        ({"JWT_SECRET": "k" * 40, "BETTER_AUTH_SECRET": "k" * 40}, "BETTER_AUTH_SECRET must differ from JWT_SECRET"),
+        ({"BETTER_AUTH_URL": "localhost:3000"}, "BETTER_AUTH_URL must be an http:// or https:// URL"),
+        ({"BETTER_AUTH_JWKS_URL": "http://127.0.0.1:3000/api/auth/jwks"}, "BETTER_AUTH_JWKS_URL needs BETTER_AUTH_URL"),
     ],
 )
 def test_bad_settings_stop_start_up_with_a_clear_message(tmp_path, env, message):
@@ -121,3 +125,22 @@ print(allowed.headers.get("access-control-allow-origin"), default.status_code, s
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["https://app.example", "400", "900"]
+
+
+@pytest.mark.parametrize(
+    "env, expected",
+    [
+        ({}, ["None", "None", "False"]),
+        ({"BETTER_AUTH_URL": "http://localhost:3000/"}, ["http://localhost:3000", "http://localhost:3000/api/auth/jwks", "False"]),
+        (
+            {"BETTER_AUTH_URL": "https://auth.example", "BETTER_AUTH_JWKS_URL": "http://10.0.0.2:3000/api/auth/jwks"},
+            ["https://auth.example", "http://10.0.0.2:3000/api/auth/jwks", "False"],
+        ),
+        ({"BETTER_AUTH_SECRET": "b" * 32}, ["None", "None", "True"]),
+    ],
+)
+def test_better_auth_settings_come_from_the_environment(tmp_path, env, expected):
+    code = "from config import settings as s; print(s.better_auth_url, s.better_auth_jwks_url, s.better_auth_secret is not None)"
+    result = run_python(code, tmp_path, **env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == expected
