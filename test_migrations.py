@@ -204,8 +204,12 @@ def schema_of(engine: Engine) -> list[tuple]:
                 (kind, name, table, sql.replace(f'CREATE TABLE "{name}"', f"CREATE TABLE {name}") if sql else sql)
                 for kind, name, table, sql in rows
             )
+        # A column's place among the table's columns, not its ordinal_position: PostgreSQL
+        # never reuses the position of a dropped column, so a column dropped by a downgrade
+        # and added again by the upgrade comes back in the same place, at another number.
         columns = connection.exec_driver_sql(
-            "SELECT table_name, column_name, ordinal_position, data_type, character_maximum_length, "
+            "SELECT table_name, column_name, rank() OVER (PARTITION BY table_name ORDER BY ordinal_position), "
+            "data_type, character_maximum_length, "
             "is_nullable, column_default FROM information_schema.columns "
             "WHERE table_schema = current_schema() AND table_name != 'alembic_version'"
         )
