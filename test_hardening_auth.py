@@ -604,41 +604,6 @@ def test_a_change_whose_token_is_already_outdated_is_401(client, alice):
     assert login(client, alice.email, NEW_PASSWORD).status_code == 200
 
 
-# --- passwords with NUL: bcrypt stops reading at the first one ---
-
-
-@pytest.mark.parametrize("password", ["\x00" * 8, "abc\x00defghijk", "correct horse battery\x00"])
-def test_a_password_with_nul_is_422_at_signup(client, password):
-    response = client.post("/api/auth/signup", json={"email": "carol@example.com", "password": password})
-    assert response.status_code == 422
-    [error] = response.json()["detail"]
-    assert (error["loc"], error["msg"]) == (["body", "password"], "Value error, Password must not contain NUL characters")
-    assert login(client, "carol@example.com", "").json() == LOGIN_FAILED
-
-
-def test_a_new_password_with_nul_is_422(client, alice):
-    response = change_password(client, alice.token, PASSWORD, "\x00" * 8)
-    assert response.status_code == 422
-    [error] = response.json()["detail"]
-    assert error["loc"] == ["body", "new_password"]
-    assert me(client, alice.token).status_code == 200
-    assert login(client, alice.email, PASSWORD).status_code == 200
-
-
-@pytest.mark.parametrize("suffix", ["\x00", "\x00anything"])
-def test_a_password_with_nul_never_matches(client, engine, alice, suffix):
-    typed = PASSWORD + suffix
-    for response in (login(client, alice.email, typed), form_login(client, alice.email, typed)):
-        assert (response.status_code, response.json()) == (401, LOGIN_FAILED)
-    for response in (
-        change_password(client, alice.token, typed, NEW_PASSWORD),
-        delete_me(client, alice.token, typed),
-    ):
-        assert (response.status_code, response.json()) == (401, {"detail": "Incorrect password"})
-    assert count_rows(engine, User) == 1
-    assert login(client, alice.email, PASSWORD).status_code == 200
-
-
 def test_password_change_needs_a_token(client):
     response = client.put("/api/auth/password", json={"current_password": PASSWORD, "new_password": NEW_PASSWORD})
     assert (response.status_code, response.json()) == (401, {"detail": "Not authenticated"})
@@ -698,6 +663,41 @@ def test_delete_me_needs_the_password(client, alice):
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == ["body"]
     assert me(client, alice.token).status_code == 200
+
+
+# --- passwords with NUL: bcrypt stops reading at the first one ---
+
+
+@pytest.mark.parametrize("password", ["\x00" * 8, "abc\x00defghijk", "correct horse battery\x00"])
+def test_a_password_with_nul_is_422_at_signup(client, password):
+    response = client.post("/api/auth/signup", json={"email": "carol@example.com", "password": password})
+    assert response.status_code == 422
+    [error] = response.json()["detail"]
+    assert (error["loc"], error["msg"]) == (["body", "password"], "Value error, Password must not contain NUL characters")
+    assert login(client, "carol@example.com", "").json() == LOGIN_FAILED
+
+
+def test_a_new_password_with_nul_is_422(client, alice):
+    response = change_password(client, alice.token, PASSWORD, "\x00" * 8)
+    assert response.status_code == 422
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["body", "new_password"]
+    assert me(client, alice.token).status_code == 200
+    assert login(client, alice.email, PASSWORD).status_code == 200
+
+
+@pytest.mark.parametrize("suffix", ["\x00", "\x00anything"])
+def test_a_password_with_nul_never_matches(client, engine, alice, suffix):
+    typed = PASSWORD + suffix
+    for response in (login(client, alice.email, typed), form_login(client, alice.email, typed)):
+        assert (response.status_code, response.json()) == (401, LOGIN_FAILED)
+    for response in (
+        change_password(client, alice.token, typed, NEW_PASSWORD),
+        delete_me(client, alice.token, typed),
+    ):
+        assert (response.status_code, response.json()) == (401, {"detail": "Incorrect password"})
+    assert count_rows(engine, User) == 1
+    assert login(client, alice.email, PASSWORD).status_code == 200
 
 
 # --- password checks with a token count as failed logins too ---
