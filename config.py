@@ -10,7 +10,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 MIN_SECRET_BYTES = 32
@@ -90,16 +90,18 @@ def check_sqlite_file(database: str | None) -> None:
         return  # in memory
     path = Path(database)
     folder = path.parent
-    fix = "or point DATABASE_URL at a file in a folder that this user can write"
+    elsewhere = "point DATABASE_URL at a file in a folder that this user can write"
     if not folder.is_dir():
-        raise SystemExit(f"DATABASE_URL: the folder {folder} does not exist; create it, {fix}")
+        raise SystemExit(f"DATABASE_URL: the folder {folder} does not exist; create it, or {elsewhere}")
     if path.is_dir():
-        raise SystemExit(f"DATABASE_URL: {path} is a folder, not a database file; {fix[3:]}")
+        raise SystemExit(f"DATABASE_URL: {path} is a folder, not a database file; {elsewhere}")
     if path.exists() and not os.access(path, os.R_OK | os.W_OK):
-        raise SystemExit(f"DATABASE_URL: {path} is read-only for this user; make it writable, {fix}")
+        raise SystemExit(f"DATABASE_URL: {path} is read-only for this user; make it writable, or {elsewhere}")
     # SQLite creates the file, and its -wal and -shm files, beside it.
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise SystemExit(f"DATABASE_URL: the folder {folder} is read-only for this user; make it writable, {fix}")
+        raise SystemExit(
+            f"DATABASE_URL: the folder {folder} is read-only for this user; make it writable, or {elsewhere}"
+        )
 
 
 def database_url_setting() -> str:
@@ -110,7 +112,7 @@ def database_url_setting() -> str:
         if raw.startswith(scheme):
             raw = f"{POSTGRESQL_DRIVER}://{raw.removeprefix(scheme)}"
     try:
-        url: URL = make_url(raw)
+        url = make_url(raw)
     except ArgumentError:
         raise SystemExit(f"DATABASE_URL is not a database URL; use {DATABASE_URL_FORMS}") from None
     if url.drivername in SQLITE_DRIVERS:
