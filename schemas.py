@@ -13,6 +13,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     EmailStr,
+    StrictBool,
     StringConstraints,
     field_validator,
     model_validator,
@@ -159,6 +160,8 @@ def password_within_bcrypt_limits(password: str) -> str:
         size = len(password.encode())
     except UnicodeEncodeError:
         raise ValueError("Password must be valid Unicode text") from None
+    if "\x00" in password:  # bcrypt stops reading at a NUL: eight NULs would be the empty password
+        raise ValueError("Password must not contain NUL characters")
     if not PASSWORD_MIN_BYTES <= size <= BCRYPT_MAX_BYTES:
         raise ValueError(
             f"Password must be {PASSWORD_MIN_BYTES} to {BCRYPT_MAX_BYTES} bytes in UTF-8 "
@@ -237,6 +240,7 @@ class TaskCreate(SQLModel):
     due_date: UtcDateTime | None = None
     tags: Tags = []
     recurrence: Recurrence = "none"
+    completed: StrictBool = False  # a task can be created already done, as when importing
 
     @model_validator(mode="after")
     def recurrence_needs_due_date(self) -> "TaskCreate":
@@ -254,7 +258,7 @@ class TaskUpdate(SQLModel):
     # offer null for them; reject_null below answers an explicit null with 422.
     title: Title | SkipJsonSchema[None] = None
     description: Description | None = None  # an explicit null clears it
-    completed: bool | SkipJsonSchema[None] = None
+    completed: StrictBool | SkipJsonSchema[None] = None  # JSON true or false only
     priority: Priority | SkipJsonSchema[None] = None
     due_date: UtcDateTime | None = None  # an explicit null clears it
     tags: Tags | SkipJsonSchema[None] = None
@@ -271,7 +275,7 @@ class TaskUpdate(SQLModel):
 class CompletionUpdate(SQLModel):
     model_config = example(completed=True)
 
-    completed: bool
+    completed: StrictBool
 
 
 class TaskPublic(SQLModel):

@@ -86,6 +86,7 @@ FORM_EXAMPLE = {
         }
     }
 }
+PASSWORD_CHANGED_CONCURRENTLY = "The password was changed by another request at the same time; log in again"
 PASSWORD_CHECK_ERRORS = {
     401: error_response("Missing, invalid or expired token, or incorrect password", "Incorrect password"),
     429: retry_later_response("Too many failed logins for this email from this address", TOO_MANY_FAILED_LOGINS),
@@ -268,7 +269,12 @@ def logout(claims: TokenClaimsDep, user: CurrentUser, session: SessionDep, now: 
     "/password",
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Change the password",
-    responses=PASSWORD_CHECK_ERRORS,
+    responses={
+        **PASSWORD_CHECK_ERRORS,
+        409: error_response(
+            "Another password change for this account won the race", PASSWORD_CHANGED_CONCURRENTLY
+        ),
+    },
 )
 def change_password(
     body: PasswordChange, user: CurrentUser, session: SessionDep, password_check: PasswordCheckDep
@@ -277,12 +283,17 @@ def change_password(
     this one included, stops working: log in again with the new password."""
     password_check.confirm(user, body.current_password)
     new_hash = hash_password(body.new_password)
-    # One atomic UPDATE: a concurrent change can never leave an old generation behind.
-    session.execute(
+    # A compare-and-set: the UPDATE applies only to the generation this request's token
+    # was checked against. Of concurrent changes exactly one finds it; the others would
+    # overwrite the winner's password with a token the winner's change has just ended.
+    changed = session.execute(
         update(User)
-        .where(User.id == user.id)
+        .where(User.id == user.id, User.token_generation == user.token_generation)
         .values(password_hash=new_hash, token_generation=User.token_generation + 1)
     )
+    if changed.rowcount != 1:
+        session.rollback()
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=PASSWORD_CHANGED_CONCURRENTLY)
     session.commit()
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 

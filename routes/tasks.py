@@ -265,10 +265,16 @@ def list_tasks(
 def create_task(
     body: TaskCreate, owner: OwnerDep, session: SessionDep, now: Now, response: Response
 ) -> dict:
-    """Create a task. The Location header is the new task's URL."""
+    """Create a task. The Location header is the new task's URL. A task created completed
+    gets completed_at, and if it recurs, its next occurrence, as completing it would."""
     task = Task.model_validate(
         body.model_dump(exclude={"tags"}),
-        update={"user_id": owner.id, "created_at": now, "updated_at": now},
+        update={
+            "user_id": owner.id,
+            "created_at": now,
+            "updated_at": now,
+            "completed_at": now if body.completed else None,
+        },
     )
     session.add(task)
     try:
@@ -276,6 +282,9 @@ def create_task(
     except IntegrityError:  # the owner's account was deleted since the token was checked
         raise invalid_credentials() from None
     session.add_all(TaskTag(task_id=task.id, name=name) for name in body.tags)
+    if task.completed:
+        session.flush()  # the next occurrence copies the tags from the table
+        create_next_occurrence(session, task, now)
     session.commit()
     response.headers["Location"] = f"/api/{owner.id}/tasks/{task.id}"
     return to_public(task, sorted(body.tags))
