@@ -145,7 +145,7 @@ class TokenClaims(NamedTuple):
     user_id: int
     token_id: str  # the jti
     generation: int
-    account: int  # the account's creation time, see account_stamp
+    account: int | None  # the account's creation time (see account_stamp); None in older tokens
     expires_at: datetime
 
 
@@ -160,20 +160,20 @@ async def get_token_claims(token: Annotated[str, Depends(oauth2_scheme)]) -> Tok
             token,
             settings.jwt_secret,
             algorithms=[JWT_ALGORITHM],
-            options={"require": ["exp", "iat", "sub", "jti", "gen", "acct"]},
+            options={"require": ["exp", "iat", "sub", "jti", "gen"]},
         )
         if not (
             is_plain(CANONICAL_USER_ID, claims["sub"])
             and is_plain(TOKEN_ID, claims["jti"])
             and type(claims["gen"]) is int
-            and type(claims["acct"]) is int
+            and type(claims.get("acct", 0)) is int
         ):
             raise ValueError("not a token this API issues")
         token_claims = TokenClaims(
             user_id=int(claims["sub"]),
             token_id=claims["jti"],
             generation=claims["gen"],
-            account=claims["acct"],
+            account=claims.get("acct"),
             expires_at=datetime.fromtimestamp(claims["exp"], timezone.utc),
         )
     except (jwt.InvalidTokenError, ValueError, TypeError, OverflowError, OSError):
@@ -200,7 +200,9 @@ def get_current_user(claims: TokenClaimsDep, session: SessionDep) -> User:
     user, revoked = row
     if revoked or user.token_generation != claims.generation:  # logged out, or password changed
         raise invalid_credentials()
-    if account_stamp(user) != claims.account:  # another account that was given the same id
+    # Another account that was given the same id. Tokens issued before `acct` existed carry
+    # none; they pass on id and generation alone until they expire, so an upgrade logs no one out.
+    if claims.account is not None and account_stamp(user) != claims.account:
         raise invalid_credentials()
     return user
 
