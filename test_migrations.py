@@ -251,6 +251,20 @@ def test_a_column_in_models_py_that_no_migration_makes_is_a_difference(database)
     assert (operation, schema, table, column.name) == ("add_column", None, "user", "nickname")
 
 
+@pytest.mark.skipif(TEST_DATABASE_URL is not None, reason="AUTOINCREMENT is SQLite's; PostgreSQL never reuses ids")
+def test_every_table_that_never_reuses_ids_is_autoincrement_at_head(database):
+    """The comparison above cannot see this table option: a migration that rebuilds a table
+    without restating it would let SQLite hand a deleted row's id to the next insert."""
+    db.migrate(database)
+    with database.connect() as connection:
+        rows = connection.exec_driver_sql("SELECT name FROM sqlite_master WHERE sql LIKE '%AUTOINCREMENT%'")
+        autoincrement = set(rows.scalars())
+
+    never_reuse = {table.name for table in SQLModel.metadata.tables.values() if table.dialect_kwargs.get("sqlite_autoincrement")}
+    assert {"user", "task"} <= never_reuse
+    assert autoincrement == never_reuse
+
+
 def test_the_first_revision_makes_exactly_the_schema_of_the_release_before_migrations(tmp_path, database_url):
     migrated = db.make_engine(database_url)
     if TEST_DATABASE_URL is None:
@@ -484,7 +498,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "9000_broken"
-down_revision = {head!r}
+down_revision = "HEAD_REVISION"
 branch_labels = None
 depends_on = None
 
@@ -506,7 +520,7 @@ def downgrade() -> None:
 def migrations_with_a_broken_revision(tmp_path) -> Path:
     migrations = tmp_path / "migrations"
     shutil.copytree(db.MIGRATIONS, migrations, ignore=shutil.ignore_patterns("__pycache__"))
-    (migrations / "versions" / "9000_broken.py").write_text(BROKEN_REVISION.format(head=HEAD))
+    (migrations / "versions" / "9000_broken.py").write_text(BROKEN_REVISION.replace("HEAD_REVISION", HEAD))
     return migrations
 
 
@@ -564,3 +578,55 @@ def test_four_workers_starting_together_migrate_once_and_all_serve(tmp_path, dat
     if starting_point != "new":
         assert signup.json()["user"]["id"] > made["bo"]
     engine.dispose()
+
+
+# --- what a later migration may do safely ---
+
+REBUILDING_REVISION = '''
+"""Rebuilds the user table, as SQLite's batch mode does for most ALTERs."""
+import sqlalchemy as sa
+from alembic import op
+
+revision = "9000_rebuild_user"
+down_revision = "HEAD_REVISION"
+branch_labels = None
+depends_on = None
+
+
+# SQLite does not report AUTOINCREMENT when the table is read back: a rebuild must restate it.
+KEEP_IDS = {"sqlite_autoincrement": True}
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("user", recreate="always", table_kwargs=KEEP_IDS) as batch_op:
+        batch_op.add_column(sa.Column("nickname", sa.String(50)))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("user", recreate="always", table_kwargs=KEEP_IDS) as batch_op:
+        batch_op.drop_column("nickname")
+'''
+
+
+def test_a_migration_that_rebuilds_the_user_table_keeps_every_task(tmp_path, database):
+    """SQLite rebuilds a table to alter it: copy, drop, rename. Dropping `user` with foreign
+    keys on would delete every task through ON DELETE CASCADE; db.migrate turns them off
+    for the migration and checks them before it commits."""
+    migrations = tmp_path / "migrations"
+    shutil.copytree(db.MIGRATIONS, migrations, ignore=shutil.ignore_patterns("__pycache__"))
+    (migrations / "versions" / "9000_rebuild_user.py").write_text(REBUILDING_REVISION.replace("HEAD_REVISION", HEAD))
+    build_release_before_migrations(database)
+    fill_like_the_release_before_migrations(database)
+    rows = rows_of(database)
+
+    assert db.migrate(database, migrations) == (db.FIRST_REVISION, "9000_rebuild_user")
+
+    rows_after = rows_of(database)
+    assert {table: rows_after[table] for table in TABLES if table != "user"} == {
+        table: rows[table] for table in TABLES if table != "user"
+    }
+    assert {row[:-1] for row in rows_after["user"]} == rows["user"]  # the same users, plus a NULL nickname
+    if database.dialect.name == "sqlite":
+        with database.connect() as connection:
+            user_table = connection.exec_driver_sql("SELECT sql FROM sqlite_master WHERE name = 'user'").scalar_one()
+        assert "AUTOINCREMENT" in user_table
