@@ -37,102 +37,102 @@ HEAD = ScriptDirectory.from_config(db.alembic_config()).get_current_head()
 RELEASE_BEFORE_MIGRATIONS = {
     "sqlite": """
 CREATE TABLE ratelimitevent (
-	id INTEGER NOT NULL, 
-	bucket VARCHAR(64) NOT NULL, 
-	expires_at DATETIME NOT NULL, 
-	PRIMARY KEY (id)
+    id INTEGER NOT NULL,
+    bucket VARCHAR(64) NOT NULL,
+    expires_at DATETIME NOT NULL,
+    PRIMARY KEY (id)
 );
 CREATE INDEX ix_ratelimitevent_bucket_expires ON ratelimitevent (bucket, expires_at);
 CREATE INDEX ix_ratelimitevent_expires_at ON ratelimitevent (expires_at);
 CREATE TABLE revokedtoken (
-	jti VARCHAR(64) NOT NULL, 
-	expires_at DATETIME NOT NULL, 
-	PRIMARY KEY (jti)
+    jti VARCHAR(64) NOT NULL,
+    expires_at DATETIME NOT NULL,
+    PRIMARY KEY (jti)
 );
 CREATE INDEX ix_revokedtoken_expires_at ON revokedtoken (expires_at);
 CREATE TABLE user (
-	id INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT, 
-	email VARCHAR(320) NOT NULL, 
-	name VARCHAR(100), 
-	password_hash VARCHAR NOT NULL, 
-	created_at DATETIME NOT NULL, 
-	token_generation INTEGER NOT NULL, 
-	UNIQUE (email)
+    id INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT,
+    email VARCHAR(320) NOT NULL,
+    name VARCHAR(100),
+    password_hash VARCHAR NOT NULL,
+    created_at DATETIME NOT NULL,
+    token_generation INTEGER NOT NULL,
+    UNIQUE (email)
 );
 CREATE TABLE task (
-	id INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT, 
-	user_id INTEGER NOT NULL, 
-	title VARCHAR(200) NOT NULL, 
-	description VARCHAR(1000), 
-	completed BOOLEAN NOT NULL, 
-	priority VARCHAR(6) NOT NULL, 
-	due_date DATETIME, 
-	recurrence VARCHAR(7) NOT NULL, 
-	next_occurrence_created BOOLEAN NOT NULL, 
-	created_at DATETIME NOT NULL, 
-	updated_at DATETIME NOT NULL, 
-	completed_at DATETIME, 
-	CONSTRAINT recurring_task_has_due_date CHECK (recurrence = 'none' OR due_date IS NOT NULL), 
-	FOREIGN KEY(user_id) REFERENCES user (id) ON DELETE CASCADE
+    id INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT,
+    user_id INTEGER NOT NULL,
+    title VARCHAR(200) NOT NULL,
+    description VARCHAR(1000),
+    completed BOOLEAN NOT NULL,
+    priority VARCHAR(6) NOT NULL,
+    due_date DATETIME,
+    recurrence VARCHAR(7) NOT NULL,
+    next_occurrence_created BOOLEAN NOT NULL,
+    created_at DATETIME NOT NULL,
+    updated_at DATETIME NOT NULL,
+    completed_at DATETIME,
+    CONSTRAINT recurring_task_has_due_date CHECK (recurrence = 'none' OR due_date IS NOT NULL),
+    FOREIGN KEY(user_id) REFERENCES user (id) ON DELETE CASCADE
 );
 CREATE INDEX ix_task_user_created ON task (user_id, created_at, id);
 CREATE TABLE tasktag (
-	task_id INTEGER NOT NULL, 
-	name VARCHAR(30) NOT NULL, 
-	PRIMARY KEY (task_id, name), 
-	FOREIGN KEY(task_id) REFERENCES task (id) ON DELETE CASCADE
+    task_id INTEGER NOT NULL,
+    name VARCHAR(30) NOT NULL,
+    PRIMARY KEY (task_id, name),
+    FOREIGN KEY(task_id) REFERENCES task (id) ON DELETE CASCADE
 );
-""",  # noqa: W291  (the trailing spaces are SQLAlchemy's, and sqlite_master keeps them)
+""",
     "postgresql": """
 CREATE TABLE ratelimitevent (
-	id BIGSERIAL NOT NULL, 
-	bucket VARCHAR(64) NOT NULL, 
-	expires_at TIMESTAMP WITH TIME ZONE NOT NULL, 
-	PRIMARY KEY (id)
+    id BIGSERIAL NOT NULL,
+    bucket VARCHAR(64) NOT NULL,
+    expires_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    PRIMARY KEY (id)
 );
 CREATE INDEX ix_ratelimitevent_bucket_expires ON ratelimitevent (bucket, expires_at);
 CREATE INDEX ix_ratelimitevent_expires_at ON ratelimitevent (expires_at);
 CREATE TABLE revokedtoken (
-	jti VARCHAR(64) NOT NULL, 
-	expires_at TIMESTAMP WITH TIME ZONE NOT NULL, 
-	PRIMARY KEY (jti)
+    jti VARCHAR(64) NOT NULL,
+    expires_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    PRIMARY KEY (jti)
 );
 CREATE INDEX ix_revokedtoken_expires_at ON revokedtoken (expires_at);
 CREATE TABLE "user" (
-	id BIGSERIAL NOT NULL, 
-	email VARCHAR(320) NOT NULL, 
-	name VARCHAR(100), 
-	password_hash VARCHAR NOT NULL, 
-	created_at TIMESTAMP WITH TIME ZONE NOT NULL, 
-	token_generation INTEGER NOT NULL, 
-	PRIMARY KEY (id), 
-	UNIQUE (email)
+    id BIGSERIAL NOT NULL,
+    email VARCHAR(320) NOT NULL,
+    name VARCHAR(100),
+    password_hash VARCHAR NOT NULL,
+    created_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    token_generation INTEGER NOT NULL,
+    PRIMARY KEY (id),
+    UNIQUE (email)
 );
 CREATE TABLE task (
-	id BIGSERIAL NOT NULL, 
-	user_id BIGINT NOT NULL, 
-	title VARCHAR(200) NOT NULL, 
-	description VARCHAR(1000), 
-	completed BOOLEAN NOT NULL, 
-	priority VARCHAR(6) NOT NULL, 
-	due_date TIMESTAMP WITH TIME ZONE, 
-	recurrence VARCHAR(7) NOT NULL, 
-	next_occurrence_created BOOLEAN NOT NULL, 
-	created_at TIMESTAMP WITH TIME ZONE NOT NULL, 
-	updated_at TIMESTAMP WITH TIME ZONE NOT NULL, 
-	completed_at TIMESTAMP WITH TIME ZONE, 
-	PRIMARY KEY (id), 
-	CONSTRAINT recurring_task_has_due_date CHECK (recurrence = 'none' OR due_date IS NOT NULL), 
-	FOREIGN KEY(user_id) REFERENCES "user" (id) ON DELETE CASCADE
+    id BIGSERIAL NOT NULL,
+    user_id BIGINT NOT NULL,
+    title VARCHAR(200) NOT NULL,
+    description VARCHAR(1000),
+    completed BOOLEAN NOT NULL,
+    priority VARCHAR(6) NOT NULL,
+    due_date TIMESTAMP WITH TIME ZONE,
+    recurrence VARCHAR(7) NOT NULL,
+    next_occurrence_created BOOLEAN NOT NULL,
+    created_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    updated_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    completed_at TIMESTAMP WITH TIME ZONE,
+    PRIMARY KEY (id),
+    CONSTRAINT recurring_task_has_due_date CHECK (recurrence = 'none' OR due_date IS NOT NULL),
+    FOREIGN KEY(user_id) REFERENCES "user" (id) ON DELETE CASCADE
 );
 CREATE INDEX ix_task_user_created ON task (user_id, created_at, id);
 CREATE TABLE tasktag (
-	task_id BIGINT NOT NULL, 
-	name VARCHAR(30) NOT NULL, 
-	PRIMARY KEY (task_id, name), 
-	FOREIGN KEY(task_id) REFERENCES task (id) ON DELETE CASCADE
+    task_id BIGINT NOT NULL,
+    name VARCHAR(30) NOT NULL,
+    PRIMARY KEY (task_id, name),
+    FOREIGN KEY(task_id) REFERENCES task (id) ON DELETE CASCADE
 );
-""",  # noqa: W291
+""",
 }
 
 MARCH_1 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
@@ -172,9 +172,9 @@ def build_release_before_migrations(engine: Engine) -> None:
                 connection.exec_driver_sql(statement)
 
 
-def upgrade_to(engine: Engine, revision: str, migrations: Path = db.MIGRATIONS) -> None:
+def upgrade_to(engine: Engine, revision: str) -> None:
     with db.schema_transaction(engine) as connection:
-        command.upgrade(db.alembic_config(migrations, connection), revision)
+        command.upgrade(db.alembic_config(connection=connection), revision)
 
 
 def downgrade_to(engine: Engine, revision: str) -> None:
@@ -197,7 +197,8 @@ def schema_of(engine: Engine) -> list[tuple]:
                 "SELECT type, name, tbl_name, sql FROM sqlite_master "
                 "WHERE tbl_name NOT IN ('alembic_version', 'sqlite_sequence')"
             )
-            return sorted(tuple(row) for row in rows)
+            # Spacing aside (sqlite_master keeps each statement's own), the statements must match.
+            return sorted((kind, name, table, sql and " ".join(sql.split())) for kind, name, table, sql in rows)
         columns = connection.exec_driver_sql(
             "SELECT table_name, column_name, ordinal_position, data_type, character_maximum_length, "
             "is_nullable, column_default FROM information_schema.columns "
