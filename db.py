@@ -135,7 +135,8 @@ def schema_transaction(target: Engine) -> Iterator[Connection]:
                 if connection.exec_driver_sql("PRAGMA foreign_key_check").first() is not None:
                     raise SchemaError("The migration was rolled back: it left a foreign key pointing to no row")
             except BaseException:
-                connection.exec_driver_sql("ROLLBACK")
+                if connection.connection.dbapi_connection.in_transaction:  # SQLite may have rolled back itself
+                    connection.exec_driver_sql("ROLLBACK")
                 raise
             connection.exec_driver_sql("COMMIT")
         finally:

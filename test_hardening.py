@@ -407,6 +407,7 @@ def test_four_workers_in_a_fresh_directory_share_one_secret_and_every_logout(tmp
 
     served_by = worker_of_each_request(server_log)
     assert server_log.count("Application startup complete") == WORKERS
+    assert server_log.count("Upgraded the database schema from revision none (new database)") == 1  # one migrated
     # The token was signed by one worker and accepted, then refused after the logout, by
     # other worker processes: several distinct children of the master, typically all four.
     for prefix in ("before", "revoked", "other-session"):
