@@ -850,7 +850,7 @@ def test_openapi_documents_every_route(client):
 def test_the_front_door_links_the_docs_the_schema_and_health(client):
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"] == "text/html; charset=utf-8"
-    links = re.findall(r'href="([^"]+)"', page.text)
+    links = re.findall(r'<a href="([^"]+)"', page.text)
     assert links == ["docs", "redoc", "openapi.json", "health"]
     for link in links:
         assert client.get(f"/{link}").status_code == 200, link
@@ -867,6 +867,8 @@ def test_the_docs_pages_load_every_file_from_the_app_itself(client, page):
     assets = re.findall(r'(?:src|href)="([^"]+)"', response.text)
     assert assets and all(asset.startswith("/docs/assets/") for asset in assets), assets
     assert "http://" not in response.text and "https://" not in response.text
+    # ...and the browser may load nothing from anywhere else.
+    assert response.headers["content-security-policy"].startswith("default-src 'self';")
     for asset in assets:
         served = client.get(asset)
         assert served.status_code == 200 and len(served.content) > 1000, asset
