@@ -67,8 +67,9 @@ def test_a_generated_typescript_client_compiles_strictly_and_runs_against_the_se
         shutil.rmtree(CLIENT_DIR / generated, ignore_errors=True)
     with LiveServer(tmp_path) as server:
         schema_url = f"{server.url}/openapi.json"
-        run([str(BIN / "openapi-typescript"), schema_url, "--output", "generated/schema.d.ts"])
-        run([str(BIN / "openapi-ts"), "--input", schema_url, "--output", "generated/sdk"])
+        # The README's two commands, into generated/.
+        run([str(BIN / "openapi-typescript"), schema_url, "-o", "generated/schema.d.ts"])
+        run([str(BIN / "openapi-ts"), "-i", schema_url, "-o", "generated/sdk"])
         run([str(BIN / "tsc"), "--project", "tsconfig.json"])
         program = subprocess.run(
             ["node", "build/check.js", server.url],
