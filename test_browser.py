@@ -27,11 +27,12 @@ from urllib.parse import urlsplit
 import httpx2
 import pytest
 
+from config import DEFAULT_CORS_ORIGINS
 from conftest import PASSWORD, require_tool
 from live_server import LiveServer, free_port
 
 try:
-    from playwright.sync_api import Browser, BrowserContext, Page, Request, expect, sync_playwright
+    from playwright.sync_api import Browser, BrowserContext, Locator, Page, Request, expect, sync_playwright
 except ImportError:  # the suite still runs without it; the fixture below says what is missing
     sync_playwright = None
 
@@ -40,15 +41,28 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # nothing listens. Nothing in the background may reach out: no updates, no sync, no
 # first-run pages.
 CHROMIUM_ARGS = [
-    "--proxy-server=http://127.0.0.1:9", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+    "--proxy-server=http://127.0.0.1:9",
+    "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-default-apps",
     "--disable-features=Translate,OptimizationHints,MediaRouter",
 ]  # fmt: skip
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 TIMEOUT_MS = 20_000
 VITE_PORT = 5173  # http://localhost:5173 is in the default CORS_ORIGINS
-DEFAULT_CORS_ORIGINS = "http://localhost:3000,http://127.0.0.1:3000,http://localhost:5173,http://127.0.0.1:5173"
 FRONTEND_PAGE = "<!doctype html><html><head><title>frontend</title></head><body>frontend</body></html>"
+
+# Run inside a page: what became of one fetch. A browser that refuses the request (CORS,
+# no network) rejects it with a TypeError.
+FETCH_OUTCOME = """
+async ({ url, init }) => {
+  try {
+    const response = await fetch(url, init);
+    return `read ${response.status}`;
+  } catch (error) {
+    return `${error.name}: ${error.message}`;
+  }
+}
+"""
 
 
 @pytest.fixture(scope="module")
@@ -63,12 +77,14 @@ def browser() -> Iterator["Browser"]:
 
 class OfflineContext:
     """A browser context that records every request its pages make to an address outside
-    this machine (the browser's proxy setting makes each of them fail)."""
+    this machine (the browser's proxy setting makes each of them fail), and every error
+    that a page's scripts leave uncaught."""
 
     def __init__(self, browser: "Browser") -> None:
         self.context: BrowserContext = browser.new_context()
         self.context.set_default_timeout(TIMEOUT_MS)
         self.blocked: list[str] = []
+        self.script_errors: list[str] = []
         self.context.on("requestfinished", self.note)
         self.context.on("requestfailed", self.note)
 
@@ -81,7 +97,7 @@ class OfflineContext:
 
     def new_page(self) -> "Page":
         page = self.context.new_page()
-        page.on("pageerror", lambda error: pytest.fail(f"a script failed on {page.url}: {error}"))
+        page.on("pageerror", lambda error: self.script_errors.append(f"{page.url}: {error}"))
         page.on("console", lambda message: print(f"console {message.type}: {message.text}"))
         return page
 
@@ -105,7 +121,7 @@ def test_the_browser_cannot_reach_outside_this_machine(offline, tmp_path):
 # --- the docs pages, offline ---
 
 
-def try_it_out(page: "Page", operation_id: str, tag: str) -> "Page":
+def try_it_out(page: "Page", operation_id: str, tag: str) -> "Locator":
     """Open one operation in Swagger UI and press "Try it out"; returns its block."""
     block = page.locator(f"#operations-{tag}-{operation_id}")
     block.locator(".opblock-summary").first.click()
@@ -113,7 +129,7 @@ def try_it_out(page: "Page", operation_id: str, tag: str) -> "Page":
     return block
 
 
-def execute(page: "Page", block, url_glob: str):
+def execute(page: "Page", block: "Locator", url_glob: str):
     with page.expect_response(url_glob) as response_info:
         block.get_by_role("button", name="Execute").click()
     return response_info.value
@@ -157,7 +173,7 @@ def test_swagger_ui_signs_up_authorizes_creates_and_lists_with_no_internet(offli
         assert listed.status == 200
         assert [task["title"] for task in listed.json()] == ["Made in Swagger UI"]
         assert listed.headers["x-total-count"] == "1"
-    assert offline.blocked == []
+    assert offline.blocked == [] and offline.script_errors == []
 
 
 def test_redoc_renders_with_no_internet(offline, tmp_path):
@@ -167,7 +183,7 @@ def test_redoc_renders_with_no_internet(offline, tmp_path):
         expect(page.locator("h1").first).to_contain_text("Todo API")
         # ReDoc anchors each operation by its operationId.
         expect(page.locator('h2:has(a[href="#tag/tasks/operation/listTasks"])')).to_contain_text("List tasks")
-    assert offline.blocked == []
+    assert offline.blocked == [] and offline.script_errors == []
 
 
 def test_the_front_door_leads_to_the_docs(offline, tmp_path):
@@ -177,7 +193,7 @@ def test_the_front_door_leads_to_the_docs(offline, tmp_path):
         page.get_by_role("link", name="/docs").click()
         expect(page.locator(".swagger-ui .info .title")).to_contain_text("Todo API")
         assert page.url == f"{server.url}/docs"
-    assert offline.blocked == []
+    assert offline.blocked == [] and offline.script_errors == []
 
 
 # --- CORS, enforced by the browser ---
@@ -224,6 +240,7 @@ def other_frontend() -> Iterator[str]:
     server.shutdown()
     server.server_close()
 
+
 # Run inside a frontend page: sign up, create a task (a POST with Authorization and JSON,
 # so the browser sends a preflight first), then list, reading the exposed headers.
 FRONTEND_ROUND_TRIP = """
@@ -251,19 +268,6 @@ async ({ api, email, password }) => {
     totalCount: listed.headers.get("X-Total-Count"),
     titles: (await listed.json()).map((task) => task.title),
   };
-}
-"""
-
-# The same first step from a page whose origin the API does not allow: the browser must
-# reject the fetch (a TypeError), whether or not it needs a preflight.
-FETCH_OUTCOME = """
-async ({ url, init }) => {
-  try {
-    const response = await fetch(url, init);
-    return `read ${response.status}`;
-  } catch (error) {
-    return `${error.name}: ${error.message}`;
-  }
 }
 """
 
@@ -295,7 +299,7 @@ def test_a_page_from_an_allowed_origin_calls_the_api_with_a_preflight(offline, a
     }
     # The browser asked first: the preflight is in the server's access log.
     assert f"OPTIONS /api/{user_id}/tasks 200" in log
-    assert offline.blocked == []
+    assert offline.blocked == [] and offline.script_errors == []
 
 
 @pytest.mark.parametrize(
@@ -315,7 +319,7 @@ def test_a_page_from_another_origin_is_blocked_by_the_browser(offline, other_fro
     assert outcome == "TypeError: Failed to fetch"
     if init:  # the preflight was refused, so the POST itself never reached the server
         assert "OPTIONS /api/auth/signup 400" in log and "POST /api/auth/signup" not in log
-    assert offline.blocked == []
+    assert offline.blocked == [] and offline.script_errors == []
 
 
 def test_cors_origins_star_lets_a_page_from_any_origin_call_the_api(offline, other_frontend, tmp_path):
@@ -330,4 +334,4 @@ def test_cors_origins_star_lets_a_page_from_any_origin_call_the_api(offline, oth
         )
     assert (result["created"], result["totalCount"], result["titles"]) == (201, "1", ["From the frontend"])
     assert preflight.status_code == 200 and preflight.headers["access-control-allow-origin"] == "*"
-    assert offline.blocked == []
+    assert offline.blocked == [] and offline.script_errors == []
