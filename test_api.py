@@ -899,9 +899,40 @@ def test_openapi_documents_every_route(client):
                 assert {"401", "403", "422"} <= set(operation["responses"]), (method, path)
             if "{task_id}" in path:
                 assert "404" in operation["responses"], (method, path)
+
+
+def test_the_front_door_links_the_docs_the_schema_and_health(client):
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"] == "text/html; charset=utf-8"
+    links = re.findall(r'<a href="([^"]+)"', page.text)
+    assert links == ["docs", "redoc", "openapi.json", "health"]
+    for link in links:
+        assert client.get(f"/{link}").status_code == 200, link
+    head = client.head("/")
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-length"] == page.headers["content-length"]
+    assert "/" not in client.get("/openapi.json").json()["paths"]
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_the_docs_pages_load_every_file_from_the_app_itself(client, page):
+    response = client.get(page)
+    assert response.status_code == 200 and re.search(r"[\"']/openapi.json[\"']", response.text)
+    assets = re.findall(r'(?:src|href)="([^"]+)"', response.text)
+    assert assets and all(asset.startswith("/docs/assets/") for asset in assets), assets
+    assert "http://" not in response.text and "https://" not in response.text
+    # ...and the browser may load nothing from anywhere else.
+    assert response.headers["content-security-policy"].startswith("default-src 'self';")
+    for asset in assets:
+        served = client.get(asset)
+        assert served.status_code == 200 and len(served.content) > 1000, asset
+
+
+def test_swagger_ui_keeps_its_oauth2_redirect_page(client):
     docs = client.get("/docs")
-    assert docs.status_code == 200 and "/openapi.json" in docs.text
-    assert client.get("/redoc").status_code == 200
+    assert docs.status_code == 200 and "'/docs/oauth2-redirect'" in docs.text
+    redirect = client.get("/docs/oauth2-redirect")
+    assert redirect.status_code == 200 and "oauth2" in redirect.text
 
 
 # --- CORS ---

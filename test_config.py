@@ -230,3 +230,21 @@ def test_postgres_urls_without_a_driver_use_psycopg(tmp_path, scheme):
         code = "import db, sqlalchemy; print(db.engine.connect().execute(sqlalchemy.text('SELECT 7')).scalar())"
         result = run_python(code, tmp_path, DATABASE_URL=hosted, **SECRET)
         assert (result.returncode, result.stdout.split()) == (0, ["7"]), result.stderr
+
+def test_cors_origins_star_allows_every_origin_without_credentials(tmp_path):
+    code = """
+from fastapi.testclient import TestClient
+from main import app
+with TestClient(app) as client:
+    preflight = client.options("/api/auth/signup", headers={
+        "Origin": "https://anywhere.example", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "Authorization, Content-Type"})
+    health = client.get("/health", headers={"Origin": "http://localhost:8080"})
+print(preflight.status_code, preflight.headers["access-control-allow-origin"],
+      preflight.headers.get("access-control-allow-credentials"), health.headers["access-control-allow-origin"])
+"""
+    result = run_python(
+        code, tmp_path, JWT_SECRET="k" * 40, DATABASE_URL=f"sqlite:///{tmp_path}/todo.db", CORS_ORIGINS="*"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["200", "*", "None", "*"]

@@ -11,9 +11,10 @@ import re
 from pathlib import Path
 
 import pytest
+from fastapi import FastAPI
 
 import schemas
-from main import app
+from main import app, operation_id
 
 API_MD = Path(__file__).with_name("API.md")
 SECTIONS = [
@@ -160,6 +161,57 @@ def test_every_documented_status_is_named_under_its_endpoint(client):
     for key, operation in schema_operations(fetch_openapi(client)).items():
         for status in operation["responses"]:
             assert re.search(rf"\b{status}\b", documented[key]), f"{key} does not mention {status}"
+
+
+# --- operationIds: what generated clients name their functions ---
+
+# (method, path): (operationId, tag). A new route gets its id from its function's name by
+# the same rule (main.operation_id), and belongs in this table.
+OPERATIONS = {
+    ("POST", "/api/auth/signup"): ("signup", "auth"),
+    ("POST", "/api/auth/login"): ("login", "auth"),
+    ("POST", "/api/auth/token"): ("loginForm", "auth"),
+    ("GET", "/api/auth/me"): ("getMe", "auth"),
+    ("DELETE", "/api/auth/me"): ("deleteMe", "auth"),
+    ("POST", "/api/auth/logout"): ("logout", "auth"),
+    ("PUT", "/api/auth/password"): ("changePassword", "auth"),
+    ("GET", "/api/{user_id}/tasks"): ("listTasks", "tasks"),
+    ("POST", "/api/{user_id}/tasks"): ("createTask", "tasks"),
+    ("GET", "/api/{user_id}/tasks/{task_id}"): ("getTask", "tasks"),
+    ("PUT", "/api/{user_id}/tasks/{task_id}"): ("updateTask", "tasks"),
+    ("PATCH", "/api/{user_id}/tasks/{task_id}"): ("patchTask", "tasks"),
+    ("DELETE", "/api/{user_id}/tasks/{task_id}"): ("deleteTask", "tasks"),
+    ("PATCH", "/api/{user_id}/tasks/{task_id}/complete"): ("completeTask", "tasks"),
+    ("GET", "/health"): ("health", "health"),
+}
+# A generated SDK function is named after its operationId; longer names are a sign that
+# the path or the method leaked into it.
+MAX_OPERATION_ID_LENGTH = 24
+
+
+def test_each_operation_has_the_operation_id_a_person_would_write_and_its_tag(client):
+    published = {
+        key: (operation["operationId"], *operation["tags"])
+        for key, operation in schema_operations(fetch_openapi(client)).items()
+    }
+    assert published == OPERATIONS
+
+
+def test_operation_ids_are_unique_short_camel_case_words(client):
+    ids = [operation["operationId"] for operation in schema_operations(fetch_openapi(client)).values()]
+    assert len(ids) == len(set(ids)), sorted(ids)
+    for operation_id in ids:
+        assert re.fullmatch(r"[a-z]+(?:[A-Z][a-z]+)*", operation_id), operation_id
+        assert len(operation_id) <= MAX_OPERATION_ID_LENGTH, operation_id
+
+
+def test_a_new_route_gets_its_operation_id_from_its_function_name():
+    probe = FastAPI(generate_unique_id_function=operation_id)
+
+    @probe.post("/api/auth/refresh")
+    def refresh_access_token() -> None: ...
+
+    assert probe.openapi()["paths"]["/api/auth/refresh"]["post"]["operationId"] == "refreshAccessToken"
 
 
 # --- examples in /openapi.json ---

@@ -247,7 +247,7 @@ def login_form(
 
 
 @router.get("/me", response_model=UserPublic, summary="The current user", responses=NOT_AUTHENTICATED)
-def read_me(user: CurrentUser) -> User:
+def get_me(user: CurrentUser) -> User:
     """Return the account that the bearer token belongs to."""
     return user
 

@@ -291,7 +291,7 @@ def create_task(
 
 
 @router.get("/{task_id}", response_model=TaskPublic, summary="Get a task", responses=TASK_ERRORS)
-def read_task(task_id: IdPath, owner: OwnerDep, session: SessionDep) -> dict:
+def get_task(task_id: IdPath, owner: OwnerDep, session: SessionDep) -> dict:
     """Return one task."""
     task = get_owned_task(session, owner.id, task_id)
     return to_public(task, load_tags(session, [task.id])[task.id])
@@ -299,7 +299,11 @@ def read_task(task_id: IdPath, owner: OwnerDep, session: SessionDep) -> dict:
 
 @router.put("/{task_id}", response_model=TaskPublic, summary="Update a task", responses=TASK_ERRORS)
 @router.patch(
-    "/{task_id}", response_model=TaskPublic, summary="Update a task (same as PUT)", responses=TASK_ERRORS
+    "/{task_id}",
+    name="patch_task",  # its own operationId: the function serves PUT as well
+    response_model=TaskPublic,
+    summary="Update a task (same as PUT)",
+    responses=TASK_ERRORS,
 )
 def update_task(
     task_id: IdPath, body: TaskUpdate, owner: OwnerDep, session: SessionDep, now: Now
