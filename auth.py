@@ -24,11 +24,12 @@ from sqlmodel import Session, select
 
 from config import settings
 from db import SessionDep
-from models import RevokedToken, User
+from models import RevokedToken, TokenFamily, User
 from schemas import BCRYPT_MAX_BYTES, MAX_ID, IdPath
 
 JWT_ALGORITHM = "HS256"
 MAX_TOKEN_ID_LENGTH = 64  # the jti column's size
+MAX_FAMILY_ID_LENGTH = 32  # the token family id column's size
 T = TypeVar("T")
 
 # bcrypt is meant to be slow (about 0.25 s of one core at 12 rounds). Unbounded concurrent
@@ -101,13 +102,14 @@ def verify_password(password: str, password_hash: str | None) -> bool:
     return matches and password_hash is not None and len(candidate) <= BCRYPT_MAX_BYTES
 
 
-def create_access_token(user: User, now: datetime) -> str:
+def create_access_token(user: User, now: datetime, family_id: str) -> str:
     claims = {
         "sub": str(user.id),
         "iat": now,
         "exp": now + timedelta(minutes=settings.access_token_expire_minutes),
         "jti": secrets.token_urlsafe(16),  # names this one token, so logout can revoke it alone
         "gen": user.token_generation,
+        "fam": family_id,  # the login session it belongs to: ending that ends this token too
     }
     return jwt.encode(claims, settings.jwt_secret, algorithm=JWT_ALGORITHM)
 
@@ -128,6 +130,7 @@ class TokenClaims(NamedTuple):
     user_id: int
     token_id: str  # the jti
     generation: int
+    family_id: str
     expires_at: datetime
 
 
@@ -138,12 +141,13 @@ async def get_token_claims(token: Annotated[str, Depends(oauth2_scheme)]) -> Tok
             token,
             settings.jwt_secret,
             algorithms=[JWT_ALGORITHM],
-            options={"require": ["exp", "iat", "sub", "jti", "gen"]},
+            options={"require": ["exp", "iat", "sub", "jti", "gen", "fam"]},
         )
         token_claims = TokenClaims(
             user_id=int(claims["sub"]),
             token_id=claims["jti"],
             generation=claims["gen"],
+            family_id=claims["fam"],
             expires_at=datetime.fromtimestamp(claims["exp"], timezone.utc),
         )
     except (jwt.InvalidTokenError, ValueError, TypeError, OverflowError, OSError):
@@ -153,6 +157,8 @@ async def get_token_claims(token: Annotated[str, Depends(oauth2_scheme)]) -> Tok
         and isinstance(token_claims.token_id, str)
         and len(token_claims.token_id) <= MAX_TOKEN_ID_LENGTH
         and type(token_claims.generation) is int
+        and isinstance(token_claims.family_id, str)
+        and len(token_claims.family_id) <= MAX_FAMILY_ID_LENGTH
     ):
         raise invalid_credentials()
     return token_claims
@@ -161,19 +167,25 @@ async def get_token_claims(token: Annotated[str, Depends(oauth2_scheme)]) -> Tok
 TokenClaimsDep = Annotated[TokenClaims, Depends(get_token_claims)]
 
 
-# One query, two primary-key lookups: the user, and whether this token was logged out.
+# One query, three primary-key lookups: the user, whether this token was logged out, and
+# whether its family (its login session) still exists.
 # Built once, not per request: constructing the statement cost more than running it.
-USER_AND_LOGOUT = select(User, exists().where(RevokedToken.jti == bindparam("jti"))).where(
-    User.id == bindparam("user_id")
-)
+USER_AND_LOGOUT = select(
+    User,
+    exists().where(RevokedToken.jti == bindparam("jti")),
+    exists().where(TokenFamily.id == bindparam("family_id")),
+).where(User.id == bindparam("user_id"))
 
 
 def get_current_user(claims: TokenClaimsDep, session: SessionDep) -> User:
-    row = session.exec(USER_AND_LOGOUT, params={"jti": claims.token_id, "user_id": claims.user_id}).first()
+    row = session.exec(
+        USER_AND_LOGOUT, params={"jti": claims.token_id, "family_id": claims.family_id, "user_id": claims.user_id}
+    ).first()
     if row is None:  # deleted since the token was issued
         raise invalid_credentials()
-    user, revoked = row
-    if revoked or user.token_generation != claims.generation:  # logged out, or password changed
+    user, revoked, family_alive = row
+    # Logged out, its session ended (logout, a replayed refresh token), or password changed.
+    if revoked or not family_alive or user.token_generation != claims.generation:
         raise invalid_credentials()
     return user
 

@@ -348,20 +348,28 @@ def test_logout_needs_a_token(client):
     assert (response.status_code, response.json()) == (401, {"detail": "Not authenticated"})
 
 
-def complete_claims(user_id: int) -> dict:
+def family_of(token: str) -> str:
+    return jwt.decode(token, options={"verify_signature": False})["fam"]
+
+
+def complete_claims(account) -> dict:
+    """Every claim, in the account's own session (its family must exist)."""
     now = utc_now()
-    return {"sub": str(user_id), "iat": now, "exp": now + timedelta(minutes=5), "jti": "forged", "gen": 0}
+    return {
+        "sub": str(account.id), "iat": now, "exp": now + timedelta(minutes=5), "jti": "forged", "gen": 0,
+        "fam": family_of(account.token),
+    }  # fmt: skip
 
 
 def test_a_token_with_every_claim_and_our_secret_works(client, alice):
     """The control for the test below: only the missing claim makes the difference."""
-    token = jwt.encode(complete_claims(alice.id), settings.jwt_secret, algorithm="HS256")
+    token = jwt.encode(complete_claims(alice), settings.jwt_secret, algorithm="HS256")
     assert (me(client, token).status_code, me(client, token).json()["id"]) == (200, alice.id)
 
 
-@pytest.mark.parametrize("missing", ["exp", "iat", "sub", "jti", "gen"])
+@pytest.mark.parametrize("missing", ["exp", "iat", "sub", "jti", "gen", "fam"])
 def test_a_token_missing_a_claim_is_401(client, alice, missing):
-    claims = {name: value for name, value in complete_claims(alice.id).items() if name != missing}
+    claims = {name: value for name, value in complete_claims(alice).items() if name != missing}
     token = jwt.encode(claims, settings.jwt_secret, algorithm="HS256")
     response = me(client, token)
     assert (response.status_code, response.json()) == (401, INVALID_TOKEN)
@@ -370,11 +378,12 @@ def test_a_token_missing_a_claim_is_401(client, alice, missing):
 
 @pytest.mark.parametrize("generation", [1, "0", True, None])
 def test_a_token_of_another_generation_is_401(client, alice, generation):
-    token = jwt.encode({**complete_claims(alice.id), "gen": generation}, settings.jwt_secret, algorithm="HS256")
+    token = jwt.encode({**complete_claims(alice), "gen": generation}, settings.jwt_secret, algorithm="HS256")
     assert (me(client, token).status_code, me(client, token).json()) == (401, INVALID_TOKEN)
 
 
 def test_revoked_tokens_are_pruned_once_they_would_have_expired(client, engine, clock, alice):
+    second_session = login(client, alice.email, PASSWORD).json()["access_token"]
     real_now = utc_now()
     short_lived_claims = {
         "sub": str(alice.id),
@@ -382,6 +391,7 @@ def test_revoked_tokens_are_pruned_once_they_would_have_expired(client, engine, 
         "exp": real_now + timedelta(minutes=10),
         "jti": "short-lived",
         "gen": 0,
+        "fam": family_of(second_session),
     }
     short_lived = jwt.encode(short_lived_claims, settings.jwt_secret, algorithm="HS256")
     clock.now = real_now
