@@ -3,13 +3,15 @@ clock it can set. Settings are read when the app is imported, so they are set fi
 
 The database is a new SQLite file per test, unless TEST_DATABASE_URL names a PostgreSQL
 database that the tests may wipe (postgresql+psycopg://...). Then the whole suite runs
-there: its tables are recreated once per run and emptied before every test.
+there: it is migrated once per run and its tables are emptied before every test.
 """
 
 import os
 import secrets
+import shutil
 import tempfile
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import NamedTuple
 
 os.environ["BCRYPT_ROUNDS"] = "4"
@@ -33,7 +35,7 @@ os.environ["DATABASE_URL"] = (
 
 import pytest  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
-from sqlalchemy import Engine, make_url, text  # noqa: E402
+from sqlalchemy import Engine, MetaData, make_url, text  # noqa: E402
 from sqlmodel import SQLModel  # noqa: E402
 
 import db  # noqa: E402
@@ -45,12 +47,26 @@ PASSWORD = "correct horse battery"
 
 @pytest.fixture(scope="session")
 def server_engine():
-    """The TEST_DATABASE_URL database, with tables of the current shape, for the whole run."""
+    """The TEST_DATABASE_URL database, migrated to the newest revision, for the whole run."""
     shared_engine = db.make_engine(TEST_DATABASE_URL)
-    SQLModel.metadata.drop_all(shared_engine)  # a previous run may have left an older shape
-    db.create_tables(shared_engine)
+    with shared_engine.begin() as connection:
+        # Whatever a previous run left, in any shape (alembic_version included), goes.
+        leftovers = MetaData()
+        leftovers.reflect(connection)
+        leftovers.drop_all(connection)
+    db.migrate(shared_engine)
     yield shared_engine
     shared_engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def migrated_sqlite_file(tmp_path_factory) -> Path:
+    """A SQLite file migrated to the newest revision once; each test gets a copy of it."""
+    template = tmp_path_factory.mktemp("template") / "migrated.db"
+    template_engine = db.make_engine(f"sqlite:///{template}")
+    db.migrate(template_engine)
+    template_engine.dispose()  # the last connection to close checkpoints the WAL into the file
+    return template
 
 
 def empty_tables(target: Engine) -> None:
@@ -80,15 +96,17 @@ def empty_schema_url(server_engine):
 
 @pytest.fixture
 def engine(request, tmp_path):
-    """A fresh SQLite file per test: a real file, so WAL and locking behave as in production.
+    """A fresh SQLite file per test (a copy of the migrated one): a real file, so WAL and
+    locking behave as in production.
     With TEST_DATABASE_URL, the shared PostgreSQL database, emptied."""
     if TEST_DATABASE_URL is not None:
         shared_engine = request.getfixturevalue("server_engine")
         empty_tables(shared_engine)
         yield shared_engine
         return
-    test_engine = db.make_engine(f"sqlite:///{tmp_path / 'test.db'}")
-    db.create_tables(test_engine)
+    database = tmp_path / "test.db"
+    shutil.copyfile(request.getfixturevalue("migrated_sqlite_file"), database)
+    test_engine = db.make_engine(f"sqlite:///{database}")
     yield test_engine
     test_engine.dispose()
 

@@ -6,6 +6,7 @@ Wires the routers together and makes every error a JSON {"detail": ...} body.
 import logging
 import re
 import secrets
+import sys
 import time
 from contextlib import asynccontextmanager
 
@@ -24,7 +25,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from config import settings
-from db import SessionDep, create_tables, engine
+from db import SchemaError, SessionDep, engine, migrate
 from routes import auth, tasks
 from schemas import HealthStatus, error_response
 
@@ -174,9 +175,34 @@ class BodySizeLimit:
         await self.app(scope, receive_within_limit, send)
 
 
+class StartupRefusal:
+    """Reports a start-up refused with SchemaError (db.migrate) to uvicorn as its one-line reason.
+
+    Starlette reports any failure of the lifespan as the full traceback, which uvicorn
+    prints; a database that this release must not touch is an answer, not a crash.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            return await self.app(scope, receive, send)
+
+        async def send_reason(message: Message) -> None:
+            refusal = sys.exc_info()[1]  # Starlette sends the failure from inside its except block
+            if message["type"] == "lifespan.startup.failed" and isinstance(refusal, SchemaError):
+                message = {**message, "message": str(refusal)}
+            await send(message)
+
+        await self.app(scope, receive, send_reason)
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI):
-    await to_thread.run_sync(create_tables, engine)  # blocking I/O stays off the event loop
+    before, now = await to_thread.run_sync(migrate, engine)  # blocking I/O stays off the event loop
+    if before != now:
+        error_log.info("Upgraded the database schema from revision %s to %s", before or "none (new database)", now)
     yield
     engine.dispose()
 
@@ -187,6 +213,7 @@ app = FastAPI(
     summary="A multi-user todo backend: sign up, log in, and manage your own tasks.",
     lifespan=lifespan,
 )
+app.add_middleware(StartupRefusal)  # acts on the lifespan only
 # Added before CORS, so CORS wraps them and even a 413 or a 500 carries the CORS headers.
 app.add_middleware(InternalErrorAsJson)
 app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)

@@ -409,7 +409,7 @@ def test_workers_starting_together_on_a_new_database_all_create_its_tables(tmp_p
     def start_worker(engine) -> None:
         start_together.wait()
         try:
-            db.create_tables(engine)
+            db.migrate(engine)
         except Exception as error:  # noqa: BLE001  (collected, and shown by the assert)
             failures.append(error)
 

@@ -1,0 +1,42 @@
+"""Alembic's environment: runs the migrations in versions/ against the app's database.
+
+At start-up db.migrate passes the connection it has locked, inside the one transaction
+that the whole upgrade runs in. The `alembic` command line (see README) uses the app's
+own engine, from DATABASE_URL, through the same locked transaction.
+"""
+
+from logging.config import fileConfig
+
+from alembic import context
+from sqlalchemy import Connection
+from sqlmodel import SQLModel
+
+import db
+import models  # noqa: F401  (registers the tables on SQLModel.metadata)
+
+
+def run_migrations(connection: Connection) -> None:
+    context.configure(
+        connection=connection,
+        target_metadata=SQLModel.metadata,
+        # Batch operations are what make ALTER work on SQLite (it rebuilds the table), and
+        # they are plain ALTERs on PostgreSQL: one script serves both databases.
+        render_as_batch=True,
+        compare_type=True,
+    )
+    # The connection is already in its transaction, so this begins nothing: the upgrade
+    # commits or rolls back as a whole, when db.schema_transaction ends.
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+if context.is_offline_mode():
+    raise SystemExit("Offline (--sql) mode is not supported: migrations run on a database")
+given_connection = context.config.attributes.get("connection")
+if given_connection is not None:
+    run_migrations(given_connection)
+else:
+    if context.config.config_file_name is not None:
+        fileConfig(context.config.config_file_name)
+    with db.schema_transaction(db.engine) as connection:
+        run_migrations(connection)

@@ -1,0 +1,566 @@
+"""Schema migrations (migrations/, db.migrate): on SQLite, or on PostgreSQL with
+TEST_DATABASE_URL, each test on a database of its own.
+
+A database made by the release before migrations existed is built here from that
+release's schema, kept below as the SQL its create_all issued: it must not follow
+models.py, since the databases people already have do not.
+"""
+
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import bcrypt
+import httpx2
+import jwt
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Column, DateTime, Engine, MetaData, String, bindparam, make_url, text
+from sqlmodel import SQLModel
+
+import db
+from conftest import TEST_DATABASE_URL
+from live_server import REPO_ROOT, LiveServer, free_port
+
+PASSWORD = "correct horse battery"
+HEAD = ScriptDirectory.from_config(db.alembic_config()).get_current_head()
+
+# The schema that the release before migrations made with SQLModel.metadata.create_all,
+# statement for statement, per dialect.
+RELEASE_BEFORE_MIGRATIONS = {
+    "sqlite": """
+CREATE TABLE ratelimitevent (
+	id INTEGER NOT NULL, 
+	bucket VARCHAR(64) NOT NULL, 
+	expires_at DATETIME NOT NULL, 
+	PRIMARY KEY (id)
+);
+CREATE INDEX ix_ratelimitevent_bucket_expires ON ratelimitevent (bucket, expires_at);
+CREATE INDEX ix_ratelimitevent_expires_at ON ratelimitevent (expires_at);
+CREATE TABLE revokedtoken (
+	jti VARCHAR(64) NOT NULL, 
+	expires_at DATETIME NOT NULL, 
+	PRIMARY KEY (jti)
+);
+CREATE INDEX ix_revokedtoken_expires_at ON revokedtoken (expires_at);
+CREATE TABLE user (
+	id INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT, 
+	email VARCHAR(320) NOT NULL, 
+	name VARCHAR(100), 
+	password_hash VARCHAR NOT NULL, 
+	created_at DATETIME NOT NULL, 
+	token_generation INTEGER NOT NULL, 
+	UNIQUE (email)
+);
+CREATE TABLE task (
+	id INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT, 
+	user_id INTEGER NOT NULL, 
+	title VARCHAR(200) NOT NULL, 
+	description VARCHAR(1000), 
+	completed BOOLEAN NOT NULL, 
+	priority VARCHAR(6) NOT NULL, 
+	due_date DATETIME, 
+	recurrence VARCHAR(7) NOT NULL, 
+	next_occurrence_created BOOLEAN NOT NULL, 
+	created_at DATETIME NOT NULL, 
+	updated_at DATETIME NOT NULL, 
+	completed_at DATETIME, 
+	CONSTRAINT recurring_task_has_due_date CHECK (recurrence = 'none' OR due_date IS NOT NULL), 
+	FOREIGN KEY(user_id) REFERENCES user (id) ON DELETE CASCADE
+);
+CREATE INDEX ix_task_user_created ON task (user_id, created_at, id);
+CREATE TABLE tasktag (
+	task_id INTEGER NOT NULL, 
+	name VARCHAR(30) NOT NULL, 
+	PRIMARY KEY (task_id, name), 
+	FOREIGN KEY(task_id) REFERENCES task (id) ON DELETE CASCADE
+);
+""",  # noqa: W291  (the trailing spaces are SQLAlchemy's, and sqlite_master keeps them)
+    "postgresql": """
+CREATE TABLE ratelimitevent (
+	id BIGSERIAL NOT NULL, 
+	bucket VARCHAR(64) NOT NULL, 
+	expires_at TIMESTAMP WITH TIME ZONE NOT NULL, 
+	PRIMARY KEY (id)
+);
+CREATE INDEX ix_ratelimitevent_bucket_expires ON ratelimitevent (bucket, expires_at);
+CREATE INDEX ix_ratelimitevent_expires_at ON ratelimitevent (expires_at);
+CREATE TABLE revokedtoken (
+	jti VARCHAR(64) NOT NULL, 
+	expires_at TIMESTAMP WITH TIME ZONE NOT NULL, 
+	PRIMARY KEY (jti)
+);
+CREATE INDEX ix_revokedtoken_expires_at ON revokedtoken (expires_at);
+CREATE TABLE "user" (
+	id BIGSERIAL NOT NULL, 
+	email VARCHAR(320) NOT NULL, 
+	name VARCHAR(100), 
+	password_hash VARCHAR NOT NULL, 
+	created_at TIMESTAMP WITH TIME ZONE NOT NULL, 
+	token_generation INTEGER NOT NULL, 
+	PRIMARY KEY (id), 
+	UNIQUE (email)
+);
+CREATE TABLE task (
+	id BIGSERIAL NOT NULL, 
+	user_id BIGINT NOT NULL, 
+	title VARCHAR(200) NOT NULL, 
+	description VARCHAR(1000), 
+	completed BOOLEAN NOT NULL, 
+	priority VARCHAR(6) NOT NULL, 
+	due_date TIMESTAMP WITH TIME ZONE, 
+	recurrence VARCHAR(7) NOT NULL, 
+	next_occurrence_created BOOLEAN NOT NULL, 
+	created_at TIMESTAMP WITH TIME ZONE NOT NULL, 
+	updated_at TIMESTAMP WITH TIME ZONE NOT NULL, 
+	completed_at TIMESTAMP WITH TIME ZONE, 
+	PRIMARY KEY (id), 
+	CONSTRAINT recurring_task_has_due_date CHECK (recurrence = 'none' OR due_date IS NOT NULL), 
+	FOREIGN KEY(user_id) REFERENCES "user" (id) ON DELETE CASCADE
+);
+CREATE INDEX ix_task_user_created ON task (user_id, created_at, id);
+CREATE TABLE tasktag (
+	task_id BIGINT NOT NULL, 
+	name VARCHAR(30) NOT NULL, 
+	PRIMARY KEY (task_id, name), 
+	FOREIGN KEY(task_id) REFERENCES task (id) ON DELETE CASCADE
+);
+""",  # noqa: W291
+}
+
+MARCH_1 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+def database_url(request, tmp_path) -> str:
+    """A new, empty database: a SQLite file in tmp_path (where a live server also keeps
+    its secret and log), or a PostgreSQL schema of its own, dropped afterwards."""
+    if TEST_DATABASE_URL is None:
+        return f"sqlite:///{tmp_path / 'todo.db'}"
+    server_engine = request.getfixturevalue("server_engine")
+    schema = f"migrations_{secrets.token_hex(4)}"
+    with server_engine.begin() as connection:
+        connection.execute(text(f"CREATE SCHEMA {schema}"))
+    request.addfinalizer(lambda: drop_schema(server_engine, schema))
+    url = make_url(TEST_DATABASE_URL).update_query_dict({"options": f"-c search_path={schema}"})
+    return url.render_as_string(hide_password=False)
+
+
+def drop_schema(server_engine: Engine, schema: str) -> None:
+    with server_engine.begin() as connection:
+        connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+
+
+@pytest.fixture
+def database(database_url) -> Engine:
+    engine = db.make_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+def build_release_before_migrations(engine: Engine) -> None:
+    with engine.begin() as connection:
+        for statement in RELEASE_BEFORE_MIGRATIONS[engine.dialect.name].split(";"):
+            if statement.strip():
+                connection.exec_driver_sql(statement)
+
+
+def upgrade_to(engine: Engine, revision: str, migrations: Path = db.MIGRATIONS) -> None:
+    with db.schema_transaction(engine) as connection:
+        command.upgrade(db.alembic_config(migrations, connection), revision)
+
+
+def downgrade_to(engine: Engine, revision: str) -> None:
+    with db.schema_transaction(engine) as connection:
+        command.downgrade(db.alembic_config(connection=connection), revision)
+
+
+def current_revisions(engine: Engine) -> tuple[str, ...]:
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_heads()
+
+
+def schema_of(engine: Engine) -> list[tuple]:
+    """Every table, column, constraint and index as the database itself describes them:
+    SQLite's own CREATE statements; PostgreSQL's catalog, in its own words."""
+    with engine.connect() as connection:
+        if engine.dialect.name == "sqlite":
+            # sqlite_sequence is SQLite's own: made with the first AUTOINCREMENT table, never dropped.
+            rows = connection.exec_driver_sql(
+                "SELECT type, name, tbl_name, sql FROM sqlite_master "
+                "WHERE tbl_name NOT IN ('alembic_version', 'sqlite_sequence')"
+            )
+            return sorted(tuple(row) for row in rows)
+        columns = connection.exec_driver_sql(
+            "SELECT table_name, column_name, ordinal_position, data_type, character_maximum_length, "
+            "is_nullable, column_default FROM information_schema.columns "
+            "WHERE table_schema = current_schema() AND table_name != 'alembic_version'"
+        )
+        constraints = connection.exec_driver_sql(
+            "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) FROM pg_constraint "
+            "WHERE connamespace = current_schema()::regnamespace AND conrelid::regclass::text != 'alembic_version'"
+        )
+        indexes = connection.exec_driver_sql(
+            "SELECT tablename, indexname, indexdef FROM pg_indexes "
+            "WHERE schemaname = current_schema() AND tablename != 'alembic_version'"
+        )
+        sequences = connection.exec_driver_sql(
+            "SELECT sequence_name, data_type FROM information_schema.sequences WHERE sequence_schema = current_schema()"
+        )
+        schema = connection.exec_driver_sql("SELECT current_schema()").scalar_one()
+        return sorted(
+            (kind, *(str(value).replace(f"{schema}.", "") for value in row))  # indexdef names the schema
+            for kind, rows in (("column", columns), ("constraint", constraints), ("index", indexes), ("sequence", sequences))
+            for row in rows
+        )  # fmt: skip
+
+
+def differences_from_models(engine: Engine, metadata: MetaData = SQLModel.metadata) -> list:
+    """What `alembic revision --autogenerate` would write: the models' schema against the database's."""
+    with engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        return compare_metadata(context, metadata)
+
+
+# --- 1. models and migrations agree ---
+
+
+def test_migrations_make_the_schema_that_models_py_describes(database):
+    db.migrate(database)
+
+    assert current_revisions(database) == (HEAD,)
+    assert differences_from_models(database) == []
+
+
+def test_a_column_in_models_py_that_no_migration_makes_is_a_difference(database):
+    db.migrate(database)
+    models_with_a_new_column = MetaData()
+    for table in SQLModel.metadata.tables.values():
+        table.to_metadata(models_with_a_new_column)
+    models_with_a_new_column.tables["user"].append_column(Column("nickname", String(50), nullable=True))
+
+    [(operation, schema, table, column)] = differences_from_models(database, models_with_a_new_column)
+
+    assert (operation, schema, table, column.name) == ("add_column", None, "user", "nickname")
+
+
+def test_the_first_revision_makes_exactly_the_schema_of_the_release_before_migrations(tmp_path, database_url):
+    migrated = db.make_engine(database_url)
+    if TEST_DATABASE_URL is None:
+        released = db.make_engine(f"sqlite:///{tmp_path / 'released.db'}")
+    else:
+        released_schema = f"released_{secrets.token_hex(4)}"
+        server_engine = db.make_engine(TEST_DATABASE_URL)
+        with server_engine.begin() as connection:
+            connection.execute(text(f"CREATE SCHEMA {released_schema}"))
+        url = make_url(TEST_DATABASE_URL).update_query_dict({"options": f"-c search_path={released_schema}"})
+        released = db.make_engine(url.render_as_string(hide_password=False))
+    try:
+        build_release_before_migrations(released)
+        upgrade_to(migrated, db.FIRST_REVISION)
+
+        assert schema_of(migrated) == schema_of(released)
+        assert len(schema_of(released)) > 10  # not two empty databases
+    finally:
+        migrated.dispose()
+        released.dispose()
+        if TEST_DATABASE_URL is not None:
+            drop_schema(server_engine, released_schema)
+            server_engine.dispose()
+
+
+# --- 2. a database made by the release before migrations is upgraded in place ---
+
+
+def fill_like_the_release_before_migrations(engine: Engine) -> dict:
+    """Users, tasks with tags and due dates, a revoked token and rate-limit events, written
+    as that release wrote them (ids from the database; times in UTC)."""
+    password_hash = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(4)).decode()
+    revoked_jti = secrets.token_urlsafe(16)
+    in_a_year = datetime.now(timezone.utc) + timedelta(days=365)
+    with engine.begin() as connection:
+
+        def insert(table: str, **values) -> int | None:
+            statement = text(
+                f'INSERT INTO "{table}" ({", ".join(values)}) VALUES ({", ".join(f":{name}" for name in values)})'
+                + (" RETURNING id" if table in ("user", "task") else "")
+            ).bindparams(
+                # Stored as that release stored them: SQLite gets SQLAlchemy's DATETIME text.
+                *(bindparam(name, type_=DateTime(timezone=True)) for name, value in values.items()
+                  if isinstance(value, datetime))
+            )  # fmt: skip
+            result = connection.execute(statement, values)
+            return result.scalar_one() if table in ("user", "task") else None
+
+        users = {
+            email: insert("user", email=email, name=name, password_hash=password_hash, created_at=MARCH_1,
+                          token_generation=generation)
+            for email, name, generation in (("ada@example.com", "Ada", 0), ("bo@example.com", None, 2))
+        }  # fmt: skip
+        ada = users["ada@example.com"]
+        task_values = {"description": None, "completed": False, "priority": "medium", "due_date": None,
+                       "recurrence": "none", "next_occurrence_created": False, "created_at": MARCH_1,
+                       "updated_at": MARCH_1, "completed_at": None}  # fmt: skip
+        rent = insert("task", **{**task_values, "user_id": ada, "title": "Pay rent", "priority": "high",
+                                 "due_date": MARCH_1 + timedelta(days=4), "recurrence": "monthly"})  # fmt: skip
+        insert("task", **{**task_values, "user_id": ada, "title": "Call mum", "description": "Sunday",
+                          "completed": True, "completed_at": MARCH_1 + timedelta(hours=1)})  # fmt: skip
+        insert("task", **{**task_values, "user_id": users["bo@example.com"], "title": "Bo's own"})
+        for tag in ("home", "money"):
+            insert("tasktag", task_id=rent, name=tag)
+        insert("revokedtoken", jti=revoked_jti, expires_at=in_a_year)
+        for number in range(3):
+            insert("ratelimitevent", bucket=f"{number:064x}", expires_at=in_a_year)
+    return {"ada": ada, "bo": users["bo@example.com"], "rent": rent, "revoked_jti": revoked_jti}
+
+
+TABLES = ("user", "task", "tasktag", "revokedtoken", "ratelimitevent")
+
+
+def rows_of(engine: Engine) -> dict[str, set[tuple]]:
+    with engine.connect() as connection:
+        return {table: set(map(tuple, connection.execute(text(f'SELECT * FROM "{table}"')))) for table in TABLES}
+
+
+def token_for(user_id: int, generation: int, jwt_secret: str, jti: str | None = None) -> str:
+    """An access token as the release before migrations issued it."""
+    now = datetime.now(timezone.utc)
+    claims = {"sub": str(user_id), "iat": now, "exp": now + timedelta(minutes=30),
+              "jti": jti or secrets.token_urlsafe(16), "gen": generation}  # fmt: skip
+    return jwt.encode(claims, jwt_secret, algorithm="HS256")
+
+
+def test_a_database_of_the_release_before_migrations_is_upgraded_in_place_by_uvicorn(tmp_path, database_url):
+    engine = db.make_engine(database_url)
+    build_release_before_migrations(engine)
+    made = fill_like_the_release_before_migrations(engine)
+    rows_before = rows_of(engine)
+    jwt_secret = secrets.token_urlsafe(48)
+    issued_before = {"Authorization": f"Bearer {token_for(made['ada'], 0, jwt_secret)}"}
+    logged_out = {"Authorization": f"Bearer {token_for(made['ada'], 0, jwt_secret, made['revoked_jti'])}"}
+    from_before_a_password_change = {"Authorization": f"Bearer {token_for(made['bo'], 1, jwt_secret)}"}
+
+    with LiveServer(tmp_path, env={"DATABASE_URL": database_url, "JWT_SECRET": jwt_secret}) as server:
+        with httpx2.Client(base_url=server.url, timeout=30) as http:
+            me = http.get("/api/auth/me", headers=issued_before)
+            refused = http.get("/api/auth/me", headers=logged_out)
+            outdated = http.get("/api/auth/me", headers=from_before_a_password_change)
+            listing = http.get(f"/api/{made['ada']}/tasks", headers=issued_before, params={"sort": "title", "order": "asc"})
+            login = http.post("/api/auth/login", json={"email": "bo@example.com", "password": PASSWORD})
+            created = http.post(f"/api/{made['ada']}/tasks", headers=issued_before,
+                                json={"title": "After the upgrade", "tags": ["new"], "due_date": "2026-04-01T00:00:00Z"})  # fmt: skip
+            signup = http.post("/api/auth/signup", json={"email": "new@example.com", "password": PASSWORD})
+        server_log = server.log()
+
+    assert me.status_code == 200, me.text
+    assert me.json() == {"id": made["ada"], "email": "ada@example.com", "name": "Ada",
+                         "created_at": "2026-03-01T12:00:00Z"}  # fmt: skip
+    assert (refused.status_code, refused.json()) == (401, {"detail": "Could not validate credentials"})
+    assert (outdated.status_code, outdated.json()) == (401, {"detail": "Could not validate credentials"})
+    assert listing.status_code == 200, listing.text
+    assert [(task["title"], task["due_date"], task["tags"], task["completed"]) for task in listing.json()] == [
+        ("Call mum", None, [], True),
+        ("Pay rent", "2026-03-05T12:00:00Z", ["home", "money"], False),
+    ]
+    assert login.status_code == 200, login.text
+    assert created.status_code == 201, created.text
+    assert created.json()["tags"] == ["new"] and created.json()["id"] > made["rent"] + 1
+    assert signup.status_code == 201, signup.text
+    assert signup.json()["user"]["id"] > made["bo"]
+    assert f"Upgraded the database schema from revision {db.FIRST_REVISION} to {HEAD}" in server_log or (
+        HEAD == db.FIRST_REVISION and "Upgraded the database schema" not in server_log
+    )
+    assert "Traceback" not in server_log
+
+    rows_after = rows_of(engine)
+    engine.dispose()
+    for table in TABLES:
+        assert rows_before[table] <= rows_after[table], table  # every row is there, unchanged
+    new_rows = {table: len(rows_after[table] - rows_before[table]) for table in ("user", "task", "tasktag")}
+    assert new_rows == {"user": 1, "task": 1, "tasktag": 1}
+
+
+def test_a_database_with_only_some_of_the_tables_is_left_alone(database):
+    with database.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE revokedtoken (jti VARCHAR(64) PRIMARY KEY)")
+
+    with pytest.raises(db.SchemaError) as refusal:
+        db.migrate(database)
+
+    assert str(refusal.value) == (
+        "The database has some of the Todo API's tables but not all they need (missing: user, task, tasktag, "
+        "revokedtoken.expires_at, ratelimitevent), so it is left alone: it was not made by this app"
+    )
+    assert current_revisions(database) == ()
+
+
+# --- 3. every revision downgrades and upgrades again ---
+
+
+def test_every_revision_downgrades_and_upgrades_again(database):
+    scripts = ScriptDirectory.from_config(db.alembic_config())
+    revisions = [script.revision for script in reversed(list(scripts.walk_revisions()))]
+    empty = schema_of(database)
+    schemas = []
+    for revision in revisions:  # one step at a time: up, down, and up again
+        upgrade_to(database, revision)
+        schemas.append(schema_of(database))
+        downgrade_to(database, "-1")
+        assert schema_of(database) == (schemas[-2] if len(schemas) > 1 else empty), revision
+        upgrade_to(database, revision)
+        assert schema_of(database) == schemas[-1], revision
+
+    downgrade_to(database, "base")
+    assert schema_of(database) == empty
+    assert current_revisions(database) == ()
+    upgrade_to(database, "head")
+    assert schema_of(database) == schemas[-1]
+    assert differences_from_models(database) == []
+
+
+# --- 4. a database from a newer release: start-up refuses ---
+
+UNKNOWN_REVISION = "9999_from_a_newer_release"
+
+
+def stamp_unknown_revision(engine: Engine) -> None:
+    db.migrate(engine)
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = :revision"), {"revision": UNKNOWN_REVISION})
+
+
+def test_a_database_at_an_unknown_revision_is_not_touched(database):
+    stamp_unknown_revision(database)
+    schema = schema_of(database)
+
+    with pytest.raises(db.SchemaError) as refusal:
+        db.migrate(database)
+
+    assert str(refusal.value) == (
+        f"The database is at revision {UNKNOWN_REVISION}, which this release of the Todo API does not know: "
+        "a newer release made it. Run that release or a newer one on it"
+    )
+    assert current_revisions(database) == (UNKNOWN_REVISION,)
+    assert schema_of(database) == schema
+
+
+def run_uvicorn_until_it_exits(directory: Path, database_url: str, workers: int = 1) -> subprocess.CompletedProcess:
+    environment = {name: value for name, value in os.environ.items() if name not in ("DATABASE_URL", "JWT_SECRET")}
+    environment.update(DATABASE_URL=database_url, JWT_SECRET=secrets.token_urlsafe(48))
+    command_line = [sys.executable, "-m", "uvicorn", "main:app", "--app-dir", str(REPO_ROOT),
+                    "--host", "127.0.0.1", "--port", str(free_port()), "--workers", str(workers)]  # fmt: skip
+    return subprocess.run(command_line, cwd=directory, env=environment, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("workers", [1, 4])
+def test_uvicorn_refuses_to_start_on_a_database_at_an_unknown_revision(tmp_path, database_url, database, workers):
+    stamp_unknown_revision(database)
+
+    result = run_uvicorn_until_it_exits(tmp_path, database_url, workers)
+
+    # uvicorn's exit status: 3 (start-up failed) with one worker; with several, the parent
+    # stops when a worker fails to start, and exits with 0.
+    assert result.returncode == (3 if workers == 1 else 0)
+    assert (workers == 1) or "failed to start, stopping the parent process" in result.stderr
+    assert result.stdout == ""
+    assert f"ERROR:    The database is at revision {UNKNOWN_REVISION}, which this release" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "Application startup complete" not in result.stderr
+    assert current_revisions(database) == (UNKNOWN_REVISION,)
+
+
+# --- a migration that fails leaves the database as it was ---
+
+BROKEN_REVISION = '''
+"""Adds a column and a table, then fails."""
+import sqlalchemy as sa
+from alembic import op
+
+revision = "9000_broken"
+down_revision = {head!r}
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("user") as batch_op:
+        batch_op.add_column(sa.Column("nickname", sa.String(50)))
+    op.create_table("scratch", sa.Column("id", sa.Integer, primary_key=True))
+    op.execute("INSERT INTO scratch (id) VALUES (1)")
+    op.execute("INSERT INTO scratch (id) VALUES (1)")  # a duplicate key: the migration fails here
+
+
+def downgrade() -> None:
+    pass
+'''
+
+
+@pytest.fixture
+def migrations_with_a_broken_revision(tmp_path) -> Path:
+    migrations = tmp_path / "migrations"
+    shutil.copytree(db.MIGRATIONS, migrations, ignore=shutil.ignore_patterns("__pycache__"))
+    (migrations / "versions" / "9000_broken.py").write_text(BROKEN_REVISION.format(head=HEAD))
+    return migrations
+
+
+@pytest.mark.parametrize("starting_point", ["new", "head", "release before migrations"])
+def test_a_failing_migration_leaves_the_database_as_it_was(database, migrations_with_a_broken_revision, starting_point):
+    if starting_point == "head":
+        db.migrate(database)
+    elif starting_point == "release before migrations":
+        build_release_before_migrations(database)
+        fill_like_the_release_before_migrations(database)
+    schema, revisions = schema_of(database), current_revisions(database)
+    rows = rows_of(database) if starting_point != "new" else None
+
+    with pytest.raises(db.SchemaError) as refusal:
+        db.migrate(database, migrations_with_a_broken_revision)
+
+    before = {"new": "none (new database)", "head": HEAD, "release before migrations": db.FIRST_REVISION}
+    message = str(refusal.value)
+    assert message.startswith(
+        f"Upgrading the database from revision {before[starting_point]} to 9000_broken failed, "
+        "and it was left as it was: (")
+    assert "\n" not in message
+    assert "UNIQUE constraint failed: scratch.id" in message or "duplicate key value" in message
+    assert schema_of(database) == schema  # no new table, no new column: the DDL was rolled back too
+    assert current_revisions(database) == revisions
+    if rows is not None:
+        assert rows_of(database) == rows
+
+
+# --- 5. several workers starting together: one migrates, all serve ---
+
+
+@pytest.mark.parametrize("starting_point", ["new", "release before migrations"])
+def test_four_workers_starting_together_migrate_once_and_all_serve(tmp_path, database_url, starting_point):
+    engine = db.make_engine(database_url)
+    if starting_point == "release before migrations":
+        build_release_before_migrations(engine)
+        made = fill_like_the_release_before_migrations(engine)
+    with LiveServer(tmp_path, workers=4, env={"DATABASE_URL": database_url}) as server:
+        with httpx2.Client(base_url=server.url, timeout=30) as http:
+            signup = http.post("/api/auth/signup", json={"email": "four@example.com", "password": PASSWORD})
+            health = [http.get("/health", headers={"Connection": "close"}) for _ in range(8)]
+        server_log = server.log()
+
+    assert signup.status_code == 201, signup.text
+    assert [(response.status_code, response.json()) for response in health] == [(200, {"status": "ok"})] * 8
+    assert server_log.count("Application startup complete") == 4
+    upgraded_from = db.FIRST_REVISION if starting_point != "new" else "none (new database)"
+    if upgraded_from != HEAD:
+        assert server_log.count("Upgraded the database schema") == 1
+        assert f"Upgraded the database schema from revision {upgraded_from} to {HEAD}" in server_log
+    assert "Traceback" not in server_log and "ERROR" not in server_log
+    assert current_revisions(engine) == (HEAD,)
+    assert differences_from_models(engine) == []
+    if starting_point != "new":
+        assert signup.json()["user"]["id"] > made["bo"]
+    engine.dispose()
