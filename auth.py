@@ -130,7 +130,7 @@ class TokenClaims(NamedTuple):
     user_id: int
     token_id: str  # the jti
     generation: int
-    family_id: str
+    family_id: str | None  # None: a token of no session, which logout, a password change or expiry ends
     expires_at: datetime
 
 
@@ -141,13 +141,13 @@ async def get_token_claims(token: Annotated[str, Depends(oauth2_scheme)]) -> Tok
             token,
             settings.jwt_secret,
             algorithms=[JWT_ALGORITHM],
-            options={"require": ["exp", "iat", "sub", "jti", "gen", "fam"]},
+            options={"require": ["exp", "iat", "sub", "jti", "gen"]},
         )
         token_claims = TokenClaims(
             user_id=int(claims["sub"]),
             token_id=claims["jti"],
             generation=claims["gen"],
-            family_id=claims["fam"],
+            family_id=claims.get("fam"),
             expires_at=datetime.fromtimestamp(claims["exp"], timezone.utc),
         )
     except (jwt.InvalidTokenError, ValueError, TypeError, OverflowError, OSError):
@@ -157,8 +157,10 @@ async def get_token_claims(token: Annotated[str, Depends(oauth2_scheme)]) -> Tok
         and isinstance(token_claims.token_id, str)
         and len(token_claims.token_id) <= MAX_TOKEN_ID_LENGTH
         and type(token_claims.generation) is int
-        and isinstance(token_claims.family_id, str)
-        and len(token_claims.family_id) <= MAX_FAMILY_ID_LENGTH
+        and (
+            token_claims.family_id is None
+            or (isinstance(token_claims.family_id, str) and len(token_claims.family_id) <= MAX_FAMILY_ID_LENGTH)
+        )
     ):
         raise invalid_credentials()
     return token_claims
@@ -184,8 +186,8 @@ def get_current_user(claims: TokenClaimsDep, session: SessionDep) -> User:
     if row is None:  # deleted since the token was issued
         raise invalid_credentials()
     user, revoked, family_alive = row
-    # Logged out, its session ended (logout, a replayed refresh token), or password changed.
-    if revoked or not family_alive or user.token_generation != claims.generation:
+    session_ended = claims.family_id is not None and not family_alive  # logout, a replayed refresh token
+    if revoked or session_ended or user.token_generation != claims.generation:  # or password changed
         raise invalid_credentials()
     return user
 

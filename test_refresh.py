@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import re
+import secrets
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import NamedTuple
@@ -28,7 +29,7 @@ from conftest import PASSWORD, TEST_DATABASE_URL, Account, sign_up
 from limits import AbuseLimits, configured_limits
 from live_server import LiveServer
 from main import app
-from models import RefreshToken, TokenFamily
+from models import RefreshToken, TokenFamily, utc_now
 
 INVALID_REFRESH = {"detail": "Invalid or expired refresh token"}
 INVALID_TOKEN = {"detail": "Could not validate credentials"}
@@ -293,6 +294,32 @@ def test_deleting_the_account_removes_every_session_and_token(client, engine, ca
     assert families == [bob.id, bob.id]  # bob's signup and his login
     assert set(token_families) == {family_of(bob.token), family_of(bobs_session.access)}
     assert_access_works(client, refreshed(client, bobs_session.refresh).access, bob.id)
+
+
+def forged_access(account: Account, **claims) -> str:
+    """The account's own access token with claims changed, signed with the server's secret."""
+    now = utc_now()
+    original = jwt.decode(account.token, options={"verify_signature": False})
+    changed = {**original, "iat": now, "exp": now + timedelta(minutes=5), "jti": secrets.token_urlsafe(16), **claims}
+    return jwt.encode({name: value for name, value in changed.items() if value is not None}, settings.jwt_secret)
+
+
+def test_an_access_token_of_an_unknown_session_is_401(client, carol):
+    account, _ = carol
+    assert_access_works(client, forged_access(account), account.id)  # the control: only fam differs
+    for family in ("no-such-session", "x" * 33, 42, ""):
+        assert_access_refused(client, forged_access(account, fam=family))
+
+
+def test_an_access_token_without_a_session_ends_by_its_own_logout(client, carol):
+    """A token with no fam claim belongs to no session: it works, and logout ends that
+    token alone."""
+    account, first = carol
+    sessionless = forged_access(account, fam=None)
+    assert_access_works(client, sessionless, account.id)
+    assert client.post("/api/auth/logout", headers=bearer(sessionless)).status_code == 204
+    assert_access_refused(client, sessionless)
+    assert_access_works(client, refreshed(client, first.refresh).access, account.id)
 
 
 # --- storage ---

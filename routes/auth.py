@@ -293,7 +293,8 @@ def logout(claims: TokenClaimsDep, user: CurrentUser, session: SessionDep, now: 
     """End the presented token's session at once, on every worker: its refresh token and
     every access token issued in it. The user's other sessions keep working."""
     # CurrentUser is asked for only to check the token: one already logged out is a 401.
-    end_family(session, claims.family_id)
+    if claims.family_id is not None:
+        end_family(session, claims.family_id)
     revoke_token(session, claims, now)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
