@@ -354,14 +354,15 @@ def test_the_database_holds_no_raw_refresh_token(client, engine, carol, clock):
 
 def test_a_refresh_token_expires_30_days_after_it_was_issued(client, carol, clock):
     account, first = carol
-    kept = login(client, account.email)
+    other = login(client, account.email)
     clock.advance(days=30, seconds=-1)
-    second = refreshed(client, first.refresh)
-    clock.advance(seconds=1)  # exactly 30 days after the login
-    assert_refresh_refused(client, kept.refresh)
-    # An expired token is not a replay: the session it belonged to is not ended by it.
-    assert_access_works(client, kept.access, account.id)
-    assert_access_works(client, refreshed(client, second.refresh).access, account.id)
+    other_next = refreshed(client, other.refresh)  # the last second of its life
+    clock.advance(seconds=1)  # exactly 30 days after signup and login
+    assert_refresh_refused(client, first.refresh)
+    # Expiry comes before the grace period, and an expired token is no replay: the session
+    # of the token used a second ago goes on.
+    assert_refresh_refused(client, other.refresh)
+    assert_access_works(client, refreshed(client, other_next.refresh).access, account.id)
 
 
 def test_a_session_that_keeps_refreshing_has_no_other_limit(client, carol, clock):
