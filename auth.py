@@ -25,7 +25,7 @@ from sqlmodel import Session, select
 
 from config import settings
 from db import SessionDep
-from models import RevokedToken, User
+from models import RevokedToken, TokenFamily, User
 from schemas import BCRYPT_MAX_BYTES, MAX_ID, IdPath
 
 JWT_ALGORITHM = "HS256"
@@ -33,6 +33,7 @@ JWT_ALGORITHM = "HS256"
 # column's 64 characters). int() would also read " 2 ", "+2", "0_2" and "١" as 2.
 CANONICAL_USER_ID = re.compile(r"[1-9][0-9]{0,18}")
 TOKEN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+FAMILY_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")  # the token family id column's size
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 T = TypeVar("T")
 
@@ -117,7 +118,7 @@ def account_stamp(user: User) -> int:
     return (created_at - EPOCH) // timedelta(microseconds=1)
 
 
-def create_access_token(user: User, now: datetime) -> str:
+def create_access_token(user: User, now: datetime, family_id: str) -> str:
     claims = {
         "sub": str(user.id),
         "iat": now,
@@ -125,6 +126,7 @@ def create_access_token(user: User, now: datetime) -> str:
         "jti": secrets.token_urlsafe(16),  # names this one token, so logout can revoke it alone
         "gen": user.token_generation,
         "acct": account_stamp(user),
+        "fam": family_id,  # the login session it belongs to: ending that ends this token too
     }
     return jwt.encode(claims, settings.jwt_secret, algorithm=JWT_ALGORITHM)
 
@@ -146,6 +148,7 @@ class TokenClaims(NamedTuple):
     token_id: str  # the jti
     generation: int
     account: int | None  # the account's creation time (see account_stamp); None in older tokens
+    family_id: str | None  # None: a token of no session, which logout, a password change or expiry ends
     expires_at: datetime
 
 
@@ -167,6 +170,7 @@ async def get_token_claims(token: Annotated[str, Depends(oauth2_scheme)]) -> Tok
             and is_plain(TOKEN_ID, claims["jti"])
             and type(claims["gen"]) is int
             and type(claims.get("acct", 0)) is int
+            and ("fam" not in claims or is_plain(FAMILY_ID, claims["fam"]))
         ):
             raise ValueError("not a token this API issues")
         token_claims = TokenClaims(
@@ -174,6 +178,7 @@ async def get_token_claims(token: Annotated[str, Depends(oauth2_scheme)]) -> Tok
             token_id=claims["jti"],
             generation=claims["gen"],
             account=claims.get("acct"),
+            family_id=claims.get("fam"),
             expires_at=datetime.fromtimestamp(claims["exp"], timezone.utc),
         )
     except (jwt.InvalidTokenError, ValueError, TypeError, OverflowError, OSError):
@@ -186,19 +191,25 @@ async def get_token_claims(token: Annotated[str, Depends(oauth2_scheme)]) -> Tok
 TokenClaimsDep = Annotated[TokenClaims, Depends(get_token_claims)]
 
 
-# One query, two primary-key lookups: the user, and whether this token was logged out.
+# One query, three primary-key lookups: the user, whether this token was logged out, and
+# whether its family (its login session) still exists.
 # Built once, not per request: constructing the statement cost more than running it.
-USER_AND_LOGOUT = select(User, exists().where(RevokedToken.jti == bindparam("jti"))).where(
-    User.id == bindparam("user_id")
-)
+USER_AND_LOGOUT = select(
+    User,
+    exists().where(RevokedToken.jti == bindparam("jti")),
+    exists().where(TokenFamily.id == bindparam("family_id")),
+).where(User.id == bindparam("user_id"))
 
 
 def get_current_user(claims: TokenClaimsDep, session: SessionDep) -> User:
-    row = session.exec(USER_AND_LOGOUT, params={"jti": claims.token_id, "user_id": claims.user_id}).first()
+    row = session.exec(
+        USER_AND_LOGOUT, params={"jti": claims.token_id, "family_id": claims.family_id, "user_id": claims.user_id}
+    ).first()
     if row is None:  # deleted since the token was issued
         raise invalid_credentials()
-    user, revoked = row
-    if revoked or user.token_generation != claims.generation:  # logged out, or password changed
+    user, revoked, family_alive = row
+    session_ended = claims.family_id is not None and not family_alive  # logout, a replayed refresh token
+    if revoked or session_ended or user.token_generation != claims.generation:  # or password changed
         raise invalid_credentials()
     # Another account that was given the same id. Tokens issued before `acct` existed carry
     # none; they pass on id and generation alone until they expire, so an upgrade logs no one out.

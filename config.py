@@ -29,6 +29,8 @@ class Settings:
     database_url: str
     jwt_secret: str
     access_token_expire_minutes: int
+    refresh_token_expire_days: int
+    refresh_token_grace_seconds: int
     bcrypt_rounds: int
     cors_origins: list[str]
     # Abuse limits; a limit of 0 turns it off (benchmarks, test suites that create many users).
@@ -151,6 +153,8 @@ def load_settings() -> Settings:
         database_url=database_url_setting(),
         jwt_secret=jwt_secret,
         access_token_expire_minutes=int_setting("ACCESS_TOKEN_EXPIRE_MINUTES", 60, 1, 60 * 24 * 30),
+        refresh_token_expire_days=int_setting("REFRESH_TOKEN_EXPIRE_DAYS", 30, 1, 365),
+        refresh_token_grace_seconds=int_setting("REFRESH_TOKEN_GRACE_SECONDS", 10, 0, 60),
         bcrypt_rounds=int_setting("BCRYPT_ROUNDS", 12, 4, 31),  # bcrypt's own range
         cors_origins=[origin.strip() for origin in origins.split(",") if origin.strip()],
         login_failure_limit=int_setting("LOGIN_FAILURE_LIMIT", 5, 0, 1_000_000),

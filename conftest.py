@@ -18,6 +18,8 @@ os.environ["BCRYPT_ROUNDS"] = "4"
 os.environ["JWT_SECRET"] = secrets.token_urlsafe(48)
 os.environ.pop("CORS_ORIGINS", None)
 os.environ.pop("ACCESS_TOKEN_EXPIRE_MINUTES", None)
+os.environ.pop("REFRESH_TOKEN_EXPIRE_DAYS", None)
+os.environ.pop("REFRESH_TOKEN_GRACE_SECONDS", None)
 # The abuse limits are off by default here, since many tests sign up many users; the
 # tests of the limits themselves set theirs through the configured_limits dependency.
 os.environ["LOGIN_FAILURE_LIMIT"] = "0"

@@ -216,13 +216,23 @@ class TokenResponse(SQLModel):
         ".eyJzdWIiOiIxIiwiaWF0IjoxNzcyMzY2NDAwLCJleHAiOjE3NzIzNzAwMDB9.c2lnbmF0dXJl",
         token_type="bearer",
         expires_in=3600,
+        refresh_token="Xq3V0m9rJ2kT8bYwL5nC1sD7fG4hP6aZ0eR2tU8iO3w",
+        refresh_expires_in=2592000,
         user={"id": 1, "email": "alice@example.com", "name": "Alice", "created_at": EXAMPLE_TIME},
     )
 
     access_token: str
     token_type: Literal["bearer"] = "bearer"
     expires_in: int  # seconds
+    refresh_token: str  # opaque; trade it at POST /api/auth/refresh for a new pair
+    refresh_expires_in: int  # seconds
     user: UserPublic
+
+
+class RefreshRequest(SQLModel):
+    model_config = example(refresh_token="Xq3V0m9rJ2kT8bYwL5nC1sD7fG4hP6aZ0eR2tU8iO3w")
+
+    refresh_token: str = Field(min_length=1, max_length=256)  # any other string is simply unknown
 
 
 # --- tasks ---

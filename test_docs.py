@@ -175,6 +175,7 @@ OPERATIONS = {
     ("DELETE", "/api/auth/me"): ("deleteMe", "auth"),
     ("POST", "/api/auth/logout"): ("logout", "auth"),
     ("PUT", "/api/auth/password"): ("changePassword", "auth"),
+    ("POST", "/api/auth/refresh"): ("refresh", "auth"),
     ("GET", "/api/{user_id}/tasks"): ("listTasks", "tasks"),
     ("POST", "/api/{user_id}/tasks"): ("createTask", "tasks"),
     ("GET", "/api/{user_id}/tasks/{task_id}"): ("getTask", "tasks"),
@@ -268,15 +269,17 @@ def test_every_error_response_shows_an_example_detail(client):
 )
 def test_each_request_example_is_accepted_by_the_api(client, method, path):
     """Sent as "Try it out" would send it, by the user of the signup example, to that
-    user's own path and task: the answer must be the documented success status."""
+    user's own path and task, with that user's refresh token pasted in place of the
+    example's: the answer must be the documented success status."""
     openapi = fetch_openapi(client)
     operation = schema_operations(openapi)[(method, path)]
-    headers, path_values = {}, {}
+    headers, path_values, own_values = {}, {}, {}
     if path != SIGNUP_PATH:
         response = client.post(SIGNUP_PATH, json=body_example(openapi, "POST", SIGNUP_PATH))
         assert response.status_code == 201, response.text
         headers = {"Authorization": f"Bearer {response.json()['access_token']}"}
         path_values["user_id"] = response.json()["user"]["id"]
+        own_values["refresh_token"] = response.json()["refresh_token"]
     if "{task_id}" in path:
         task = body_example(openapi, "POST", "/api/{user_id}/tasks")
         response = client.post(f"/api/{path_values['user_id']}/tasks", json=task, headers=headers)
@@ -285,6 +288,7 @@ def test_each_request_example_is_accepted_by_the_api(client, method, path):
 
     ((media_type, media),) = operation["requestBody"]["content"].items()
     example = first_example(openapi, media)
+    example = {name: own_values.get(name, value) for name, value in example.items()}
     is_form = media_type == "application/x-www-form-urlencoded"
     body = {"data": example} if is_form else {"json": example}
     response = client.request(method, path.format(**path_values), headers=headers, **body)

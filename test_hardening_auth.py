@@ -354,16 +354,17 @@ def account_claim(account: Account) -> int:
     return jwt.decode(account.token, options={"verify_signature": False})["acct"]
 
 
+def family_of(token: str) -> str:
+    return jwt.decode(token, options={"verify_signature": False})["fam"]
+
+
 def complete_claims(account: Account) -> dict:
+    """Every claim, in the account's own session (its family must exist)."""
     now = utc_now()
     return {
-        "sub": str(account.id),
-        "iat": now,
-        "exp": now + timedelta(minutes=5),
-        "jti": "forged",
-        "gen": 0,
-        "acct": account_claim(account),
-    }
+        "sub": str(account.id), "iat": now, "exp": now + timedelta(minutes=5), "jti": "forged", "gen": 0,
+        "acct": account_claim(account), "fam": family_of(account.token),
+    }  # fmt: skip
 
 
 def test_a_token_with_every_claim_and_our_secret_works(client, alice):
@@ -473,6 +474,7 @@ def test_a_token_with_another_account_stamp_is_401(client, alice, stamp):
 
 
 def test_revoked_tokens_are_pruned_once_they_would_have_expired(client, engine, clock, alice):
+    second_session = login(client, alice.email, PASSWORD).json()["access_token"]
     real_now = utc_now()
     short_lived_claims = {
         "sub": str(alice.id),
@@ -481,6 +483,7 @@ def test_revoked_tokens_are_pruned_once_they_would_have_expired(client, engine, 
         "jti": "short-lived",
         "gen": 0,
         "acct": account_claim(alice),
+        "fam": family_of(second_session),
     }
     short_lived = jwt.encode(short_lived_claims, settings.jwt_secret, algorithm="HS256")
     clock.now = real_now

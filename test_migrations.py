@@ -402,6 +402,50 @@ def test_a_database_of_the_release_before_migrations_is_upgraded_in_place_by_uvi
     assert new_rows == {"user": 1, "task": 1, "tasktag": 1}
 
 
+def test_a_database_at_0001_upgrades_to_refresh_tokens_keeping_its_rows_and_tokens(tmp_path, database_url):
+    """0002_refresh_tokens only adds its two tables: every row stays, an access token issued
+    before it keeps working (it belongs to no session), and a login starts a session."""
+    engine = db.make_engine(database_url)
+    upgrade_to(engine, db.FIRST_REVISION)
+    made = fill_like_the_release_before_migrations(engine)
+    rows_before = rows_of(engine)
+    jwt_secret = secrets.token_urlsafe(48)
+    issued_before = {"Authorization": f"Bearer {token_for(made['ada'], 0, jwt_secret)}"}
+
+    with LiveServer(tmp_path, env={"DATABASE_URL": database_url, "JWT_SECRET": jwt_secret}) as server:
+        with httpx2.Client(base_url=server.url, timeout=30) as http:
+            me = http.get("/api/auth/me", headers=issued_before)
+            login = http.post("/api/auth/login", json={"email": "ada@example.com", "password": PASSWORD})
+            refreshed = http.post("/api/auth/refresh", json={"refresh_token": login.json()["refresh_token"]})
+            logout = http.post("/api/auth/logout", headers=issued_before)
+            after_logout = http.get("/api/auth/me", headers=issued_before)
+        server_log = server.log()
+
+    assert (me.status_code, me.json()["id"]) == (200, made["ada"])
+    assert login.status_code == 200, login.text
+    assert refreshed.status_code == 200, refreshed.text
+    assert refreshed.json()["user"]["id"] == made["ada"]
+    assert (logout.status_code, after_logout.status_code) == (204, 401)
+    assert f"Upgraded the database schema from revision {db.FIRST_REVISION} to 0002_refresh_tokens" in server_log
+    assert "Traceback" not in server_log
+    rows_after = rows_of(engine)
+    for table in ("user", "task", "tasktag"):
+        assert rows_after[table] == rows_before[table], table
+    for table in ("revokedtoken", "ratelimitevent"):  # the logout and the login add theirs
+        assert rows_before[table] <= rows_after[table], table
+    with engine.connect() as connection:
+        sessions = connection.execute(text("SELECT user_id FROM tokenfamily")).scalars().all()
+        refresh_tokens = connection.execute(text("SELECT count(*) FROM refreshtoken")).scalar_one()
+    assert (sessions, refresh_tokens) == ([made["ada"]], 2)
+
+    downgrade_to(engine, db.FIRST_REVISION)  # and back: the sessions go, the accounts stay
+    assert current_revisions(engine) == (db.FIRST_REVISION,)
+    assert {table: rows for table, rows in rows_of(engine).items() if table in ("user", "task", "tasktag")} == {
+        table: rows_before[table] for table in ("user", "task", "tasktag")
+    }
+    engine.dispose()
+
+
 def test_a_database_with_only_some_of_the_tables_is_left_alone(database):
     with database.begin() as connection:
         connection.exec_driver_sql("CREATE TABLE revokedtoken (jti VARCHAR(64) PRIMARY KEY)")
