@@ -7,6 +7,7 @@ tokens are PyJWT HS256 (python-jose is unmaintained).
 
 import concurrent.futures
 import os
+import re
 import secrets
 import sys
 import threading
@@ -26,11 +27,16 @@ import better_auth
 from better_auth import BetterAuthClaims, KeySetUnavailable
 from config import settings
 from db import SessionDep
-from models import RevokedToken, User
+from models import RevokedToken, TokenFamily, User
 from schemas import BCRYPT_MAX_BYTES, MAX_ID, UserIdPath, error_response
 
 JWT_ALGORITHM = "HS256"
-MAX_TOKEN_ID_LENGTH = 64  # the jti column's size
+# What this API writes: sub in plain decimal, jti from token_urlsafe (at most the jti
+# column's 64 characters). int() would also read " 2 ", "+2", "0_2" and "١" as 2.
+CANONICAL_USER_ID = re.compile(r"[1-9][0-9]{0,18}")
+TOKEN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+FAMILY_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")  # the token family id column's size
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 T = TypeVar("T")
 
 # bcrypt is meant to be slow (about 0.25 s of one core at 12 rounds). Unbounded concurrent
@@ -97,19 +103,32 @@ DUMMY_HASH = hash_password(secrets.token_urlsafe(16))
 
 def verify_password(password: str, password_hash: str | None) -> bool:
     """Constant-time check. With no hash (unknown user) it still does one full bcrypt
-    verification, and a password over bcrypt's limit is a plain mismatch."""
+    verification. A password over bcrypt's limit is a plain mismatch, and so is one with
+    a NUL: bcrypt stops reading there, so eight NULs would pass as the empty password."""
     candidate = password.encode(errors="surrogatepass")
     matches = run_hash(bcrypt.checkpw, candidate[:BCRYPT_MAX_BYTES], (password_hash or DUMMY_HASH).encode())
-    return matches and password_hash is not None and len(candidate) <= BCRYPT_MAX_BYTES
+    return matches and password_hash is not None and len(candidate) <= BCRYPT_MAX_BYTES and b"\0" not in candidate
 
 
-def create_access_token(user: User, now: datetime) -> str:
+def account_stamp(user: User) -> int:
+    """The account's creation time in whole microseconds: with the id, it names one account,
+    so a token cannot pass to a new account that gets the same id (a database replaced
+    while the secret stays). SQLite and PostgreSQL both keep microseconds."""
+    created_at = user.created_at
+    if created_at.tzinfo is None:
+        created_at = created_at.replace(tzinfo=timezone.utc)
+    return (created_at - EPOCH) // timedelta(microseconds=1)
+
+
+def create_access_token(user: User, now: datetime, family_id: str) -> str:
     claims = {
         "sub": str(user.id),
         "iat": now,
         "exp": now + timedelta(minutes=settings.access_token_expire_minutes),
         "jti": secrets.token_urlsafe(16),  # names this one token, so logout can revoke it alone
         "gen": user.token_generation,
+        "acct": account_stamp(user),
+        "fam": family_id,  # the login session it belongs to: ending that ends this token too
     }
     return jwt.encode(claims, settings.jwt_secret, algorithm=JWT_ALGORITHM)
 
@@ -130,7 +149,13 @@ class TokenClaims(NamedTuple):
     user_id: int
     token_id: str  # the jti
     generation: int
+    account: int | None  # the account's creation time (see account_stamp); None in older tokens
+    family_id: str | None  # None: a token of no session, which logout, a password change or expiry ends
     expires_at: datetime
+
+
+def is_plain(pattern: re.Pattern, value: object) -> bool:
+    return isinstance(value, str) and pattern.fullmatch(value) is not None
 
 
 async def get_token_claims(token: Annotated[str, Depends(oauth2_scheme)]) -> TokenClaims:
@@ -142,20 +167,25 @@ async def get_token_claims(token: Annotated[str, Depends(oauth2_scheme)]) -> Tok
             algorithms=[JWT_ALGORITHM],
             options={"require": ["exp", "iat", "sub", "jti", "gen"]},
         )
+        if not (
+            is_plain(CANONICAL_USER_ID, claims["sub"])
+            and is_plain(TOKEN_ID, claims["jti"])
+            and type(claims["gen"]) is int
+            and type(claims.get("acct", 0)) is int
+            and ("fam" not in claims or is_plain(FAMILY_ID, claims["fam"]))
+        ):
+            raise ValueError("not a token this API issues")
         token_claims = TokenClaims(
             user_id=int(claims["sub"]),
             token_id=claims["jti"],
             generation=claims["gen"],
+            account=claims.get("acct"),
+            family_id=claims.get("fam"),
             expires_at=datetime.fromtimestamp(claims["exp"], timezone.utc),
         )
     except (jwt.InvalidTokenError, ValueError, TypeError, OverflowError, OSError):
         raise invalid_credentials() from None
-    if not (
-        1 <= token_claims.user_id <= MAX_ID
-        and isinstance(token_claims.token_id, str)
-        and len(token_claims.token_id) <= MAX_TOKEN_ID_LENGTH
-        and type(token_claims.generation) is int
-    ):
+    if token_claims.user_id > MAX_ID:
         raise invalid_credentials()
     return token_claims
 
@@ -195,11 +225,14 @@ async def get_any_token_claims(token: Annotated[str, Depends(oauth2_scheme)]) ->
 TokenClaimsDep = Annotated[TokenClaims | BetterAuthClaims, Depends(get_any_token_claims)]
 
 
-# One query, two primary-key lookups: the user, and whether this token was logged out.
+# One query, three primary-key lookups: the user, whether this token was logged out, and
+# whether its family (its login session) still exists.
 # Built once, not per request: constructing the statement cost more than running it.
-USER_AND_LOGOUT = select(User, exists().where(RevokedToken.jti == bindparam("jti"))).where(
-    User.id == bindparam("user_id")
-)
+USER_AND_LOGOUT = select(
+    User,
+    exists().where(RevokedToken.jti == bindparam("jti")),
+    exists().where(TokenFamily.id == bindparam("family_id")),
+).where(User.id == bindparam("user_id"))
 
 
 def get_current_user(claims: TokenClaimsDep, session: SessionDep) -> User:
@@ -208,11 +241,18 @@ def get_current_user(claims: TokenClaimsDep, session: SessionDep) -> User:
         if revoked:
             raise invalid_credentials()
         return user
-    row = session.exec(USER_AND_LOGOUT, params={"jti": claims.token_id, "user_id": claims.user_id}).first()
+    row = session.exec(
+        USER_AND_LOGOUT, params={"jti": claims.token_id, "family_id": claims.family_id, "user_id": claims.user_id}
+    ).first()
     if row is None:  # deleted since the token was issued
         raise invalid_credentials()
-    user, revoked = row
-    if revoked or user.token_generation != claims.generation:  # logged out, or password changed
+    user, revoked, family_alive = row
+    session_ended = claims.family_id is not None and not family_alive  # logout, a replayed refresh token
+    if revoked or session_ended or user.token_generation != claims.generation:  # or password changed
+        raise invalid_credentials()
+    # Another account that was given the same id. Tokens issued before `acct` existed carry
+    # none; they pass on id and generation alone until they expire, so an upgrade logs no one out.
+    if claims.account is not None and account_stamp(user) != claims.account:
         raise invalid_credentials()
     return user
 

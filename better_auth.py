@@ -75,6 +75,7 @@ class BetterAuthClaims(NamedTuple):
     subject: str  # the Better Auth user id
     token_id: str  # SHA-256 of the token (no jti): what logout records
     expires_at: datetime
+    family_id: None = None  # no login session (refresh token family) here: Better Auth keeps it
 
 
 def download_key_set(url: str) -> dict[str, jwt.PyJWK]:

@@ -10,8 +10,16 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
 MIN_SECRET_BYTES = 32
 MAX_URL_LENGTH = 255  # BETTER_AUTH_URL is stored as the issuer of its accounts
+DATABASE_URL_FORMS = "sqlite:///PATH, sqlite:///:memory: or postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
+# The schemes hosts hand out for PostgreSQL, and the driver this project installs.
+POSTGRESQL_SCHEMES = ("postgres://", "postgresql://")
+POSTGRESQL_DRIVER = "postgresql+psycopg"
+SQLITE_DRIVERS = ("sqlite", "sqlite+pysqlite")
 DEFAULT_CORS_ORIGINS = (
     "http://localhost:3000,http://127.0.0.1:3000,http://localhost:5173,http://127.0.0.1:5173"
 )
@@ -22,9 +30,11 @@ class Settings:
     database_url: str
     jwt_secret: str
     access_token_expire_minutes: int
+    refresh_token_expire_days: int
+    refresh_token_grace_seconds: int
     bcrypt_rounds: int
     cors_origins: list[str]
-    # Abuse limits; 0 turns a limit off (benchmarks, test suites that create many users).
+    # Abuse limits; a limit of 0 turns it off (benchmarks, test suites that create many users).
     login_failure_limit: int
     login_failure_window_minutes: int
     auth_requests_per_minute: int
@@ -58,13 +68,65 @@ def load_or_create_secret(path: Path) -> str:
     return path.read_text().strip()
 
 
+def read_secret_file(path: Path) -> str:
+    try:
+        return load_or_create_secret(path)
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else "not a text file"
+        raise SystemExit(
+            f"JWT_SECRET_FILE: cannot read or create {path} ({reason}). Point it at a file in an "
+            "existing folder that this user can write, or set JWT_SECRET"
+        ) from None
+
+
 def require_strong_secret(secret: str, source: str) -> str:
+    # Surrounding whitespace (a pasted newline, a secret of spaces) adds no secrecy.
+    secret = secret.strip()
     if len(secret.encode()) < MIN_SECRET_BYTES:
         raise SystemExit(
-            f"{source} must be at least {MIN_SECRET_BYTES} bytes long. "
+            f"{source} must be at least {MIN_SECRET_BYTES} bytes long, not counting surrounding whitespace. "
             'Generate one with: python -c "import secrets; print(secrets.token_urlsafe(48))"'
         )
     return secret
+
+
+def check_sqlite_file(database: str | None) -> None:
+    """Stop start-up with one line if SQLite could not create or write the file, instead
+    of a traceback at start-up or a 500 at the first write."""
+    if database in (None, "", ":memory:"):
+        return  # in memory
+    path = Path(database)
+    folder = path.parent
+    elsewhere = "point DATABASE_URL at a file in a folder that this user can write"
+    if not folder.is_dir():
+        raise SystemExit(f"DATABASE_URL: the folder {folder} does not exist; create it, or {elsewhere}")
+    if path.is_dir():
+        raise SystemExit(f"DATABASE_URL: {path} is a folder, not a database file; {elsewhere}")
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        raise SystemExit(f"DATABASE_URL: {path} is read-only for this user; make it writable, or {elsewhere}")
+    # SQLite creates the file, and its -wal and -shm files, beside it.
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise SystemExit(
+            f"DATABASE_URL: the folder {folder} is read-only for this user; make it writable, or {elsewhere}"
+        )
+
+
+def database_url_setting() -> str:
+    """DATABASE_URL, with postgres:// and postgresql:// read as PostgreSQL through psycopg.
+    No message repeats the URL: it may hold a password."""
+    raw = os.environ.get("DATABASE_URL", "sqlite:///./todo.db").strip()
+    for scheme in POSTGRESQL_SCHEMES:
+        if raw.startswith(scheme):
+            raw = f"{POSTGRESQL_DRIVER}://{raw.removeprefix(scheme)}"
+    try:
+        url = make_url(raw)
+    except ArgumentError:
+        raise SystemExit(f"DATABASE_URL is not a database URL; use {DATABASE_URL_FORMS}") from None
+    if url.drivername in SQLITE_DRIVERS:
+        check_sqlite_file(url.database)
+    elif url.drivername != POSTGRESQL_DRIVER:
+        raise SystemExit(f"DATABASE_URL: {url.drivername}:// is not supported; use {DATABASE_URL_FORMS}")
+    return raw
 
 
 def int_setting(name: str, default: int, low: int, high: int) -> int:
@@ -117,17 +179,20 @@ def load_settings() -> Settings:
         jwt_secret = require_strong_secret(os.environ["JWT_SECRET"], "JWT_SECRET")
     else:
         secret_file = Path(os.environ.get("JWT_SECRET_FILE", ".jwt_secret"))
-        jwt_secret = require_strong_secret(load_or_create_secret(secret_file), str(secret_file))
+        jwt_secret = require_strong_secret(read_secret_file(secret_file), str(secret_file))
     origins = os.environ.get("CORS_ORIGINS", DEFAULT_CORS_ORIGINS)
     better_auth_url, better_auth_jwks_url, better_auth_secret = better_auth_settings(jwt_secret)
     return Settings(
-        database_url=os.environ.get("DATABASE_URL", "sqlite:///./todo.db"),
+        database_url=database_url_setting(),
         jwt_secret=jwt_secret,
         access_token_expire_minutes=int_setting("ACCESS_TOKEN_EXPIRE_MINUTES", 60, 1, 60 * 24 * 30),
+        refresh_token_expire_days=int_setting("REFRESH_TOKEN_EXPIRE_DAYS", 30, 1, 365),
+        refresh_token_grace_seconds=int_setting("REFRESH_TOKEN_GRACE_SECONDS", 10, 0, 60),
         bcrypt_rounds=int_setting("BCRYPT_ROUNDS", 12, 4, 31),  # bcrypt's own range
         cors_origins=[origin.strip() for origin in origins.split(",") if origin.strip()],
         login_failure_limit=int_setting("LOGIN_FAILURE_LIMIT", 5, 0, 1_000_000),
-        login_failure_window_minutes=int_setting("LOGIN_FAILURE_WINDOW_MINUTES", 15, 0, 60 * 24 * 30),
+        # A window of 0 would count nothing, so it is refused: LOGIN_FAILURE_LIMIT=0 turns the limit off.
+        login_failure_window_minutes=int_setting("LOGIN_FAILURE_WINDOW_MINUTES", 15, 1, 60 * 24 * 30),
         auth_requests_per_minute=int_setting("AUTH_REQUESTS_PER_MINUTE", 20, 0, 1_000_000),
         # NORMAL: no committed write is lost when the server crashes; FULL: nor when the
         # machine loses power. OFF is not offered: it can corrupt the file.

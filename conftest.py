@@ -18,6 +18,8 @@ os.environ["BCRYPT_ROUNDS"] = "4"
 os.environ["JWT_SECRET"] = secrets.token_urlsafe(48)
 os.environ.pop("CORS_ORIGINS", None)
 os.environ.pop("ACCESS_TOKEN_EXPIRE_MINUTES", None)
+os.environ.pop("REFRESH_TOKEN_EXPIRE_DAYS", None)
+os.environ.pop("REFRESH_TOKEN_GRACE_SECONDS", None)
 # Better Auth is off, as by default; test_better_auth.py configures its own per test.
 for better_auth_setting in ("BETTER_AUTH_URL", "BETTER_AUTH_JWKS_URL", "BETTER_AUTH_SECRET"):
     os.environ.pop(better_auth_setting, None)
@@ -44,6 +46,17 @@ from main import app  # noqa: E402
 from routes.tasks import request_time  # noqa: E402
 
 PASSWORD = "correct horse battery"
+
+
+def require_tool(available: bool, reason: str) -> None:
+    """Skip a test whose tool (Node, Chromium, Playwright) this machine lacks, saying how to
+    install it. In CI (the environment variable CI is set) fail instead: there .ci/run
+    installs every tool, so a missing one is a broken install step, not a reason to skip."""
+    if available:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"CI is set, so this is a failure: {reason}")
+    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from anyio import CancelScope, CapacityLimiter, to_thread
 from fastapi import Depends
-from sqlalchemy import Connection, Engine, event, inspect, text
+from sqlalchemy import Connection, Engine, event, inspect, make_url, text
+from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, create_engine
 
 from config import settings
@@ -57,12 +58,17 @@ def configure_sqlite(dbapi_connection, _connection_record) -> None:
 def make_engine(url: str) -> Engine:
     # hide_parameters keeps bound values (password hashes among them) out of error logs.
     if url.startswith("sqlite"):
+        if make_url(url).database in (None, "", ":memory:"):
+            # Each connection to :memory: would be a database of its own, so every request
+            # shares one connection: for demos and tests, not for concurrent writers.
+            pooling = {"poolclass": StaticPool}
+        else:
+            pooling = {"pool_size": THREADPOOL_SIZE, "max_overflow": 0}
         engine = create_engine(
             url,
             hide_parameters=True,
             connect_args={"check_same_thread": False},  # a request may cross threads
-            pool_size=THREADPOOL_SIZE,
-            max_overflow=0,
+            **pooling,
         )
         event.listen(engine, "connect", configure_sqlite)
         return engine
@@ -129,7 +135,8 @@ def schema_transaction(target: Engine) -> Iterator[Connection]:
                 if connection.exec_driver_sql("PRAGMA foreign_key_check").first() is not None:
                     raise SchemaError("The migration was rolled back: it left a foreign key pointing to no row")
             except BaseException:
-                connection.exec_driver_sql("ROLLBACK")
+                if connection.connection.dbapi_connection.in_transaction:  # SQLite may have rolled back itself
+                    connection.exec_driver_sql("ROLLBACK")
                 raise
             connection.exec_driver_sql("COMMIT")
         finally:

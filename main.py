@@ -1,6 +1,8 @@
 """The Todo API application: run it with `uvicorn main:app`.
 
-Wires the routers together and makes every error a JSON {"detail": ...} body.
+Wires the routers together and makes every error a JSON {"detail": ...} body. Serves the
+interactive docs (/docs, /redoc) from files installed with fastapi-offline, so they work with
+no internet, and a small index at / that links them.
 """
 
 import logging
@@ -8,6 +10,7 @@ import re
 import secrets
 import sys
 import time
+import traceback
 from contextlib import asynccontextmanager
 
 from anyio import to_thread
@@ -15,12 +18,15 @@ from fastapi import FastAPI, HTTPException, Request, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, Response
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.routing import APIRoute
+from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import select
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware as StarletteCORSMiddleware
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -30,6 +36,56 @@ from routes import auth, tasks
 from schemas import HealthStatus, error_response
 
 MAX_BODY_BYTES = 64 * 1024
+
+# C0 and C1 controls (a newline forges a log line, ESC drives the terminal), the Unicode
+# line separators, and lone surrogates (which the log's UTF-8 stream cannot write).
+CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+
+def escape_controls(text: str) -> str:
+    """Control characters as Python escapes (\\n, \\x1b), so the text stays on its line."""
+    return CONTROL_CHARACTERS.sub(lambda match: match.group().encode("unicode_escape").decode(), text)
+
+
+def escaped_traceback(error: BaseException) -> str:
+    """The usual traceback, in which each exception's own text, where client input can
+    end up, is escaped onto one line. The frames come from our source files and keep
+    their line breaks."""
+    chain = []
+    link: traceback.TracebackException | None = traceback.TracebackException.from_exception(error)
+    while link is not None:
+        if link.__cause__ is not None:
+            chain.append((link, "\nThe above exception was the direct cause of the following exception:\n\n"))
+            link = link.__cause__
+        elif link.__context__ is not None and not link.__suppress_context__:
+            chain.append((link, "\nDuring handling of the above exception, another exception occurred:\n\n"))
+            link = link.__context__
+        else:
+            chain.append((link, ""))
+            link = None
+    lines = []
+    for link, joint in reversed(chain):
+        lines.append(joint)
+        if link.stack:
+            lines += ["Traceback (most recent call last):\n", *link.stack.format()]
+        lines += [escape_controls(line.rstrip("\n")) + "\n" for line in link.format_exception_only()]
+    return "".join(lines).rstrip("\n")
+
+
+class EscapeControlCharacters(logging.Filter):
+    """Escapes control characters in every record of the logger it is added to: the message,
+    its arguments, and the traceback. Clients choose paths, headers and much of what ends
+    up in an exception's message, and none of it may start a line of its own in the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = escape_controls(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(escape_controls(arg) if isinstance(arg, str) else arg for arg in record.args)
+        if record.exc_info and record.exc_info[1] is not None and not record.exc_text:
+            record.exc_text = escaped_traceback(record.exc_info[1])  # formatters use it as it is
+        return True
+
 
 access_log = logging.getLogger("todo.access")
 if not access_log.handlers:
@@ -47,8 +103,17 @@ if not access_log.handlers:
 logging.getLogger("uvicorn.access").disabled = True
 
 error_log = logging.getLogger("uvicorn.error")  # where uvicorn writes its own tracebacks
+for logger in (access_log, error_log):
+    if not any(isinstance(existing, EscapeControlCharacters) for existing in logger.filters):
+        logger.addFilter(EscapeControlCharacters())
 
 SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def logged_path(scope: Scope) -> str:
+    # raw_path is the path as the client sent it, still percent-encoded: what a reader of
+    # the log can paste into a request again. The filter above escapes what is left.
+    return scope.get("raw_path", scope["path"].encode()).decode("ascii", "backslashreplace")
 
 
 class AccessLog:
@@ -78,8 +143,7 @@ class AccessLog:
         def log_line() -> None:
             nonlocal logged
             logged = True
-            # raw_path is still percent-encoded, so a crafted path cannot forge log lines.
-            path = scope.get("raw_path", scope["path"].encode()).decode("ascii", "backslashreplace")
+            path = logged_path(scope)
             elapsed_ms = (time.perf_counter() - started) * 1000
             access_log.info(
                 "%s %s %d %.1fms request_id=%s", scope["method"], path, status_code, elapsed_ms, request_id
@@ -131,7 +195,7 @@ class InternalErrorAsJson:
         except Exception:
             if response_started:
                 raise  # too late for a clean 500: the server closes the connection
-            error_log.exception("Unexpected error in %s %s", scope["method"], scope["path"])
+            error_log.exception("Unexpected error in %s %s", scope["method"], logged_path(scope))
             response = JSONResponse({"detail": "Internal server error"}, status_code=500)
             await response(scope, receive, send)
 
@@ -198,6 +262,19 @@ class StartupRefusal:
         await self.app(scope, receive, send_reason)
 
 
+class CORSMiddleware(StarletteCORSMiddleware):
+    """Starlette's CORS, with a refused preflight answered in JSON like every other error."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code < 400:
+            return response
+        headers = {
+            name: value for name, value in response.headers.items() if name not in ("content-type", "content-length")
+        }
+        return JSONResponse({"detail": bytes(response.body).decode()}, response.status_code, headers)
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI):
     before, now = await to_thread.run_sync(migrate, engine)  # blocking I/O stays off the event loop
@@ -207,11 +284,21 @@ async def lifespan(app: FastAPI):
     engine.dispose()
 
 
+def operation_id(route: APIRoute) -> str:
+    """The route's name (its function's, unless the decorator sets name=) in camelCase:
+    `list_tasks` becomes `listTasks`. Generated clients name their functions after it."""
+    first, *rest = route.name.split("_")
+    return first + "".join(word.capitalize() for word in rest)
+
+
 app = FastAPI(
     title="Todo API",
     version="1.0.0",
     summary="A multi-user todo backend: sign up, log in, and manage your own tasks.",
     lifespan=lifespan,
+    generate_unique_id_function=operation_id,
+    docs_url=None,  # served below, from local files instead of a CDN
+    redoc_url=None,
 )
 app.add_middleware(StartupRefusal)  # acts on the lifespan only
 # Added before CORS, so CORS wraps them and even a 413 or a 500 carries the CORS headers.
@@ -230,16 +317,24 @@ app.include_router(auth.router)
 app.include_router(tasks.router)
 
 
+def readable_context(context: dict) -> dict:
+    return {key: str(value) if isinstance(value, Exception) else value for key, value in context.items()}
+
+
 @app.exception_handler(RequestValidationError)
 async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    # FastAPI's usual format, minus the echoed "input": it could be a password.
-    errors = [{key: value for key, value in error.items() if key != "input"} for error in exc.errors()]
+    # FastAPI's usual format, minus the echoed "input": it could be a password. A value
+    # error keeps its exception in ctx, which JSON would show as {}: its message instead.
+    errors = [
+        {key: readable_context(value) if key == "ctx" else value for key, value in error.items() if key != "input"}
+        for error in exc.errors()
+    ]
     return JSONResponse(
         status_code=status.HTTP_422_UNPROCESSABLE_CONTENT, content={"detail": jsonable_encoder(errors)}
     )
 
 
-HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 
 
 def allowed_methods(request: Request) -> str:
@@ -284,3 +379,83 @@ def health(session: SessionDep) -> HealthStatus:
     except SQLAlchemyError:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail="Database unavailable") from None
     return HealthStatus()
+
+
+# Monitors often probe with HEAD. Left out of the schema: it is GET without the body.
+app.add_api_route("/health", health, methods=["HEAD"], response_model=HealthStatus, include_in_schema=False)
+
+
+# Swagger UI's and ReDoc's JavaScript and CSS, as the fastapi-offline package ships them.
+DOCS_ASSETS_URL = "/docs/assets"
+# The docs pages may load nothing from outside this server. ReDoc's bundle would fetch its
+# "API docs by Redocly" logo from Redocly's CDN; this keeps the pages entirely offline.
+DOCS_CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; worker-src 'self' blob:"
+)
+app.mount(
+    DOCS_ASSETS_URL, StaticFiles(packages=[("fastapi_offline", "static")]), name="docs-assets"
+)
+
+
+@app.get("/docs", include_in_schema=False)
+def swagger_ui(request: Request) -> HTMLResponse:
+    root_path = request.scope.get("root_path", "").rstrip("/")
+    page = get_swagger_ui_html(
+        openapi_url=root_path + app.openapi_url,
+        title=f"{app.title} - Swagger UI",
+        swagger_js_url=f"{root_path}{DOCS_ASSETS_URL}/swagger-ui-bundle.js",
+        swagger_css_url=f"{root_path}{DOCS_ASSETS_URL}/swagger-ui.css",
+        swagger_favicon_url=f"{root_path}{DOCS_ASSETS_URL}/favicon.png",
+        oauth2_redirect_url=root_path + app.swagger_ui_oauth2_redirect_url,
+        init_oauth=app.swagger_ui_init_oauth,
+        swagger_ui_parameters=app.swagger_ui_parameters,
+    )
+    page.headers["Content-Security-Policy"] = DOCS_CONTENT_SECURITY_POLICY
+    return page
+
+
+@app.get(app.swagger_ui_oauth2_redirect_url, include_in_schema=False)
+def swagger_ui_oauth2_redirect() -> HTMLResponse:
+    return get_swagger_ui_oauth2_redirect_html()
+
+
+@app.get("/redoc", include_in_schema=False)
+def redoc(request: Request) -> HTMLResponse:
+    root_path = request.scope.get("root_path", "").rstrip("/")
+    page = get_redoc_html(
+        openapi_url=root_path + app.openapi_url,
+        title=f"{app.title} - ReDoc",
+        redoc_js_url=f"{root_path}{DOCS_ASSETS_URL}/redoc.standalone.js",
+        redoc_favicon_url=f"{root_path}{DOCS_ASSETS_URL}/favicon.png",
+        with_google_fonts=False,
+    )
+    page.headers["Content-Security-Policy"] = DOCS_CONTENT_SECURITY_POLICY
+    return page
+
+
+FRONT_DOOR = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>Todo API</title>
+<link rel="icon" href="docs/assets/favicon.png">
+</head>
+<body>
+<h1>Todo API</h1>
+<p>This is an API: its endpoints are under <code>/api</code>. Start here:</p>
+<ul>
+<li><a href="docs">/docs</a>: interactive documentation (Swagger UI), to try every endpoint</li>
+<li><a href="redoc">/redoc</a>: the same documentation to read (ReDoc)</li>
+<li><a href="openapi.json">/openapi.json</a>: the OpenAPI schema, to generate a client</li>
+<li><a href="health">/health</a>: is the API up and its database answering?</li>
+</ul>
+</body>
+</html>
+"""
+
+
+@app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
+def front_door() -> HTMLResponse:
+    """What a person who opens the server's address in a browser sees: where to go next."""
+    return HTMLResponse(FRONT_DOOR)

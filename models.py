@@ -103,6 +103,28 @@ class RevokedToken(SQLModel, table=True):
     expires_at: datetime = Field(index=True)
 
 
+class TokenFamily(SQLModel, table=True):
+    """One login's session: the refresh tokens that rotation draws from it one after the
+    other, and the access tokens issued with them (their "fam" claim). Deleting the row ends
+    them all: the refresh tokens go with it (cascade), and an access token whose family
+    is gone is refused."""
+
+    id: str = Field(primary_key=True, max_length=32)
+    user_id: int = Field(foreign_key="user.id", ondelete="CASCADE", index=True, sa_type=Id)
+    # When the newest token issued in it expires, refresh or access; pruned after.
+    expires_at: datetime = Field(index=True)
+
+
+class RefreshToken(SQLModel, table=True):
+    """One refresh token, by the SHA-256 of its value: the value itself is never stored.
+    A used token stays until it would have expired, so that a replay of it is recognised."""
+
+    token_hash: str = Field(primary_key=True, max_length=64)  # hex
+    family_id: str = Field(foreign_key="tokenfamily.id", ondelete="CASCADE", index=True, max_length=32)
+    expires_at: datetime = Field(index=True)
+    used_at: datetime | None = None
+
+
 class RateLimitEvent(SQLModel, table=True):
     """One counted event of an abuse limit (a failed login, an auth request), kept until it
     leaves its sliding window. In the database, not in memory, so every worker sees it."""

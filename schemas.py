@@ -13,6 +13,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     EmailStr,
+    StrictBool,
     StringConstraints,
     field_validator,
     model_validator,
@@ -169,6 +170,8 @@ def password_within_bcrypt_limits(password: str) -> str:
         size = len(password.encode())
     except UnicodeEncodeError:
         raise ValueError("Password must be valid Unicode text") from None
+    if "\x00" in password:  # bcrypt stops reading at a NUL: eight NULs would be the empty password
+        raise ValueError("Password must not contain NUL characters")
     if not PASSWORD_MIN_BYTES <= size <= BCRYPT_MAX_BYTES:
         raise ValueError(
             f"Password must be {PASSWORD_MIN_BYTES} to {BCRYPT_MAX_BYTES} bytes in UTF-8 "
@@ -224,13 +227,23 @@ class TokenResponse(SQLModel):
         ".eyJzdWIiOiIxIiwiaWF0IjoxNzcyMzY2NDAwLCJleHAiOjE3NzIzNzAwMDB9.c2lnbmF0dXJl",
         token_type="bearer",
         expires_in=3600,
+        refresh_token="Xq3V0m9rJ2kT8bYwL5nC1sD7fG4hP6aZ0eR2tU8iO3w",
+        refresh_expires_in=2592000,
         user={"id": 1, "email": "alice@example.com", "name": "Alice", "created_at": EXAMPLE_TIME},
     )
 
     access_token: str
     token_type: Literal["bearer"] = "bearer"
     expires_in: int  # seconds
+    refresh_token: str  # opaque; trade it at POST /api/auth/refresh for a new pair
+    refresh_expires_in: int  # seconds
     user: UserPublic
+
+
+class RefreshRequest(SQLModel):
+    model_config = example(refresh_token="Xq3V0m9rJ2kT8bYwL5nC1sD7fG4hP6aZ0eR2tU8iO3w")
+
+    refresh_token: str = Field(min_length=1, max_length=256)  # any other string is simply unknown
 
 
 # --- tasks ---
@@ -248,6 +261,7 @@ class TaskCreate(SQLModel):
     due_date: UtcDateTime | None = None
     tags: Tags = []
     recurrence: Recurrence = "none"
+    completed: StrictBool = False  # a task can be created already done, as when importing
 
     @model_validator(mode="after")
     def recurrence_needs_due_date(self) -> "TaskCreate":
@@ -265,7 +279,7 @@ class TaskUpdate(SQLModel):
     # offer null for them; reject_null below answers an explicit null with 422.
     title: Title | SkipJsonSchema[None] = None
     description: Description | None = None  # an explicit null clears it
-    completed: bool | SkipJsonSchema[None] = None
+    completed: StrictBool | SkipJsonSchema[None] = None  # JSON true or false only
     priority: Priority | SkipJsonSchema[None] = None
     due_date: UtcDateTime | None = None  # an explicit null clears it
     tags: Tags | SkipJsonSchema[None] = None
@@ -282,7 +296,7 @@ class TaskUpdate(SQLModel):
 class CompletionUpdate(SQLModel):
     model_config = example(completed=True)
 
-    completed: bool
+    completed: StrictBool
 
 
 class TaskPublic(SQLModel):

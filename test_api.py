@@ -731,6 +731,51 @@ def test_complete_with_a_bad_body_is_422(client, alice, body):
     assert response.json()["detail"][0]["loc"][0] == "body"
 
 
+NOT_JSON_BOOLEANS = ["yes", "on", "true", 1, "1", 0, 0.0, "false", "off"]
+
+
+@pytest.mark.parametrize("value", NOT_JSON_BOOLEANS)
+def test_completed_is_only_json_true_or_false_on_every_route(client, alice, value):
+    task = create(client, alice)
+    url = f"{alice.tasks_url}/{task['id']}"
+    for method, target in [("PATCH", f"{url}/complete"), ("PUT", url), ("PATCH", url), ("POST", alice.tasks_url)]:
+        body = {"title": "Task", "completed": value} if method == "POST" else {"completed": value}
+        response = client.request(method, target, json=body, headers=alice.headers)
+        assert response.status_code == 422, (method, target)
+        error = response.json()["detail"][0]  # PUT and PATCH add that null is not allowed either
+        assert (error["type"], error["loc"][:2]) == ("bool_type", ["body", "completed"])
+    unchanged = client.get(alice.tasks_url, headers=alice.headers)
+    assert unchanged.json() == [task]
+
+
+def test_a_task_can_be_created_completed(client, alice, clock):
+    response = client.post(alice.tasks_url, json={"title": "Imported", "completed": True}, headers=alice.headers)
+    assert response.status_code == 201
+    assert response.json()["completed"] is True
+    assert response.json()["completed_at"] == "2026-03-01T12:00:00Z"
+    pending = create(client, alice, completed=False)
+    assert (pending["completed"], pending["completed_at"]) == (False, None)
+    stored = client.get(f"{alice.tasks_url}/{response.json()['id']}", headers=alice.headers)
+    assert stored.json() == response.json()
+
+
+def test_a_recurring_task_created_completed_spawns_its_next_occurrence_once(client, alice, clock):
+    done = create(
+        client, alice, title="Water plants", description="all of them", priority="high", tags=["home"],
+        due_date="2026-01-31T09:00:00Z", recurrence="monthly", completed=True,
+    )
+    assert (done["completed"], done["completed_at"]) == (True, "2026-03-01T12:00:00Z")
+    [follower] = client.get(alice.tasks_url, params={"status": "pending"}, headers=alice.headers).json()
+    assert follower == {
+        **done, "id": follower["id"], "completed": False, "completed_at": None, "due_date": "2026-02-28T09:00:00Z",
+    }
+    url = f"{alice.tasks_url}/{done['id']}/complete"
+    for body in ({"completed": False}, {"completed": True}):  # reopening and completing again: no second one
+        assert client.patch(url, json=body, headers=alice.headers).status_code == 200
+    listing = client.get(alice.tasks_url, headers=alice.headers)
+    assert listing.headers["x-total-count"] == "2"
+
+
 # --- recurring tasks ---
 
 
@@ -797,6 +842,15 @@ def test_health_checks_the_database(client):
     assert response.json() == {"status": "ok"}
 
 
+def test_health_answers_head_like_get_without_a_body(client):
+    response = client.head("/health")
+    assert (response.status_code, response.content) == (200, b"")
+    assert response.headers["content-type"] == "application/json"
+    wrong_method = client.delete("/health")
+    assert (wrong_method.status_code, wrong_method.json()) == (405, {"detail": "Method Not Allowed"})
+    assert wrong_method.headers["allow"] == "GET, HEAD"
+
+
 def test_health_is_503_when_the_database_does_not_answer(client, tmp_path, monkeypatch):
     monkeypatch.setattr(db, "engine", db.make_engine(f"sqlite:///{tmp_path}/missing-dir/nothing.db"))
     response = client.get("/health")
@@ -853,9 +907,40 @@ def test_openapi_documents_every_route(client):
                 assert {"401", "403", "422"} <= set(operation["responses"]), (method, path)
             if "{task_id}" in path:
                 assert "404" in operation["responses"], (method, path)
+
+
+def test_the_front_door_links_the_docs_the_schema_and_health(client):
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"] == "text/html; charset=utf-8"
+    links = re.findall(r'<a href="([^"]+)"', page.text)
+    assert links == ["docs", "redoc", "openapi.json", "health"]
+    for link in links:
+        assert client.get(f"/{link}").status_code == 200, link
+    head = client.head("/")
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-length"] == page.headers["content-length"]
+    assert "/" not in client.get("/openapi.json").json()["paths"]
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_the_docs_pages_load_every_file_from_the_app_itself(client, page):
+    response = client.get(page)
+    assert response.status_code == 200 and re.search(r"[\"']/openapi.json[\"']", response.text)
+    assets = re.findall(r'(?:src|href)="([^"]+)"', response.text)
+    assert assets and all(asset.startswith("/docs/assets/") for asset in assets), assets
+    assert "http://" not in response.text and "https://" not in response.text
+    # ...and the browser may load nothing from anywhere else.
+    assert response.headers["content-security-policy"].startswith("default-src 'self';")
+    for asset in assets:
+        served = client.get(asset)
+        assert served.status_code == 200 and len(served.content) > 1000, asset
+
+
+def test_swagger_ui_keeps_its_oauth2_redirect_page(client):
     docs = client.get("/docs")
-    assert docs.status_code == 200 and "/openapi.json" in docs.text
-    assert client.get("/redoc").status_code == 200
+    assert docs.status_code == 200 and "'/docs/oauth2-redirect'" in docs.text
+    redirect = client.get("/docs/oauth2-redirect")
+    assert redirect.status_code == 200 and "oauth2" in redirect.text
 
 
 # --- CORS ---
@@ -885,6 +970,8 @@ def test_cors_ignores_other_origins(client, alice):
         headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "GET"},
     )
     assert preflight.status_code == 400
+    assert preflight.headers["content-type"] == "application/json"
+    assert preflight.json() == {"detail": "Disallowed CORS origin"}
     assert "access-control-allow-origin" not in preflight.headers
     listing = client.get(alice.tasks_url, headers={**alice.headers, "Origin": "https://evil.example"})
     assert listing.status_code == 200 and "access-control-allow-origin" not in listing.headers

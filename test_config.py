@@ -1,5 +1,6 @@
 """Start-up configuration, tested in fresh Python processes because settings are read
-once at import: the JWT secret file, the refusal of weak secrets, and bad numbers."""
+once at import: the JWT secret file, the refusal of weak secrets, bad numbers, and the
+database URLs that serve or stop start-up with one line."""
 
 import hashlib
 import os
@@ -8,7 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx2
 import pytest
+
+from conftest import TEST_DATABASE_URL
+from live_server import APP_SETTINGS, LiveServer, free_port
 
 REPO = Path(__file__).parent
 
@@ -144,3 +149,125 @@ def test_better_auth_settings_come_from_the_environment(tmp_path, env, expected)
     result = run_python(code, tmp_path, **env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == expected
+
+
+# --- configuration mistakes: each one serves, or stops start-up with one line ---
+
+
+# Root may write to any file whatever its mode. To see what a plain user sees, a test
+# starts the server without that privilege (setpriv is part of util-linux).
+AS_A_PLAIN_USER = (
+    ("setpriv", "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-dac_override,-dac_read_search")
+    if os.geteuid() == 0
+    else ()
+)
+
+
+def start_uvicorn(cwd: Path, env: dict[str, str], prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """`uvicorn main:app` as a user runs it; each case here must stop it at start-up."""
+    environment = {key: value for key, value in os.environ.items() if key not in APP_SETTINGS}
+    environment.update({"BCRYPT_ROUNDS": "4", **env})
+    command = [sys.executable, "-m", "uvicorn", "main:app", "--app-dir", str(REPO), "--port", str(free_port())]
+    return subprocess.run([*prefix, *command], cwd=cwd, env=environment, capture_output=True, text=True, timeout=60)
+
+
+def assert_one_line(result: subprocess.CompletedProcess, *expected: str) -> None:
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    [line] = result.stderr.strip().splitlines()
+    for part in expected:
+        assert part in line, line
+
+
+SECRET = {"JWT_SECRET": "k" * 40}
+
+
+@pytest.mark.parametrize(
+    "env, expected",
+    [
+        ({"DATABASE_URL": "sqlite:///{tmp}/missing/todo.db", **SECRET},
+         ["DATABASE_URL: the folder {tmp}/missing does not exist; create it"]),
+        ({"DATABASE_URL": "sqlite:///{tmp}", **SECRET}, ["DATABASE_URL: {tmp} is a folder, not a database file"]),
+        ({"DATABASE_URL": "mysql://todo:hunter2@db.example/todo", **SECRET},
+         ["DATABASE_URL: mysql:// is not supported; use sqlite:///PATH"]),
+        ({"DATABASE_URL": "todo.db", **SECRET}, ["DATABASE_URL is not a database URL; use sqlite:///PATH"]),
+        ({"JWT_SECRET_FILE": "{tmp}/missing/jwt"},
+         ["JWT_SECRET_FILE: cannot read or create {tmp}/missing/jwt (No such file or directory)", "set JWT_SECRET"]),
+        ({"JWT_SECRET_FILE": "{tmp}"}, ["JWT_SECRET_FILE: cannot read or create {tmp} (Is a directory)"]),
+        ({"JWT_SECRET": " " * 40}, ["JWT_SECRET must be at least 32 bytes long, not counting surrounding whitespace"]),
+        ({"LOGIN_FAILURE_WINDOW_MINUTES": "0", **SECRET}, ["LOGIN_FAILURE_WINDOW_MINUTES must be between 1 and"]),
+    ],
+    ids=[
+        "sqlite-in-missing-folder", "sqlite-path-is-a-folder", "unsupported-database", "not-a-url",
+        "secret-file-in-missing-folder", "secret-file-is-a-folder", "blank-secret", "zero-failure-window",
+    ],
+)  # fmt: skip
+def test_a_configuration_mistake_stops_uvicorn_with_one_line(tmp_path, env, expected):
+    env = {name: value.format(tmp=tmp_path) for name, value in env.items()}
+    env.setdefault("DATABASE_URL", f"sqlite:///{tmp_path}/todo.db")
+    result = start_uvicorn(tmp_path, env)
+    assert_one_line(result, *(part.format(tmp=tmp_path) for part in expected))
+    assert "hunter2" not in result.stderr  # a URL's password is never repeated
+
+
+def test_a_read_only_database_file_stops_start_up_with_one_line(tmp_path):
+    database = tmp_path / "todo.db"
+    database.touch(mode=0o444)
+    result = start_uvicorn(tmp_path, {"DATABASE_URL": f"sqlite:///{database}", **SECRET}, AS_A_PLAIN_USER)
+    assert_one_line(result, f"DATABASE_URL: {database} is read-only for this user; make it writable")
+
+
+def test_a_read_only_database_folder_stops_start_up_with_one_line(tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir(mode=0o555)
+    result = start_uvicorn(folder, {"DATABASE_URL": f"sqlite:///{folder}/todo.db", **SECRET}, AS_A_PLAIN_USER)
+    assert_one_line(result, f"DATABASE_URL: the folder {folder} is read-only for this user")
+    folder.chmod(0o755)  # so that pytest can remove it
+
+
+@pytest.mark.parametrize("url", ["sqlite:///:memory:", "sqlite://"])
+def test_in_memory_sqlite_serves(tmp_path, url):
+    with LiveServer(tmp_path, env={"DATABASE_URL": url, **SECRET}) as server, httpx2.Client(
+        base_url=server.url, timeout=30
+    ) as client:
+        signup = client.post("/api/auth/signup", json={"email": "demo@example.com", "password": "long enough"})
+        assert signup.status_code == 201, signup.text
+        headers = {"Authorization": f"Bearer {signup.json()['access_token']}"}
+        tasks_url = f"/api/{signup.json()['user']['id']}/tasks"
+        created = client.post(tasks_url, json={"title": "demo"}, headers=headers)
+        assert created.status_code == 201, created.text
+        listing = client.get(tasks_url, headers=headers)
+        assert (listing.status_code, [task["title"] for task in listing.json()]) == (200, ["demo"])
+        assert client.get("/health").json() == {"status": "ok"}
+    assert not (tmp_path / "todo.db").exists() and "Traceback" not in server.log()
+
+
+@pytest.mark.parametrize("scheme", ["postgres://", "postgresql://"])
+def test_postgres_urls_without_a_driver_use_psycopg(tmp_path, scheme):
+    code = "import config; print(config.settings.database_url)"
+    result = run_python(code, tmp_path, DATABASE_URL=f"{scheme}todo:secret@db.example:5432/todo", **SECRET)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["postgresql+psycopg://todo:secret@db.example:5432/todo"]
+    if TEST_DATABASE_URL is not None:  # and such a URL reaches a real server
+        hosted = scheme + TEST_DATABASE_URL.split("://", 1)[1]
+        code = "import db, sqlalchemy; print(db.engine.connect().execute(sqlalchemy.text('SELECT 7')).scalar())"
+        result = run_python(code, tmp_path, DATABASE_URL=hosted, **SECRET)
+        assert (result.returncode, result.stdout.split()) == (0, ["7"]), result.stderr
+
+def test_cors_origins_star_allows_every_origin_without_credentials(tmp_path):
+    code = """
+from fastapi.testclient import TestClient
+from main import app
+with TestClient(app) as client:
+    preflight = client.options("/api/auth/signup", headers={
+        "Origin": "https://anywhere.example", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "Authorization, Content-Type"})
+    health = client.get("/health", headers={"Origin": "http://localhost:8080"})
+print(preflight.status_code, preflight.headers["access-control-allow-origin"],
+      preflight.headers.get("access-control-allow-credentials"), health.headers["access-control-allow-origin"])
+"""
+    result = run_python(
+        code, tmp_path, JWT_SECRET="k" * 40, DATABASE_URL=f"sqlite:///{tmp_path}/todo.db", CORS_ORIGINS="*"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["200", "*", "None", "*"]

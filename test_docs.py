@@ -11,9 +11,10 @@ import re
 from pathlib import Path
 
 import pytest
+from fastapi import FastAPI
 
 import schemas
-from main import app
+from main import app, operation_id
 
 API_MD = Path(__file__).with_name("API.md")
 SECTIONS = [
@@ -162,6 +163,58 @@ def test_every_documented_status_is_named_under_its_endpoint(client):
             assert re.search(rf"\b{status}\b", documented[key]), f"{key} does not mention {status}"
 
 
+# --- operationIds: what generated clients name their functions ---
+
+# (method, path): (operationId, tag). A new route gets its id from its function's name by
+# the same rule (main.operation_id), and belongs in this table.
+OPERATIONS = {
+    ("POST", "/api/auth/signup"): ("signup", "auth"),
+    ("POST", "/api/auth/login"): ("login", "auth"),
+    ("POST", "/api/auth/token"): ("loginForm", "auth"),
+    ("GET", "/api/auth/me"): ("getMe", "auth"),
+    ("DELETE", "/api/auth/me"): ("deleteMe", "auth"),
+    ("POST", "/api/auth/logout"): ("logout", "auth"),
+    ("PUT", "/api/auth/password"): ("changePassword", "auth"),
+    ("POST", "/api/auth/refresh"): ("refresh", "auth"),
+    ("GET", "/api/{user_id}/tasks"): ("listTasks", "tasks"),
+    ("POST", "/api/{user_id}/tasks"): ("createTask", "tasks"),
+    ("GET", "/api/{user_id}/tasks/{task_id}"): ("getTask", "tasks"),
+    ("PUT", "/api/{user_id}/tasks/{task_id}"): ("updateTask", "tasks"),
+    ("PATCH", "/api/{user_id}/tasks/{task_id}"): ("patchTask", "tasks"),
+    ("DELETE", "/api/{user_id}/tasks/{task_id}"): ("deleteTask", "tasks"),
+    ("PATCH", "/api/{user_id}/tasks/{task_id}/complete"): ("completeTask", "tasks"),
+    ("GET", "/health"): ("health", "health"),
+}
+# A generated SDK function is named after its operationId; longer names are a sign that
+# the path or the method leaked into it.
+MAX_OPERATION_ID_LENGTH = 24
+
+
+def test_each_operation_has_the_operation_id_a_person_would_write_and_its_tag(client):
+    published = {
+        key: (operation["operationId"], *operation["tags"])
+        for key, operation in schema_operations(fetch_openapi(client)).items()
+    }
+    assert published == OPERATIONS
+
+
+def test_operation_ids_are_unique_short_camel_case_words(client):
+    ids = [operation["operationId"] for operation in schema_operations(fetch_openapi(client)).values()]
+    assert len(ids) == len(set(ids)), sorted(ids)
+    for operation_id in ids:
+        assert re.fullmatch(r"[a-z]+(?:[A-Z][a-z]+)*", operation_id), operation_id
+        assert len(operation_id) <= MAX_OPERATION_ID_LENGTH, operation_id
+
+
+def test_a_new_route_gets_its_operation_id_from_its_function_name():
+    probe = FastAPI(generate_unique_id_function=operation_id)
+
+    @probe.post("/api/auth/refresh")
+    def refresh_access_token() -> None: ...
+
+    assert probe.openapi()["paths"]["/api/auth/refresh"]["post"]["operationId"] == "refreshAccessToken"
+
+
 # --- examples in /openapi.json ---
 
 
@@ -216,15 +269,17 @@ def test_every_error_response_shows_an_example_detail(client):
 )
 def test_each_request_example_is_accepted_by_the_api(client, method, path):
     """Sent as "Try it out" would send it, by the user of the signup example, to that
-    user's own path and task: the answer must be the documented success status."""
+    user's own path and task, with that user's refresh token pasted in place of the
+    example's: the answer must be the documented success status."""
     openapi = fetch_openapi(client)
     operation = schema_operations(openapi)[(method, path)]
-    headers, path_values = {}, {}
+    headers, path_values, own_values = {}, {}, {}
     if path != SIGNUP_PATH:
         response = client.post(SIGNUP_PATH, json=body_example(openapi, "POST", SIGNUP_PATH))
         assert response.status_code == 201, response.text
         headers = {"Authorization": f"Bearer {response.json()['access_token']}"}
         path_values["user_id"] = response.json()["user"]["id"]
+        own_values["refresh_token"] = response.json()["refresh_token"]
     if "{task_id}" in path:
         task = body_example(openapi, "POST", "/api/{user_id}/tasks")
         response = client.post(f"/api/{path_values['user_id']}/tasks", json=task, headers=headers)
@@ -233,6 +288,7 @@ def test_each_request_example_is_accepted_by_the_api(client, method, path):
 
     ((media_type, media),) = operation["requestBody"]["content"].items()
     example = first_example(openapi, media)
+    example = {name: own_values.get(name, value) for name, value in example.items()}
     is_form = media_type == "application/x-www-form-urlencoded"
     body = {"data": example} if is_form else {"json": example}
     response = client.request(method, path.format(**path_values), headers=headers, **body)

@@ -16,10 +16,12 @@ from contextlib import closing
 import httpx2
 import jwt
 import pytest
+from fastapi import Request
 
 import db
 from conftest import PASSWORD, Account
 from live_server import REPO_ROOT, LiveServer
+from main import app
 
 # --- found by schemathesis (test_fuzz.py); each keeps a plain HTTP test here ---
 
@@ -29,6 +31,21 @@ def test_405_allow_header_names_every_method_of_the_path(client, alice: Account)
     assert response.status_code == 405
     assert response.json() == {"detail": "Method Not Allowed"}
     assert response.headers["allow"] == "GET, PUT, PATCH, DELETE"
+
+
+def test_a_value_error_422_names_its_message_in_ctx_not_an_empty_object(client, alice: Account):
+    response = client.post(alice.tasks_url, json={"title": "a\x00b"}, headers=alice.headers)
+    assert response.status_code == 422
+    assert response.json() == {
+        "detail": [
+            {
+                "type": "value_error",
+                "loc": ["body", "title"],
+                "msg": "Value error, must not contain NUL characters",
+                "ctx": {"error": "must not contain NUL characters"},
+            }
+        ]
+    }
 
 
 def test_body_that_is_not_utf8_is_malformed_json_422(client, alice: Account):
@@ -93,6 +110,70 @@ def test_one_access_line_per_request_with_method_path_status_duration_and_id(cli
     assert response.headers["x-request-id"] == "req-42"
     [line] = access_lines(caplog)
     assert re.fullmatch(rf"GET {alice.tasks_url} 200 \d+\.\dms request_id=req-42", line), line
+
+
+# A percent-encoded CR LF, a forged log line, and a terminal escape (clear the screen).
+FORGED_PATH_SEGMENT = "1%0D%0ACRITICAL%20admin%20login%20succeeded%1B[2J"
+RAW_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def formatted_log(caplog, *names: str) -> str:
+    """The records of these loggers as a handler writes them, tracebacks included."""
+    formatter = logging.Formatter("%(levelname)s %(name)s: %(message)s")
+    return "\n".join(formatter.format(record) for record in caplog.records if record.name in names)
+
+
+def test_client_text_never_writes_control_characters_into_the_log(client, alice: Account, caplog):
+    caplog.set_level(logging.INFO, logger="todo.access")
+    caplog.set_level(logging.INFO, logger="uvicorn.error")
+
+    def broken_database(request: Request):
+        # An unexpected failure whose message carries what the client sent.
+        raise RuntimeError(f"no database for {request.scope['path']} ({request.headers['x-note']})")
+
+    app.dependency_overrides[db.get_session] = broken_database
+    note = "note\x1b]0;owned\x07"
+    failed = client.get(f"/api/{FORGED_PATH_SEGMENT}/tasks", headers={**alice.headers, "X-Note": note})
+    assert (failed.status_code, failed.json()) == (500, {"detail": "Internal server error"})
+    app.dependency_overrides.clear()
+    missing = client.get(f"/{FORGED_PATH_SEGMENT}")
+    assert (missing.status_code, missing.json()) == (404, {"detail": "Not Found"})
+
+    log = formatted_log(caplog, "todo.access", "uvicorn.error")
+    lines = log.split("\n")
+    assert [line for line in lines if RAW_CONTROLS.search(line)] == []
+    assert [line for line in lines if line.startswith("CRITICAL")] == []
+    error_lines = [line for line in lines if line.startswith("ERROR uvicorn.error: Unexpected error in GET")]
+    assert error_lines == [f"ERROR uvicorn.error: Unexpected error in GET /api/{FORGED_PATH_SEGMENT}/tasks"]
+    decoded = "1\\r\\nCRITICAL admin login succeeded\\x1b[2J"
+    message = f"RuntimeError: no database for /api/{decoded}/tasks (note\\x1b]0;owned\\x07)"
+    assert message in lines  # the exception's message, escaped on one line of the traceback
+    assert "Traceback (most recent call last):" in lines
+    access = [record.getMessage() for record in caplog.records if record.name == "todo.access"]
+    assert [line.split(" request_id=")[0].rsplit(" ", 1)[0] for line in access] == [
+        f"GET /api/{FORGED_PATH_SEGMENT}/tasks 500",
+        f"GET /{FORGED_PATH_SEGMENT} 404",
+    ]
+
+
+def test_control_characters_in_any_logged_text_are_escaped(caplog):
+    """The filter covers every call on these loggers, uvicorn's own included."""
+    caplog.set_level(logging.INFO, logger="uvicorn.error")
+    try:
+        try:
+            raise ValueError("inner\nCRITICAL forged")
+        except ValueError as inner:
+            raise KeyError("outer\r\x1b[2J") from inner
+    except KeyError:
+        logging.getLogger("uvicorn.error").exception("%s\n%s", "line\nbreak", "\u2028\x85\ud800")
+    log = formatted_log(caplog, "uvicorn.error")
+    lines = log.split("\n")
+    assert lines[0] == "ERROR uvicorn.error: line\\nbreak\\n\\u2028\\x85\\ud800"
+    assert "ValueError: inner\\nCRITICAL forged" in lines
+    assert "KeyError: 'outer\\r\\x1b[2J'" in lines
+    assert "The above exception was the direct cause of the following exception:" in lines
+    assert lines.index("ValueError: inner\\nCRITICAL forged") < lines.index("KeyError: 'outer\\r\\x1b[2J'")
+    assert not any(RAW_CONTROLS.search(line) or "\u2028" in line for line in lines)
 
 
 def test_request_id_is_generated_when_missing_or_not_a_short_token(client, caplog):
@@ -326,6 +407,7 @@ def test_four_workers_in_a_fresh_directory_share_one_secret_and_every_logout(tmp
 
     served_by = worker_of_each_request(server_log)
     assert server_log.count("Application startup complete") == WORKERS
+    assert server_log.count("Upgraded the database schema from revision none (new database)") == 1  # one migrated
     # The token was signed by one worker and accepted, then refused after the logout, by
     # other worker processes: several distinct children of the master, typically all four.
     for prefix in ("before", "revoked", "other-session"):

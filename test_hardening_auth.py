@@ -6,6 +6,7 @@ need through the configured_limits dependency, the same way the clock is injecte
 nothing depends on environment variables read at import time.
 """
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import timedelta
@@ -16,9 +17,10 @@ from fastapi.testclient import TestClient
 from sqlmodel import Session, func, select
 
 import auth
+import db
 import routes.auth
 from config import load_settings, settings
-from conftest import PASSWORD, sign_up
+from conftest import PASSWORD, Account, empty_tables, sign_up
 from limits import AbuseLimits, configured_limits
 from main import app
 from models import RateLimitEvent, RevokedToken, Task, TaskTag, User, utc_now
@@ -348,20 +350,32 @@ def test_logout_needs_a_token(client):
     assert (response.status_code, response.json()) == (401, {"detail": "Not authenticated"})
 
 
-def complete_claims(user_id: int) -> dict:
+def account_claim(account: Account) -> int:
+    return jwt.decode(account.token, options={"verify_signature": False})["acct"]
+
+
+def family_of(token: str) -> str:
+    return jwt.decode(token, options={"verify_signature": False})["fam"]
+
+
+def complete_claims(account: Account) -> dict:
+    """Every claim, in the account's own session (its family must exist)."""
     now = utc_now()
-    return {"sub": str(user_id), "iat": now, "exp": now + timedelta(minutes=5), "jti": "forged", "gen": 0}
+    return {
+        "sub": str(account.id), "iat": now, "exp": now + timedelta(minutes=5), "jti": "forged", "gen": 0,
+        "acct": account_claim(account), "fam": family_of(account.token),
+    }  # fmt: skip
 
 
 def test_a_token_with_every_claim_and_our_secret_works(client, alice):
     """The control for the test below: only the missing claim makes the difference."""
-    token = jwt.encode(complete_claims(alice.id), settings.jwt_secret, algorithm="HS256")
+    token = jwt.encode(complete_claims(alice), settings.jwt_secret, algorithm="HS256")
     assert (me(client, token).status_code, me(client, token).json()["id"]) == (200, alice.id)
 
 
 @pytest.mark.parametrize("missing", ["exp", "iat", "sub", "jti", "gen"])
 def test_a_token_missing_a_claim_is_401(client, alice, missing):
-    claims = {name: value for name, value in complete_claims(alice.id).items() if name != missing}
+    claims = {name: value for name, value in complete_claims(alice).items() if name != missing}
     token = jwt.encode(claims, settings.jwt_secret, algorithm="HS256")
     response = me(client, token)
     assert (response.status_code, response.json()) == (401, INVALID_TOKEN)
@@ -370,11 +384,97 @@ def test_a_token_missing_a_claim_is_401(client, alice, missing):
 
 @pytest.mark.parametrize("generation", [1, "0", True, None])
 def test_a_token_of_another_generation_is_401(client, alice, generation):
-    token = jwt.encode({**complete_claims(alice.id), "gen": generation}, settings.jwt_secret, algorithm="HS256")
+    token = jwt.encode({**complete_claims(alice), "gen": generation}, settings.jwt_secret, algorithm="HS256")
+    assert (me(client, token).status_code, me(client, token).json()) == (401, INVALID_TOKEN)
+
+
+@pytest.mark.parametrize("sub", [" 2 ", "+2", "0_2", "\u0662", "02", "2.0", "2 ", "0x2"])
+def test_a_user_id_in_any_but_canonical_decimal_form_is_401(client, alice, bob, sub):
+    assert bob.id == 2
+    control = jwt.encode({**complete_claims(bob), "sub": "2"}, settings.jwt_secret, algorithm="HS256")
+    assert (me(client, control).status_code, me(client, control).json()["id"]) == (200, 2)
+    token = jwt.encode({**complete_claims(bob), "sub": sub}, settings.jwt_secret, algorithm="HS256")
+    response = me(client, token)
+    assert (response.status_code, response.json()) == (401, INVALID_TOKEN)
+
+
+@pytest.mark.parametrize("jti", ["\ud800", "caf\u00e9", "has space", "x" * 65, "", 5, None])
+def test_a_token_id_that_is_not_a_plain_ascii_token_is_401(client, alice, jti):
+    token = jwt.encode({**complete_claims(alice), "jti": jti}, settings.jwt_secret, algorithm="HS256")
+    for response in (me(client, token), client.post("/api/auth/logout", headers=bearer(token))):
+        assert (response.status_code, response.json()) == (401, INVALID_TOKEN)
+
+
+@pytest.fixture
+def wipe_database(engine, tmp_path, monkeypatch):
+    """Replace the database with an empty one, keeping the JWT secret: a deleted todo.db,
+    or PostgreSQL tables emptied, while .jwt_secret stays."""
+    replacements = []
+
+    def wipe() -> None:
+        if engine.dialect.name == "postgresql":
+            empty_tables(engine)  # ids start again from 1, as in a new database
+            return
+        fresh = db.make_engine(f"sqlite:///{tmp_path / 'wiped.db'}")
+        db.migrate(fresh)
+        monkeypatch.setattr(db, "engine", fresh)
+        replacements.append(fresh)
+
+    yield wipe
+    for replacement in replacements:
+        replacement.dispose()
+
+
+def test_a_token_never_passes_to_a_new_account_with_the_same_id(client, alice, wipe_database):
+    task = client.post(alice.tasks_url, json={"title": "old"}, headers=alice.headers)
+    assert task.status_code == 201
+    wipe_database()
+    newcomer = sign_up(client, "newcomer@example.com")
+    assert newcomer.id == alice.id == 1
+    created = client.post(newcomer.tasks_url, json={"title": "mine"}, headers=newcomer.headers)
+    assert created.status_code == 201
+    task_url = f"{newcomer.tasks_url}/{created.json()['id']}"
+    old = bearer(alice.token)
+    requests = [
+        ("GET", "/api/auth/me", None),
+        ("POST", "/api/auth/logout", None),
+        ("PUT", "/api/auth/password", {"current_password": PASSWORD, "new_password": NEW_PASSWORD}),
+        ("DELETE", "/api/auth/me", {"password": PASSWORD}),
+        ("GET", newcomer.tasks_url, None),
+        ("POST", newcomer.tasks_url, {"title": "planted"}),
+        ("GET", task_url, None),
+        ("PUT", task_url, {"title": "changed"}),
+        ("PATCH", task_url, {"title": "changed"}),
+        ("PATCH", f"{task_url}/complete", None),
+        ("DELETE", task_url, None),
+    ]
+    for method, url, body in requests:
+        response = client.request(method, url, headers=old, json=body)
+        assert (response.status_code, response.json()) == (401, INVALID_TOKEN), (method, url)
+    listing = client.get(newcomer.tasks_url, headers=newcomer.headers)
+    assert listing.status_code == 200
+    assert [(task["title"], task["completed"]) for task in listing.json()] == [("mine", False)]
+    assert login(client, newcomer.email, PASSWORD).status_code == 200  # neither changed nor deleted
+
+
+def test_a_token_issued_before_the_account_claim_existed_works_until_it_expires(client, clock, alice):
+    claims = {name: value for name, value in complete_claims(alice).items() if name != "acct"}
+    response = me(client, jwt.encode(claims, settings.jwt_secret, algorithm="HS256"))
+    assert (response.status_code, response.json()["id"]) == (200, alice.id)
+    expired = {**claims, "iat": utc_now() - timedelta(hours=2), "exp": utc_now() - timedelta(hours=1)}
+    response = me(client, jwt.encode(expired, settings.jwt_secret, algorithm="HS256"))
+    assert (response.status_code, response.json()) == (401, INVALID_TOKEN)
+
+
+@pytest.mark.parametrize("stamp", [1, "same", True, 1.5])
+def test_a_token_with_another_account_stamp_is_401(client, alice, stamp):
+    wrong = stamp if stamp != "same" else str(account_claim(alice))
+    token = jwt.encode({**complete_claims(alice), "acct": wrong}, settings.jwt_secret, algorithm="HS256")
     assert (me(client, token).status_code, me(client, token).json()) == (401, INVALID_TOKEN)
 
 
 def test_revoked_tokens_are_pruned_once_they_would_have_expired(client, engine, clock, alice):
+    second_session = login(client, alice.email, PASSWORD).json()["access_token"]
     real_now = utc_now()
     short_lived_claims = {
         "sub": str(alice.id),
@@ -382,6 +482,8 @@ def test_revoked_tokens_are_pruned_once_they_would_have_expired(client, engine, 
         "exp": real_now + timedelta(minutes=10),
         "jti": "short-lived",
         "gen": 0,
+        "acct": account_claim(alice),
+        "fam": family_of(second_session),
     }
     short_lived = jwt.encode(short_lived_claims, settings.jwt_secret, algorithm="HS256")
     clock.now = real_now
@@ -467,6 +569,47 @@ def test_a_72_byte_new_password_is_accepted(client, alice):
     assert (response.status_code, response.json()["user"]["id"]) == (200, alice.id)
 
 
+CONCURRENT_CHANGES = 8
+
+
+def test_of_concurrent_password_changes_exactly_one_succeeds(client, alice, monkeypatch):
+    # Every request has checked its token and the current password before any of them
+    # writes: the barrier holds each one between hashing its new password and the UPDATE.
+    everyone_hashed = threading.Barrier(CONCURRENT_CHANGES)
+    real_hash = routes.auth.hash_password
+
+    def hash_then_wait(password):
+        hashed = real_hash(password)
+        everyone_hashed.wait(timeout=30)
+        return hashed
+
+    monkeypatch.setattr(routes.auth, "hash_password", hash_then_wait)
+    new_passwords = [f"new passphrase {number}" for number in range(CONCURRENT_CHANGES)]
+    with ThreadPoolExecutor(CONCURRENT_CHANGES) as pool:
+        responses = list(
+            pool.map(lambda new: change_password(client, alice.token, PASSWORD, new), new_passwords)
+        )
+    statuses = [response.status_code for response in responses]
+    assert statuses.count(204) == 1, statuses
+    conflict = {"detail": "The password was changed by another request at the same time; log in again"}
+    assert all((r.status_code, r.json()) == (409, conflict) for r in responses if r.status_code != 204)
+    winner = new_passwords[statuses.index(204)]
+    monkeypatch.setattr(routes.auth, "hash_password", real_hash)
+    for password in [PASSWORD, *new_passwords]:
+        response = login(client, alice.email, password)
+        if password == winner:
+            assert (response.status_code, response.json()["user"]["id"]) == (200, alice.id)
+        else:
+            assert (response.status_code, response.json()) == (401, LOGIN_FAILED), password
+
+
+def test_a_change_whose_token_is_already_outdated_is_401(client, alice):
+    assert change_password(client, alice.token, PASSWORD, NEW_PASSWORD).status_code == 204
+    response = change_password(client, alice.token, NEW_PASSWORD, "yet another passphrase")
+    assert (response.status_code, response.json()) == (401, INVALID_TOKEN)
+    assert login(client, alice.email, NEW_PASSWORD).status_code == 200
+
+
 def test_password_change_needs_a_token(client):
     response = client.put("/api/auth/password", json={"current_password": PASSWORD, "new_password": NEW_PASSWORD})
     assert (response.status_code, response.json()) == (401, {"detail": "Not authenticated"})
@@ -526,6 +669,41 @@ def test_delete_me_needs_the_password(client, alice):
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == ["body"]
     assert me(client, alice.token).status_code == 200
+
+
+# --- passwords with NUL: bcrypt stops reading at the first one ---
+
+
+@pytest.mark.parametrize("password", ["\x00" * 8, "abc\x00defghijk", "correct horse battery\x00"])
+def test_a_password_with_nul_is_422_at_signup(client, password):
+    response = client.post("/api/auth/signup", json={"email": "carol@example.com", "password": password})
+    assert response.status_code == 422
+    [error] = response.json()["detail"]
+    assert (error["loc"], error["msg"]) == (["body", "password"], "Value error, Password must not contain NUL characters")
+    assert login(client, "carol@example.com", "").json() == LOGIN_FAILED
+
+
+def test_a_new_password_with_nul_is_422(client, alice):
+    response = change_password(client, alice.token, PASSWORD, "\x00" * 8)
+    assert response.status_code == 422
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["body", "new_password"]
+    assert me(client, alice.token).status_code == 200
+    assert login(client, alice.email, PASSWORD).status_code == 200
+
+
+@pytest.mark.parametrize("suffix", ["\x00", "\x00anything"])
+def test_a_password_with_nul_never_matches(client, engine, alice, suffix):
+    typed = PASSWORD + suffix
+    for response in (login(client, alice.email, typed), form_login(client, alice.email, typed)):
+        assert (response.status_code, response.json()) == (401, LOGIN_FAILED)
+    for response in (
+        change_password(client, alice.token, typed, NEW_PASSWORD),
+        delete_me(client, alice.token, typed),
+    ):
+        assert (response.status_code, response.json()) == (401, {"detail": "Incorrect password"})
+    assert count_rows(engine, User) == 1
+    assert login(client, alice.email, PASSWORD).status_code == 200
 
 
 # --- password checks with a token count as failed logins too ---
@@ -644,7 +822,7 @@ def test_openapi_documents_the_new_routes_and_their_errors(client):
     paths = client.get("/openapi.json").json()["paths"]
     expected = {
         ("post", "/api/auth/logout"): {"204", "401", "503"},
-        ("put", "/api/auth/password"): {"204", "401", "403", "422", "429", "503"},
+        ("put", "/api/auth/password"): {"204", "401", "403", "409", "422", "429", "503"},
         ("delete", "/api/auth/me"): {"204", "401", "403", "422", "429", "503"},
         ("post", "/api/auth/signup"): {"201", "409", "422", "429", "503"},
         ("post", "/api/auth/login"): {"200", "401", "422", "429", "503"},

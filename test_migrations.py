@@ -38,102 +38,102 @@ HEAD = ScriptDirectory.from_config(db.alembic_config()).get_current_head()
 RELEASE_BEFORE_MIGRATIONS = {
     "sqlite": """
 CREATE TABLE ratelimitevent (
-	id INTEGER NOT NULL, 
-	bucket VARCHAR(64) NOT NULL, 
-	expires_at DATETIME NOT NULL, 
-	PRIMARY KEY (id)
+    id INTEGER NOT NULL,
+    bucket VARCHAR(64) NOT NULL,
+    expires_at DATETIME NOT NULL,
+    PRIMARY KEY (id)
 );
 CREATE INDEX ix_ratelimitevent_bucket_expires ON ratelimitevent (bucket, expires_at);
 CREATE INDEX ix_ratelimitevent_expires_at ON ratelimitevent (expires_at);
 CREATE TABLE revokedtoken (
-	jti VARCHAR(64) NOT NULL, 
-	expires_at DATETIME NOT NULL, 
-	PRIMARY KEY (jti)
+    jti VARCHAR(64) NOT NULL,
+    expires_at DATETIME NOT NULL,
+    PRIMARY KEY (jti)
 );
 CREATE INDEX ix_revokedtoken_expires_at ON revokedtoken (expires_at);
 CREATE TABLE user (
-	id INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT, 
-	email VARCHAR(320) NOT NULL, 
-	name VARCHAR(100), 
-	password_hash VARCHAR NOT NULL, 
-	created_at DATETIME NOT NULL, 
-	token_generation INTEGER NOT NULL, 
-	UNIQUE (email)
+    id INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT,
+    email VARCHAR(320) NOT NULL,
+    name VARCHAR(100),
+    password_hash VARCHAR NOT NULL,
+    created_at DATETIME NOT NULL,
+    token_generation INTEGER NOT NULL,
+    UNIQUE (email)
 );
 CREATE TABLE task (
-	id INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT, 
-	user_id INTEGER NOT NULL, 
-	title VARCHAR(200) NOT NULL, 
-	description VARCHAR(1000), 
-	completed BOOLEAN NOT NULL, 
-	priority VARCHAR(6) NOT NULL, 
-	due_date DATETIME, 
-	recurrence VARCHAR(7) NOT NULL, 
-	next_occurrence_created BOOLEAN NOT NULL, 
-	created_at DATETIME NOT NULL, 
-	updated_at DATETIME NOT NULL, 
-	completed_at DATETIME, 
-	CONSTRAINT recurring_task_has_due_date CHECK (recurrence = 'none' OR due_date IS NOT NULL), 
-	FOREIGN KEY(user_id) REFERENCES user (id) ON DELETE CASCADE
+    id INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT,
+    user_id INTEGER NOT NULL,
+    title VARCHAR(200) NOT NULL,
+    description VARCHAR(1000),
+    completed BOOLEAN NOT NULL,
+    priority VARCHAR(6) NOT NULL,
+    due_date DATETIME,
+    recurrence VARCHAR(7) NOT NULL,
+    next_occurrence_created BOOLEAN NOT NULL,
+    created_at DATETIME NOT NULL,
+    updated_at DATETIME NOT NULL,
+    completed_at DATETIME,
+    CONSTRAINT recurring_task_has_due_date CHECK (recurrence = 'none' OR due_date IS NOT NULL),
+    FOREIGN KEY(user_id) REFERENCES user (id) ON DELETE CASCADE
 );
 CREATE INDEX ix_task_user_created ON task (user_id, created_at, id);
 CREATE TABLE tasktag (
-	task_id INTEGER NOT NULL, 
-	name VARCHAR(30) NOT NULL, 
-	PRIMARY KEY (task_id, name), 
-	FOREIGN KEY(task_id) REFERENCES task (id) ON DELETE CASCADE
+    task_id INTEGER NOT NULL,
+    name VARCHAR(30) NOT NULL,
+    PRIMARY KEY (task_id, name),
+    FOREIGN KEY(task_id) REFERENCES task (id) ON DELETE CASCADE
 );
-""",  # noqa: W291  (the trailing spaces are SQLAlchemy's, and sqlite_master keeps them)
+""",
     "postgresql": """
 CREATE TABLE ratelimitevent (
-	id BIGSERIAL NOT NULL, 
-	bucket VARCHAR(64) NOT NULL, 
-	expires_at TIMESTAMP WITH TIME ZONE NOT NULL, 
-	PRIMARY KEY (id)
+    id BIGSERIAL NOT NULL,
+    bucket VARCHAR(64) NOT NULL,
+    expires_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    PRIMARY KEY (id)
 );
 CREATE INDEX ix_ratelimitevent_bucket_expires ON ratelimitevent (bucket, expires_at);
 CREATE INDEX ix_ratelimitevent_expires_at ON ratelimitevent (expires_at);
 CREATE TABLE revokedtoken (
-	jti VARCHAR(64) NOT NULL, 
-	expires_at TIMESTAMP WITH TIME ZONE NOT NULL, 
-	PRIMARY KEY (jti)
+    jti VARCHAR(64) NOT NULL,
+    expires_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    PRIMARY KEY (jti)
 );
 CREATE INDEX ix_revokedtoken_expires_at ON revokedtoken (expires_at);
 CREATE TABLE "user" (
-	id BIGSERIAL NOT NULL, 
-	email VARCHAR(320) NOT NULL, 
-	name VARCHAR(100), 
-	password_hash VARCHAR NOT NULL, 
-	created_at TIMESTAMP WITH TIME ZONE NOT NULL, 
-	token_generation INTEGER NOT NULL, 
-	PRIMARY KEY (id), 
-	UNIQUE (email)
+    id BIGSERIAL NOT NULL,
+    email VARCHAR(320) NOT NULL,
+    name VARCHAR(100),
+    password_hash VARCHAR NOT NULL,
+    created_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    token_generation INTEGER NOT NULL,
+    PRIMARY KEY (id),
+    UNIQUE (email)
 );
 CREATE TABLE task (
-	id BIGSERIAL NOT NULL, 
-	user_id BIGINT NOT NULL, 
-	title VARCHAR(200) NOT NULL, 
-	description VARCHAR(1000), 
-	completed BOOLEAN NOT NULL, 
-	priority VARCHAR(6) NOT NULL, 
-	due_date TIMESTAMP WITH TIME ZONE, 
-	recurrence VARCHAR(7) NOT NULL, 
-	next_occurrence_created BOOLEAN NOT NULL, 
-	created_at TIMESTAMP WITH TIME ZONE NOT NULL, 
-	updated_at TIMESTAMP WITH TIME ZONE NOT NULL, 
-	completed_at TIMESTAMP WITH TIME ZONE, 
-	PRIMARY KEY (id), 
-	CONSTRAINT recurring_task_has_due_date CHECK (recurrence = 'none' OR due_date IS NOT NULL), 
-	FOREIGN KEY(user_id) REFERENCES "user" (id) ON DELETE CASCADE
+    id BIGSERIAL NOT NULL,
+    user_id BIGINT NOT NULL,
+    title VARCHAR(200) NOT NULL,
+    description VARCHAR(1000),
+    completed BOOLEAN NOT NULL,
+    priority VARCHAR(6) NOT NULL,
+    due_date TIMESTAMP WITH TIME ZONE,
+    recurrence VARCHAR(7) NOT NULL,
+    next_occurrence_created BOOLEAN NOT NULL,
+    created_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    updated_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    completed_at TIMESTAMP WITH TIME ZONE,
+    PRIMARY KEY (id),
+    CONSTRAINT recurring_task_has_due_date CHECK (recurrence = 'none' OR due_date IS NOT NULL),
+    FOREIGN KEY(user_id) REFERENCES "user" (id) ON DELETE CASCADE
 );
 CREATE INDEX ix_task_user_created ON task (user_id, created_at, id);
 CREATE TABLE tasktag (
-	task_id BIGINT NOT NULL, 
-	name VARCHAR(30) NOT NULL, 
-	PRIMARY KEY (task_id, name), 
-	FOREIGN KEY(task_id) REFERENCES task (id) ON DELETE CASCADE
+    task_id BIGINT NOT NULL,
+    name VARCHAR(30) NOT NULL,
+    PRIMARY KEY (task_id, name),
+    FOREIGN KEY(task_id) REFERENCES task (id) ON DELETE CASCADE
 );
-""",  # noqa: W291
+""",
 }
 
 MARCH_1 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
@@ -173,9 +173,9 @@ def build_release_before_migrations(engine: Engine) -> None:
                 connection.exec_driver_sql(statement)
 
 
-def upgrade_to(engine: Engine, revision: str, migrations: Path = db.MIGRATIONS) -> None:
+def upgrade_to(engine: Engine, revision: str) -> None:
     with db.schema_transaction(engine) as connection:
-        command.upgrade(db.alembic_config(migrations, connection), revision)
+        command.upgrade(db.alembic_config(connection=connection), revision)
 
 
 def downgrade_to(engine: Engine, revision: str) -> None:
@@ -198,10 +198,11 @@ def schema_of(engine: Engine) -> list[tuple]:
                 "SELECT type, name, tbl_name, sql FROM sqlite_master "
                 "WHERE tbl_name NOT IN ('alembic_version', 'sqlite_sequence')"
             )
-            # A table rebuilt by a batch migration was renamed into place, and SQLite then
-            # quotes its name in the CREATE statement: the same table either way.
+            # Spacing aside (sqlite_master keeps each statement's own), the statements must
+            # match; so must a table's name, which SQLite quotes in the statement of a table
+            # that a batch migration rebuilt and renamed into place.
             return sorted(
-                (kind, name, table, sql.replace(f'CREATE TABLE "{name}"', f"CREATE TABLE {name}") if sql else sql)
+                (kind, name, table, sql and " ".join(sql.replace(f'CREATE TABLE "{name}"', f"CREATE TABLE {name}").split()))
                 for kind, name, table, sql in rows
             )
         # A column's place among the table's columns, not its ordinal_position: PostgreSQL
@@ -259,6 +260,20 @@ def test_a_column_in_models_py_that_no_migration_makes_is_a_difference(database)
     [(operation, schema, table, column)] = differences_from_models(database, models_with_a_new_column)
 
     assert (operation, schema, table, column.name) == ("add_column", None, "user", "nickname")
+
+
+@pytest.mark.skipif(TEST_DATABASE_URL is not None, reason="AUTOINCREMENT is SQLite's; PostgreSQL never reuses ids")
+def test_every_table_that_never_reuses_ids_is_autoincrement_at_head(database):
+    """The comparison above cannot see this table option: a migration that rebuilds a table
+    without restating it would let SQLite hand a deleted row's id to the next insert."""
+    db.migrate(database)
+    with database.connect() as connection:
+        rows = connection.exec_driver_sql("SELECT name FROM sqlite_master WHERE sql LIKE '%AUTOINCREMENT%'")
+        autoincrement = set(rows.scalars())
+
+    never_reuse = {table.name for table in SQLModel.metadata.tables.values() if table.dialect_kwargs.get("sqlite_autoincrement")}
+    assert {"user", "task"} <= never_reuse
+    assert autoincrement == never_reuse
 
 
 def test_the_first_revision_makes_exactly_the_schema_of_the_release_before_migrations(tmp_path, database_url):
@@ -401,6 +416,50 @@ def test_a_database_of_the_release_before_migrations_is_upgraded_in_place_by_uvi
     assert new_rows == {"user": 1, "task": 1, "tasktag": 1}
 
 
+def test_a_database_at_0001_upgrades_to_refresh_tokens_keeping_its_rows_and_tokens(tmp_path, database_url):
+    """0002_refresh_tokens only adds its two tables: every row stays, an access token issued
+    before it keeps working (it belongs to no session), and a login starts a session."""
+    engine = db.make_engine(database_url)
+    upgrade_to(engine, db.FIRST_REVISION)
+    made = fill_like_the_release_before_migrations(engine)
+    rows_before = rows_of(engine)
+    jwt_secret = secrets.token_urlsafe(48)
+    issued_before = {"Authorization": f"Bearer {token_for(made['ada'], 0, jwt_secret)}"}
+
+    with LiveServer(tmp_path, env={"DATABASE_URL": database_url, "JWT_SECRET": jwt_secret}) as server:
+        with httpx2.Client(base_url=server.url, timeout=30) as http:
+            me = http.get("/api/auth/me", headers=issued_before)
+            login = http.post("/api/auth/login", json={"email": "ada@example.com", "password": PASSWORD})
+            refreshed = http.post("/api/auth/refresh", json={"refresh_token": login.json()["refresh_token"]})
+            logout = http.post("/api/auth/logout", headers=issued_before)
+            after_logout = http.get("/api/auth/me", headers=issued_before)
+        server_log = server.log()
+
+    assert (me.status_code, me.json()["id"]) == (200, made["ada"])
+    assert login.status_code == 200, login.text
+    assert refreshed.status_code == 200, refreshed.text
+    assert refreshed.json()["user"]["id"] == made["ada"]
+    assert (logout.status_code, after_logout.status_code) == (204, 401)
+    assert f"Upgraded the database schema from revision {db.FIRST_REVISION} to 0002_refresh_tokens" in server_log
+    assert "Traceback" not in server_log
+    rows_after = rows_of(engine)
+    for table in ("user", "task", "tasktag"):
+        assert rows_after[table] == rows_before[table], table
+    for table in ("revokedtoken", "ratelimitevent"):  # the logout and the login add theirs
+        assert rows_before[table] <= rows_after[table], table
+    with engine.connect() as connection:
+        sessions = connection.execute(text("SELECT user_id FROM tokenfamily")).scalars().all()
+        refresh_tokens = connection.execute(text("SELECT count(*) FROM refreshtoken")).scalar_one()
+    assert (sessions, refresh_tokens) == ([made["ada"]], 2)
+
+    downgrade_to(engine, db.FIRST_REVISION)  # and back: the sessions go, the accounts stay
+    assert current_revisions(engine) == (db.FIRST_REVISION,)
+    assert {table: rows for table, rows in rows_of(engine).items() if table in ("user", "task", "tasktag")} == {
+        table: rows_before[table] for table in ("user", "task", "tasktag")
+    }
+    engine.dispose()
+
+
 def test_a_database_with_only_some_of_the_tables_is_left_alone(database):
     with database.begin() as connection:
         connection.exec_driver_sql("CREATE TABLE revokedtoken (jti VARCHAR(64) PRIMARY KEY)")
@@ -498,7 +557,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "9000_broken"
-down_revision = {head!r}
+down_revision = "HEAD_REVISION"
 branch_labels = None
 depends_on = None
 
@@ -520,7 +579,7 @@ def downgrade() -> None:
 def migrations_with_a_broken_revision(tmp_path) -> Path:
     migrations = tmp_path / "migrations"
     shutil.copytree(db.MIGRATIONS, migrations, ignore=shutil.ignore_patterns("__pycache__"))
-    (migrations / "versions" / "9000_broken.py").write_text(BROKEN_REVISION.format(head=HEAD))
+    (migrations / "versions" / "9000_broken.py").write_text(BROKEN_REVISION.replace("HEAD_REVISION", HEAD))
     return migrations
 
 
@@ -578,6 +637,59 @@ def test_four_workers_starting_together_migrate_once_and_all_serve(tmp_path, dat
     if starting_point != "new":
         assert signup.json()["user"]["id"] > made["bo"]
     engine.dispose()
+
+
+# --- what a later migration may do safely ---
+
+REBUILDING_REVISION = '''
+"""Rebuilds the user table, as SQLite's batch mode does for most ALTERs."""
+import sqlalchemy as sa
+from alembic import op
+
+revision = "9000_rebuild_user"
+down_revision = "HEAD_REVISION"
+branch_labels = None
+depends_on = None
+
+
+# SQLite does not report AUTOINCREMENT when the table is read back: a rebuild must restate it.
+KEEP_IDS = {"sqlite_autoincrement": True}
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("user", recreate="always", table_kwargs=KEEP_IDS) as batch_op:
+        batch_op.add_column(sa.Column("nickname", sa.String(50)))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("user", recreate="always", table_kwargs=KEEP_IDS) as batch_op:
+        batch_op.drop_column("nickname")
+'''
+
+
+@pytest.mark.skipif(TEST_DATABASE_URL is not None, reason="PostgreSQL alters a table in place; only SQLite rebuilds it")
+def test_a_migration_that_rebuilds_the_user_table_keeps_every_task(tmp_path, database):
+    """SQLite rebuilds a table to alter it: copy, drop, rename. Dropping `user` with foreign
+    keys on would delete every task through ON DELETE CASCADE; db.migrate turns them off
+    for the migration and checks them before it commits."""
+    migrations = tmp_path / "migrations"
+    shutil.copytree(db.MIGRATIONS, migrations, ignore=shutil.ignore_patterns("__pycache__"))
+    (migrations / "versions" / "9000_rebuild_user.py").write_text(REBUILDING_REVISION.replace("HEAD_REVISION", HEAD))
+    build_release_before_migrations(database)
+    fill_like_the_release_before_migrations(database)
+    rows = rows_of(database)
+
+    assert db.migrate(database, migrations) == (db.FIRST_REVISION, "9000_rebuild_user")
+
+    rows_after = rows_of(database)
+    assert {table: rows_after[table] for table in TABLES if table != "user"} == {
+        table: rows[table] for table in TABLES if table != "user"
+    }
+    assert {row[:-1] for row in rows_after["user"]} == rows["user"]  # the same users, plus a NULL nickname
+    if database.dialect.name == "sqlite":
+        with database.connect() as connection:
+            user_table = connection.exec_driver_sql("SELECT sql FROM sqlite_master WHERE name = 'user'").scalar_one()
+        assert "AUTOINCREMENT" in user_table
 
 
 # --- 0003_better_auth ---

@@ -1,5 +1,5 @@
 """Sign up, log in (JSON, or the OAuth2 form that Swagger UI's Authorize button sends),
-read the current user, log out, change the password and delete the account.
+refresh the tokens, read the current user, log out, change the password and delete the account.
 
 Signups, logins and every password check count against the abuse limits in limits.py."""
 
@@ -38,11 +38,20 @@ from limits import (
     withdraw_login_attempt,
 )
 from models import User, utc_now
+from refresh_tokens import (
+    INVALID_REFRESH_TOKEN,
+    IssuedRefreshToken,
+    end_every_family,
+    end_family,
+    rotate,
+    start_family,
+)
 from routes.tasks import Now
 from schemas import (
     VALIDATION_ERROR,
     PasswordChange,
     PasswordConfirmation,
+    RefreshRequest,
     TokenResponse,
     UserCreate,
     UserLogin,
@@ -94,6 +103,7 @@ FORM_EXAMPLE = {
         }
     }
 }
+PASSWORD_CHANGED_CONCURRENTLY = "The password was changed by another request at the same time; log in again"
 PASSWORD_CHECK_ERRORS = {
     401: error_response("Missing, invalid or expired token, or incorrect password", "Incorrect password"),
     403: error_response("A Better Auth account: it has no password here", PASSWORD_IN_BETTER_AUTH),
@@ -130,11 +140,13 @@ def limit_auth_requests(session: SessionDep, limits: LimitsDep, client: ClientAd
     count_auth_request(session, limits, client, now)
 
 
-def token_response(user: User) -> TokenResponse:
-    # The token's own clock is the real one: PyJWT checks exp against it.
+def token_response(user: User, refresh: IssuedRefreshToken) -> TokenResponse:
+    # The access token's own clock is the real one: PyJWT checks exp against it.
     return TokenResponse(
-        access_token=create_access_token(user, utc_now()),
+        access_token=create_access_token(user, utc_now(), refresh.family_id),
         expires_in=settings.access_token_expire_minutes * 60,
+        refresh_token=refresh.token,
+        refresh_expires_in=settings.refresh_token_expire_days * 24 * 60 * 60,
         user=UserPublic.model_validate(user),
     )
 
@@ -187,7 +199,7 @@ PasswordCheckDep = Annotated[PasswordCheck, Depends(password_check)]
 
 
 def authenticate(
-    session: Session, password_check: PasswordCheck, email: str, password: str
+    session: Session, password_check: PasswordCheck, email: str, password: str, now: datetime
 ) -> TokenResponse:
     # The OAuth2 form's username is not validated as an email, and PostgreSQL refuses a
     # NUL in text; no stored email has one, so such a login simply fails.
@@ -196,7 +208,7 @@ def authenticate(
         user = session.exec(select(User).where(User.email == email.lower())).first()
     if not password_check.matches(email, password, user.password_hash if user else None):
         raise incorrect_password("Incorrect email or password")
-    return token_response(user)
+    return token_response(user, start_family(session, user, now))
 
 
 @router.post(
@@ -212,7 +224,7 @@ def authenticate(
     },
     dependencies=[Depends(limit_auth_requests)],
 )
-def signup(body: UserCreate, session: SessionDep) -> TokenResponse:
+def signup(body: UserCreate, session: SessionDep, now: Now) -> TokenResponse:
     """Create a user and return a bearer token for it, so the client is logged in at once."""
     user = User(
         email=body.email.lower(), name=body.name, password_hash=hash_password(body.password)
@@ -223,7 +235,7 @@ def signup(body: UserCreate, session: SessionDep) -> TokenResponse:
     except IntegrityError:  # the unique email index is the one source of truth, even under races
         session.rollback()
         raise HTTPException(status.HTTP_409_CONFLICT, detail="Email already registered") from None
-    return token_response(user)
+    return token_response(user, start_family(session, user, now))
 
 
 @router.post(
@@ -233,9 +245,9 @@ def signup(body: UserCreate, session: SessionDep) -> TokenResponse:
     responses=LOGIN_ERRORS,
     dependencies=[Depends(limit_auth_requests)],
 )
-def login(body: UserLogin, session: SessionDep, password_check: PasswordCheckDep) -> TokenResponse:
-    """Exchange email and password for a bearer token."""
-    return authenticate(session, password_check, body.email, body.password)
+def login(body: UserLogin, session: SessionDep, password_check: PasswordCheckDep, now: Now) -> TokenResponse:
+    """Exchange email and password for a bearer token and a refresh token."""
+    return authenticate(session, password_check, body.email, body.password, now)
 
 
 @router.post(
@@ -250,15 +262,36 @@ def login_form(
     form: Annotated[OAuth2PasswordRequestForm, Depends()],
     session: SessionDep,
     password_check: PasswordCheckDep,
+    now: Now,
 ) -> TokenResponse:
     """The OAuth2 password flow: a form with username (your email) and password.
     This is the tokenUrl that Swagger UI's Authorize button uses."""
     # Stripped as the JSON login's EmailStr is, so both forms accept the same email.
-    return authenticate(session, password_check, form.username.strip(), form.password)
+    return authenticate(session, password_check, form.username.strip(), form.password, now)
+
+
+@router.post(
+    "/refresh",
+    response_model=TokenResponse,
+    summary="Trade a refresh token for new tokens",
+    responses={
+        401: error_response("Unknown, expired, used or ended refresh token", INVALID_REFRESH_TOKEN),
+        **LIMITED_AUTH_REQUESTS,
+        **VALIDATION_ERROR,
+    },
+    dependencies=[Depends(limit_auth_requests)],
+)
+def refresh(body: RefreshRequest, session: SessionDep, now: Now) -> TokenResponse:
+    """Use up the refresh token and get a new access token and a new refresh token, in the
+    same session. A refresh token presented again after its grace period (10 seconds by
+    default) ends the whole session: every refresh and access token issued in it. Within
+    it, another tab refreshing at the same moment gets a pair of its own."""
+    user, issued = rotate(session, body.refresh_token, now)
+    return token_response(user, issued)
 
 
 @router.get("/me", response_model=UserPublic, summary="The current user", responses=NOT_AUTHENTICATED)
-def read_me(user: CurrentUser) -> User:
+def get_me(user: CurrentUser) -> User:
     """Return the account that the bearer token belongs to."""
     return user
 
@@ -266,12 +299,15 @@ def read_me(user: CurrentUser) -> User:
 @router.post(
     "/logout",
     status_code=status.HTTP_204_NO_CONTENT,
-    summary="Log out this token",
+    summary="Log out this session",
     responses=NOT_AUTHENTICATED,
 )
 def logout(claims: TokenClaimsDep, user: CurrentUser, session: SessionDep, now: Now) -> Response:
-    """End the presented token at once, on every worker. The user's other tokens keep working."""
+    """End the presented token's session at once, on every worker: its refresh token and
+    every access token issued in it. The user's other sessions keep working."""
     # CurrentUser is asked for only to check the token: one already logged out is a 401.
+    if claims.family_id is not None:
+        end_family(session, claims.family_id)
     revoke_token(session, claims, now)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
@@ -280,21 +316,32 @@ def logout(claims: TokenClaimsDep, user: CurrentUser, session: SessionDep, now: 
     "/password",
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Change the password",
-    responses=PASSWORD_CHECK_ERRORS,
+    responses={
+        **PASSWORD_CHECK_ERRORS,
+        409: error_response(
+            "Another password change for this account won the race", PASSWORD_CHANGED_CONCURRENTLY
+        ),
+    },
 )
 def change_password(
     body: PasswordChange, user: CurrentUser, session: SessionDep, password_check: PasswordCheckDep
 ) -> Response:
     """Set a new password (same rules as at signup). Every token issued before the change,
-    this one included, stops working: log in again with the new password."""
+    access or refresh, this one included, stops working: log in again with the new password."""
     password_check.confirm(user, body.current_password)
     new_hash = hash_password(body.new_password)
-    # One atomic UPDATE: a concurrent change can never leave an old generation behind.
-    session.execute(
+    # A compare-and-set: the UPDATE applies only to the generation this request's token
+    # was checked against. Of concurrent changes exactly one finds it; the others would
+    # overwrite the winner's password with a token the winner's change has just ended.
+    changed = session.execute(
         update(User)
-        .where(User.id == user.id)
+        .where(User.id == user.id, User.token_generation == user.token_generation)
         .values(password_hash=new_hash, token_generation=User.token_generation + 1)
     )
+    if changed.rowcount != 1:
+        session.rollback()
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=PASSWORD_CHANGED_CONCURRENTLY)
+    end_every_family(session, user.id)
     session.commit()
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 

@@ -268,10 +268,16 @@ def create_task(
     user_id: UserIdPath, body: TaskCreate, owner: OwnerDep, session: SessionDep, now: Now, response: Response
 ) -> dict:
     """Create a task. The Location header is the new task's URL, with the user id as the
-    request's path has it (numeric, or a Better Auth id)."""
+    request's path has it (numeric, or a Better Auth id). A task created completed gets
+    completed_at, and if it recurs, its next occurrence, as completing it would."""
     task = Task.model_validate(
         body.model_dump(exclude={"tags"}),
-        update={"user_id": owner.id, "created_at": now, "updated_at": now},
+        update={
+            "user_id": owner.id,
+            "created_at": now,
+            "updated_at": now,
+            "completed_at": now if body.completed else None,
+        },
     )
     session.add(task)
     try:
@@ -279,13 +285,16 @@ def create_task(
     except IntegrityError:  # the owner's account was deleted since the token was checked
         raise invalid_credentials() from None
     session.add_all(TaskTag(task_id=task.id, name=name) for name in body.tags)
+    if task.completed:
+        session.flush()  # the next occurrence copies the tags from the table
+        create_next_occurrence(session, task, now)
     session.commit()
     response.headers["Location"] = f"/api/{user_id}/tasks/{task.id}"
     return to_public(task, sorted(body.tags))
 
 
 @router.get("/{task_id}", response_model=TaskPublic, summary="Get a task", responses=TASK_ERRORS)
-def read_task(task_id: IdPath, owner: OwnerDep, session: SessionDep) -> dict:
+def get_task(task_id: IdPath, owner: OwnerDep, session: SessionDep) -> dict:
     """Return one task."""
     task = get_owned_task(session, owner.id, task_id)
     return to_public(task, load_tags(session, [task.id])[task.id])
@@ -293,7 +302,11 @@ def read_task(task_id: IdPath, owner: OwnerDep, session: SessionDep) -> dict:
 
 @router.put("/{task_id}", response_model=TaskPublic, summary="Update a task", responses=TASK_ERRORS)
 @router.patch(
-    "/{task_id}", response_model=TaskPublic, summary="Update a task (same as PUT)", responses=TASK_ERRORS
+    "/{task_id}",
+    name="patch_task",  # its own operationId: the function serves PUT as well
+    response_model=TaskPublic,
+    summary="Update a task (same as PUT)",
+    responses=TASK_ERRORS,
 )
 def update_task(
     task_id: IdPath, body: TaskUpdate, owner: OwnerDep, session: SessionDep, now: Now

@@ -5,7 +5,7 @@ email and password_hash become nullable; the check constraint keeps them require
 every local account, and email stays unique (NULLs never collide in a unique constraint).
 
 Revision ID: 0003_better_auth
-Revises: 0001_initial
+Revises: 0002_refresh_tokens
 Create Date: 2026-12-01 23:15:00
 """
 
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0003_better_auth"
-down_revision: str | Sequence[str] | None = "0001_initial"
+down_revision: str | Sequence[str] | None = "0002_refresh_tokens"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,0 +1,133 @@
+// A frontend's view of the API: everything here is typed by clients generated from the
+// running server's /openapi.json (generated/, made by test_clients.py), and tsc --strict
+// compiles it with no `any` and no cast. Then it runs against that server, so every status
+// and body it meets must be the one the schema promised.
+//
+// Usage: node build/check.js http://127.0.0.1:8000
+import type { components } from "./generated/schema";
+import { client } from "./generated/sdk/client.gen";
+import {
+  completeTask,
+  createTask,
+  deleteTask,
+  getMe,
+  getTask,
+  health,
+  listTasks,
+  patchTask,
+  signup,
+  updateTask,
+} from "./generated/sdk";
+
+// openapi-typescript's view of a task; the SDK's results are assigned to it, so tsc also
+// checks that the two generators read the same schema.
+type Task = components["schemas"]["TaskPublic"];
+
+let checks = 0;
+
+function check(condition: boolean, what: string): void {
+  if (!condition) {
+    throw new Error(`failed: ${what}`);
+  }
+  checks += 1;
+  console.log(`ok: ${what}`);
+}
+
+function unexpected(what: string, response: Response, error: unknown): Error {
+  return new Error(`${what}: unexpected ${response.status} ${JSON.stringify(error)}`);
+}
+
+async function main(baseUrl: string): Promise<void> {
+  let token = "";
+  client.setConfig({ baseUrl, auth: () => token });
+
+  const up = await health();
+  if (up.data === undefined) throw unexpected("health", up.response, up.error);
+  check(up.data.status === "ok", "GET /health answers ok");
+
+  const email = `typed-client-${Date.now()}@example.com`;
+  const account = await signup({ body: { email, password: "correct horse battery" } });
+  if (account.data === undefined) throw unexpected("signup", account.response, account.error);
+  token = account.data.access_token;
+  const userId = account.data.user.id;
+  check(account.response.status === 201 && account.data.user.email === email, "signup returns 201 and the user");
+
+  const me = await getMe();
+  if (me.data === undefined) throw unexpected("getMe", me.response, me.error);
+  check(me.data.id === userId, "getMe returns the signed-up user");
+
+  const created = await createTask({
+    path: { user_id: userId },
+    body: { title: "Write the report", priority: "high", tags: ["Work", "urgent"], due_date: "2030-01-15T09:00:00Z" },
+  });
+  if (created.data === undefined) throw unexpected("createTask", created.response, created.error);
+  const task: Task = created.data;
+  check(created.response.status === 201, "createTask returns 201");
+  check(
+    created.response.headers.get("Location") === `/api/${userId}/tasks/${task.id}`,
+    "createTask's Location header names the new task",
+  );
+  check(task.tags.join(",") === "urgent,work", "tags come back lower-cased and sorted");
+  check(task.due_date !== null && Date.parse(task.due_date) === Date.parse("2030-01-15T09:00:00Z"), "the due date round-trips");
+
+  const other = await createTask({ path: { user_id: userId }, body: { title: "Buy milk" } });
+  if (other.data === undefined) throw unexpected("createTask", other.response, other.error);
+
+  const listed = await listTasks({
+    path: { user_id: userId },
+    query: { tag: "work", status: "pending", due_before: "2031-01-01T00:00:00Z", sort: "due_date", limit: 10 },
+  });
+  if (listed.data === undefined) throw unexpected("listTasks", listed.response, listed.error);
+  const listedTasks: Task[] = listed.data;
+  check(listed.response.headers.get("X-Total-Count") === "1", "listTasks with filters: X-Total-Count is 1");
+  check(listedTasks.length === 1 && listedTasks[0]?.id === task.id, "listTasks with filters returns the tagged task");
+
+  const replaced = await updateTask({ path: { user_id: userId, task_id: task.id }, body: { title: "Write the final report" } });
+  if (replaced.data === undefined) throw unexpected("updateTask", replaced.response, replaced.error);
+  check(replaced.data.title === "Write the final report" && replaced.data.priority === "high", "updateTask (PUT) changes only the title");
+
+  const patched = await patchTask({ path: { user_id: userId, task_id: task.id }, body: { description: null, priority: "low" } });
+  if (patched.data === undefined) throw unexpected("patchTask", patched.response, patched.error);
+  check(patched.data.priority === "low" && patched.data.description === null, "patchTask (PATCH) changes the priority");
+
+  const completed = await completeTask({ path: { user_id: userId, task_id: task.id }, body: { completed: true } });
+  if (completed.data === undefined) throw unexpected("completeTask", completed.response, completed.error);
+  check(completed.data.completed && completed.data.completed_at !== null, "completeTask marks it completed");
+
+  const missing = await getTask({ path: { user_id: userId, task_id: other.data.id + 1000 } });
+  if (missing.error === undefined) throw unexpected("getTask", missing.response, missing.data);
+  const missingDetail = missing.error.detail;
+  check(
+    missing.response.status === 404 && typeof missingDetail === "string" && missingDetail === "Task not found",
+    "getTask of a missing task is 404 with a typed string detail",
+  );
+
+  const invalid = await createTask({ path: { user_id: userId }, body: { title: "" } });
+  if (invalid.error === undefined) throw unexpected("createTask", invalid.response, invalid.data);
+  const invalidDetail = invalid.error.detail;
+  check(
+    invalid.response.status === 422 &&
+      Array.isArray(invalidDetail) &&
+      invalidDetail.some((error) => error.loc.join(".") === "body.title" && error.msg.length > 0),
+    "createTask with an empty title is 422 naming body.title",
+  );
+
+  const deleted = await deleteTask({ path: { user_id: userId, task_id: task.id } });
+  if (deleted.error !== undefined) throw unexpected("deleteTask", deleted.response, deleted.error);
+  check(deleted.response.status === 204, "deleteTask returns 204");
+
+  const gone = await getTask({ path: { user_id: userId, task_id: task.id } });
+  check(gone.response.status === 404 && gone.error !== undefined, "the deleted task is 404");
+
+  console.log(`typed client: ${checks} checks passed`);
+}
+
+const baseUrl = process.argv[2];
+if (baseUrl === undefined) {
+  console.error("usage: node build/check.js BASE_URL");
+  process.exit(2);
+}
+main(baseUrl).catch((error: unknown) => {
+  console.error(error instanceof Error ? error.message : error);
+  process.exit(1);
+});
