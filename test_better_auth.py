@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlmodel import Session, select
 
 import better_auth
-from conftest import sign_up
+from conftest import require_tool, sign_up
 from live_server import LiveServer, free_port
 from main import app
 from models import RevokedToken, User
@@ -610,18 +610,14 @@ def test_the_user_id_path_parameter_is_a_string_pattern_in_openapi(client):
 
 
 def require_better_auth_server() -> str:
-    """node, with e2e/better-auth's packages installed. Skipped on a newcomer's machine
-    without them; a failure in CI (the CI variable set), where .ci/run installs them."""
+    """node, with e2e/better-auth's packages installed (skipped without them, a failure in CI)."""
     node = shutil.which("node")
-    if node is not None and (E2E_FOLDER / "node_modules" / "better-auth").is_dir():
-        return node
-    reason = (
-        "the interop test needs Node.js 20+ and `npm ci` in e2e/better-auth"
-        + (" (node is not installed)" if node is None else " (its node_modules is missing)")
+    require_tool(
+        node is not None and (E2E_FOLDER / "node_modules" / "better-auth").is_dir(),
+        "the Better Auth interop test needs Node.js 20+ and `npm ci` in e2e/better-auth"
+        + (" (node is not installed)" if node is None else " (its node_modules is missing)"),
     )
-    if os.environ.get("CI"):
-        pytest.fail(reason)
-    pytest.skip(reason)
+    return node
 
 
 @pytest.fixture
