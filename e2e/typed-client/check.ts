@@ -50,6 +50,8 @@ async function main(baseUrl: string): Promise<void> {
   if (account.data === undefined) throw unexpected("signup", account.response, account.error);
   token = account.data.access_token;
   const userId = account.data.user.id;
+  // The path's user_id is a string: a numeric id as here, or a Better Auth user id.
+  const pathUserId = String(userId);
   check(account.response.status === 201 && account.data.user.email === email, "signup returns 201 and the user");
 
   const me = await getMe();
@@ -57,7 +59,7 @@ async function main(baseUrl: string): Promise<void> {
   check(me.data.id === userId, "getMe returns the signed-up user");
 
   const created = await createTask({
-    path: { user_id: userId },
+    path: { user_id: pathUserId },
     body: { title: "Write the report", priority: "high", tags: ["Work", "urgent"], due_date: "2030-01-15T09:00:00Z" },
   });
   if (created.data === undefined) throw unexpected("createTask", created.response, created.error);
@@ -70,11 +72,11 @@ async function main(baseUrl: string): Promise<void> {
   check(task.tags.join(",") === "urgent,work", "tags come back lower-cased and sorted");
   check(task.due_date !== null && Date.parse(task.due_date) === Date.parse("2030-01-15T09:00:00Z"), "the due date round-trips");
 
-  const other = await createTask({ path: { user_id: userId }, body: { title: "Buy milk" } });
+  const other = await createTask({ path: { user_id: pathUserId }, body: { title: "Buy milk" } });
   if (other.data === undefined) throw unexpected("createTask", other.response, other.error);
 
   const listed = await listTasks({
-    path: { user_id: userId },
+    path: { user_id: pathUserId },
     query: { tag: "work", status: "pending", due_before: "2031-01-01T00:00:00Z", sort: "due_date", limit: 10 },
   });
   if (listed.data === undefined) throw unexpected("listTasks", listed.response, listed.error);
@@ -82,19 +84,19 @@ async function main(baseUrl: string): Promise<void> {
   check(listed.response.headers.get("X-Total-Count") === "1", "listTasks with filters: X-Total-Count is 1");
   check(listedTasks.length === 1 && listedTasks[0]?.id === task.id, "listTasks with filters returns the tagged task");
 
-  const replaced = await updateTask({ path: { user_id: userId, task_id: task.id }, body: { title: "Write the final report" } });
+  const replaced = await updateTask({ path: { user_id: pathUserId, task_id: task.id }, body: { title: "Write the final report" } });
   if (replaced.data === undefined) throw unexpected("updateTask", replaced.response, replaced.error);
   check(replaced.data.title === "Write the final report" && replaced.data.priority === "high", "updateTask (PUT) changes only the title");
 
-  const patched = await patchTask({ path: { user_id: userId, task_id: task.id }, body: { description: null, priority: "low" } });
+  const patched = await patchTask({ path: { user_id: pathUserId, task_id: task.id }, body: { description: null, priority: "low" } });
   if (patched.data === undefined) throw unexpected("patchTask", patched.response, patched.error);
   check(patched.data.priority === "low" && patched.data.description === null, "patchTask (PATCH) changes the priority");
 
-  const completed = await completeTask({ path: { user_id: userId, task_id: task.id }, body: { completed: true } });
+  const completed = await completeTask({ path: { user_id: pathUserId, task_id: task.id }, body: { completed: true } });
   if (completed.data === undefined) throw unexpected("completeTask", completed.response, completed.error);
   check(completed.data.completed && completed.data.completed_at !== null, "completeTask marks it completed");
 
-  const missing = await getTask({ path: { user_id: userId, task_id: other.data.id + 1000 } });
+  const missing = await getTask({ path: { user_id: pathUserId, task_id: other.data.id + 1000 } });
   if (missing.error === undefined) throw unexpected("getTask", missing.response, missing.data);
   const missingDetail = missing.error.detail;
   check(
@@ -102,7 +104,7 @@ async function main(baseUrl: string): Promise<void> {
     "getTask of a missing task is 404 with a typed string detail",
   );
 
-  const invalid = await createTask({ path: { user_id: userId }, body: { title: "" } });
+  const invalid = await createTask({ path: { user_id: pathUserId }, body: { title: "" } });
   if (invalid.error === undefined) throw unexpected("createTask", invalid.response, invalid.data);
   const invalidDetail = invalid.error.detail;
   check(
@@ -112,11 +114,11 @@ async function main(baseUrl: string): Promise<void> {
     "createTask with an empty title is 422 naming body.title",
   );
 
-  const deleted = await deleteTask({ path: { user_id: userId, task_id: task.id } });
+  const deleted = await deleteTask({ path: { user_id: pathUserId, task_id: task.id } });
   if (deleted.error !== undefined) throw unexpected("deleteTask", deleted.response, deleted.error);
   check(deleted.response.status === 204, "deleteTask returns 204");
 
-  const gone = await getTask({ path: { user_id: userId, task_id: task.id } });
+  const gone = await getTask({ path: { user_id: pathUserId, task_id: task.id } });
   check(gone.response.status === 404 && gone.error !== undefined, "the deleted task is 404");
 
   console.log(`typed client: ${checks} checks passed`);
