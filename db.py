@@ -3,7 +3,7 @@
 SQLite is the zero-setup default. Its settings below are what keep it correct under many
 concurrent clients: WAL lets readers run beside the one writer, busy_timeout makes a
 writer wait for the lock instead of failing with "database is locked", and the pool has
-a connection for every thread of FastAPI's threadpool.
+a connection for every thread of FastAPI's threadpool, and one for /health.
 
 PostgreSQL (DATABASE_URL=postgresql+psycopg://...) needs none of that: it gets the same
 pool size, plus pool_pre_ping so that a connection the server has closed is replaced
@@ -15,15 +15,19 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated
 
-from anyio import CancelScope, CapacityLimiter, to_thread
+from anyio import CancelScope, CapacityLimiter, Semaphore, to_thread
+from anyio.lowlevel import RunVar
 from fastapi import Depends
 from sqlalchemy import Engine, event, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlmodel import Session, SQLModel, create_engine
 
 from config import settings
 
 THREADPOOL_SIZE = 40  # AnyIO's default number of worker threads, which run our sync handlers
+SESSION_SLOTS = THREADPOOL_SIZE  # one connection for each thread that can run a query
+HEALTH_CHECK_SLOTS = 1  # /health has a connection of its own, so it never queues behind requests
+POOL_SIZE = SESSION_SLOTS + HEALTH_CHECK_SLOTS
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # Any fixed number works: it only has to be the same in every process of this app.
 SCHEMA_LOCK_KEY = 0x70D0_5C4E
@@ -54,7 +58,7 @@ def make_engine(url: str) -> Engine:
             url,
             hide_parameters=True,
             connect_args={"check_same_thread": False},  # a request may cross threads
-            pool_size=THREADPOOL_SIZE,
+            pool_size=POOL_SIZE,
             max_overflow=0,
         )
         event.listen(engine, "connect", configure_sqlite)
@@ -63,7 +67,7 @@ def make_engine(url: str) -> Engine:
         url,
         hide_parameters=True,
         pool_pre_ping=True,
-        pool_size=THREADPOOL_SIZE,
+        pool_size=POOL_SIZE,
         max_overflow=0,
     )
 
@@ -98,20 +102,57 @@ def create_tables(target: Engine) -> None:
                 raise
 
 
+# A request keeps its session, and so its pooled connection, from its first query to its
+# end, across several hops between the event loop and the threadpool. If every request
+# could open a session, 40 threads could each wait for a connection while the 40 pooled
+# connections belong to requests parked until a thread frees up: nothing moves until the
+# pool's timeout. So a request takes one of SESSION_SLOTS, on the event loop and before
+# its first thread, and keeps it until its session is closed. There are never more
+# sessions than connections, and a thread never waits for a connection.
+session_slots: RunVar[Semaphore] = RunVar("session_slots")  # AnyIO's, one per event loop
+health_check_slots: RunVar[Semaphore] = RunVar("health_check_slots")
+
+
+def slots(variable: RunVar[Semaphore], count: int) -> Semaphore:
+    try:
+        return variable.get()
+    except LookupError:
+        semaphore = Semaphore(count, fast_acquire=True)
+        variable.set(semaphore)
+        return semaphore
+
+
+def database_answers() -> bool:
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except SQLAlchemyError:
+        return False
+    return True
+
+
+async def check_database() -> bool:
+    """Whether the database answers a query. On a connection and a thread of its own, so
+    the answer comes as fast under a burst of requests as on an idle server."""
+    async with slots(health_check_slots, HEALTH_CHECK_SLOTS):
+        return await to_thread.run_sync(database_answers, limiter=CapacityLimiter(1))
+
+
 async def get_session() -> AsyncIterator[Session]:
     # async def saves a thread hop on every request: opening a Session does no I/O (it
     # connects at its first query, in a worker thread). Closing it returns the connection
     # to the pool, which talks to the database, so that runs in a worker thread: shielded,
-    # so a client hanging up cannot leak the connection, and outside the threadpool's
-    # limit (as FastAPI does for sync dependencies), so it never waits for a thread held
-    # by a request that is itself waiting for this connection.
+    # so a client hanging up cannot leak the connection or its slot, and outside the
+    # threadpool's limit (as FastAPI does for sync dependencies), so it never waits for
+    # a thread.
     # expire_on_commit=False: a handler returns the rows it just wrote without a re-read.
-    session = Session(engine, expire_on_commit=False)
-    try:
-        yield session
-    finally:
-        with CancelScope(shield=True):
-            await to_thread.run_sync(session.close, limiter=CapacityLimiter(1))
+    async with slots(session_slots, SESSION_SLOTS):
+        session = Session(engine, expire_on_commit=False)
+        try:
+            yield session
+        finally:
+            with CancelScope(shield=True):
+                await to_thread.run_sync(session.close, limiter=CapacityLimiter(1))
 
 
 SessionDep = Annotated[Session, Depends(get_session)]

@@ -16,15 +16,13 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
-from sqlalchemy.exc import SQLAlchemyError
-from sqlmodel import select
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from config import settings
-from db import SessionDep, create_tables, engine
+from db import check_database, create_tables, engine
 from routes import auth, tasks
 from schemas import HealthStatus, error_response
 
@@ -250,10 +248,8 @@ async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
     summary="Health check",
     responses={503: error_response("The database does not answer", "Database unavailable")},
 )
-def health(session: SessionDep) -> HealthStatus:
+async def health() -> HealthStatus:
     """200 when the API is up and its database answers a query."""
-    try:
-        session.exec(select(1)).one()
-    except SQLAlchemyError:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail="Database unavailable") from None
+    if not await check_database():
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail="Database unavailable")
     return HealthStatus()
