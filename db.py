@@ -9,9 +9,15 @@ PostgreSQL (DATABASE_URL=postgresql+psycopg://...) needs none of that: it gets t
 pool size, plus pool_pre_ping so that a connection the server has closed is replaced
 instead of failing a request. Date-times are timestamptz columns that SQLModel returns
 in UTC, so the server's TimeZone setting never shows in the API.
+
+On both, every statement has a time budget (STATEMENT_TIMEOUT_MS): SQLite's progress
+handler or PostgreSQL's statement_timeout stops it, and main.py answers 503.
 """
 
+import sqlite3
+import time
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
@@ -19,7 +25,7 @@ from anyio import CancelScope, CapacityLimiter, Semaphore, to_thread
 from anyio.lowlevel import RunVar
 from fastapi import Depends
 from sqlalchemy import Engine, event, text
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlmodel import Session, SQLModel, create_engine
 
 from config import settings
@@ -31,6 +37,8 @@ POOL_SIZE = SESSION_SLOTS + HEALTH_CHECK_SLOTS
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # Any fixed number works: it only has to be the same in every process of this app.
 SCHEMA_LOCK_KEY = 0x70D0_5C4E
+QUERY_CANCELED = "57014"  # PostgreSQL's SQLSTATE for a statement stopped by statement_timeout
+STATEMENT_TIMED_OUT = "The query took too long; narrow it down (a shorter search, a filter) and try again"
 
 
 def unicode_lower(value: object) -> object:
@@ -51,7 +59,56 @@ def configure_sqlite(dbapi_connection, _connection_record) -> None:
     cursor.close()
 
 
-def make_engine(url: str) -> Engine:
+class StatementBudget:
+    """Interrupts a SQLite statement that has run for longer than `seconds` (it then fails
+    with "interrupted"): SQLite calls exceeded() every PROGRESS_INSTRUCTIONS steps of its
+    virtual machine. The clock starts at a statement's first call, once it holds its locks:
+    waiting for the write lock is busy_timeout's business."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.deadline: float | None = None
+
+    def restart(self) -> None:
+        self.deadline = None
+
+    def exceeded(self) -> bool:
+        now = time.monotonic()
+        if self.deadline is None:
+            self.deadline = now + self.seconds
+            return False
+        return now > self.deadline
+
+
+# Often enough to stop even a statement whose every step is slow (a backtracking LIKE on
+# a long text) soon after its budget; seldom enough that an ordinary query never pays.
+PROGRESS_INSTRUCTIONS = 1_000
+
+
+def restart_statement_budget(connection, _cursor, _statement, _parameters, _context, _executemany) -> None:
+    connection.info["statement_budget"].restart()
+
+
+def set_postgresql_statement_timeout(milliseconds: int, dbapi_connection, _connection_record) -> None:
+    with dbapi_connection.cursor() as cursor:
+        cursor.execute(f"SET statement_timeout = {int(milliseconds)}")
+    dbapi_connection.commit()
+
+
+def statement_ran_out_of_time(error: DBAPIError) -> bool:
+    """SQLite's "interrupted" (from StatementBudget) or PostgreSQL's query_canceled (from
+    statement_timeout)."""
+    original = error.orig
+    return (
+        getattr(original, "sqlite_errorcode", None) == sqlite3.SQLITE_INTERRUPT
+        or getattr(original, "sqlstate", None) == QUERY_CANCELED
+    )
+
+
+def make_engine(url: str, statement_timeout_ms: int | None = None) -> Engine:
+    """An engine whose every statement has a time budget: STATEMENT_TIMEOUT_MS unless
+    `statement_timeout_ms` is given."""
+    timeout_ms = settings.statement_timeout_ms if statement_timeout_ms is None else statement_timeout_ms
     # hide_parameters keeps bound values (password hashes among them) out of error logs.
     if url.startswith("sqlite"):
         engine = create_engine(
@@ -61,15 +118,25 @@ def make_engine(url: str) -> Engine:
             pool_size=POOL_SIZE,
             max_overflow=0,
         )
-        event.listen(engine, "connect", configure_sqlite)
+
+        def configure_connection(dbapi_connection, connection_record) -> None:
+            configure_sqlite(dbapi_connection, connection_record)
+            budget = StatementBudget(timeout_ms / 1000)
+            connection_record.info["statement_budget"] = budget
+            dbapi_connection.set_progress_handler(budget.exceeded, PROGRESS_INSTRUCTIONS)
+
+        event.listen(engine, "connect", configure_connection)
+        event.listen(engine, "before_cursor_execute", restart_statement_budget)
         return engine
-    return create_engine(
+    engine = create_engine(
         url,
         hide_parameters=True,
         pool_pre_ping=True,
         pool_size=POOL_SIZE,
         max_overflow=0,
     )
+    event.listen(engine, "connect", partial(set_postgresql_statement_timeout, timeout_ms))
+    return engine
 
 
 engine = make_engine(settings.database_url)

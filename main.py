@@ -16,13 +16,14 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
+from sqlalchemy.exc import OperationalError
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from config import settings
-from db import check_database, create_tables, engine
+from db import STATEMENT_TIMED_OUT, check_database, create_tables, engine, statement_ran_out_of_time
 from routes import auth, tasks
 from schemas import HealthStatus, error_response
 
@@ -207,6 +208,15 @@ async def validation_error(request: Request, exc: RequestValidationError) -> JSO
     errors = [{key: value for key, value in error.items() if key != "input"} for error in exc.errors()]
     return JSONResponse(
         status_code=status.HTTP_422_UNPROCESSABLE_CONTENT, content={"detail": jsonable_encoder(errors)}
+    )
+
+
+@app.exception_handler(OperationalError)
+async def statement_timed_out(request: Request, exc: OperationalError) -> JSONResponse:
+    if not statement_ran_out_of_time(exc):
+        raise exc  # an unexpected database error: InternalErrorAsJson's 500
+    return JSONResponse(
+        status_code=status.HTTP_503_SERVICE_UNAVAILABLE, content={"detail": STATEMENT_TIMED_OUT}
     )
 
 

@@ -1,21 +1,28 @@
-"""A real `uvicorn main:app` under load and abuse: a burst of simultaneous clients, and one
-address that tries to take every password hash for itself.
+"""Load and abuse: a real `uvicorn main:app` under a burst of simultaneous clients and
+under one address that tries to take every password hash for itself; and the bounds on
+what one account's requests can cost (tasks per user, time per database statement).
 
 Every request has a timeout, every loop a bound, so a server that stalls fails the test
 instead of hanging it. All load goes to the loopback interface.
 """
 
+import dataclasses
 import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
 
 import httpx2
-import pytest
+from sqlalchemy import insert
 
-from conftest import PASSWORD
+import db
+import routes.tasks
+from conftest import PASSWORD, TEST_DATABASE_URL, Account
+from db import STATEMENT_TIMED_OUT
 from limits import TOO_MANY_AUTH_REQUESTS
 from live_server import LiveServer
+from models import Task
 
 REQUEST_TIMEOUT_SECONDS = 60  # longer than the slowest answer a test accepts, so it measures it
 
@@ -175,3 +182,132 @@ def test_one_address_retrying_password_checks_cannot_starve_other_logins(tmp_pat
     assert len(victim_statuses) == len(VICTIMS) * LOGINS_PER_VICTIM
     assert succeeded >= 0.9 * len(victim_statuses), f"logins from other addresses: {Counter(victim_statuses)}"
     assert "Traceback" not in log
+
+
+# --- tasks per user ---
+
+
+def limit_tasks_to(monkeypatch, limit: int) -> dict:
+    """MAX_TASKS_PER_USER for this test; returns the 409 body at that limit."""
+    monkeypatch.setattr(routes.tasks, "settings", dataclasses.replace(routes.tasks.settings, max_tasks_per_user=limit))
+    return {"detail": f"Task limit reached: an account holds at most {limit} tasks; delete some first"}
+
+
+def create(client, account: Account, **fields):
+    return client.post(account.tasks_url, headers=account.headers, json={"title": "a task", **fields})
+
+
+def total(client, account: Account) -> int:
+    listing = client.get(account.tasks_url, headers=account.headers)
+    assert listing.status_code == 200, listing.text
+    return int(listing.headers["X-Total-Count"])
+
+
+def test_max_tasks_per_user_defaults_to_10000():
+    assert routes.tasks.settings.max_tasks_per_user == 10_000
+
+
+def test_a_create_beyond_the_task_limit_is_409_until_a_task_is_deleted(client, alice, bob, monkeypatch):
+    too_many = limit_tasks_to(monkeypatch, 3)
+    created = [create(client, alice).json()["id"] for _ in range(3)]
+    refused = create(client, alice)
+    assert (refused.status_code, refused.json()) == (409, too_many)
+    assert total(client, alice) == 3
+    assert create(client, bob).status_code == 201  # the limit is per account
+
+    deleted = client.delete(f"{alice.tasks_url}/{created[0]}", headers=alice.headers)
+    assert deleted.status_code == 204
+    again = create(client, alice, title="room again")
+    assert (again.status_code, again.json()["title"]) == (201, "room again")
+    assert total(client, alice) == 3
+
+
+def test_concurrent_creates_never_pass_the_task_limit(client, alice, monkeypatch):
+    too_many = limit_tasks_to(monkeypatch, 5)
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        responses = list(pool.map(lambda number: create(client, alice, title=f"task {number}"), range(30)))
+    assert Counter(response.status_code for response in responses) == {201: 5, 409: 25}
+    assert all(response.json() == too_many for response in responses if response.status_code == 409)
+    assert total(client, alice) == 5
+
+
+def test_tasks_already_stored_count_towards_the_limit(client, engine, alice, monkeypatch):
+    """An account's tasks are counted at its first create that needs the count, however
+    they got there."""
+    too_many = limit_tasks_to(monkeypatch, 3)
+    insert_tasks(engine, alice.id, count=3, title="stored", description=None)
+    refused = create(client, alice)
+    assert (refused.status_code, refused.json()) == (409, too_many)
+    assert total(client, alice) == 3
+
+
+def test_completing_a_recurring_task_at_the_limit_is_409_and_changes_nothing(client, alice, monkeypatch):
+    """Its next occurrence would be one task too many; ending the series silently would
+    break the promise of exactly one next occurrence."""
+    too_many = limit_tasks_to(monkeypatch, 2)
+    recurring = create(client, alice, recurrence="daily", due_date="2026-03-02T09:00:00Z").json()
+    other = create(client, alice).json()
+    url = f"{alice.tasks_url}/{recurring['id']}"
+
+    for response in (
+        client.patch(f"{url}/complete", headers=alice.headers),
+        client.put(url, headers=alice.headers, json={"completed": True}),
+    ):
+        assert (response.status_code, response.json()) == (409, too_many)
+    unchanged = client.get(url, headers=alice.headers).json()
+    assert (unchanged["completed"], unchanged["completed_at"]) == (False, None)
+    assert total(client, alice) == 2
+
+    assert client.delete(f"{alice.tasks_url}/{other['id']}", headers=alice.headers).status_code == 204
+    completed = client.patch(f"{url}/complete", headers=alice.headers)
+    assert (completed.status_code, completed.json()["completed"]) == (200, True)
+    titles_and_dates = [(task["title"], task["due_date"]) for task in client.get(alice.tasks_url, headers=alice.headers).json()]
+    assert sorted(titles_and_dates) == [("a task", "2026-03-02T09:00:00Z"), ("a task", "2026-03-03T09:00:00Z")]
+
+
+# --- time per database statement ---
+
+WORST_CASE_TASKS = 3_000
+WORST_CASE_QUERY = "a" * 199 + "b"  # LIKE backtracks: text length times pattern length, per row
+
+
+def insert_tasks(engine, owner_id: int, count: int, title: str, description: str | None) -> None:
+    """Rows straight into the table: thousands of them in well under a second."""
+    moment = datetime(2026, 3, 1, tzinfo=timezone.utc)
+    row = {
+        "user_id": owner_id, "title": title, "description": description, "completed": False,
+        "priority": "medium", "recurrence": "none", "next_occurrence_created": False,
+        "created_at": moment, "updated_at": moment,
+    }  # fmt: skip
+    with engine.begin() as connection:
+        connection.execute(insert(Task), [row] * count)
+
+
+def worst_case_search(client, engine, account: Account) -> tuple[httpx2.Response, float]:
+    insert_tasks(engine, account.id, WORST_CASE_TASKS, title="a" * 200, description="a" * 1000)
+    started = time.monotonic()
+    response = client.get(account.tasks_url, headers=account.headers, params={"q": WORST_CASE_QUERY})
+    return response, time.monotonic() - started
+
+
+def test_the_worst_case_search_is_answered_within_4_seconds(client, engine, alice):
+    response, seconds = worst_case_search(client, engine, alice)
+    assert seconds < 4, f"the search took {seconds:.1f} s"
+    if response.status_code == 200:
+        assert (response.json(), response.headers["X-Total-Count"]) == ([], "0")
+    else:
+        assert (response.status_code, response.json()) == (503, {"detail": STATEMENT_TIMED_OUT})
+
+
+def test_a_statement_over_its_budget_is_503_and_the_server_goes_on(client, engine, alice, monkeypatch):
+    """SQLite's "interrupted", PostgreSQL's query_canceled: either way a clear 503."""
+    strict = db.make_engine(TEST_DATABASE_URL or str(engine.url), statement_timeout_ms=1)
+    monkeypatch.setattr(db, "engine", strict)
+    try:
+        response, seconds = worst_case_search(client, engine, alice)
+        assert (response.status_code, response.json()) == (503, {"detail": STATEMENT_TIMED_OUT})
+        assert seconds < 4
+        me = client.get("/api/auth/me", headers=alice.headers)
+        assert (me.status_code, me.json()["id"]) == (200, alice.id)
+    finally:
+        strict.dispose()
