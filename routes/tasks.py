@@ -62,9 +62,8 @@ TASK_ERRORS = {**OWNER_ERRORS, 404: error_response("Task not found", "Task not f
 
 def too_many_tasks() -> HTTPException:
     limit = settings.max_tasks_per_user
-    return HTTPException(
-        status.HTTP_409_CONFLICT, detail=f"Task limit reached: an account holds at most {limit} tasks; delete some first"
-    )
+    detail = f"Task limit reached: an account holds at most {limit} tasks; delete some first"
+    return HTTPException(status.HTTP_409_CONFLICT, detail=detail)
 
 
 TOO_MANY_TASKS = too_many_tasks().detail
