@@ -81,7 +81,8 @@ class StatementBudget:
 
 
 # Often enough to stop even a statement whose every step is slow (a backtracking LIKE on
-# a long text) soon after its budget; seldom enough that an ordinary query never pays.
+# a long text) soon after its budget; seldom enough that an ordinary query calls it a few
+# times at most.
 PROGRESS_INSTRUCTIONS = 1_000
 
 
