@@ -33,7 +33,7 @@ from sqlmodel import Session, select
 from auth import OwnerDep, invalid_credentials
 from config import settings
 from db import STATEMENT_TIMED_OUT, SessionDep
-from models import Task, TaskCount, TaskTag, utc_now
+from models import Task, TaskCount, TaskTag, User, utc_now
 from schemas import (
     LATEST_DATE,
     RECURRENCE_NEEDS_DUE_DATE,
@@ -198,6 +198,9 @@ COUNT_ONE_MORE_TASK = (
 COUNT_ONE_LESS_TASK = (
     update(TASK_COUNTS).where(TASK_COUNTS.c.user_id == bindparam("owner_id")).values(tasks=TASK_COUNTS.c.tasks - 1)
 )
+# FOR KEY SHARE: what inserting a task takes on its user anyway; it conflicts only with
+# deleting the user, never with another create or a password change.
+LOCK_OWNER = select(User.id).where(User.id == bindparam("owner_id")).with_for_update(read=True, key_share=True)
 OWNER_ID = bindparam("owner_id", type_=TASK_COUNTS.c.user_id.type)
 TASKS_OF_OWNER = select(OWNER_ID, func.count()).select_from(Task).where(Task.user_id == OWNER_ID)
 START_COUNTING = {
@@ -213,11 +216,16 @@ def count_new_task(session: Session, owner_id: int) -> None:
     MAX_TASKS_PER_USER. Concurrent creates cannot both take the last place: the
     conditional UPDATE is a write, so on SQLite it waits for the one write lock, and on
     PostgreSQL for the counter row's lock, and then sees the count the other left."""
+    dialect = session.get_bind().dialect.name
+    # Deleting the account locks the user row, then (by cascade) the counter row. Taking
+    # them in the same order here keeps a create racing that deletion from deadlocking.
+    if dialect == "postgresql" and session.execute(LOCK_OWNER, {"owner_id": owner_id}).first() is None:
+        raise invalid_credentials()  # the account was deleted since the token was checked
     params = {"owner_id": owner_id, "limit": settings.max_tasks_per_user}
     if session.execute(COUNT_ONE_MORE_TASK, params).rowcount == 1:
         return
     # No counter yet (the account's tasks are counted once, here), or the limit is reached.
-    session.execute(START_COUNTING[session.get_bind().dialect.name], {"owner_id": owner_id})
+    session.execute(START_COUNTING[dialect], {"owner_id": owner_id})
     if session.execute(COUNT_ONE_MORE_TASK, params).rowcount != 1:
         raise too_many_tasks()
 
