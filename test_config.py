@@ -97,6 +97,10 @@ def test_jwt_secret_file_setting_picks_the_path(tmp_path):
         ({"BCRYPT_ROUNDS": "3"}, "BCRYPT_ROUNDS must be between 4 and 31, not 3"),
         ({"ACCESS_TOKEN_EXPIRE_MINUTES": "soon"}, "ACCESS_TOKEN_EXPIRE_MINUTES must be a whole number"),
         ({"ACCESS_TOKEN_EXPIRE_MINUTES": "0"}, "ACCESS_TOKEN_EXPIRE_MINUTES must be between 1"),
+        ({"MAX_TASKS_PER_USER": "0"}, "MAX_TASKS_PER_USER must be between 1 and 100000000, not 0"),
+        ({"MAX_TASKS_PER_USER": "many"}, "MAX_TASKS_PER_USER must be a whole number, not 'many'"),
+        ({"STATEMENT_TIMEOUT_MS": "50"}, "STATEMENT_TIMEOUT_MS must be between 100 and 600000, not 50"),
+        ({"STATEMENT_TIMEOUT_MS": "2s"}, "STATEMENT_TIMEOUT_MS must be a whole number, not '2s'"),
     ],
 )
 def test_bad_settings_stop_start_up_with_a_clear_message(tmp_path, env, message):
