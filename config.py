@@ -39,6 +39,9 @@ class Settings:
     login_failure_window_minutes: int
     auth_requests_per_minute: int
     sqlite_synchronous: str
+    # Bounds on what one request can cost.
+    max_tasks_per_user: int
+    statement_timeout_ms: int
     # Better Auth (see better_auth.py); None turns that kind of token off.
     better_auth_url: str | None
     better_auth_jwks_url: str | None
@@ -197,6 +200,11 @@ def load_settings() -> Settings:
         # NORMAL: no committed write is lost when the server crashes; FULL: nor when the
         # machine loses power. OFF is not offered: it can corrupt the file.
         sqlite_synchronous=choice_setting("SQLITE_SYNCHRONOUS", "NORMAL", ("NORMAL", "FULL")),
+        max_tasks_per_user=int_setting("MAX_TASKS_PER_USER", 10_000, 1, 100_000_000),
+        # Long enough for any ordinary query on a busy machine; short enough that the
+        # slowest search (LIKE backtracks: text length times pattern length, per row) is
+        # answered, with a 503 if need be, within a few seconds.
+        statement_timeout_ms=int_setting("STATEMENT_TIMEOUT_MS", 2_000, 100, 600_000),
         better_auth_url=better_auth_url,
         better_auth_jwks_url=better_auth_jwks_url,
         better_auth_secret=better_auth_secret,

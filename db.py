@@ -3,7 +3,7 @@
 SQLite is the zero-setup default. Its settings below are what keep it correct under many
 concurrent clients: WAL lets readers run beside the one writer, busy_timeout makes a
 writer wait for the lock instead of failing with "database is locked", and the pool has
-a connection for every thread of FastAPI's threadpool.
+a connection for every thread of FastAPI's threadpool, and one for /health.
 
 PostgreSQL (DATABASE_URL=postgresql+psycopg://...) needs none of that: it gets the same
 pool size, plus pool_pre_ping so that a connection the server has closed is replaced
@@ -12,10 +12,17 @@ in UTC, so the server's TimeZone setting never shows in the API.
 
 The schema comes from the Alembic migrations in migrations/: migrate() brings any
 database to the newest revision at start-up, in one transaction, one process at a time.
+
+On both, every statement has a time budget (STATEMENT_TIMEOUT_MS): SQLite's progress
+handler or PostgreSQL's statement_timeout stops it, and main.py answers 503.
 """
 
+import math
+import sqlite3
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
@@ -23,18 +30,25 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from anyio import CancelScope, CapacityLimiter, to_thread
+from anyio import CancelScope, CapacityLimiter, Semaphore, to_thread
+from anyio.lowlevel import RunVar
 from fastapi import Depends
 from sqlalchemy import Connection, Engine, event, inspect, make_url, text
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, create_engine
 
 from config import settings
 
 THREADPOOL_SIZE = 40  # AnyIO's default number of worker threads, which run our sync handlers
+SESSION_SLOTS = THREADPOOL_SIZE  # one connection for each thread that can run a query
+HEALTH_CHECK_SLOTS = 1  # /health has a connection of its own, so it never queues behind requests
+POOL_SIZE = SESSION_SLOTS + HEALTH_CHECK_SLOTS
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # Any fixed number works: it only has to be the same in every process of this app.
 SCHEMA_LOCK_KEY = 0x70D0_5C4E
+QUERY_CANCELED = "57014"  # PostgreSQL's SQLSTATE for a statement stopped by statement_timeout
+STATEMENT_TIMED_OUT = "The query took too long; narrow it down (a shorter search, a filter) and try again"
 
 
 def unicode_lower(value: object) -> object:
@@ -55,30 +69,90 @@ def configure_sqlite(dbapi_connection, _connection_record) -> None:
     cursor.close()
 
 
-def make_engine(url: str) -> Engine:
+class StatementBudget:
+    """Interrupts a SQLite statement that has run for longer than `seconds` (it then fails
+    with "interrupted"): SQLite calls exceeded() every PROGRESS_INSTRUCTIONS steps of its
+    virtual machine. The clock starts at a statement's first call, once it holds its locks:
+    waiting for the write lock is busy_timeout's business."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.deadline: float | None = None
+
+    def restart(self) -> None:
+        self.deadline = None
+
+    def exceeded(self) -> bool:
+        now = time.monotonic()
+        if self.deadline is None:
+            self.deadline = now + self.seconds
+            return False
+        return now > self.deadline
+
+
+# Often enough to stop even a statement whose every step is slow (a backtracking LIKE on
+# a long text) soon after its budget; seldom enough that an ordinary query calls it a few
+# times at most.
+PROGRESS_INSTRUCTIONS = 1_000
+
+
+def restart_statement_budget(connection, _cursor, _statement, _parameters, _context, _executemany) -> None:
+    connection.info["statement_budget"].restart()
+
+
+def set_postgresql_statement_timeout(milliseconds: int, dbapi_connection, _connection_record) -> None:
+    with dbapi_connection.cursor() as cursor:
+        cursor.execute(f"SET statement_timeout = {int(milliseconds)}")
+    dbapi_connection.commit()
+
+
+def statement_ran_out_of_time(error: DBAPIError) -> bool:
+    """SQLite's "interrupted" (from StatementBudget) or PostgreSQL's query_canceled (from
+    statement_timeout)."""
+    original = error.orig
+    return (
+        getattr(original, "sqlite_errorcode", None) == sqlite3.SQLITE_INTERRUPT
+        or getattr(original, "sqlstate", None) == QUERY_CANCELED
+    )
+
+
+def make_engine(url: str, statement_timeout_ms: int | None = None) -> Engine:
+    """An engine whose every statement has a time budget: STATEMENT_TIMEOUT_MS unless
+    `statement_timeout_ms` is given."""
+    timeout_ms = settings.statement_timeout_ms if statement_timeout_ms is None else statement_timeout_ms
     # hide_parameters keeps bound values (password hashes among them) out of error logs.
     if url.startswith("sqlite"):
         if make_url(url).database in (None, "", ":memory:"):
             # Each connection to :memory: would be a database of its own, so every request
-            # shares one connection: for demos and tests, not for concurrent writers.
+            # shares one connection, one session at a time (see get_session): for demos.
             pooling = {"poolclass": StaticPool}
         else:
-            pooling = {"pool_size": THREADPOOL_SIZE, "max_overflow": 0}
+            pooling = {"pool_size": POOL_SIZE, "max_overflow": 0}
         engine = create_engine(
             url,
             hide_parameters=True,
             connect_args={"check_same_thread": False},  # a request may cross threads
             **pooling,
         )
-        event.listen(engine, "connect", configure_sqlite)
+
+        def configure_connection(dbapi_connection, connection_record) -> None:
+            configure_sqlite(dbapi_connection, connection_record)
+            budget = StatementBudget(timeout_ms / 1000)
+            connection_record.info["statement_budget"] = budget
+            dbapi_connection.set_progress_handler(budget.exceeded, PROGRESS_INSTRUCTIONS)
+
+        event.listen(engine, "connect", configure_connection)
+        event.listen(engine, "before_cursor_execute", restart_statement_budget)
         return engine
-    return create_engine(
+    engine = create_engine(
         url,
         hide_parameters=True,
         pool_pre_ping=True,
-        pool_size=THREADPOOL_SIZE,
+        pool_size=POOL_SIZE,
         max_overflow=0,
     )
+    event.listen(engine, "connect", partial(set_postgresql_statement_timeout, timeout_ms))
+    return engine
 
 
 engine = make_engine(settings.database_url)
@@ -111,11 +185,15 @@ def schema_transaction(target: Engine) -> Iterator[Connection]:
     rolls back if the block raises: of several processes starting together, one migrates
     and the others wait, then find the work done."""
     with target.connect() as connection:
+        # A migration may copy a whole table, so it runs without the per-statement budget.
         if connection.dialect.name == "postgresql":
             with connection.begin():
+                connection.execute(text("SET LOCAL statement_timeout = 0"))
                 connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
                 yield connection
             return
+        budget = connection.info["statement_budget"]
+        budget_seconds, budget.seconds = budget.seconds, math.inf
         # pysqlite opens a transaction only before INSERT/UPDATE/DELETE and runs DDL outside
         # of one, so a failing migration would leave half its tables behind. In autocommit
         # mode the driver starts nothing itself, and the BEGIN below covers everything; the
@@ -141,6 +219,7 @@ def schema_transaction(target: Engine) -> Iterator[Connection]:
             connection.exec_driver_sql("COMMIT")
         finally:
             connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+            budget.seconds = budget_seconds
 
 
 def alembic_config(migrations: Path = MIGRATIONS, connection: Connection | None = None) -> Config:
@@ -215,20 +294,60 @@ def migrate(target: Engine, migrations: Path = MIGRATIONS) -> tuple[str | None, 
     return before, head
 
 
+# A request keeps its session, and so its pooled connection, from its first query to its
+# end, across several hops between the event loop and the threadpool. If every request
+# could open a session, 40 threads could each wait for a connection while the 40 pooled
+# connections belong to requests parked until a thread frees up: nothing moves until the
+# pool's timeout. So a request takes one of SESSION_SLOTS, on the event loop and before
+# its first thread, and keeps it until its session is closed. There are never more
+# sessions than connections, and a thread never waits for a connection.
+session_slots: RunVar[Semaphore] = RunVar("session_slots")  # AnyIO's, one per event loop
+health_check_slots: RunVar[Semaphore] = RunVar("health_check_slots")
+
+
+def slots(variable: RunVar[Semaphore], count: int) -> Semaphore:
+    try:
+        return variable.get()
+    except LookupError:
+        semaphore = Semaphore(count, fast_acquire=True)
+        variable.set(semaphore)
+        return semaphore
+
+
+def database_answers() -> bool:
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except SQLAlchemyError:
+        return False
+    return True
+
+
+async def check_database() -> bool:
+    """Whether the database answers a query. On a connection and a thread of its own, so
+    the answer comes as fast under a burst of requests as on an idle server."""
+    # In-memory SQLite's one connection is the sessions': /health takes its turn with them.
+    shared = isinstance(engine.pool, StaticPool)
+    async with slots(session_slots, 1) if shared else slots(health_check_slots, HEALTH_CHECK_SLOTS):
+        return await to_thread.run_sync(database_answers, limiter=CapacityLimiter(1))
+
+
 async def get_session() -> AsyncIterator[Session]:
     # async def saves a thread hop on every request: opening a Session does no I/O (it
     # connects at its first query, in a worker thread). Closing it returns the connection
     # to the pool, which talks to the database, so that runs in a worker thread: shielded,
-    # so a client hanging up cannot leak the connection, and outside the threadpool's
-    # limit (as FastAPI does for sync dependencies), so it never waits for a thread held
-    # by a request that is itself waiting for this connection.
+    # so a client hanging up cannot leak the connection or its slot, and outside the
+    # threadpool's limit (as FastAPI does for sync dependencies), so it never waits for
+    # a thread.
     # expire_on_commit=False: a handler returns the rows it just wrote without a re-read.
-    session = Session(engine, expire_on_commit=False)
-    try:
-        yield session
-    finally:
-        with CancelScope(shield=True):
-            await to_thread.run_sync(session.close, limiter=CapacityLimiter(1))
+    # In-memory SQLite has one connection in all, so its sessions take turns.
+    async with slots(session_slots, 1 if isinstance(engine.pool, StaticPool) else SESSION_SLOTS):
+        session = Session(engine, expire_on_commit=False)
+        try:
+            yield session
+        finally:
+            with CancelScope(shield=True):
+                await to_thread.run_sync(session.close, limiter=CapacityLimiter(1))
 
 
 SessionDep = Annotated[Session, Depends(get_session)]

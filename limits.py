@@ -1,5 +1,5 @@
-"""Abuse limits: failed logins per (email, client address), and signups plus logins per
-client address, each counted in a sliding window.
+"""Abuse limits: failed logins per (email, client address), and signups, logins and
+password checks per client address, each counted in a sliding window.
 
 The counts live in the database (RateLimitEvent rows), not in one process's memory, so
 they hold across `uvicorn --workers 4`. Each row is one counted event and carries the
@@ -51,7 +51,7 @@ LimitsDep = Annotated[AbuseLimits, Depends(configured_limits)]
 
 AUTH_REQUEST_WINDOW = timedelta(minutes=1)
 TOO_MANY_FAILED_LOGINS = "Too many failed logins for this email; try again later"
-TOO_MANY_AUTH_REQUESTS = "Too many signups and logins from your address; try again later"
+TOO_MANY_AUTH_REQUESTS = "Too many signups, logins, refreshes and password checks from your address; try again later"
 
 
 def bucket_key(*parts: str) -> str:
@@ -102,7 +102,7 @@ def seconds_until_free(session: Session, bucket: str, limit: int, now: datetime)
 
 
 def count_auth_request(session: Session, limits: AbuseLimits, client: str, now: datetime) -> None:
-    """Count a signup or login from `client`; 429 beyond the per-minute limit."""
+    """Count a signup, login or password check from `client`; 429 beyond the per-minute limit."""
     limit = limits.auth_requests_per_minute
     if limit == 0:
         return

@@ -22,8 +22,7 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagge
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
-from sqlalchemy.exc import SQLAlchemyError
-from sqlmodel import select
+from sqlalchemy.exc import OperationalError
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware as StarletteCORSMiddleware
@@ -31,7 +30,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from config import settings
-from db import SchemaError, SessionDep, engine, migrate
+from db import STATEMENT_TIMED_OUT, SchemaError, check_database, engine, migrate, statement_ran_out_of_time
 from routes import auth, tasks
 from schemas import HealthStatus, error_response
 
@@ -334,6 +333,15 @@ async def validation_error(request: Request, exc: RequestValidationError) -> JSO
     )
 
 
+@app.exception_handler(OperationalError)
+async def statement_timed_out(request: Request, exc: OperationalError) -> JSONResponse:
+    if not statement_ran_out_of_time(exc):
+        raise exc  # an unexpected database error: InternalErrorAsJson's 500
+    return JSONResponse(
+        status_code=status.HTTP_503_SERVICE_UNAVAILABLE, content={"detail": STATEMENT_TIMED_OUT}
+    )
+
+
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 
 
@@ -372,12 +380,10 @@ async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
     summary="Health check",
     responses={503: error_response("The database does not answer", "Database unavailable")},
 )
-def health(session: SessionDep) -> HealthStatus:
+async def health() -> HealthStatus:
     """200 when the API is up and its database answers a query."""
-    try:
-        session.exec(select(1)).one()
-    except SQLAlchemyError:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail="Database unavailable") from None
+    if not await check_database():
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail="Database unavailable")
     return HealthStatus()
 
 

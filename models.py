@@ -87,6 +87,15 @@ class Task(SQLModel, table=True):
     completed_at: datetime | None = None
 
 
+class TaskCount(SQLModel, table=True):
+    """How many tasks a user has, kept in the same transactions that create and delete
+    them: the per-user limit is then one conditional UPDATE, not a count of every task.
+    A user gets a row at the first create that needs it."""
+
+    user_id: int = Field(foreign_key="user.id", primary_key=True, ondelete="CASCADE", sa_type=Id)
+    tasks: int
+
+
 class TaskTag(SQLModel, table=True):
     """One tag of one task. The primary key makes a tag unique per task and serves
     both the tag filter and loading a page's tags."""

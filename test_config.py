@@ -101,6 +101,10 @@ def test_jwt_secret_file_setting_picks_the_path(tmp_path):
         ({"JWT_SECRET": "k" * 40, "BETTER_AUTH_SECRET": "k" * 40}, "BETTER_AUTH_SECRET must differ from JWT_SECRET"),
         ({"BETTER_AUTH_URL": "localhost:3000"}, "BETTER_AUTH_URL must be an http:// or https:// URL"),
         ({"BETTER_AUTH_JWKS_URL": "http://127.0.0.1:3000/api/auth/jwks"}, "BETTER_AUTH_JWKS_URL needs BETTER_AUTH_URL"),
+        ({"MAX_TASKS_PER_USER": "0"}, "MAX_TASKS_PER_USER must be between 1 and 100000000, not 0"),
+        ({"MAX_TASKS_PER_USER": "many"}, "MAX_TASKS_PER_USER must be a whole number, not 'many'"),
+        ({"STATEMENT_TIMEOUT_MS": "50"}, "STATEMENT_TIMEOUT_MS must be between 100 and 600000, not 50"),
+        ({"STATEMENT_TIMEOUT_MS": "2s"}, "STATEMENT_TIMEOUT_MS must be a whole number, not '2s'"),
     ],
 )
 def test_bad_settings_stop_start_up_with_a_clear_message(tmp_path, env, message):

@@ -469,7 +469,7 @@ def test_rate_limits_count_across_workers(tmp_path):
         body = {"email": "bot20@example.com", "password": PASSWORD}
         refused = send(server, "POST", "/api/auth/signup", "bot-over", client_address=scripter, json=body)
         assert refused.status_code == 429, refused.text
-        assert refused.json() == {"detail": "Too many signups and logins from your address; try again later"}
+        assert refused.json() == {"detail": "Too many signups, logins, refreshes and password checks from your address; try again later"}
         assert int(refused.headers["retry-after"]) > 0
         elsewhere = send(server, "POST", "/api/auth/signup", "elsewhere", json={**body, "email": "human@example.com"})
         assert elsewhere.status_code == 201, elsewhere.text

@@ -30,7 +30,7 @@ NEW_PASSWORD = "a brand new passphrase"
 INVALID_TOKEN = {"detail": "Could not validate credentials"}
 LOGIN_FAILED = {"detail": "Incorrect email or password"}
 TOO_MANY_FAILURES = {"detail": "Too many failed logins for this email; try again later"}
-TOO_MANY_REQUESTS = {"detail": "Too many signups and logins from your address; try again later"}
+TOO_MANY_REQUESTS = {"detail": "Too many signups, logins, refreshes and password checks from your address; try again later"}
 
 
 @pytest.fixture
@@ -279,6 +279,35 @@ def test_refused_auth_requests_do_not_extend_the_block(client, clock, alice, set
     clock.advance(seconds=10)
     response = login(client, alice.email, PASSWORD)
     assert (response.status_code, response.json()["user"]["id"]) == (200, alice.id)
+
+
+def test_password_change_and_account_deletion_count_as_auth_requests(client, clock, alice, set_limits):
+    set_limits(auth_requests_per_minute=3)
+    assert login(client, alice.email, PASSWORD).status_code == 200
+    assert change_password(client, alice.token, WRONG, NEW_PASSWORD).status_code == 401
+    assert delete_me(client, alice.token, WRONG).status_code == 401
+    assert_locked(change_password(client, alice.token, PASSWORD, NEW_PASSWORD), retry_after=60, body=TOO_MANY_REQUESTS)
+    assert_locked(delete_me(client, alice.token, PASSWORD), retry_after=60, body=TOO_MANY_REQUESTS)
+    assert_locked(login(client, alice.email, PASSWORD), retry_after=60, body=TOO_MANY_REQUESTS)
+
+
+def test_a_password_route_with_a_bad_token_is_401_and_not_counted(client, clock, alice, set_limits):
+    set_limits(auth_requests_per_minute=1)
+    for _ in range(3):
+        response = change_password(client, "not-a-token", PASSWORD, NEW_PASSWORD)
+        assert (response.status_code, response.json()) == (401, INVALID_TOKEN)
+    response = login(client, alice.email, PASSWORD)
+    assert (response.status_code, response.json()["user"]["id"]) == (200, alice.id)
+
+
+def test_requests_refused_for_lack_of_hashing_capacity_still_count(client, clock, alice, set_limits):
+    """Else one address could retry its 503s for free and keep every hashing slot taken."""
+    set_limits(auth_requests_per_minute=3)
+    with hashing_slots_taken():
+        assert_hashing_busy(login(client, alice.email, PASSWORD))
+        assert_hashing_busy(change_password(client, alice.token, PASSWORD, NEW_PASSWORD))
+        assert_hashing_busy(client.post("/api/auth/signup", json={"email": "new@example.com", "password": PASSWORD}))
+    assert_locked(login(client, alice.email, PASSWORD), retry_after=60, body=TOO_MANY_REQUESTS)
 
 
 def test_auth_requests_per_minute_zero_turns_it_off(client, clock, set_limits):

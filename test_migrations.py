@@ -697,7 +697,7 @@ def test_a_migration_that_rebuilds_the_user_table_keeps_every_task(tmp_path, dat
         assert "AUTOINCREMENT" in user_table
 
 
-# --- 0003_better_auth ---
+# --- 0004_better_auth ---
 
 
 def test_the_better_auth_revision_keeps_local_accounts_whole_and_better_auth_accounts_unique(database):
@@ -709,7 +709,7 @@ def test_the_better_auth_revision_keeps_local_accounts_whole_and_better_auth_acc
     now = datetime(2026, 3, 1, 12, tzinfo=timezone.utc)
     with database.begin() as connection:
         connection.execute(insert_user, {"email": "ada@example.com", "password_hash": "$2b$04$hash", "created_at": now})
-    upgrade_to(database, "0003_better_auth")
+    upgrade_to(database, "0004_better_auth")
 
     insert_any = text(
         'INSERT INTO "user" (email, password_hash, better_auth_issuer, better_auth_id, created_at, token_generation) '

@@ -443,7 +443,7 @@ def test_a_refresh_counts_against_the_auth_request_limit(client, carol, clock):
     third = refreshed(client, refreshed(client, first.refresh).refresh)
     refused = refresh(client, third.refresh)
     assert refused.status_code == 429
-    assert refused.json() == {"detail": "Too many signups and logins from your address; try again later"}
+    assert refused.json() == {"detail": "Too many signups, logins, refreshes and password checks from your address; try again later"}
     assert int(refused.headers["Retry-After"]) > 0
     clock.advance(minutes=1)
     assert_access_works(client, refreshed(client, third.refresh).access, account.id)

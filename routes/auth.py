@@ -77,7 +77,9 @@ def retry_later_response(description: str, detail: str) -> dict:
 
 
 LIMITED_AUTH_REQUESTS = {
-    429: retry_later_response("Too many signups and logins from this address", TOO_MANY_AUTH_REQUESTS)
+    429: retry_later_response(
+        "Too many signups, logins, refreshes and password checks from this address", TOO_MANY_AUTH_REQUESTS
+    )
 }
 # Every route that hashes or checks a password.
 HASHING_BUSY_RESPONSE = {
@@ -87,7 +89,7 @@ LOGIN_ERRORS = {
     401: error_response("Incorrect email or password", "Incorrect email or password"),
     429: retry_later_response(
         "Too many failed logins for this email from this address, "
-        "or too many signups and logins from this address",
+        "or too many signups, logins and password checks from this address",
         TOO_MANY_FAILED_LOGINS,
     ),
     **HASHING_BUSY_RESPONSE,
@@ -107,7 +109,11 @@ PASSWORD_CHANGED_CONCURRENTLY = "The password was changed by another request at 
 PASSWORD_CHECK_ERRORS = {
     401: error_response("Missing, invalid or expired token, or incorrect password", "Incorrect password"),
     403: error_response("A Better Auth account: it has no password here", PASSWORD_IN_BETTER_AUTH),
-    429: retry_later_response("Too many failed logins for this email from this address", TOO_MANY_FAILED_LOGINS),
+    429: retry_later_response(
+        "Too many failed logins for this email from this address, "
+        "or too many signups, logins and password checks from this address",
+        TOO_MANY_FAILED_LOGINS,
+    ),
     **HASHING_BUSY_RESPONSE,
     **VALIDATION_ERROR,
 }
@@ -137,6 +143,17 @@ ClientAddress = Annotated[str, Depends(client_address)]
 
 
 def limit_auth_requests(session: SessionDep, limits: LimitsDep, client: ClientAddress, now: Now) -> None:
+    """Every request that may hash or check a password counts, including one then refused
+    with 503 for lack of hashing capacity: otherwise retrying those would be free, and one
+    address could keep every hashing slot taken."""
+    count_auth_request(session, limits, client, now)
+
+
+def limit_password_checks(
+    user: CurrentUser, session: SessionDep, limits: LimitsDep, client: ClientAddress, now: Now
+) -> None:
+    """limit_auth_requests for the routes of a signed-in user, counted once the token is
+    valid (a request with a bad token never reaches bcrypt)."""
     count_auth_request(session, limits, client, now)
 
 
@@ -322,6 +339,7 @@ def logout(claims: TokenClaimsDep, user: CurrentUser, session: SessionDep, now: 
             "Another password change for this account won the race", PASSWORD_CHANGED_CONCURRENTLY
         ),
     },
+    dependencies=[Depends(limit_password_checks)],
 )
 def change_password(
     body: PasswordChange, user: CurrentUser, session: SessionDep, password_check: PasswordCheckDep
@@ -351,6 +369,7 @@ def change_password(
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Delete the account",
     responses=PASSWORD_CHECK_ERRORS,
+    dependencies=[Depends(limit_password_checks)],
 )
 def delete_me(
     body: PasswordConfirmation, user: CurrentUser, session: SessionDep, password_check: PasswordCheckDep

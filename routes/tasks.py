@@ -25,13 +25,15 @@ from sqlalchemy import (
     or_,
     update,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.exc import StaleDataError
 from sqlmodel import Session, select
 
 from auth import KEY_SET_UNAVAILABLE_RESPONSE, OwnerDep, invalid_credentials
-from db import SessionDep
-from models import Task, TaskTag, utc_now
+from config import settings
+from db import STATEMENT_TIMED_OUT, SessionDep
+from models import Task, TaskCount, TaskTag, User, utc_now
 from schemas import (
     LATEST_DATE,
     RECURRENCE_NEEDS_DUE_DATE,
@@ -46,16 +48,43 @@ from schemas import (
     error_response,
 )
 
-# Every task route takes a user_id path parameter, so every one can answer 422.
+# Every task route takes a user_id path parameter, so every one can answer 422, and runs
+# statements whose cost grows with the user's tasks, so every one has a time budget.
 OWNER_ERRORS = {
     401: error_response("Missing, invalid or expired token", "Could not validate credentials"),
     403: error_response(
         "The path's user_id is not the token's user", "You can only access your own tasks"
     ),
-    **KEY_SET_UNAVAILABLE_RESPONSE,
+    503: {
+        **error_response(
+            "A database statement ran longer than STATEMENT_TIMEOUT_MS; or a Better Auth token "
+            "while Better Auth's key set cannot be fetched (then with Retry-After)",
+            STATEMENT_TIMED_OUT,
+        ),
+        "headers": KEY_SET_UNAVAILABLE_RESPONSE[503]["headers"],
+    },
     **VALIDATION_ERROR,
 }
 TASK_ERRORS = {**OWNER_ERRORS, 404: error_response("Task not found", "Task not found")}
+
+
+def too_many_tasks() -> HTTPException:
+    limit = settings.max_tasks_per_user
+    detail = f"Task limit reached: an account holds at most {limit} tasks; delete some first"
+    return HTTPException(status.HTTP_409_CONFLICT, detail=detail)
+
+
+TOO_MANY_TASKS = too_many_tasks().detail
+TASK_LIMIT_ERROR = {409: error_response("The account already holds MAX_TASKS_PER_USER tasks", TOO_MANY_TASKS)}
+# Completing a recurring task creates its next occurrence, which needs room under the limit.
+COMPLETION_ERRORS = {
+    **TASK_ERRORS,
+    409: error_response(
+        "Completing this recurring task would create its next occurrence, and the account "
+        "already holds MAX_TASKS_PER_USER tasks; nothing was changed",
+        TOO_MANY_TASKS,
+    ),
+}
 
 router = APIRouter(prefix="/api/{user_id}/tasks", tags=["tasks"], responses=OWNER_ERRORS)
 
@@ -166,6 +195,49 @@ def replace_tags(session: Session, task_id: int, names: list[str]) -> None:
     session.add_all(TaskTag(task_id=task_id, name=name) for name in names)
 
 
+# Built once: they run on every create. Core statements on the table: nothing here needs
+# the ORM's bookkeeping.
+TASK_COUNTS = TaskCount.__table__
+COUNT_ONE_MORE_TASK = (
+    update(TASK_COUNTS)
+    .where(TASK_COUNTS.c.user_id == bindparam("owner_id"), TASK_COUNTS.c.tasks < bindparam("limit"))
+    .values(tasks=TASK_COUNTS.c.tasks + 1)
+)
+COUNT_ONE_LESS_TASK = (
+    update(TASK_COUNTS).where(TASK_COUNTS.c.user_id == bindparam("owner_id")).values(tasks=TASK_COUNTS.c.tasks - 1)
+)
+# FOR KEY SHARE: what inserting a task takes on its user anyway; it conflicts only with
+# deleting the user, never with another create or a password change.
+LOCK_OWNER = select(User.id).where(User.id == bindparam("owner_id")).with_for_update(read=True, key_share=True)
+OWNER_ID = bindparam("owner_id", type_=TASK_COUNTS.c.user_id.type)
+TASKS_OF_OWNER = select(OWNER_ID, func.count()).select_from(Task).where(Task.user_id == OWNER_ID)
+START_COUNTING = {
+    name: dialect_insert(TASK_COUNTS)
+    .from_select(["user_id", "tasks"], TASKS_OF_OWNER)
+    .on_conflict_do_nothing(index_elements=["user_id"])
+    for name, dialect_insert in (("sqlite", sqlite.insert), ("postgresql", postgresql.insert))
+}
+
+
+def count_new_task(session: Session, owner_id: int) -> None:
+    """Count one more task for the owner, or 409 when the account already holds
+    MAX_TASKS_PER_USER. Concurrent creates cannot both take the last place: the
+    conditional UPDATE is a write, so on SQLite it waits for the one write lock, and on
+    PostgreSQL for the counter row's lock, and then sees the count the other left."""
+    dialect = session.get_bind().dialect.name
+    # Deleting the account locks the user row, then (by cascade) the counter row. Taking
+    # them in the same order here keeps a create racing that deletion from deadlocking.
+    if dialect == "postgresql" and session.execute(LOCK_OWNER, {"owner_id": owner_id}).first() is None:
+        raise invalid_credentials()  # the account was deleted since the token was checked
+    params = {"owner_id": owner_id, "limit": settings.max_tasks_per_user}
+    if session.execute(COUNT_ONE_MORE_TASK, params).rowcount == 1:
+        return
+    # No counter yet (the account's tasks are counted once, here), or the limit is reached.
+    session.execute(START_COUNTING[dialect], {"owner_id": owner_id})
+    if session.execute(COUNT_ONE_MORE_TASK, params).rowcount != 1:
+        raise too_many_tasks()
+
+
 def next_due_date(due: datetime, recurrence: str) -> datetime:
     if recurrence == "daily":
         return due + timedelta(days=1)
@@ -193,6 +265,7 @@ def create_next_occurrence(session: Session, task: Task, now: datetime) -> None:
     )
     if claimed.rowcount != 1:
         return
+    count_new_task(session, task.user_id)  # at the limit: 409, and the completion is undone
     tags = load_tags(session, [task.id])[task.id]
     next_task = Task(
         user_id=task.user_id,
@@ -263,6 +336,7 @@ def list_tasks(
     status_code=status.HTTP_201_CREATED,
     response_model=TaskPublic,
     summary="Create a task",
+    responses=TASK_LIMIT_ERROR,
 )
 def create_task(
     user_id: UserIdPath, body: TaskCreate, owner: OwnerDep, session: SessionDep, now: Now, response: Response
@@ -279,8 +353,9 @@ def create_task(
             "completed_at": now if body.completed else None,
         },
     )
-    session.add(task)
     try:
+        count_new_task(session, owner.id)
+        session.add(task)
         session.flush()  # assigns the id that the tags refer to
     except IntegrityError:  # the owner's account was deleted since the token was checked
         raise invalid_credentials() from None
@@ -300,13 +375,13 @@ def get_task(task_id: IdPath, owner: OwnerDep, session: SessionDep) -> dict:
     return to_public(task, load_tags(session, [task.id])[task.id])
 
 
-@router.put("/{task_id}", response_model=TaskPublic, summary="Update a task", responses=TASK_ERRORS)
+@router.put("/{task_id}", response_model=TaskPublic, summary="Update a task", responses=COMPLETION_ERRORS)
 @router.patch(
     "/{task_id}",
     name="patch_task",  # its own operationId: the function serves PUT as well
     response_model=TaskPublic,
     summary="Update a task (same as PUT)",
-    responses=TASK_ERRORS,
+    responses=COMPLETION_ERRORS,
 )
 def update_task(
     task_id: IdPath, body: TaskUpdate, owner: OwnerDep, session: SessionDep, now: Now
@@ -351,6 +426,7 @@ def delete_task(task_id: IdPath, owner: OwnerDep, session: SessionDep) -> Respon
     result = session.execute(delete(Task).where(Task.id == task_id, Task.user_id == owner.id))
     if result.rowcount == 0:
         raise task_not_found()
+    session.execute(COUNT_ONE_LESS_TASK, {"owner_id": owner.id})
     session.commit()
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
@@ -359,7 +435,7 @@ def delete_task(task_id: IdPath, owner: OwnerDep, session: SessionDep) -> Respon
     "/{task_id}/complete",
     response_model=TaskPublic,
     summary="Complete, reopen or toggle a task",
-    responses=TASK_ERRORS,
+    responses=COMPLETION_ERRORS,
 )
 def complete_task(
     task_id: IdPath,

@@ -4,8 +4,8 @@ user (issuer and Better Auth id, unique together), never both.
 email and password_hash become nullable; the check constraint keeps them required for
 every local account, and email stays unique (NULLs never collide in a unique constraint).
 
-Revision ID: 0003_better_auth
-Revises: 0002_refresh_tokens
+Revision ID: 0004_better_auth
+Revises: 0003_task_count
 Create Date: 2026-12-01 23:15:00
 """
 
@@ -14,8 +14,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0003_better_auth"
-down_revision: str | Sequence[str] | None = "0002_refresh_tokens"
+revision: str = "0004_better_auth"
+down_revision: str | Sequence[str] | None = "0003_task_count"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -40,12 +40,13 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     # The older schema has no place for a Better Auth account (no email, no password), so
-    # those accounts go, with their tasks and tags. Explicitly: foreign keys are off on
-    # SQLite while migrating, so ON DELETE CASCADE would not run.
+    # those accounts go, with their tasks, tags and task counts. Explicitly: foreign keys
+    # are off on SQLite while migrating, so ON DELETE CASCADE would not run.
     better_auth_users = "SELECT id FROM \"user\" WHERE better_auth_id IS NOT NULL"
     better_auth_tasks = f"SELECT id FROM task WHERE user_id IN ({better_auth_users})"
     op.execute(f"DELETE FROM tasktag WHERE task_id IN ({better_auth_tasks})")
     op.execute(f"DELETE FROM task WHERE user_id IN ({better_auth_users})")
+    op.execute(f"DELETE FROM taskcount WHERE user_id IN ({better_auth_users})")
     op.execute("DELETE FROM \"user\" WHERE better_auth_id IS NOT NULL")
     with op.batch_alter_table("user", table_kwargs={"sqlite_autoincrement": True}) as batch:
         batch.drop_constraint("user_is_local_or_better_auth", type_="check")
