@@ -100,10 +100,20 @@ def restart_statement_budget(connection, _cursor, _statement, _parameters, _cont
     connection.info["statement_budget"].restart()
 
 
-def set_postgresql_statement_timeout(milliseconds: int, dbapi_connection, _connection_record) -> None:
-    with dbapi_connection.cursor() as cursor:
-        cursor.execute(f"SET statement_timeout = {int(milliseconds)}")
-    dbapi_connection.commit()
+def remember_statement_budget(milliseconds: int, _dbapi_connection, connection_record) -> None:
+    connection_record.info["statement_budget_ms"] = milliseconds
+
+
+def limit_statement_time(session: Session) -> None:
+    """Give the rest of this transaction's statements PostgreSQL's statement_timeout.
+
+    PostgreSQL counts the time a statement waits for a row lock too, which concurrent
+    writes to one account do as a matter of course, so the budget is set only for the
+    statements whose cost a client controls: the list's search and filters. SQLite's
+    budget counts running time alone and covers every statement already."""
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql(f"SET LOCAL statement_timeout = {int(connection.info['statement_budget_ms'])}")
 
 
 def statement_ran_out_of_time(error: DBAPIError) -> bool:
@@ -151,7 +161,7 @@ def make_engine(url: str, statement_timeout_ms: int | None = None) -> Engine:
         pool_size=POOL_SIZE,
         max_overflow=0,
     )
-    event.listen(engine, "connect", partial(set_postgresql_statement_timeout, timeout_ms))
+    event.listen(engine, "connect", partial(remember_statement_budget, timeout_ms))
     return engine
 
 
@@ -185,13 +195,12 @@ def schema_transaction(target: Engine) -> Iterator[Connection]:
     rolls back if the block raises: of several processes starting together, one migrates
     and the others wait, then find the work done."""
     with target.connect() as connection:
-        # A migration may copy a whole table, so it runs without the per-statement budget.
         if connection.dialect.name == "postgresql":
             with connection.begin():
-                connection.execute(text("SET LOCAL statement_timeout = 0"))
                 connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
                 yield connection
             return
+        # A migration may copy a whole table, so it runs without SQLite's statement budget.
         budget = connection.info["statement_budget"]
         budget_seconds, budget.seconds = budget.seconds, math.inf
         # pysqlite opens a transaction only before INSERT/UPDATE/DELETE and runs DDL outside

@@ -32,7 +32,7 @@ from sqlmodel import Session, select
 
 from auth import KEY_SET_UNAVAILABLE_RESPONSE, OwnerDep, invalid_credentials
 from config import settings
-from db import STATEMENT_TIMED_OUT, SessionDep
+from db import STATEMENT_TIMED_OUT, SessionDep, limit_statement_time
 from models import Task, TaskCount, TaskTag, User, utc_now
 from schemas import (
     LATEST_DATE,
@@ -314,6 +314,7 @@ def list_tasks(
 ) -> list[dict]:
     """Filter, search, sort and page the user's tasks. X-Total-Count is the number of
     tasks matching the filters before limit and offset."""
+    limit_statement_time(session)
     filters = task_filters(owner.id, query)
     # Plain rows of the public columns, not Task objects: the list only reads them, and
     # building an ORM object per row (identity map, change tracking) costs more than the
