@@ -404,21 +404,30 @@ app.mount(
 )
 
 
-@app.get("/docs", include_in_schema=False)
-def swagger_ui(request: Request) -> HTMLResponse:
-    root_path = request.scope.get("root_path", "").rstrip("/")
-    page = get_swagger_ui_html(
-        openapi_url=root_path + app.openapi_url,
-        title=f"{app.title} - Swagger UI",
-        swagger_js_url=f"{root_path}{DOCS_ASSETS_URL}/swagger-ui-bundle.js",
-        swagger_css_url=f"{root_path}{DOCS_ASSETS_URL}/swagger-ui.css",
-        swagger_favicon_url=f"{root_path}{DOCS_ASSETS_URL}/favicon.png",
-        oauth2_redirect_url=root_path + app.swagger_ui_oauth2_redirect_url,
-        init_oauth=app.swagger_ui_init_oauth,
-        swagger_ui_parameters=app.swagger_ui_parameters,
-    )
+def under_root(request: Request, path: str) -> str:
+    """`path` as the browser must ask for it, behind a proxy that mounts the app at a prefix."""
+    return request.scope.get("root_path", "").rstrip("/") + path
+
+
+def offline(page: HTMLResponse) -> HTMLResponse:
     page.headers["Content-Security-Policy"] = DOCS_CONTENT_SECURITY_POLICY
     return page
+
+
+@app.get("/docs", include_in_schema=False)
+def swagger_ui(request: Request) -> HTMLResponse:
+    return offline(
+        get_swagger_ui_html(
+            openapi_url=under_root(request, app.openapi_url),
+            title=f"{app.title} - Swagger UI",
+            swagger_js_url=under_root(request, f"{DOCS_ASSETS_URL}/swagger-ui-bundle.js"),
+            swagger_css_url=under_root(request, f"{DOCS_ASSETS_URL}/swagger-ui.css"),
+            swagger_favicon_url=under_root(request, f"{DOCS_ASSETS_URL}/favicon.png"),
+            oauth2_redirect_url=under_root(request, app.swagger_ui_oauth2_redirect_url),
+            init_oauth=app.swagger_ui_init_oauth,
+            swagger_ui_parameters=app.swagger_ui_parameters,
+        )
+    )
 
 
 @app.get(app.swagger_ui_oauth2_redirect_url, include_in_schema=False)
@@ -428,16 +437,15 @@ def swagger_ui_oauth2_redirect() -> HTMLResponse:
 
 @app.get("/redoc", include_in_schema=False)
 def redoc(request: Request) -> HTMLResponse:
-    root_path = request.scope.get("root_path", "").rstrip("/")
-    page = get_redoc_html(
-        openapi_url=root_path + app.openapi_url,
-        title=f"{app.title} - ReDoc",
-        redoc_js_url=f"{root_path}{DOCS_ASSETS_URL}/redoc.standalone.js",
-        redoc_favicon_url=f"{root_path}{DOCS_ASSETS_URL}/favicon.png",
-        with_google_fonts=False,
+    return offline(
+        get_redoc_html(
+            openapi_url=under_root(request, app.openapi_url),
+            title=f"{app.title} - ReDoc",
+            redoc_js_url=under_root(request, f"{DOCS_ASSETS_URL}/redoc.standalone.js"),
+            redoc_favicon_url=under_root(request, f"{DOCS_ASSETS_URL}/favicon.png"),
+            with_google_fonts=False,
+        )
     )
-    page.headers["Content-Security-Policy"] = DOCS_CONTENT_SECURITY_POLICY
-    return page
 
 
 FRONT_DOOR = """<!doctype html>
