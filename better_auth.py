@@ -133,7 +133,7 @@ class KeySet:
             # Blocks for up to FETCH_TIMEOUT_SECONDS: never on the event loop.
             self.keys = await to_thread.run_sync(download_key_set, self.url)
             self.failing = False
-        except (OSError, HTTPProtocolError, ValueError, TypeError, KeyError, AttributeError) as error:
+        except (OSError, HTTPProtocolError, ValueError, TypeError, KeyError, AttributeError, RecursionError) as error:
             if not self.failing:  # logged when it starts failing, not on every retry
                 log.warning("Better Auth's key set at %s cannot be fetched: %s", self.url, error)
             self.failing = True
@@ -210,7 +210,10 @@ class BetterAuth:
         return BetterAuthClaims(
             issuer=issuer,
             subject=subject,
-            token_id=hashlib.sha256(token.encode()).hexdigest(),
+            # The signed part only: PyJWT also accepts the signature with padding appended,
+            # and ECDSA has a second valid signature for each token, so hashing the whole
+            # string would let a logged-out token back in under another spelling.
+            token_id=hashlib.sha256(token.rsplit(".", 1)[0].encode()).hexdigest(),
             expires_at=datetime.fromtimestamp(claims["exp"], timezone.utc),
         )
 

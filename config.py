@@ -168,7 +168,7 @@ def better_auth_settings(jwt_secret: str) -> tuple[str | None, str | None, str |
         raise SystemExit("BETTER_AUTH_JWKS_URL needs BETTER_AUTH_URL, which its tokens' iss and aud must equal")
     secret = os.environ.get("BETTER_AUTH_SECRET") or None
     if secret is not None:
-        require_strong_secret(secret, "BETTER_AUTH_SECRET")
+        secret = require_strong_secret(secret, "BETTER_AUTH_SECRET")
         # With one secret for both, our own tokens would pass as Better Auth tokens too.
         if secrets.compare_digest(secret.encode(), jwt_secret.encode()):
             raise SystemExit("BETTER_AUTH_SECRET must differ from JWT_SECRET")

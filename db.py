@@ -218,7 +218,9 @@ def schema_transaction(target: Engine) -> Iterator[Connection]:
             # workers wait here (busy_timeout) instead of all reading "not migrated yet".
             connection.exec_driver_sql("BEGIN IMMEDIATE")
             try:
+                sequences = autoincrement_sequences(connection)
                 yield connection
+                keep_autoincrement_sequences(connection, sequences)
                 if connection.exec_driver_sql("PRAGMA foreign_key_check").first() is not None:
                     raise SchemaError("The migration was rolled back: it left a foreign key pointing to no row")
             except BaseException:
@@ -229,6 +231,27 @@ def schema_transaction(target: Engine) -> Iterator[Connection]:
         finally:
             connection.exec_driver_sql("PRAGMA foreign_keys=ON")
             budget.seconds = budget_seconds
+
+
+def autoincrement_sequences(connection: Connection) -> dict[str, int]:
+    """SQLite's AUTOINCREMENT counters: the highest id each table ever handed out."""
+    if not connection.exec_driver_sql("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_sequence'").first():
+        return {}
+    return dict(connection.exec_driver_sql("SELECT name, seq FROM sqlite_sequence").all())
+
+
+def keep_autoincrement_sequences(connection: Connection, before: dict[str, int]) -> None:
+    """A migration that rebuilds a table (copy, drop, rename) drops its counter with it, and
+    SQLite would then hand a deleted account's id to the next signup. Never go back."""
+    for table, highest in before.items():
+        exists = connection.exec_driver_sql("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,))
+        if exists.first() is None:
+            continue  # the migration dropped the table itself
+        raised = connection.exec_driver_sql(
+            "UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = ?", (highest, table)
+        )
+        if raised.rowcount == 0:
+            connection.exec_driver_sql("INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)", (table, highest))
 
 
 def alembic_config(migrations: Path = MIGRATIONS, connection: Connection | None = None) -> Config:

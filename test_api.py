@@ -1037,7 +1037,7 @@ def test_mixed_parallel_traffic_never_reports_a_locked_database(client, alice):
     assert client.get(alice.tasks_url, headers=alice.headers).headers["x-total-count"] == "102"
 
 
-# --- found in review: races between a read and a write, and inputs at the edges ---
+# --- races between a read and a write, and inputs at the edges ---
 
 
 @pytest.fixture

@@ -86,6 +86,7 @@ class KeySetServer:
 
     def __init__(self) -> None:
         self.keys: list[dict] = []
+        self.body: bytes | None = None  # served instead of the keys, when set
         self.fetches = 0
         self.hang = False
         self.received = threading.Event()
@@ -99,7 +100,7 @@ class KeySetServer:
                 if key_set.hang:
                     key_set.release.wait(timeout=30)
                     return
-                body = json.dumps({"keys": key_set.keys}).encode()
+                body = key_set.body or json.dumps({"keys": key_set.keys}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
@@ -299,9 +300,14 @@ def test_logout_revokes_a_better_auth_token_by_its_hash(client, signing_key, eng
         assert refused.status_code == 401
         assert refused.json() == NOT_VALIDATED
         assert refused.headers["www-authenticate"] == "Bearer"
+    # PyJWT also accepts the signature with padding appended: the same token, still out.
+    for respelt in (token + "=", token + "=="):
+        refused = client.get("/api/auth/me", headers=bearer(respelt))
+        assert (refused.status_code, refused.json()) == (401, NOT_VALIDATED)
     assert me(client, other)["better_auth_id"] == "ada"  # her other tokens keep working
+    signed_part = token.rsplit(".", 1)[0]
     with Session(engine) as session:
-        assert session.exec(select(RevokedToken.jti)).all() == [hashlib.sha256(token.encode()).hexdigest()]
+        assert session.exec(select(RevokedToken.jti)).all() == [hashlib.sha256(signed_part.encode()).hexdigest()]
 
 
 # --- every task route, filter, sort, page and error, for both kinds of caller ---
@@ -437,6 +443,14 @@ def test_an_unreachable_key_set_is_503_while_local_tokens_and_health_are_served(
         assert 1 <= int(response.headers["retry-after"]) <= better_auth.REFETCH_INTERVAL_SECONDS
     assert client.get("/health").json() == {"status": "ok"}
     assert client.get(alice.tasks_url, headers=alice.headers).status_code == 200
+
+
+@pytest.mark.parametrize("body", [b"not json", b'{"keys": 5}', b"[" * 50_000], ids=["text", "no list", "deep"])
+def test_a_key_set_that_cannot_be_read_is_503(client, monotonic, monkeypatch, key_set_server, body):
+    configure(monkeypatch, monotonic, ISSUER, key_set_server.url)
+    key_set_server.body = body
+    response = client.get("/api/auth/me", headers=bearer(sign(better_auth_claims("ada"), SigningKey())))
+    assert (response.status_code, response.json()) == (503, KEY_SET_UNAVAILABLE)
 
 
 def test_a_key_set_that_appears_later_is_fetched_after_the_retry_interval(client, monotonic, monkeypatch, key_set_server):

@@ -1,4 +1,4 @@
-"""Hardening (issue 3): regressions for what fuzzing found, request logging, and the
+"""Hardening: cases that fuzzing is good at finding, request logging, and the
 live-server checks (crash safety, several workers)."""
 
 import logging

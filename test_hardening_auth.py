@@ -1,4 +1,4 @@
-"""Issue 3, sections 1 and 2: abuse limits on signup and login, and token revocation
+"""Abuse limits on signup and login, and token revocation
 (logout, password change, account deletion), driven through HTTP.
 
 conftest turns the limits off for the whole suite; the tests here set the limits they

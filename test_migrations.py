@@ -745,3 +745,25 @@ def test_the_better_auth_revision_keeps_local_accounts_whole_and_better_auth_acc
         tasks = connection.execute(text("SELECT count(*) FROM task")).scalar_one()
     assert emails == ["ada@example.com", "bo@example.com"]
     assert tasks == 0
+
+
+@pytest.mark.skipif(TEST_DATABASE_URL is not None, reason="PostgreSQL's sequences survive any ALTER TABLE")
+def test_a_migration_that_rebuilds_a_table_never_hands_out_a_deleted_accounts_id(database):
+    """Rebuilding `user` drops its AUTOINCREMENT counter with the old table; migrate keeps it,
+    so an old token of a deleted account can never pass to a new one."""
+    upgrade_to(database, "0003_task_count")
+    with database.begin() as connection:
+        for number in (1, 2, 3):
+            connection.execute(
+                text("INSERT INTO user (email, password_hash, created_at, token_generation) VALUES (:e, 'x', :t, 0)"),
+                {"e": f"user{number}@example.com", "t": "2026-01-01 00:00:00.000000"},
+            )
+        connection.execute(text("DELETE FROM user WHERE id = 3"))
+    db.migrate(database)
+    with database.begin() as connection:
+        connection.execute(
+            text("INSERT INTO user (email, password_hash, created_at, token_generation) VALUES ('new@example.com', 'x', :t, 0)"),
+            {"t": "2026-01-02 00:00:00.000000"},
+        )
+        ids = connection.execute(text("SELECT id FROM user ORDER BY id")).scalars().all()
+    assert ids == [1, 2, 4]
