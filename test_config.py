@@ -155,6 +155,14 @@ def test_better_auth_settings_come_from_the_environment(tmp_path, env, expected)
     assert result.stdout.split() == expected
 
 
+def test_better_auth_secret_is_used_without_the_whitespace_around_it(tmp_path):
+    """A secret pasted with a newline must still check tokens signed with the secret itself."""
+    code = "from config import settings; print(repr(settings.better_auth_secret))"
+    result = run_python(code, tmp_path, BETTER_AUTH_SECRET=f"  {'b' * 40}\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == repr("b" * 40)
+
+
 # --- configuration mistakes: each one serves, or stops start-up with one line ---
 
 
