@@ -42,8 +42,8 @@ from sqlalchemy import Engine, MetaData, make_url, text  # noqa: E402
 from sqlmodel import SQLModel  # noqa: E402
 
 import db  # noqa: E402
+from db import request_time  # noqa: E402
 from main import app  # noqa: E402
-from routes.tasks import request_time  # noqa: E402
 
 PASSWORD = "correct horse battery"
 

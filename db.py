@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
+from datetime import datetime
 from typing import Annotated
 
 from alembic import command
@@ -39,6 +40,7 @@ from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, create_engine
 
 from config import settings
+from models import utc_now
 
 THREADPOOL_SIZE = 40  # AnyIO's default number of worker threads, which run our sync handlers
 SESSION_SLOTS = THREADPOOL_SIZE  # one connection for each thread that can run a query
@@ -383,3 +385,11 @@ async def get_session() -> AsyncIterator[Session]:
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
+
+
+async def request_time() -> datetime:
+    """The one timestamp of this request. async def: no thread hop; tests override it."""
+    return utc_now()
+
+
+Now = Annotated[datetime, Depends(request_time)]

@@ -26,7 +26,7 @@ from auth import (
     verify_password,
 )
 from config import settings
-from db import SessionDep
+from db import Now, SessionDep
 from limits import (
     TOO_MANY_AUTH_REQUESTS,
     TOO_MANY_FAILED_LOGINS,
@@ -46,7 +46,6 @@ from refresh_tokens import (
     rotate,
     start_family,
 )
-from routes.tasks import Now
 from schemas import (
     VALIDATION_ERROR,
     PasswordChange,

@@ -32,8 +32,8 @@ from sqlmodel import Session, select
 
 from auth import KEY_SET_UNAVAILABLE_RESPONSE, OwnerDep, invalid_credentials
 from config import settings
-from db import STATEMENT_TIMED_OUT, SessionDep, limit_statement_time
-from models import Task, TaskCount, TaskTag, User, utc_now
+from db import STATEMENT_TIMED_OUT, Now, SessionDep, limit_statement_time
+from models import Task, TaskCount, TaskTag, User
 from schemas import (
     LATEST_DATE,
     RECURRENCE_NEEDS_DUE_DATE,
@@ -88,13 +88,6 @@ COMPLETION_ERRORS = {
 
 router = APIRouter(prefix="/api/{user_id}/tasks", tags=["tasks"], responses=OWNER_ERRORS)
 
-
-async def request_time() -> datetime:
-    """The one timestamp of this request. async def: no thread hop; tests override it."""
-    return utc_now()
-
-
-Now = Annotated[datetime, Depends(request_time)]
 
 PRIORITY_RANK = case({"low": 0, "medium": 1, "high": 2}, value=Task.priority)
 SORT_KEYS = {
