@@ -6,21 +6,13 @@ alembic_version table: db.migrate recognises it and stamps it with this revision
 Plain SQLAlchemy types, so that the DDL stays what it is when the app's types change:
 String renders as SQLModel's AutoString does, and DateTime(timezone=True) is the column
 under SQLModel's UTCDateTime (DATETIME on SQLite, timestamptz on PostgreSQL).
-
-Revision ID: 0001_initial
-Revises:
-Create Date: 2026-12-01 23:03:01
 """
-
-from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0001_initial"
-down_revision: str | Sequence[str] | None = None
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
+revision = "0001_initial"
+down_revision = None
 
 # 64-bit ids: BIGINT/BIGSERIAL on PostgreSQL; SQLite's INTEGER is already 64-bit, and only
 # INTEGER PRIMARY KEY can be AUTOINCREMENT (models.Id).

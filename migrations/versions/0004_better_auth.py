@@ -3,21 +3,13 @@ user (issuer and Better Auth id, unique together), never both.
 
 email and password_hash become nullable; the check constraint keeps them required for
 every local account, and email stays unique (NULLs never collide in a unique constraint).
-
-Revision ID: 0004_better_auth
-Revises: 0003_task_count
-Create Date: 2026-12-01 23:15:00
 """
-
-from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0004_better_auth"
-down_revision: str | Sequence[str] | None = "0003_task_count"
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
+revision = "0004_better_auth"
+down_revision = "0003_task_count"
 
 LOCAL_OR_BETTER_AUTH = (
     "(better_auth_id IS NULL AND better_auth_issuer IS NULL"
