@@ -1,8 +1,4 @@
-"""The Todo API application: run it with `uvicorn main:app`.
-
-The app, its middleware, its routers, the handlers that make every error a JSON {"detail": ...}
-body, and /health.
-"""
+"""The Todo API (`uvicorn main:app`): the app, its middleware, routers, JSON error handlers and /health."""
 
 from contextlib import asynccontextmanager
 
@@ -45,14 +41,12 @@ app = FastAPI(
     summary="A multi-user todo backend: sign up, log in, and manage your own tasks.",
     lifespan=lifespan,
     generate_unique_id_function=operation_id,
-    docs_url=None,  # routes/docs.py serves them from local files instead of a CDN
-    redoc_url=None,
+    docs_url=None, redoc_url=None,  # routes/docs.py serves both from local files instead of a CDN
 )
-# Each middleware wraps those added before it: CORS wraps the 500 and the 413, so they carry
-# its headers, and the access log, outermost, sees the final status.
+# Each wraps those above it, so CORS adds its headers to the 500 and 413, and the access log sees the final status.
 app.add_middleware(StartupRefusal)  # acts on the lifespan only
 app.add_middleware(InternalErrorAsJson)
-app.add_middleware(BodySizeLimit, max_bytes=64 * 1024)
+app.add_middleware(BodySizeLimit)
 app.add_middleware(
     CORSMiddleware,
     allow_origins=settings.cors_origins,
@@ -70,8 +64,7 @@ app.mount(docs.ASSETS_URL, docs.assets, name="docs-assets")
 
 @app.exception_handler(RequestValidationError)
 async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    # FastAPI's format minus the echoed "input", which could be a password; an exception in
-    # "ctx" becomes its message, where JSON would show {}.
+    # FastAPI's format minus the echoed "input", which could be a password; an exception in "ctx" as its message.
     errors = [{key: value for key, value in error.items() if key != "input"} for error in exc.errors()]
     detail = jsonable_encoder(errors, custom_encoder={Exception: str})
     return JSONResponse({"detail": detail}, status.HTTP_422_UNPROCESSABLE_CONTENT)
@@ -87,26 +80,21 @@ async def statement_timed_out(request: Request, exc: OperationalError) -> JSONRe
 @app.exception_handler(StarletteHTTPException)
 async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
     if exc.status_code == status.HTTP_400_BAD_REQUEST and isinstance(exc.__cause__, (ValueError, RecursionError)):
-        # FastAPI's bare 400 when the JSON parser fails (a body not in UTF-8, nesting too deep,
-        # an integer over Python's digit limit): malformed JSON like any other, so a 422.
-        unparsable = {
-            "type": "json_invalid",
-            "loc": ("body", getattr(exc.__cause__, "start", 0)),
-            "msg": "JSON decode error",
-            "ctx": {"error": "The body is not JSON that can be parsed, in UTF-8"},
-        }
-        return await validation_error(request, RequestValidationError([unparsable]))
+        # FastAPI's bare 400 when its JSON parser fails (not UTF-8, too deep, too many digits): malformed JSON, so 422.
+        location = ("body", getattr(exc.__cause__, "start", 0))
+        reason = {"error": "The body is not JSON that can be parsed, in UTF-8"}
+        error = {"type": "json_invalid", "loc": location, "msg": "JSON decode error", "ctx": reason}
+        return await validation_error(request, RequestValidationError([error]))
     if exc.status_code == status.HTTP_405_METHOD_NOT_ALLOWED:
         # Starlette names only the methods of the first route that matched; each method here is its own route.
-        allowed = [
-            method
-            for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
-            if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in request.app.routes)
-        ]
-        exc = StarletteHTTPException(exc.status_code, exc.detail, {"Allow": ", ".join(allowed)})
+        def served(method: str) -> bool:
+            return any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in app.routes)
+        allowed = ", ".join(filter(served, ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")))
+        exc = StarletteHTTPException(exc.status_code, exc.detail, {"Allow": allowed})
     return await http_exception_handler(request, exc)
 
 
+@app.head("/health", include_in_schema=False)  # monitors often probe with HEAD: GET without the body
 @app.get(
     "/health",
     response_model=HealthStatus,
@@ -119,7 +107,3 @@ async def health() -> HealthStatus:
     if not await check_database():
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail="Database unavailable")
     return HealthStatus()
-
-
-# Monitors often probe with HEAD. Left out of the schema: it is GET without the body.
-app.add_api_route("/health", health, methods=["HEAD"], response_model=HealthStatus, include_in_schema=False)

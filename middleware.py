@@ -1,6 +1,5 @@
-"""The ASGI middlewares around every request (access log with request id, JSON 500, 413 body
-limit, JSON CORS preflight refusal), the start-up refusal, and the log set-up that escapes
-control characters, since clients choose paths, headers and much of an exception's message."""
+"""The ASGI middlewares (access log with request id, JSON 500, 413 body limit, start-up refusal, JSON
+CORS preflight refusal) and the log set-up, which escapes the control characters a client can send."""
 
 import logging
 import re
@@ -20,8 +19,6 @@ from db import SchemaError
 # C0 and C1 controls (a newline forges a log line, ESC drives the terminal), the Unicode
 # line separators, and lone surrogates (which the log's UTF-8 stream cannot write).
 CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
-CAUSE = "\nThe above exception was the direct cause of the following exception:\n\n"
-CONTEXT = "\nDuring handling of the above exception, another exception occurred:\n\n"
 SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
@@ -31,20 +28,20 @@ def escape_controls(text: str) -> str:
 
 
 def escaped_traceback(error: BaseException) -> str:
-    """Python's traceback, with each exception's own text escaped onto one line; the frames,
-    from our source files, keep their line breaks."""
-    parts: list[str] = []
+    """Python's traceback with each exception's own text, which a client can fill, escaped onto one line."""
+    blocks = []
     link = traceback.TracebackException.from_exception(error)
-    while link is not None:  # from the last exception back to the first, as Python chains them
+    while link is not None:  # from the last exception back to the first, which Python prints first
         frames = ["Traceback (most recent call last):\n", *link.stack.format()] if link.stack else []
-        parts[:0] = frames + [escape_controls(line.rstrip("\n")) + "\n" for line in link.format_exception_only()]
+        message = [escape_controls(line.rstrip("\n")) + "\n" for line in link.format_exception_only()]
         if link.__cause__ is not None:
-            parts[:0], link = [CAUSE], link.__cause__
+            joint, link = "\nThe above exception was the direct cause of the following exception:\n\n", link.__cause__
         elif link.__context__ is not None and not link.__suppress_context__:
-            parts[:0], link = [CONTEXT], link.__context__
+            joint, link = "\nDuring handling of the above exception, another exception occurred:\n\n", link.__context__
         else:
-            link = None
-    return "".join(parts).rstrip("\n")
+            joint, link = "", None
+        blocks.append(joint + "".join(frames + message))
+    return "".join(reversed(blocks)).rstrip("\n")
 
 
 class EscapeControlCharacters(logging.Filter):
@@ -61,19 +58,16 @@ class EscapeControlCharacters(logging.Filter):
 
 
 access_log = logging.getLogger("todo.access")
-if not access_log.handlers:
-    # uvicorn configures only its own loggers. Ours still propagates, so pytest's caplog sees it.
+if not access_log.handlers:  # uvicorn sets up only its own loggers; ours still propagates (to pytest's caplog)
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(process)d]: %(message)s"))
     access_log.addHandler(handler)
     access_log.setLevel(logging.getLogger("uvicorn.access").getEffectiveLevel())  # follows --log-level
-# uvicorn's own access line would repeat ours, without the request id and with the query string,
-# which may hold a token; switched off here so that the run command stays `uvicorn main:app`.
+# uvicorn's access line would repeat ours with the query string (it may hold a token): off here, not by a flag.
 logging.getLogger("uvicorn.access").disabled = True
 error_log = logging.getLogger("uvicorn.error")  # where uvicorn writes its own tracebacks
 for logger in (access_log, error_log):
-    if not any(isinstance(existing, EscapeControlCharacters) for existing in logger.filters):
-        logger.addFilter(EscapeControlCharacters())
+    logger.addFilter(EscapeControlCharacters())
 
 
 def logged_path(scope: Scope) -> str:
@@ -94,9 +88,6 @@ class PureASGIMiddleware:
             return await self.app(scope, receive, send)
         await self.handle(scope, receive, send)
 
-    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        raise NotImplementedError
-
 
 class AccessLog(PureASGIMiddleware):
     """One line per request: method, path, status, duration and request id, sent back as X-Request-ID.
@@ -107,8 +98,7 @@ class AccessLog(PureASGIMiddleware):
         request_id = Headers(scope=scope).get("x-request-id", "")
         if not SANE_REQUEST_ID.fullmatch(request_id):
             request_id = secrets.token_hex(8)
-        status_code = 500  # what the client gets if the app fails before it answers
-        logged = False
+        status_code, logged = 500, False  # 500: what the client gets if the app fails before it answers
 
         def log_line() -> None:
             nonlocal logged
@@ -155,13 +145,11 @@ class InternalErrorAsJson(PureASGIMiddleware):
 
 
 class BodySizeLimit(PureASGIMiddleware):
-    """413 in JSON (FastAPI's max_body_size answers in plain text) for a body over max_bytes:
-    at once for its Content-Length, or as a chunked body's bytes arrive."""
+    """413 in JSON (FastAPI's own max_body_size answers in plain text) for a body over max_bytes,
+    at once by its Content-Length, or as a chunked body's bytes arrive."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        super().__init__(app)
-        self.max_bytes = max_bytes
-        self.too_large = f"Request body too large: the limit is {max_bytes} bytes"
+    max_bytes = 64 * 1024
+    too_large = f"Request body too large: the limit is {max_bytes} bytes"
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         declared = Headers(scope=scope).get("content-length", "")
@@ -203,5 +191,5 @@ class CORSMiddleware(StarletteCORSMiddleware):
         response = super().preflight_response(request_headers)
         if response.status_code < 400:
             return response
-        headers = {name: value for name, value in response.headers.items() if name not in ("content-type", "content-length")}
+        headers = {name: value for name, value in response.headers.items() if not name.startswith("content-")}
         return JSONResponse({"detail": bytes(response.body).decode()}, response.status_code, headers)

@@ -1,6 +1,8 @@
 """The interactive docs (/docs, /redoc) from files installed with fastapi-offline, so they work
 with no internet, and a small index at / that links them."""
 
+from pathlib import Path
+
 from fastapi import APIRouter, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.responses import HTMLResponse
@@ -14,43 +16,20 @@ CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
     "img-src 'self' data:; worker-src 'self' blob:"
 )
-FRONT_DOOR = """<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>Todo API</title>
-<link rel="icon" href="docs/assets/favicon.png">
-</head>
-<body>
-<h1>Todo API</h1>
-<p>This is an API: its endpoints are under <code>/api</code>. Start here:</p>
-<ul>
-<li><a href="docs">/docs</a>: interactive documentation (Swagger UI), to try every endpoint</li>
-<li><a href="redoc">/redoc</a>: the same documentation to read (ReDoc)</li>
-<li><a href="openapi.json">/openapi.json</a>: the OpenAPI schema, to generate a client</li>
-<li><a href="health">/health</a>: is the API up and its database answering?</li>
-</ul>
-</body>
-</html>
-"""
-
+FRONT_DOOR = Path(__file__).with_name("front_door.html").read_text(encoding="utf-8")
 router = APIRouter(include_in_schema=False)
-
-
-def url(request: Request, path: str) -> str:
-    """`path` as the browser must ask for it, behind a proxy that mounts the app at a prefix."""
-    return request.scope.get("root_path", "").rstrip("/") + path
 
 
 @router.get("/docs")
 def swagger_ui(request: Request) -> HTMLResponse:
+    root = request.scope.get("root_path", "").rstrip("/")  # the prefix a proxy serves the app under, if any
     page = get_swagger_ui_html(
-        openapi_url=url(request, request.app.openapi_url),
+        openapi_url=root + request.app.openapi_url,
         title=f"{request.app.title} - Swagger UI",
-        swagger_js_url=url(request, f"{ASSETS_URL}/swagger-ui-bundle.js"),
-        swagger_css_url=url(request, f"{ASSETS_URL}/swagger-ui.css"),
-        swagger_favicon_url=url(request, f"{ASSETS_URL}/favicon.png"),
-        oauth2_redirect_url=url(request, OAUTH2_REDIRECT_URL),
+        swagger_js_url=f"{root}{ASSETS_URL}/swagger-ui-bundle.js",
+        swagger_css_url=f"{root}{ASSETS_URL}/swagger-ui.css",
+        swagger_favicon_url=f"{root}{ASSETS_URL}/favicon.png",
+        oauth2_redirect_url=root + OAUTH2_REDIRECT_URL,
     )
     page.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
     return page
@@ -63,11 +42,12 @@ def swagger_ui_oauth2_redirect() -> HTMLResponse:
 
 @router.get("/redoc")
 def redoc(request: Request) -> HTMLResponse:
+    root = request.scope.get("root_path", "").rstrip("/")  # the prefix a proxy serves the app under, if any
     page = get_redoc_html(
-        openapi_url=url(request, request.app.openapi_url),
+        openapi_url=root + request.app.openapi_url,
         title=f"{request.app.title} - ReDoc",
-        redoc_js_url=url(request, f"{ASSETS_URL}/redoc.standalone.js"),
-        redoc_favicon_url=url(request, f"{ASSETS_URL}/favicon.png"),
+        redoc_js_url=f"{root}{ASSETS_URL}/redoc.standalone.js",
+        redoc_favicon_url=f"{root}{ASSETS_URL}/favicon.png",
         with_google_fonts=False,
     )
     page.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
