@@ -63,7 +63,7 @@ if not access_log.handlers:  # uvicorn sets up only its own loggers; ours still 
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(process)d]: %(message)s"))
     access_log.addHandler(handler)
     access_log.setLevel(logging.getLogger("uvicorn.access").getEffectiveLevel())  # follows --log-level
-# uvicorn's access line would repeat ours with the query string (it may hold a token): off here, not by a flag.
+# uvicorn's access line repeats ours with the query string (it may hold a token): off here, so no --no-access-log.
 logging.getLogger("uvicorn.access").disabled = True
 error_log = logging.getLogger("uvicorn.error")  # where uvicorn writes its own tracebacks
 for logger in (access_log, error_log):
