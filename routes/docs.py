@@ -25,11 +25,11 @@ def swagger_ui(request: Request) -> HTMLResponse:
     root = request.scope.get("root_path", "").rstrip("/")  # the prefix a proxy serves the app under, if any
     page = get_swagger_ui_html(
         openapi_url=root + request.app.openapi_url,
+        oauth2_redirect_url=root + OAUTH2_REDIRECT_URL,
         title=f"{request.app.title} - Swagger UI",
         swagger_js_url=f"{root}{ASSETS_URL}/swagger-ui-bundle.js",
         swagger_css_url=f"{root}{ASSETS_URL}/swagger-ui.css",
         swagger_favicon_url=f"{root}{ASSETS_URL}/favicon.png",
-        oauth2_redirect_url=root + OAUTH2_REDIRECT_URL,
     )
     page.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
     return page
