@@ -1,7 +1,7 @@
 """`uvicorn main:app --workers 2` against PostgreSQL, through real HTTP.
 
 Two processes share nothing but the database and JWT_SECRET. Which worker answered a
-request is read from the app's access log (main.AccessLog): each line carries the
+request is read from the app's access log (middleware.AccessLog): each line carries the
 worker's process id and the request's X-Request-ID, which the tests set.
 """
 

@@ -1,0 +1,195 @@
+"""The ASGI middlewares (access log with request id, JSON 500, 413 body limit, start-up refusal, JSON
+CORS preflight refusal) and the log set-up, which escapes the control characters a client can send."""
+
+import logging
+import re
+import secrets
+import sys
+import time
+import traceback
+
+from fastapi import HTTPException, status
+from fastapi.responses import JSONResponse, Response
+from starlette.datastructures import Headers
+from starlette.middleware.cors import CORSMiddleware as StarletteCORSMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from db import SchemaError
+
+# C0 and C1 controls (a newline forges a log line, ESC drives the terminal), the Unicode
+# line separators, and lone surrogates (which the log's UTF-8 stream cannot write).
+CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def escape_controls(text: str) -> str:
+    """Control characters as Python escapes (\\n, \\x1b), so the text stays on its line."""
+    return CONTROL_CHARACTERS.sub(lambda match: match.group().encode("unicode_escape").decode(), text)
+
+
+def escaped_traceback(error: BaseException) -> str:
+    """Python's traceback with each exception's own text, which a client can fill, escaped onto one line."""
+    blocks = []
+    link = traceback.TracebackException.from_exception(error)
+    while link is not None:  # from the last exception back to the first, which Python prints first
+        frames = ["Traceback (most recent call last):\n", *link.stack.format()] if link.stack else []
+        message = [escape_controls(line.rstrip("\n")) + "\n" for line in link.format_exception_only()]
+        if link.__cause__ is not None:
+            joint, link = "\nThe above exception was the direct cause of the following exception:\n\n", link.__cause__
+        elif link.__context__ is not None and not link.__suppress_context__:
+            joint, link = "\nDuring handling of the above exception, another exception occurred:\n\n", link.__context__
+        else:
+            joint, link = "", None
+        blocks.append(joint + "".join(frames + message))
+    return "".join(reversed(blocks)).rstrip("\n")
+
+
+class EscapeControlCharacters(logging.Filter):
+    """Escapes control characters in a record's message, arguments and traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = escape_controls(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(escape_controls(arg) if isinstance(arg, str) else arg for arg in record.args)
+        if record.exc_info and record.exc_info[1] is not None and not record.exc_text:
+            record.exc_text = escaped_traceback(record.exc_info[1])  # formatters use it as it is
+        return True
+
+
+access_log = logging.getLogger("todo.access")
+if not access_log.handlers:  # uvicorn sets up only its own loggers; ours still propagates (to pytest's caplog)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(process)d]: %(message)s"))
+    access_log.addHandler(handler)
+    access_log.setLevel(logging.getLogger("uvicorn.access").getEffectiveLevel())  # follows --log-level
+# uvicorn's access line repeats ours with the query string (it may hold a token): off here, so no --no-access-log.
+logging.getLogger("uvicorn.access").disabled = True
+error_log = logging.getLogger("uvicorn.error")  # where uvicorn writes its own tracebacks
+for logger in (access_log, error_log):
+    logger.addFilter(EscapeControlCharacters())
+
+
+def logged_path(scope: Scope) -> str:
+    # As the client sent it, still percent-encoded: a reader can paste it into a request again.
+    return scope.get("raw_path", scope["path"].encode()).decode("ascii", "backslashreplace")
+
+
+class PureASGIMiddleware:
+    """handle() sees each scope of scope_type; every other scope passes straight through."""
+
+    scope_type = "http"
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != self.scope_type:
+            return await self.app(scope, receive, send)
+        await self.handle(scope, receive, send)
+
+
+class AccessLog(PureASGIMiddleware):
+    """One line per request: method, path, status, duration and request id, sent back as X-Request-ID.
+    No query string, header or body, so no password or token reaches the log."""
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        request_id = Headers(scope=scope).get("x-request-id", "")
+        if not SANE_REQUEST_ID.fullmatch(request_id):
+            request_id = secrets.token_hex(8)
+        status_code, logged = 500, False  # 500: what the client gets if the app fails before it answers
+
+        def log_line() -> None:
+            nonlocal logged
+            logged = True
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            line = "%s %s %d %.1fms request_id=%s"
+            access_log.info(line, scope["method"], logged_path(scope), status_code, elapsed_ms, request_id)
+
+        async def send_with_request_id(message: Message) -> None:
+            nonlocal status_code
+            if message["type"] == "http.response.start":
+                status_code = message["status"]
+                message = {**message, "headers": [*message.get("headers", ()), (b"x-request-id", request_id.encode())]}
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                log_line()  # before the last bytes, so the line is written once the client has the response
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_request_id)
+        finally:
+            if not logged:  # the app failed, or the client went away, before the end
+                log_line()
+
+
+class InternalErrorAsJson(PureASGIMiddleware):
+    """An unexpected exception as 500 {"detail": "Internal server error"}, inside CORS and the access
+    log, so it carries their headers (FastAPI's handler for Exception runs outside both)."""
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response_started = False
+
+        async def send_noting_start(message: Message) -> None:
+            nonlocal response_started
+            response_started = response_started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_noting_start)
+        except Exception:
+            if response_started:
+                raise  # too late for a clean 500: the server closes the connection
+            error_log.exception("Unexpected error in %s %s", scope["method"], logged_path(scope))
+            await JSONResponse({"detail": "Internal server error"}, 500)(scope, receive, send)
+
+
+class BodySizeLimit(PureASGIMiddleware):
+    """413 in JSON (FastAPI's own max_body_size answers in plain text) for a body over max_bytes,
+    at once by its Content-Length, or as a chunked body's bytes arrive."""
+
+    max_bytes = 64 * 1024
+    too_large = f"Request body too large: the limit is {max_bytes} bytes"
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            return await JSONResponse({"detail": self.too_large}, 413)(scope, receive, send)
+        received = 0
+
+        async def receive_within_limit() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:  # FastAPI's handler answers it in JSON
+                raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, detail=self.too_large)
+            return message
+
+        await self.app(scope, receive_within_limit, send)
+
+
+class StartupRefusal(PureASGIMiddleware):
+    """A start-up that db.migrate refuses (SchemaError) reaches uvicorn as its one-line reason, not
+    as Starlette's full traceback: a database this release must not touch is an answer, not a crash."""
+
+    scope_type = "lifespan"
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_reason(message: Message) -> None:
+            refusal = sys.exc_info()[1]  # Starlette sends the failure from inside its except block
+            if message["type"] == "lifespan.startup.failed" and isinstance(refusal, SchemaError):
+                message = {**message, "message": str(refusal)}
+            await send(message)
+
+        await self.app(scope, receive, send_reason)
+
+
+class CORSMiddleware(StarletteCORSMiddleware):
+    """Starlette's CORS, with a refused preflight answered in JSON like every other error."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code < 400:
+            return response
+        headers = {name: value for name, value in response.headers.items() if not name.startswith("content-")}
+        return JSONResponse({"detail": bytes(response.body).decode()}, response.status_code, headers)
