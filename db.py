@@ -59,47 +59,38 @@ def unicode_lower(value: object) -> object:
     return value.lower() if isinstance(value, str) else value
 
 
-def configure_sqlite(dbapi_connection, budget: StatementBudget) -> None:
-    # SQLite's own lower() folds only A-Z; Python's folds all of Unicode, as PostgreSQL's does.
-    dbapi_connection.create_function("lower", 1, unicode_lower, deterministic=True)
-    for pragma in (
-        "journal_mode=WAL",  # readers run beside the one writer
-        f"busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",  # wait for the write lock, not "database is locked"
-        "foreign_keys=ON",  # SQLite ignores ON DELETE CASCADE without it
-        # In WAL mode NORMAL loses no committed transaction on a crash, only on a power loss.
-        f"synchronous={settings.sqlite_synchronous}",  # validated in config.py
-    ):
-        dbapi_connection.execute(f"PRAGMA {pragma}")
-    dbapi_connection.set_progress_handler(budget.exceeded, PROGRESS_INSTRUCTIONS)
-
-
 def make_engine(url: str, statement_timeout_ms: int | None = None) -> Engine:
     """An engine whose statements have a time budget: STATEMENT_TIMEOUT_MS unless given."""
     budget_ms = settings.statement_timeout_ms if statement_timeout_ms is None else statement_timeout_ms
-    options: dict = {"pool_size": POOL_SIZE, "max_overflow": 0}
-    sqlite = url.startswith("sqlite")
-    if not sqlite:
-        options["pool_pre_ping"] = True  # replace a connection the server closed, not fail a request
-    elif make_url(url).database in (None, "", ":memory:"):
-        # Each connection to :memory: is a database of its own: requests take turns on one.
-        options = {"poolclass": StaticPool}
     # hide_parameters keeps bound values (password hashes among them) out of error logs.
-    engine = create_engine(
-        url, hide_parameters=True, connect_args={"check_same_thread": False} if sqlite else {}, **options
-    )
+    if not url.startswith("sqlite"):  # pool_pre_ping: a connection the server closed is replaced
+        engine = create_engine(url, hide_parameters=True, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=0)
+
+        @event.listens_for(engine, "connect")
+        def remember_statement_budget(_dbapi_connection, connection_record) -> None:
+            connection_record.info["statement_budget_ms"] = budget_ms  # for limit_statement_time
+
+        return engine
+    # Each connection to :memory: is a database of its own: requests take turns on one.
+    in_memory = make_url(url).database in (None, "", ":memory:")
+    pooling = {"poolclass": StaticPool} if in_memory else {"pool_size": POOL_SIZE, "max_overflow": 0}
+    engine = create_engine(url, hide_parameters=True, connect_args={"check_same_thread": False}, **pooling)
 
     @event.listens_for(engine, "connect")
-    def configure_connection(dbapi_connection, connection_record) -> None:
-        connection_record.info["statement_budget_ms"] = budget_ms
-        if sqlite:
-            connection_record.info["statement_budget"] = budget = StatementBudget(budget_ms / 1000)
-            configure_sqlite(dbapi_connection, budget)
+    def configure_sqlite(dbapi_connection, connection_record) -> None:
+        # SQLite's own lower() folds only A-Z; Python's folds all of Unicode, as PostgreSQL's does.
+        dbapi_connection.create_function("lower", 1, unicode_lower, deterministic=True)
+        dbapi_connection.execute("PRAGMA journal_mode=WAL")  # readers run beside the one writer
+        dbapi_connection.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")  # not "database is locked"
+        dbapi_connection.execute("PRAGMA foreign_keys=ON")  # SQLite ignores ON DELETE CASCADE without it
+        # In WAL mode NORMAL loses no committed transaction on a crash, only on a power loss.
+        dbapi_connection.execute(f"PRAGMA synchronous={settings.sqlite_synchronous}")
+        connection_record.info["statement_budget"] = budget = StatementBudget(budget_ms / 1000)
+        dbapi_connection.set_progress_handler(budget.exceeded, PROGRESS_INSTRUCTIONS)
 
-    if sqlite:
-
-        @event.listens_for(engine, "before_cursor_execute")
-        def restart_statement_budget(connection, *_) -> None:
-            connection.info["statement_budget"].deadline = None
+    @event.listens_for(engine, "before_cursor_execute")
+    def restart_statement_budget(connection, *_) -> None:
+        connection.info["statement_budget"].deadline = None
 
     return engine
 
@@ -138,6 +129,13 @@ UNVERSIONED_SCHEMA = {
 }  # fmt: skip
 
 
+# The counter of a table the migration rebuilt (or, if it came back empty, re-made).
+RESTORE_COUNTER = (
+    "INSERT INTO sqlite_sequence (name, seq) SELECT ?1, ?2 WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence"
+    " WHERE name = ?1) AND EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)"
+)
+
+
 class SchemaError(Exception):
     """The database cannot be brought to this release's schema; the one-line message says why."""
 
@@ -162,40 +160,24 @@ def schema_transaction(target: Engine) -> Iterator[Connection]:
         try:
             # IMMEDIATE takes the write lock before the version is read, so other workers wait here.
             connection.exec_driver_sql("BEGIN IMMEDIATE")
-            try:
-                sequences = autoincrement_sequences(connection)
-                yield connection
-                keep_autoincrement_sequences(connection, sequences)
-                if connection.exec_driver_sql("PRAGMA foreign_key_check").first() is not None:
-                    raise SchemaError("The migration was rolled back: it left a foreign key pointing to no row")
-            except BaseException:
-                if connection.connection.dbapi_connection.in_transaction:  # SQLite may have rolled back
-                    connection.exec_driver_sql("ROLLBACK")
-                raise
+            has_counters = connection.dialect.has_table(connection, "sqlite_sequence")  # AUTOINCREMENT's
+            counters = connection.exec_driver_sql("SELECT name, seq FROM sqlite_sequence").all() if has_counters else []
+            yield connection
+            # A rebuilt table loses its counter, and SQLite would hand a deleted account's id to the
+            # next signup: the counter of each table still there never goes back.
+            for name, seq in counters:
+                connection.exec_driver_sql("UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = ?", (seq, name))
+                connection.exec_driver_sql(RESTORE_COUNTER, (name, seq))
+            if connection.exec_driver_sql("PRAGMA foreign_key_check").first() is not None:
+                raise SchemaError("The migration was rolled back: it left a foreign key pointing to no row")
             connection.exec_driver_sql("COMMIT")
+        except BaseException:
+            if connection.connection.dbapi_connection.in_transaction:  # SQLite may have rolled back
+                connection.exec_driver_sql("ROLLBACK")
+            raise
         finally:
             connection.exec_driver_sql("PRAGMA foreign_keys=ON")
             budget.seconds = seconds
-
-
-def autoincrement_sequences(connection: Connection) -> list[tuple[str, int]]:
-    """SQLite's AUTOINCREMENT counters: the highest id each table ever handed out."""
-    if connection.exec_driver_sql("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_sequence'").first() is None:
-        return []
-    return connection.exec_driver_sql("SELECT name, seq FROM sqlite_sequence").all()
-
-
-def keep_autoincrement_sequences(connection: Connection, before: list[tuple[str, int]]) -> None:
-    """A migration that rebuilds a table drops its counter, and SQLite would then hand a deleted
-    account's id to the next signup: each counter of a table still there never goes back."""
-    for table, highest in before:
-        connection.exec_driver_sql("UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = ?", (highest, table))
-        connection.exec_driver_sql(
-            "INSERT INTO sqlite_sequence (name, seq) SELECT ?1, ?2"
-            " WHERE EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)"
-            " AND NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = ?1)",
-            (table, highest),
-        )
 
 
 def alembic_config(migrations: Path = MIGRATIONS, connection: Connection | None = None) -> Config:
@@ -238,7 +220,8 @@ def migrate(target: Engine, migrations: Path = MIGRATIONS) -> tuple[str | None, 
     with schema_transaction(target) as connection:
         context = MigrationContext.configure(connection)
         versions = context.get_current_heads()
-        if unknown := set(versions) - {script.revision for script in scripts.walk_revisions()}:
+        known = {script.revision for script in scripts.walk_revisions()}
+        if unknown := [version for version in versions if version not in known]:
             raise SchemaError(
                 f"The database is at revision {', '.join(unknown)}, which this release of the Todo API "
                 "does not know: a newer release made it. Run that release or a newer one on it"
@@ -264,11 +247,9 @@ health_check_slot: RunVar[Semaphore] = RunVar("health_check_slot")
 
 
 def slots(variable: RunVar[Semaphore], count: int) -> Semaphore:
-    try:
-        return variable.get()
-    except LookupError:
+    if (semaphore := variable.get(None)) is None:
         variable.set(semaphore := Semaphore(count, fast_acquire=True))
-        return semaphore
+    return semaphore
 
 
 def session_semaphore() -> Semaphore:
