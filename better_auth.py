@@ -15,10 +15,9 @@ from datetime import datetime, timezone
 from http.client import HTTPException as HTTPProtocolError
 from typing import NamedTuple
 
-import anyio
 import jwt
-from anyio import to_thread
-from sqlalchemy import bindparam, exists
+from anyio import Event, to_thread
+from sqlalchemy import exists
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
@@ -96,7 +95,7 @@ class KeySet:
         self.keys: dict[str, jwt.PyJWK] = {}
         self.attempted_at: float | None = None
         self.failing = False
-        self.fetching: anyio.Event | None = None
+        self.fetching: Event | None = None
 
     async def key_for(self, kid: object) -> jwt.PyJWK | None:
         """The key named `kid`, None if the (fresh enough) key set has none, or KeySetUnavailable."""
@@ -109,9 +108,9 @@ class KeySet:
         now = self.clock()
         if self.attempted_at is not None and now - self.attempted_at < REFETCH_INTERVAL_SECONDS:
             if self.failing:
-                raise KeySetUnavailable(self.retry_after(now))
+                raise KeySetUnavailable(max(1, math.ceil(REFETCH_INTERVAL_SECONDS - (now - self.attempted_at))))
             return None  # the key set is fresh and has no such key
-        self.attempted_at, self.fetching = now, anyio.Event()
+        self.attempted_at, self.fetching = now, Event()
         try:  # in a worker thread: it blocks for up to FETCH_TIMEOUT_SECONDS
             self.keys = await to_thread.run_sync(download_key_set, self.url)
             self.failing = False
@@ -119,7 +118,7 @@ class KeySet:
             if not self.failing:  # logged when it starts failing, not on every retry
                 log.warning("Better Auth's key set at %s cannot be fetched: %s", self.url, error)
             self.failing = True
-            raise KeySetUnavailable(self.retry_after(now)) from None
+            raise KeySetUnavailable(REFETCH_INTERVAL_SECONDS) from None
         finally:
             self.fetching.set()
             self.fetching = None
@@ -127,9 +126,6 @@ class KeySet:
             message = "it names a key (kid) that the key set at %s does not have; is BETTER_AUTH_JWKS_URL the"
             log_once("unknown kid", message + " key set of the Better Auth server that issued it?", self.url)
         return self.keys.get(kid)
-
-    def retry_after(self, now: float) -> int:
-        return max(1, math.ceil(REFETCH_INTERVAL_SECONDS - (now - self.attempted_at)))
 
 
 class BetterAuth:
@@ -164,8 +160,15 @@ class BetterAuth:
         # iss and aud are checked after the signature, so that a mismatch can be logged.
         options = {"require": ["exp", "sub", *checked], "verify_iss": False, "verify_aud": False}
         claims = jwt.decode(token, key, algorithms=[algorithm], leeway=CLOCK_SKEW_SECONDS, options=options)
-        if checked:
-            self.check_issuer_and_audience(claims)
+        if checked:  # a key of our key set, but another URL: usually BETTER_AUTH_URL spelt unlike baseURL
+            iss, aud, url = claims["iss"], claims["aud"], shown(self.url)
+            if iss != self.url:
+                log_once("iss", "its iss is %s, but BETTER_AUTH_URL is %s: they must be equal", shown(iss), url)
+                raise jwt.InvalidIssuerError("wrong iss")
+            audiences = [aud] if isinstance(aud, str) else aud
+            if not isinstance(audiences, list) or self.url not in audiences:
+                log_once("aud", "its aud is %s, but BETTER_AUTH_URL is %s: it must be one of them", shown(aud), url)
+                raise jwt.InvalidAudienceError("wrong aud")
         subject = claims["sub"]
         if not isinstance(subject, str) or not SUBJECT.fullmatch(subject):
             raise jwt.InvalidTokenError("sub must be 1 to 255 characters of [A-Za-z0-9._~-]")
@@ -174,37 +177,20 @@ class BetterAuth:
         token_id = hashlib.sha256(token.rsplit(".", 1)[0].encode()).hexdigest()
         return BetterAuthClaims(issuer, subject, token_id, datetime.fromtimestamp(claims["exp"], timezone.utc))
 
-    def check_issuer_and_audience(self, claims: dict) -> None:
-        """A token signed with a key of the configured key set, but naming another URL:
-        usually BETTER_AUTH_URL spelt differently from Better Auth's baseURL."""
-        issuer, audience, url = claims["iss"], claims["aud"], shown(self.url)
-        if issuer != self.url:
-            log_once("iss", "its iss is %s, but BETTER_AUTH_URL is %s: they must be equal", shown(issuer), url)
-            raise jwt.InvalidIssuerError("wrong iss")
-        audiences = [audience] if isinstance(audience, str) else audience
-        if not isinstance(audiences, list) or self.url not in audiences:
-            log_once("aud", "its aud is %s, but BETTER_AUTH_URL is %s: it must be one of them", shown(audience), url)
-            raise jwt.InvalidAudienceError("wrong aud")
-
 
 verifier = BetterAuth(settings.better_auth_url, settings.better_auth_jwks_url, settings.better_auth_secret)
-
-# One query, as for our own tokens: the account, and whether this token was logged out.
-USER_AND_LOGOUT = select(User, exists().where(RevokedToken.jti == bindparam("token_id"))).where(
-    User.better_auth_issuer == bindparam("issuer"), User.better_auth_id == bindparam("subject")
-)
-
 
 def find_or_create_user(session: Session, claims: BetterAuthClaims) -> tuple[User, bool]:
     """The token's account, made by its first valid token (of two at once, the unique constraint lets
     one insert), and whether the token was logged out."""
-    params = {"token_id": claims.token_id, "issuer": claims.issuer, "subject": claims.subject}
-    row = session.exec(USER_AND_LOGOUT, params=params).first()
+    account = {"better_auth_issuer": claims.issuer, "better_auth_id": claims.subject}
+    query = select(User, exists().where(RevokedToken.jti == claims.token_id)).filter_by(**account)
+    row = session.exec(query).first()
     if row is None:
-        session.add(User(better_auth_issuer=claims.issuer, better_auth_id=claims.subject))
+        session.add(User(**account))
         try:
             session.commit()
         except IntegrityError:
             session.rollback()
-        row = session.exec(USER_AND_LOGOUT, params=params).one()
+        row = session.exec(query).one()
     return row[0], row[1]
