@@ -28,8 +28,7 @@ from sqlmodel import Session, create_engine
 from config import settings
 from models import utc_now
 
-THREADPOOL_SIZE = 40  # AnyIO's default number of worker threads, which run our sync handlers
-SESSION_SLOTS = THREADPOOL_SIZE  # one connection for each thread that can run a query
+SESSION_SLOTS = 40  # a connection for each of AnyIO's 40 worker threads, which run our sync handlers
 POOL_SIZE = SESSION_SLOTS + 1  # and one for /health, so it never queues behind requests
 SQLITE_BUSY_TIMEOUT_MS = 30_000  # a writer waits this long for SQLite's one write lock
 # SQLite checks a statement's budget every this many VM steps: soon enough to stop even a
@@ -258,8 +257,8 @@ def session_semaphore() -> Semaphore:
 
 
 async def session_slot() -> AsyncIterator[None]:
-    """Taken on the event loop before the session's first thread hop, kept until it is closed:
-    never more sessions than pooled connections, so no thread ever waits for a connection."""
+    """One of SESSION_SLOTS, taken on the event loop and kept until the session is closed: never more
+    sessions than pooled connections, so no thread waits for a connection held by a request waiting for a thread."""
     async with session_semaphore():
         yield
 
@@ -277,10 +276,9 @@ SessionDep = Annotated[Session, Depends(get_session)]
 def database_answers() -> bool:
     try:
         with engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
+            return connection.execute(text("SELECT 1")).scalar() == 1
     except SQLAlchemyError:
         return False
-    return True
 
 
 async def check_database() -> bool:
