@@ -61,7 +61,7 @@ class KeySetUnavailable(Exception):
 class BetterAuthClaims(NamedTuple):
     issuer: str  # BETTER_AUTH_URL, or SHARED_SECRET_ISSUER
     subject: str  # the Better Auth user id
-    token_id: str  # SHA-256 of the token (no jti): what logout records
+    token_id: str  # SHA-256 of its signed part (it has no jti): what logout records
     expires_at: datetime
     family_id: None = None  # no login session (refresh token family) here: Better Auth keeps it
 
