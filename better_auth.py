@@ -1,15 +1,7 @@
-"""Tokens from Better Auth (https://www.better-auth.com), for Next.js frontends that sign
-their users in there: checked here, and turned into accounts of their own.
-
-Two kinds, each off unless configured (config.py):
-- BETTER_AUTH_URL: the jwt() plugin's tokens (EdDSA by default; ES256, ES512, RS256, PS256),
-  checked against the key set at BETTER_AUTH_JWKS_URL, with iss and aud equal to the URL.
-- BETTER_AUTH_SECRET: HS256 tokens {sub, exp} that a frontend signs itself with that secret.
-
-A Better Auth user is an account here keyed by (issuer, sub), created by their first valid
-token, never linked to a local account by email. auth.py sends a token here only after
-it failed as one of our own, so our own tokens cost nothing more.
-"""
+"""Tokens from Better Auth (https://www.better-auth.com), for Next.js frontends that sign their users
+in there. BETTER_AUTH_URL turns on the jwt() plugin's tokens, checked against its key set; BETTER_AUTH_SECRET
+HS256 tokens {sub, exp} that a frontend signs itself (config.py). Each (issuer, sub) is an account of its
+own, never linked to a local one by email; auth.py asks here only after a token failed as one of ours."""
 
 import hashlib
 import json
@@ -23,10 +15,9 @@ from datetime import datetime, timezone
 from http.client import HTTPException as HTTPProtocolError
 from typing import NamedTuple
 
-import anyio
 import jwt
-from anyio import to_thread
-from sqlalchemy import bindparam, exists
+from anyio import Event, to_thread
+from sqlalchemy import exists
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
@@ -37,12 +28,10 @@ from schemas import USER_ID_PATTERN
 # The jwt() plugin's algorithms. Never HS256 or none on this path: the key set is public.
 KEY_SET_ALGORITHMS = frozenset({"EdDSA", "ES256", "ES512", "RS256", "PS256"})
 FETCH_TIMEOUT_SECONDS = 3
-# A token naming a key id that is not in the cache fetches the key set again (Better Auth
-# rotated its keys), but at most this often, so made-up key ids cannot flood Better Auth.
+# An unknown kid refetches the key set (Better Auth rotated it), at most this often: made-up kids cannot flood it.
 REFETCH_INTERVAL_SECONDS = 5
 MAX_KEY_SET_BYTES = 256 * 1024
-# Better Auth's clock is another machine's: a token it issued a moment "in the future"
-# (iat) or that expired a moment ago still counts.
+# Better Auth's clock is another machine's: a token issued a moment "in the future" or expired a moment ago counts.
 CLOCK_SKEW_SECONDS = 10
 SUBJECT = re.compile(USER_ID_PATTERN)  # a sub that can name the account in the path
 
@@ -51,8 +40,7 @@ logged_causes: set[str] = set()
 
 
 def log_once(cause: str, message: str, *args: object) -> None:
-    """A refusal a developer must see (a configuration mistake), logged once per cause
-    and process. Never with the token."""
+    """A refusal a developer must see (a configuration mistake), once per cause and process; never the token."""
     if cause not in logged_causes:
         logged_causes.add(cause)
         log.warning("Refused a Better Auth token: " + message + " (logged once)", *args)
@@ -73,7 +61,7 @@ class KeySetUnavailable(Exception):
 class BetterAuthClaims(NamedTuple):
     issuer: str  # BETTER_AUTH_URL, or SHARED_SECRET_ISSUER
     subject: str  # the Better Auth user id
-    token_id: str  # SHA-256 of the token (no jti): what logout records
+    token_id: str  # SHA-256 of its signed part (it has no jti): what logout records
     expires_at: datetime
     family_id: None = None  # no login session (refresh token family) here: Better Auth keeps it
 
@@ -97,13 +85,9 @@ def download_key_set(url: str) -> dict[str, jwt.PyJWK]:
 
 
 class KeySet:
-    """Better Auth's public keys, fetched on first use (Better Auth may start after us),
-    cached, and fetched again for an unknown kid at most every REFETCH_INTERVAL_SECONDS.
-
-    Its state changes only on the event loop, so it needs no lock: the one fetch in flight
-    runs in a worker thread, and requests that need its result wait for it on the loop,
-    holding no thread, however many of them arrive.
-    """
+    """Better Auth's public keys: fetched at first use (Better Auth may start after us), cached, and
+    fetched again for an unknown kid at most every REFETCH_INTERVAL_SECONDS. Its state changes only
+    on the event loop, so it needs no lock: requests wait there, holding no thread, for the one fetch."""
 
     def __init__(self, url: str, clock: Callable[[], float] = time.monotonic) -> None:
         self.url = url
@@ -111,11 +95,10 @@ class KeySet:
         self.keys: dict[str, jwt.PyJWK] = {}
         self.attempted_at: float | None = None
         self.failing = False
-        self.fetching: anyio.Event | None = None
+        self.fetching: Event | None = None
 
     async def key_for(self, kid: object) -> jwt.PyJWK | None:
-        """The key named `kid`, or None when the key set (fresh enough) has no such key.
-        Raises KeySetUnavailable when the key set cannot be fetched."""
+        """The key named `kid`, None if the (fresh enough) key set has none, or KeySetUnavailable."""
         if not isinstance(kid, str):
             return None
         if kid not in self.keys and self.fetching is not None:
@@ -125,44 +108,31 @@ class KeySet:
         now = self.clock()
         if self.attempted_at is not None and now - self.attempted_at < REFETCH_INTERVAL_SECONDS:
             if self.failing:
-                raise KeySetUnavailable(self.retry_after(now))
+                raise KeySetUnavailable(max(1, math.ceil(REFETCH_INTERVAL_SECONDS - (now - self.attempted_at))))
             return None  # the key set is fresh and has no such key
-        self.attempted_at = now
-        self.fetching = anyio.Event()
-        try:
-            # Blocks for up to FETCH_TIMEOUT_SECONDS: never on the event loop.
+        self.attempted_at, self.fetching = now, Event()
+        try:  # in a worker thread: it blocks for up to FETCH_TIMEOUT_SECONDS
             self.keys = await to_thread.run_sync(download_key_set, self.url)
             self.failing = False
         except (OSError, HTTPProtocolError, ValueError, TypeError, KeyError, AttributeError, RecursionError) as error:
             if not self.failing:  # logged when it starts failing, not on every retry
                 log.warning("Better Auth's key set at %s cannot be fetched: %s", self.url, error)
             self.failing = True
-            raise KeySetUnavailable(self.retry_after(now)) from None
+            raise KeySetUnavailable(REFETCH_INTERVAL_SECONDS) from None
         finally:
             self.fetching.set()
             self.fetching = None
         if kid not in self.keys:
-            log_once(
-                "unknown kid",
-                "it names a key (kid) that the key set at %s does not have; is BETTER_AUTH_JWKS_URL "
-                "the key set of the Better Auth server that issued it?",
-                self.url,
-            )
+            message = "it names a key (kid) that the key set at %s does not have; is BETTER_AUTH_JWKS_URL the"
+            log_once("unknown kid", message + " key set of the Better Auth server that issued it?", self.url)
         return self.keys.get(kid)
-
-    def retry_after(self, now: float) -> int:
-        return max(1, math.ceil(REFETCH_INTERVAL_SECONDS - (now - self.attempted_at)))
 
 
 class BetterAuth:
     """Checks Better Auth tokens of the configured kinds."""
 
     def __init__(
-        self,
-        url: str | None,
-        jwks_url: str | None,
-        secret: str | None,
-        clock: Callable[[], float] = time.monotonic,
+        self, url: str | None, jwks_url: str | None, secret: str | None, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.url = url
         self.secret = secret
@@ -177,81 +147,50 @@ class BetterAuth:
         header = jwt.get_unverified_header(token)
         algorithm = header.get("alg")
         if algorithm == "HS256" and self.secret is not None:
-            # A frontend's own token: no iss or aud to check, whatever it carries.
-            claims = jwt.decode(
-                token,
-                self.secret,
-                algorithms=["HS256"],
-                leeway=CLOCK_SKEW_SECONDS,
-                options={"require": ["exp", "sub"], "verify_aud": False},
-            )
-            issuer = SHARED_SECRET_ISSUER
+            key, issuer, checked = self.secret, SHARED_SECRET_ISSUER, []  # a frontend's own: no iss or aud
         elif algorithm in KEY_SET_ALGORITHMS and self.key_set is not None:
-            key = await self.key_set.key_for(header.get("kid"))
+            key, issuer, checked = await self.key_set.key_for(header.get("kid")), self.url, ["iss", "aud"]
             if key is None:
                 raise jwt.InvalidTokenError("no key in the key set has this kid")
-            claims = jwt.decode(
-                token,
-                key,
-                algorithms=[key.algorithm_name],
-                leeway=CLOCK_SKEW_SECONDS,
-                # Checked below, after the signature, so that a mismatch can be logged.
-                options={"require": ["exp", "sub", "iss", "aud"], "verify_iss": False, "verify_aud": False},
-            )
-            self.check_issuer_and_audience(claims)
-            issuer = self.url
+            algorithm = key.algorithm_name
         else:
             if algorithm in KEY_SET_ALGORITHMS:
                 log_once("no url", "it is signed with %s, which needs BETTER_AUTH_URL to be set", shown(algorithm))
             raise jwt.InvalidAlgorithmError("not an algorithm of a configured kind")
+        # iss and aud are checked after the signature, so that a mismatch can be logged.
+        options = {"require": ["exp", "sub", *checked], "verify_iss": False, "verify_aud": False}
+        claims = jwt.decode(token, key, algorithms=[algorithm], leeway=CLOCK_SKEW_SECONDS, options=options)
+        if checked:  # a key of our key set, but another URL: usually BETTER_AUTH_URL spelt unlike baseURL
+            iss, aud, url = claims["iss"], claims["aud"], shown(self.url)
+            if iss != self.url:
+                log_once("iss", "its iss is %s, but BETTER_AUTH_URL is %s: they must be equal", shown(iss), url)
+                raise jwt.InvalidIssuerError("wrong iss")
+            audiences = [aud] if isinstance(aud, str) else aud
+            if not isinstance(audiences, list) or self.url not in audiences:
+                log_once("aud", "its aud is %s, but BETTER_AUTH_URL is %s: it must be one of them", shown(aud), url)
+                raise jwt.InvalidAudienceError("wrong aud")
         subject = claims["sub"]
         if not isinstance(subject, str) or not SUBJECT.fullmatch(subject):
             raise jwt.InvalidTokenError("sub must be 1 to 255 characters of [A-Za-z0-9._~-]")
-        return BetterAuthClaims(
-            issuer=issuer,
-            subject=subject,
-            # The signed part only: PyJWT also accepts the signature with padding appended,
-            # and ECDSA has a second valid signature for each token, so hashing the whole
-            # string would let a logged-out token back in under another spelling.
-            token_id=hashlib.sha256(token.rsplit(".", 1)[0].encode()).hexdigest(),
-            expires_at=datetime.fromtimestamp(claims["exp"], timezone.utc),
-        )
-
-    def check_issuer_and_audience(self, claims: dict) -> None:
-        """A token signed with a key of the configured key set, but naming another URL:
-        usually BETTER_AUTH_URL spelt differently from Better Auth's baseURL."""
-        issuer, audience = claims["iss"], claims["aud"]
-        if issuer != self.url:
-            log_once("iss", "its iss is %s, but BETTER_AUTH_URL is %s: they must be equal", shown(issuer), shown(self.url))
-            raise jwt.InvalidIssuerError("wrong iss")
-        audiences = [audience] if isinstance(audience, str) else audience
-        if not isinstance(audiences, list) or self.url not in audiences:
-            log_once("aud", "its aud is %s, but BETTER_AUTH_URL is %s: it must be one of them", shown(audience), shown(self.url))
-            raise jwt.InvalidAudienceError("wrong aud")
+        # The signed part only: PyJWT accepts a signature with padding appended, and ECDSA has a second
+        # valid signature per token, so the whole string would let a logged-out token back in.
+        token_id = hashlib.sha256(token.rsplit(".", 1)[0].encode()).hexdigest()
+        return BetterAuthClaims(issuer, subject, token_id, datetime.fromtimestamp(claims["exp"], timezone.utc))
 
 
 verifier = BetterAuth(settings.better_auth_url, settings.better_auth_jwks_url, settings.better_auth_secret)
 
-# One query, as for our own tokens: the account, and whether this token was logged out.
-USER_AND_LOGOUT = select(User, exists().where(RevokedToken.jti == bindparam("token_id"))).where(
-    User.better_auth_issuer == bindparam("issuer"), User.better_auth_id == bindparam("subject")
-)
-
-
 def find_or_create_user(session: Session, claims: BetterAuthClaims) -> tuple[User, bool]:
-    """The token's account, created by its first valid token, and whether the token was
-    logged out. Of two first requests at once, the unique constraint lets one insert; the
-    other reads the account it made."""
-    params = {"token_id": claims.token_id, "issuer": claims.issuer, "subject": claims.subject}
-    row = session.exec(USER_AND_LOGOUT, params=params).first()
-    if row is not None:
-        return row[0], row[1]
-    user = User(better_auth_issuer=claims.issuer, better_auth_id=claims.subject)
-    session.add(user)
-    try:
-        session.commit()
-    except IntegrityError:
-        session.rollback()
-        user, revoked = session.exec(USER_AND_LOGOUT, params=params).one()
-        return user, revoked
-    return user, False
+    """The token's account, made by its first valid token (of two at once, the unique constraint lets
+    one insert), and whether the token was logged out."""
+    account = {"better_auth_issuer": claims.issuer, "better_auth_id": claims.subject}
+    query = select(User, exists().where(RevokedToken.jti == claims.token_id)).filter_by(**account)
+    row = session.exec(query).first()
+    if row is None:
+        session.add(User(**account))
+        try:
+            session.commit()
+        except IntegrityError:
+            session.rollback()
+        row = session.exec(query).one()
+    return row[0], row[1]

@@ -1,20 +1,7 @@
-"""The database engine and the per-request session.
-
-SQLite is the zero-setup default. Its settings below are what keep it correct under many
-concurrent clients: WAL lets readers run beside the one writer, busy_timeout makes a
-writer wait for the lock instead of failing with "database is locked", and the pool has
-a connection for every thread of FastAPI's threadpool, and one for /health.
-
-PostgreSQL (DATABASE_URL=postgresql+psycopg://...) needs none of that: it gets the same
-pool size, plus pool_pre_ping so that a connection the server has closed is replaced
-instead of failing a request. Date-times are timestamptz columns that SQLModel returns
-in UTC, so the server's TimeZone setting never shows in the API.
-
-The schema comes from the Alembic migrations in migrations/: migrate() brings any
-database to the newest revision at start-up, in one transaction, one process at a time.
-
-On both, every statement has a time budget (STATEMENT_TIMEOUT_MS): SQLite's progress
-handler or PostgreSQL's statement_timeout stops it, and main.py answers 503.
+"""The database engine, the per-request session and clock, and migrate(), which brings any
+database to the newest Alembic revision (migrations/) at start-up. SQLite is the zero-setup
+default, PostgreSQL (DATABASE_URL=postgresql+psycopg://...) the server choice. Every statement
+has a time budget (STATEMENT_TIMEOUT_MS); main.py answers 503 when one runs out.
 """
 
 import math
@@ -22,158 +9,113 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
-from functools import partial
-from pathlib import Path
 from datetime import datetime
+from pathlib import Path
 from typing import Annotated
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from anyio import CancelScope, CapacityLimiter, Semaphore, to_thread
+from anyio import CapacityLimiter, Semaphore, to_thread
 from anyio.lowlevel import RunVar
 from fastapi import Depends
 from sqlalchemy import Connection, Engine, event, inspect, make_url, text
-from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, create_engine
 
 from config import settings
 from models import utc_now
 
-THREADPOOL_SIZE = 40  # AnyIO's default number of worker threads, which run our sync handlers
-SESSION_SLOTS = THREADPOOL_SIZE  # one connection for each thread that can run a query
-HEALTH_CHECK_SLOTS = 1  # /health has a connection of its own, so it never queues behind requests
-POOL_SIZE = SESSION_SLOTS + HEALTH_CHECK_SLOTS
-SQLITE_BUSY_TIMEOUT_MS = 30_000
-# Any fixed number works: it only has to be the same in every process of this app.
-SCHEMA_LOCK_KEY = 0x70D0_5C4E
+SESSION_SLOTS = 40  # a connection for each of AnyIO's 40 worker threads, which run our sync handlers
+POOL_SIZE = SESSION_SLOTS + 1  # and one for /health, so it never queues behind requests
+SQLITE_BUSY_TIMEOUT_MS = 30_000  # a writer waits this long for SQLite's one write lock
+# SQLite checks a statement's budget every this many VM steps: soon enough to stop even a
+# slow-stepping LIKE on a long text, seldom enough that an ordinary query checks a few times.
+PROGRESS_INSTRUCTIONS = 1_000
 QUERY_CANCELED = "57014"  # PostgreSQL's SQLSTATE for a statement stopped by statement_timeout
+SCHEMA_LOCK_KEY = 0x70D0_5C4E  # any fixed number: the same in every process of this app
 STATEMENT_TIMED_OUT = "The query took too long; narrow it down (a shorter search, a filter) and try again"
+
+
+class StatementBudget:
+    """SQLite's progress handler: interrupts a statement `seconds` after its first check, which
+    comes once it holds its locks (waiting for them is busy_timeout's business)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.deadline: float | None = None  # cleared before each statement
+
+    def exceeded(self) -> bool:
+        now = time.monotonic()
+        if self.deadline is None:
+            self.deadline = now + self.seconds
+        return now > self.deadline
 
 
 def unicode_lower(value: object) -> object:
     return value.lower() if isinstance(value, str) else value
 
 
-def configure_sqlite(dbapi_connection, _connection_record) -> None:
-    # SQLite's own lower() folds only A-Z. Python's folds all of Unicode, as PostgreSQL's
-    # does, so case-insensitive search and title sorting answer the same on both.
-    dbapi_connection.create_function("lower", 1, unicode_lower, deterministic=True)
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-    cursor.execute("PRAGMA foreign_keys=ON")  # SQLite ignores ON DELETE CASCADE without it
-    # In WAL mode NORMAL loses no committed transaction on a process crash; only a power
-    # loss can roll back the last few. SQLITE_SYNCHRONOUS=FULL closes that gap.
-    cursor.execute(f"PRAGMA synchronous={settings.sqlite_synchronous}")  # validated in config.py
-    cursor.close()
+def make_engine(url: str, statement_timeout_ms: int | None = None) -> Engine:
+    """An engine whose statements have a time budget: STATEMENT_TIMEOUT_MS unless given."""
+    budget_ms = settings.statement_timeout_ms if statement_timeout_ms is None else statement_timeout_ms
+    # hide_parameters keeps bound values (password hashes among them) out of error logs.
+    if not url.startswith("sqlite"):  # pool_pre_ping: a connection the server closed is replaced
+        engine = create_engine(url, hide_parameters=True, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=0)
 
+        @event.listens_for(engine, "connect")
+        def remember_statement_budget(_dbapi_connection, connection_record) -> None:
+            connection_record.info["statement_budget_ms"] = budget_ms  # for limit_statement_time
 
-class StatementBudget:
-    """Interrupts a SQLite statement that has run for longer than `seconds` (it then fails
-    with "interrupted"): SQLite calls exceeded() every PROGRESS_INSTRUCTIONS steps of its
-    virtual machine. The clock starts at a statement's first call, once it holds its locks:
-    waiting for the write lock is busy_timeout's business."""
+        return engine
+    # Each connection to :memory: is a database of its own: requests take turns on one.
+    in_memory = make_url(url).database in (None, "", ":memory:")
+    pooling = {"poolclass": StaticPool} if in_memory else {"pool_size": POOL_SIZE, "max_overflow": 0}
+    engine = create_engine(url, hide_parameters=True, connect_args={"check_same_thread": False}, **pooling)
 
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.deadline: float | None = None
+    @event.listens_for(engine, "connect")
+    def configure_sqlite(dbapi_connection, connection_record) -> None:
+        # SQLite's own lower() folds only A-Z; Python's folds all of Unicode, as PostgreSQL's does.
+        dbapi_connection.create_function("lower", 1, unicode_lower, deterministic=True)
+        dbapi_connection.execute("PRAGMA journal_mode=WAL")  # readers run beside the one writer
+        dbapi_connection.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")  # not "database is locked"
+        dbapi_connection.execute("PRAGMA foreign_keys=ON")  # SQLite ignores ON DELETE CASCADE without it
+        # In WAL mode NORMAL loses no committed transaction on a crash, only on a power loss.
+        dbapi_connection.execute(f"PRAGMA synchronous={settings.sqlite_synchronous}")
+        connection_record.info["statement_budget"] = budget = StatementBudget(budget_ms / 1000)
+        dbapi_connection.set_progress_handler(budget.exceeded, PROGRESS_INSTRUCTIONS)
 
-    def restart(self) -> None:
-        self.deadline = None
+    @event.listens_for(engine, "before_cursor_execute")
+    def restart_statement_budget(connection, *_) -> None:
+        connection.info["statement_budget"].deadline = None
 
-    def exceeded(self) -> bool:
-        now = time.monotonic()
-        if self.deadline is None:
-            self.deadline = now + self.seconds
-            return False
-        return now > self.deadline
-
-
-# Often enough to stop even a statement whose every step is slow (a backtracking LIKE on
-# a long text) soon after its budget; seldom enough that an ordinary query calls it a few
-# times at most.
-PROGRESS_INSTRUCTIONS = 1_000
-
-
-def restart_statement_budget(connection, _cursor, _statement, _parameters, _context, _executemany) -> None:
-    connection.info["statement_budget"].restart()
-
-
-def remember_statement_budget(milliseconds: int, _dbapi_connection, connection_record) -> None:
-    connection_record.info["statement_budget_ms"] = milliseconds
+    return engine
 
 
 def limit_statement_time(session: Session) -> None:
-    """Give the rest of this transaction's statements PostgreSQL's statement_timeout.
-
-    PostgreSQL counts the time a statement waits for a row lock too, which concurrent
-    writes to one account do as a matter of course, so the budget is set only for the
-    statements whose cost a client controls: the list's search and filters. SQLite's
-    budget counts running time alone and covers every statement already."""
+    """Give the rest of this transaction PostgreSQL's statement_timeout. It counts waiting for
+    row locks too, so it is set only where a client controls the cost (the list's search);
+    SQLite's budget counts running time alone and covers every statement already."""
     connection = session.connection()
     if connection.dialect.name == "postgresql":
         connection.exec_driver_sql(f"SET LOCAL statement_timeout = {int(connection.info['statement_budget_ms'])}")
 
 
 def statement_ran_out_of_time(error: DBAPIError) -> bool:
-    """SQLite's "interrupted" (from StatementBudget) or PostgreSQL's query_canceled (from
-    statement_timeout)."""
-    original = error.orig
+    """SQLite's "interrupted" (StatementBudget) or PostgreSQL's query_canceled (statement_timeout)."""
     return (
-        getattr(original, "sqlite_errorcode", None) == sqlite3.SQLITE_INTERRUPT
-        or getattr(original, "sqlstate", None) == QUERY_CANCELED
+        getattr(error.orig, "sqlite_errorcode", None) == sqlite3.SQLITE_INTERRUPT
+        or getattr(error.orig, "sqlstate", None) == QUERY_CANCELED
     )
-
-
-def make_engine(url: str, statement_timeout_ms: int | None = None) -> Engine:
-    """An engine whose every statement has a time budget: STATEMENT_TIMEOUT_MS unless
-    `statement_timeout_ms` is given."""
-    timeout_ms = settings.statement_timeout_ms if statement_timeout_ms is None else statement_timeout_ms
-    # hide_parameters keeps bound values (password hashes among them) out of error logs.
-    if url.startswith("sqlite"):
-        if make_url(url).database in (None, "", ":memory:"):
-            # Each connection to :memory: would be a database of its own, so every request
-            # shares one connection, one session at a time (see get_session): for demos.
-            pooling = {"poolclass": StaticPool}
-        else:
-            pooling = {"pool_size": POOL_SIZE, "max_overflow": 0}
-        engine = create_engine(
-            url,
-            hide_parameters=True,
-            connect_args={"check_same_thread": False},  # a request may cross threads
-            **pooling,
-        )
-
-        def configure_connection(dbapi_connection, connection_record) -> None:
-            configure_sqlite(dbapi_connection, connection_record)
-            budget = StatementBudget(timeout_ms / 1000)
-            connection_record.info["statement_budget"] = budget
-            dbapi_connection.set_progress_handler(budget.exceeded, PROGRESS_INSTRUCTIONS)
-
-        event.listen(engine, "connect", configure_connection)
-        event.listen(engine, "before_cursor_execute", restart_statement_budget)
-        return engine
-    engine = create_engine(
-        url,
-        hide_parameters=True,
-        pool_pre_ping=True,
-        pool_size=POOL_SIZE,
-        max_overflow=0,
-    )
-    event.listen(engine, "connect", partial(remember_statement_budget, timeout_ms))
-    return engine
 
 
 engine = make_engine(settings.database_url)
 
-
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 FIRST_REVISION = "0001_initial"
-# What a database made before migrations existed holds: exactly what 0001_initial
-# creates. Such a database has no alembic_version table; it is recognised by these.
+# A database made before migrations existed has no alembic_version, and exactly these tables.
 UNVERSIONED_SCHEMA = {
     "user": {"id", "email", "name", "password_hash", "created_at", "token_generation"},
     "task": {
@@ -186,74 +128,55 @@ UNVERSIONED_SCHEMA = {
 }  # fmt: skip
 
 
+# The counter of a table the migration rebuilt (or, if it came back empty, re-made).
+RESTORE_COUNTER = (
+    "INSERT INTO sqlite_sequence (name, seq) SELECT ?1, ?2 WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence"
+    " WHERE name = ?1) AND EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)"
+)
+
+
 class SchemaError(Exception):
-    """The database cannot be brought to this release's schema. The message says why, in
-    one line: start-up prints it and stops."""
+    """The database cannot be brought to this release's schema; the one-line message says why."""
 
 
 @contextmanager
 def schema_transaction(target: Engine) -> Iterator[Connection]:
-    """A connection in one transaction that holds the schema lock until it commits, or
-    rolls back if the block raises: of several processes starting together, one migrates
-    and the others wait, then find the work done."""
+    """A connection in one transaction holding the schema lock: of several processes starting
+    together, one migrates and the others wait, then find the work done."""
     with target.connect() as connection:
         if connection.dialect.name == "postgresql":
             with connection.begin():
                 connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
                 yield connection
             return
-        # A migration may copy a whole table, so it runs without SQLite's statement budget.
         budget = connection.info["statement_budget"]
-        budget_seconds, budget.seconds = budget.seconds, math.inf
-        # pysqlite opens a transaction only before INSERT/UPDATE/DELETE and runs DDL outside
-        # of one, so a failing migration would leave half its tables behind. In autocommit
-        # mode the driver starts nothing itself, and the BEGIN below covers everything; the
-        # pool restores the default mode when this connection goes back to it.
+        budget.seconds, seconds = math.inf, budget.seconds  # a migration may copy a whole table
+        # pysqlite runs DDL outside its own transactions; in autocommit mode our BEGIN covers all
+        # (the pool restores the mode). Rebuilding `user` with foreign keys on would cascade-delete
+        # every task, and the pragma does nothing inside a transaction, so it goes off first.
         connection.execution_options(isolation_level="AUTOCOMMIT")
-        # SQLite rebuilds a table to alter it (copy, drop, rename); with foreign keys on,
-        # dropping `user` would delete every task through ON DELETE CASCADE. The pragma
-        # has no effect inside a transaction, so it is set first; foreign_key_check below
-        # still refuses a migration that leaves a dangling reference.
         connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
         try:
-            # IMMEDIATE takes the write lock now, before the version is read: the other
-            # workers wait here (busy_timeout) instead of all reading "not migrated yet".
+            # IMMEDIATE takes the write lock before the version is read, so other workers wait here.
             connection.exec_driver_sql("BEGIN IMMEDIATE")
-            try:
-                sequences = autoincrement_sequences(connection)
-                yield connection
-                keep_autoincrement_sequences(connection, sequences)
-                if connection.exec_driver_sql("PRAGMA foreign_key_check").first() is not None:
-                    raise SchemaError("The migration was rolled back: it left a foreign key pointing to no row")
-            except BaseException:
-                if connection.connection.dbapi_connection.in_transaction:  # SQLite may have rolled back itself
-                    connection.exec_driver_sql("ROLLBACK")
-                raise
+            has_counters = connection.dialect.has_table(connection, "sqlite_sequence")  # AUTOINCREMENT's
+            counters = connection.exec_driver_sql("SELECT name, seq FROM sqlite_sequence").all() if has_counters else []
+            yield connection
+            # A rebuilt table loses its counter, and SQLite would hand a deleted account's id to the
+            # next signup: the counter of each table still there never goes back.
+            for name, seq in counters:
+                connection.exec_driver_sql("UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = ?", (seq, name))
+                connection.exec_driver_sql(RESTORE_COUNTER, (name, seq))
+            if connection.exec_driver_sql("PRAGMA foreign_key_check").first() is not None:
+                raise SchemaError("The migration was rolled back: it left a foreign key pointing to no row")
             connection.exec_driver_sql("COMMIT")
+        except BaseException:
+            if connection.connection.dbapi_connection.in_transaction:  # SQLite may have rolled back
+                connection.exec_driver_sql("ROLLBACK")
+            raise
         finally:
             connection.exec_driver_sql("PRAGMA foreign_keys=ON")
-            budget.seconds = budget_seconds
-
-
-def autoincrement_sequences(connection: Connection) -> dict[str, int]:
-    """SQLite's AUTOINCREMENT counters: the highest id each table ever handed out."""
-    if not connection.exec_driver_sql("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_sequence'").first():
-        return {}
-    return dict(connection.exec_driver_sql("SELECT name, seq FROM sqlite_sequence").all())
-
-
-def keep_autoincrement_sequences(connection: Connection, before: dict[str, int]) -> None:
-    """A migration that rebuilds a table (copy, drop, rename) drops its counter with it, and
-    SQLite would then hand a deleted account's id to the next signup. Never go back."""
-    for table, highest in before.items():
-        exists = connection.exec_driver_sql("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,))
-        if exists.first() is None:
-            continue  # the migration dropped the table itself
-        raised = connection.exec_driver_sql(
-            "UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = ?", (highest, table)
-        )
-        if raised.rowcount == 0:
-            connection.exec_driver_sql("INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)", (table, highest))
+            budget.seconds = seconds
 
 
 def alembic_config(migrations: Path = MIGRATIONS, connection: Connection | None = None) -> Config:
@@ -264,16 +187,15 @@ def alembic_config(migrations: Path = MIGRATIONS, connection: Connection | None 
 
 
 def unversioned_revision(connection: Connection) -> str | None:
-    """The revision of a database without an alembic_version table: None when it has
-    none of our tables (a new database), FIRST_REVISION when it has every table and
-    column that revision makes. Anything in between is not a database we made."""
+    """An unversioned database's revision: None when it has none of our tables (a new one),
+    FIRST_REVISION when it has all that revision makes; anything between is not ours."""
     inspector = inspect(connection)
-    present = set(inspector.get_table_names()) & set(UNVERSIONED_SCHEMA)
-    if not present:
+    tables = set(inspector.get_table_names())
+    if not tables & set(UNVERSIONED_SCHEMA):
         return None
     missing = []
     for table, columns in UNVERSIONED_SCHEMA.items():
-        if table not in present:
+        if table not in tables:
             missing.append(table)
             continue
         existing = {column["name"] for column in inspector.get_columns(table)}
@@ -287,104 +209,84 @@ def unversioned_revision(connection: Connection) -> str | None:
 
 
 def migrate(target: Engine, migrations: Path = MIGRATIONS) -> tuple[str | None, str]:
-    """Bring the database to the newest revision; return (revision before, revision now).
-
-    A database made before migrations existed is recognised as FIRST_REVISION and stamped
-    so. A revision this code does not know, or a migration that fails, raises SchemaError
-    and leaves the database as it was.
-    """
+    """Bring the database to the newest revision; return (revision before, revision now). A
+    revision this code does not know, or a failing migration, raises SchemaError and changes nothing."""
     if target.dialect.name == "sqlite" and target.url.database not in (None, "", ":memory:"):
-        # The file holds password hashes: a new one is readable by its owner only (SQLite
-        # gives its -wal and -shm files the same permissions).
+        # A new file is its owner's only (SQLite gives -wal and -shm the same): it holds password hashes.
         Path(target.url.database).touch(mode=0o600, exist_ok=True)
     scripts = ScriptDirectory.from_config(alembic_config(migrations))
     head = scripts.get_current_head()
-    known = {script.revision for script in scripts.walk_revisions()}
     with schema_transaction(target) as connection:
         context = MigrationContext.configure(connection)
         versions = context.get_current_heads()
-        unknown = [version for version in versions if version not in known]
-        if unknown:
+        known = {script.revision for script in scripts.walk_revisions()}
+        if unknown := [version for version in versions if version not in known]:
             raise SchemaError(
                 f"The database is at revision {', '.join(unknown)}, which this release of the Todo API "
                 "does not know: a newer release made it. Run that release or a newer one on it"
             )
         if versions:
             [before] = versions
-        else:
-            before = unversioned_revision(connection)
-            if before is not None:
-                context.stamp(scripts, before)
-        if before == head:
-            return before, head
-        try:
-            command.upgrade(alembic_config(migrations, connection), "head")
-        except Exception as error:
-            reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            raise SchemaError(
-                f"Upgrading the database from revision {before or 'none (new database)'} to {head} failed, "
-                f"and it was left as it was: {reason}"
-            ) from error
+        elif (before := unversioned_revision(connection)) is not None:
+            context.stamp(scripts, before)
+        if before != head:
+            try:
+                command.upgrade(alembic_config(migrations, connection), "head")
+            except Exception as error:
+                reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+                raise SchemaError(
+                    f"Upgrading the database from revision {before or 'none (new database)'} to {head} failed, "
+                    f"and it was left as it was: {reason}"
+                ) from error
     return before, head
 
 
-# A request keeps its session, and so its pooled connection, from its first query to its
-# end, across several hops between the event loop and the threadpool. If every request
-# could open a session, 40 threads could each wait for a connection while the 40 pooled
-# connections belong to requests parked until a thread frees up: nothing moves until the
-# pool's timeout. So a request takes one of SESSION_SLOTS, on the event loop and before
-# its first thread, and keeps it until its session is closed. There are never more
-# sessions than connections, and a thread never waits for a connection.
-session_slots: RunVar[Semaphore] = RunVar("session_slots")  # AnyIO's, one per event loop
-health_check_slots: RunVar[Semaphore] = RunVar("health_check_slots")
+session_slots: RunVar[Semaphore] = RunVar("session_slots")  # AnyIO's: one per event loop
+health_check_slot: RunVar[Semaphore] = RunVar("health_check_slot")
 
 
 def slots(variable: RunVar[Semaphore], count: int) -> Semaphore:
-    try:
-        return variable.get()
-    except LookupError:
-        semaphore = Semaphore(count, fast_acquire=True)
-        variable.set(semaphore)
-        return semaphore
+    if (semaphore := variable.get(None)) is None:
+        variable.set(semaphore := Semaphore(count, fast_acquire=True))
+    return semaphore
+
+
+def session_semaphore() -> Semaphore:
+    # In-memory SQLite has one connection in all, so its sessions and /health take turns.
+    return slots(session_slots, 1 if isinstance(engine.pool, StaticPool) else SESSION_SLOTS)
+
+
+async def session_slot() -> AsyncIterator[None]:
+    """One of SESSION_SLOTS, taken on the event loop and kept until the session is closed: never more
+    sessions than pooled connections, so no thread waits for a connection held by a request waiting for a thread."""
+    async with session_semaphore():
+        yield
+
+
+def get_session(_slot: Annotated[None, Depends(session_slot)]) -> Iterator[Session]:
+    # FastAPI closes it (shielded, outside the threadpool's limit) before it frees the slot.
+    # expire_on_commit=False: a handler returns the rows it just wrote without a re-read.
+    with Session(engine, expire_on_commit=False) as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
 
 
 def database_answers() -> bool:
     try:
         with engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
+            return connection.execute(text("SELECT 1")).scalar() == 1
     except SQLAlchemyError:
         return False
-    return True
 
 
 async def check_database() -> bool:
-    """Whether the database answers a query. On a connection and a thread of its own, so
-    the answer comes as fast under a burst of requests as on an idle server."""
-    # In-memory SQLite's one connection is the sessions': /health takes its turn with them.
+    """Whether the database answers, on a connection and a thread of its own, so that /health
+    answers as fast under a burst of requests as on an idle server."""
     shared = isinstance(engine.pool, StaticPool)
-    async with slots(session_slots, 1) if shared else slots(health_check_slots, HEALTH_CHECK_SLOTS):
+    async with session_semaphore() if shared else slots(health_check_slot, 1):
         return await to_thread.run_sync(database_answers, limiter=CapacityLimiter(1))
-
-
-async def get_session() -> AsyncIterator[Session]:
-    # async def saves a thread hop on every request: opening a Session does no I/O (it
-    # connects at its first query, in a worker thread). Closing it returns the connection
-    # to the pool, which talks to the database, so that runs in a worker thread: shielded,
-    # so a client hanging up cannot leak the connection or its slot, and outside the
-    # threadpool's limit (as FastAPI does for sync dependencies), so it never waits for
-    # a thread.
-    # expire_on_commit=False: a handler returns the rows it just wrote without a re-read.
-    # In-memory SQLite has one connection in all, so its sessions take turns.
-    async with slots(session_slots, 1 if isinstance(engine.pool, StaticPool) else SESSION_SLOTS):
-        session = Session(engine, expire_on_commit=False)
-        try:
-            yield session
-        finally:
-            with CancelScope(shield=True):
-                await to_thread.run_sync(session.close, limiter=CapacityLimiter(1))
-
-
-SessionDep = Annotated[Session, Depends(get_session)]
 
 
 async def request_time() -> datetime:
