@@ -119,13 +119,13 @@ class ErrorMessage(SQLModel):
     detail: str
 
 
-def error_response(description: str, detail: str) -> dict:
+RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before trying again", "schema": {"type": "integer"}}}
+
+
+def error_response(description: str, detail: str, *, retry_after: bool = False) -> dict:
     """One entry of a route's responses=: the ErrorMessage shape with this status's own detail."""
-    return {
-        "model": ErrorMessage,
-        "description": description,
-        "content": {"application/json": {"example": {"detail": detail}}},
-    }
+    example = {"content": {"application/json": {"example": {"detail": detail}}}}
+    return {"model": ErrorMessage, "description": description, **example} | ({"headers": RETRY_AFTER} if retry_after else {})
 
 
 class FieldError(SQLModel):
