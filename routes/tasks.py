@@ -1,8 +1,5 @@
-"""A user's tasks at /api/{user_id}/tasks.
-
-Every route depends on OwnerDep, so the token's user must be the path's user (403
-otherwise), and every query is scoped by user_id, so another user's task is a plain 404.
-"""
+"""A user's tasks at /api/{user_id}/tasks. Every route depends on OwnerDep, so the token's user must be
+the path's user (403 otherwise), and every query is scoped by user_id: another user's task is a plain 404."""
 
 import calendar
 from datetime import datetime, timedelta
@@ -10,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
 from fastapi.exceptions import RequestValidationError
-from sqlalchemy import Boolean, asc, case, delete, desc, exists, false, func, literal, not_, or_, update
+from sqlalchemy import Boolean, asc, bindparam, case, delete, desc, exists, false, func, literal, not_, or_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.exc import StaleDataError
@@ -20,28 +17,17 @@ from auth import OwnerDep, invalid_credentials
 from config import settings
 from db import STATEMENT_TIMED_OUT, Now, SessionDep, limit_statement_time
 from models import Task, TaskCount, TaskTag, User
-from schemas import (
-    LATEST_DATE,
-    RECURRENCE_NEEDS_DUE_DATE,
-    VALIDATION_ERROR,
-    CompletionUpdate,
-    IdPath,
-    TaskCreate,
-    TaskListQuery,
-    TaskPublic,
-    TaskUpdate,
-    UserIdPath,
-    error_response,
-)
+from schemas import LATEST_DATE, RECURRENCE_NEEDS_DUE_DATE, VALIDATION_ERROR, CompletionUpdate, IdPath, TaskCreate
+from schemas import TaskListQuery, TaskPublic, TaskUpdate, UserIdPath, error_response
 
 
 def too_many_tasks() -> HTTPException:
     limit = settings.max_tasks_per_user
-    return HTTPException(status.HTTP_409_CONFLICT, f"Task limit reached: an account holds at most {limit} tasks; delete some first")
+    return HTTPException(409, f"Task limit reached: an account holds at most {limit} tasks; delete some first")
 
 
 def task_not_found() -> HTTPException:
-    return HTTPException(status.HTTP_404_NOT_FOUND, detail="Task not found")
+    return HTTPException(404, "Task not found")
 
 
 # Every route takes the path's user_id (422) and runs statements under the time budget (503).
@@ -49,26 +35,21 @@ OWNER_ERRORS = {
     401: error_response("Missing, invalid or expired token", "Could not validate credentials"),
     403: error_response("The path's user_id is not the token's user", "You can only access your own tasks"),
     503: error_response(
-        "A database statement ran longer than STATEMENT_TIMEOUT_MS; or a Better Auth token "
-        "while Better Auth's key set cannot be fetched (then with Retry-After)",
-        STATEMENT_TIMED_OUT,
-        retry_after=True,
+        "A database statement ran longer than STATEMENT_TIMEOUT_MS; or a Better Auth token while Better Auth's "
+        "key set cannot be fetched (then with Retry-After)", STATEMENT_TIMED_OUT, retry_after=True
     ),
     **VALIDATION_ERROR,
 }
 TASK_ERRORS = {404: error_response("Task not found", "Task not found")}
-CREATE_ERRORS = {409: error_response("The account already holds MAX_TASKS_PER_USER tasks", too_many_tasks().detail)}
-COMPLETION_ERRORS = TASK_ERRORS | {
-    409: error_response(
-        "Completing this recurring task would create its next occurrence, and the account "
-        "already holds MAX_TASKS_PER_USER tasks; nothing was changed",
-        too_many_tasks().detail,
-    )
-}
-
+AT_LIMIT = "already holds MAX_TASKS_PER_USER tasks"
+CREATE_ERRORS = {409: error_response(f"The account {AT_LIMIT}", too_many_tasks().detail)}
+COMPLETION_ERRORS = TASK_ERRORS | {409: error_response(
+    f"Completing this recurring task would create its next occurrence, and the account {AT_LIMIT}; nothing was changed",
+    too_many_tasks().detail,
+)}
 router = APIRouter(prefix="/api/{user_id}/tasks", tags=["tasks"], responses=OWNER_ERRORS)
 
-# Each sort key with its direction when the query names none.
+# Each sort key, with its direction when the query names none.
 SORT_KEYS = {
     "created": (Task.created_at, "desc"),
     "updated": (Task.updated_at, "desc"),
@@ -76,6 +57,8 @@ SORT_KEYS = {
     "due_date": (Task.due_date, "asc"),
     "priority": (case({"low": 0, "medium": 1, "high": 2}, value=Task.priority), "desc"),
 }
+PUBLIC_COLUMNS = [column for column in Task.__table__.columns if column.name in TaskPublic.model_fields]
+PUBLIC_NAMES = [column.name for column in PUBLIC_COLUMNS]
 
 
 def task_filters(owner_id: int, query: TaskListQuery) -> list:
@@ -102,16 +85,24 @@ def task_ordering(query: TaskListQuery) -> list:
     return [*undated_last, direction(key), direction(Task.id)]  # the id breaks ties: pages never overlap
 
 
+# Built once, as every task response runs it: SQLAlchemy reuses the statement and its cache key.
+TAGS_OF_TASKS = (
+    select(TaskTag.task_id, TaskTag.name)
+    .where(TaskTag.task_id.in_(bindparam("task_ids", expanding=True)))
+    .order_by(TaskTag.task_id, TaskTag.name)
+)
+
+
 def load_tags(session: Session, task_ids: list[int]) -> dict[int, list[str]]:
     """Tags of many tasks in one query, each list sorted by name."""
     tags: dict[int, list[str]] = {task_id: [] for task_id in task_ids}
-    for tag in session.exec(select(TaskTag).where(TaskTag.task_id.in_(task_ids)).order_by(TaskTag.name)):
-        tags[tag.task_id].append(tag.name)
+    for task_id, name in session.exec(TAGS_OF_TASKS, params={"task_ids": task_ids}):
+        tags[task_id].append(name)
     return tags
 
 
-def to_public(task: Task, tags: list[str]) -> dict:
-    return task.model_dump() | {"tags": tags}  # the response model keeps TaskPublic's fields
+def to_public(session: Session, task: Task) -> dict:
+    return task.model_dump() | {"tags": load_tags(session, [task.id])[task.id]}  # the response model filters it
 
 
 def get_owned_task(session: Session, owner_id: int, task_id: int) -> Task:
@@ -121,34 +112,32 @@ def get_owned_task(session: Session, owner_id: int, task_id: int) -> Task:
     return task
 
 
-def recurring_without_due_date() -> RequestValidationError:
-    # The same error, in FastAPI's usual format, as TaskCreate's own check gives.
-    error = {"type": "value_error", "loc": ("body",), "msg": f"Value error, {RECURRENCE_NEEDS_DUE_DATE}"}
-    return RequestValidationError([error])
+# Built once, as it runs on every create: building it per call cost more than running it.
+COUNT_ONE_MORE_TASK = (
+    update(TaskCount.__table__)
+    .where(TaskCount.user_id == bindparam("owner_id"), TaskCount.tasks < bindparam("limit"))
+    .values(tasks=TaskCount.tasks + 1)
+)
 
 
 def count_new_task(session: Session, owner_id: int) -> None:
-    """Count one more task for the owner, or 409 when the account already holds
-    MAX_TASKS_PER_USER. Concurrent creates cannot both take the last place: the
-    conditional UPDATE is a write, so on SQLite it waits for the one write lock, and on
-    PostgreSQL for the counter row's lock, and then sees the count the other left."""
+    """One more task for the owner, or 409 at MAX_TASKS_PER_USER. The conditional UPDATE is a
+    write, so a concurrent create waits for its lock and then sees the count it left."""
     dialect = session.get_bind().dialect.name
-    # Deleting the account locks the user row, then (by cascade) the counter row: the same
-    # order here keeps a racing create from deadlocking. FOR KEY SHARE is what inserting a
-    # task takes on its user anyway, so it waits only for that deletion.
+    # Account deletion locks the user row, then (by cascade) the counter row: the same order
+    # here avoids a deadlock. FOR KEY SHARE, as a task insert takes anyway, waits only for it.
     if dialect == "postgresql":
         lock_owner = select(User.id).where(User.id == owner_id).with_for_update(read=True, key_share=True)
         if session.exec(lock_owner).first() is None:
             raise invalid_credentials()  # the account was deleted since the token was checked
-    one_more = update(TaskCount).where(TaskCount.user_id == owner_id, TaskCount.tasks < settings.max_tasks_per_user)
-    one_more = one_more.values(tasks=TaskCount.tasks + 1)
-    if session.execute(one_more).rowcount == 1:
+    params = {"owner_id": owner_id, "limit": settings.max_tasks_per_user}
+    if session.execute(COUNT_ONE_MORE_TASK, params).rowcount == 1:
         return
     # No counter yet (the account's tasks are counted once, here), or the limit is reached.
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     tasks_of_owner = select(literal(owner_id), func.count()).select_from(Task).where(Task.user_id == owner_id)
     session.execute(insert(TaskCount).from_select(["user_id", "tasks"], tasks_of_owner).on_conflict_do_nothing())
-    if session.execute(one_more).rowcount != 1:
+    if session.execute(COUNT_ONE_MORE_TASK, params).rowcount != 1:
         raise too_many_tasks()
 
 
@@ -161,14 +150,14 @@ def next_due_date(due: datetime, recurrence: str) -> datetime:
 
 
 def create_next_occurrence(session: Session, task: Task, now: datetime) -> None:
-    """Called when `task` has just become completed. The guarded UPDATE claims the one
-    next occurrence atomically, so neither concurrent completions nor reopening and
-    completing again can create a second one. A series ends where due dates would leave
-    the range that every stored date keeps to (before the year 9999)."""
-    if task.recurrence == "none" or (next_due := next_due_date(task.due_date, task.recurrence)) >= LATEST_DATE:
+    """For a task that has just become completed. The guarded UPDATE claims the one next
+    occurrence atomically, against concurrent completions and reopen-and-complete alike."""
+    if task.recurrence == "none":
         return
+    next_due = next_due_date(task.due_date, task.recurrence)
     claim = update(Task).where(Task.id == task.id, Task.next_occurrence_created == false())
-    if session.execute(claim.values(next_occurrence_created=True)).rowcount != 1:
+    # A series ends before its dates leave the storable years.
+    if next_due >= LATEST_DATE or session.execute(claim.values(next_occurrence_created=True)).rowcount != 1:
         return
     count_new_task(session, task.user_id)  # at the limit: 409, and the completion is undone
     tags = load_tags(session, [task.id])[task.id]
@@ -180,9 +169,8 @@ def create_next_occurrence(session: Session, task: Task, now: datetime) -> None:
 
 
 def set_completed(session: Session, owner_id: int, task_id: int, completed: bool | None, now: datetime) -> Task | None:
-    """Set (or, with None, toggle) completion in one atomic UPDATE, so concurrent requests
-    never lose an update. Returns the task if its state changed, None if the task does not
-    exist or already had that state."""
+    """Set (None: toggle) completion in one atomic UPDATE, so no concurrent change is lost.
+    The task if its state changed; None if it does not exist or already had that state."""
     new_state = not_(Task.completed) if completed is None else literal(completed, Boolean)
     statement = update(Task).where(Task.id == task_id, Task.user_id == owner_id)
     if completed is not None:
@@ -196,29 +184,28 @@ def set_completed(session: Session, owner_id: int, task_id: int, completed: bool
     return task
 
 
-# The list reads plain rows of TaskPublic's columns: no ORM object, identity map or change tracking per row.
-PUBLIC_COLUMNS = [column for column in Task.__table__.columns if column.name in TaskPublic.model_fields]
-
-
 @router.get("", response_model=list[TaskPublic], summary="List tasks")
-def list_tasks(owner: OwnerDep, session: SessionDep, query: Annotated[TaskListQuery, Query()], response: Response) -> list[dict]:
+def list_tasks(
+    owner: OwnerDep, session: SessionDep, query: Annotated[TaskListQuery, Query()], response: Response
+) -> list[dict]:
     """Filter, search, sort and page the user's tasks. X-Total-Count is the number of
     tasks matching the filters before limit and offset."""
     limit_statement_time(session)
     filters = task_filters(owner.id, query)
+    # Plain rows zipped into dicts, not Task objects: no identity map or change tracking per row.
     page = select(*PUBLIC_COLUMNS).where(*filters).order_by(*task_ordering(query))
     rows = session.exec(page.offset(query.offset).limit(query.limit)).all()
-    # No COUNT for a page that ends at the last match: neither empty nor full, or an empty first page.
+    # A page neither empty nor full (or an empty first page) ends at the last match: no COUNT needed.
     if 0 < len(rows) < query.limit or (not rows and query.offset == 0):
         total = query.offset + len(rows)
     else:
         total = session.exec(select(func.count()).select_from(Task).where(*filters)).one()
     response.headers["X-Total-Count"] = str(total)
     tags = load_tags(session, [row.id for row in rows])
-    return [row._asdict() | {"tags": tags[row.id]} for row in rows]
+    return [dict(zip(PUBLIC_NAMES, row), tags=tags[row.id]) for row in rows]
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=TaskPublic, summary="Create a task", responses=CREATE_ERRORS)
+@router.post("", status_code=201, response_model=TaskPublic, summary="Create a task", responses=CREATE_ERRORS)
 def create_task(
     user_id: UserIdPath, body: TaskCreate, owner: OwnerDep, session: SessionDep, now: Now, response: Response
 ) -> dict:
@@ -238,14 +225,13 @@ def create_task(
         create_next_occurrence(session, task, now)
     session.commit()
     response.headers["Location"] = f"/api/{user_id}/tasks/{task.id}"
-    return to_public(task, sorted(body.tags))
+    return task.model_dump() | {"tags": sorted(body.tags)}
 
 
 @router.get("/{task_id}", response_model=TaskPublic, summary="Get a task", responses=TASK_ERRORS)
 def get_task(task_id: IdPath, owner: OwnerDep, session: SessionDep) -> dict:
     """Return one task."""
-    task = get_owned_task(session, owner.id, task_id)
-    return to_public(task, load_tags(session, [task.id])[task.id])
+    return to_public(session, get_owned_task(session, owner.id, task_id))
 
 
 @router.put("/{task_id}", response_model=TaskPublic, summary="Update a task", responses=COMPLETION_ERRORS)
@@ -260,17 +246,14 @@ def update_task(task_id: IdPath, body: TaskUpdate, owner: OwnerDep, session: Ses
     changes = body.model_dump(exclude_unset=True)
     completed, tags = changes.pop("completed", None), changes.pop("tags", None)
     task.sqlmodel_update(changes | {"updated_at": now})
-    if task.recurrence != "none" and task.due_date is None:
-        raise recurring_without_due_date()
     session.add(task)
-    # The first write, which holds the row from here on. Since our read, a concurrent request may have
-    # deleted the task, or changed it so that ours breaks the recurrence rule (the CHECK constraint refuses).
-    try:
+    try:  # the first write: from here on this transaction holds the row
         session.flush()
-    except StaleDataError:
+    except StaleDataError:  # deleted since our read
         raise task_not_found() from None
-    except IntegrityError:
-        raise recurring_without_due_date() from None
+    except IntegrityError:  # the CHECK constraint: on the row as stored, even if changed since our read
+        error = {"type": "value_error", "loc": ("body",), "msg": f"Value error, {RECURRENCE_NEEDS_DUE_DATE}"}
+        raise RequestValidationError([error]) from None  # as TaskCreate's own check answers
     if tags is not None:
         session.execute(delete(TaskTag).where(TaskTag.task_id == task.id))
         session.add_all(TaskTag(task_id=task.id, name=name) for name in tags)
@@ -278,13 +261,13 @@ def update_task(task_id: IdPath, body: TaskUpdate, owner: OwnerDep, session: Ses
         set_completed(session, owner.id, task.id, completed, now)
         session.refresh(task)  # that UPDATE changed the row behind the ORM's back
     session.commit()
-    return to_public(task, load_tags(session, [task.id])[task.id])
+    return to_public(session, task)
 
 
-@router.delete("/{task_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete a task", responses=TASK_ERRORS)
+@router.delete("/{task_id}", status_code=204, summary="Delete a task", responses=TASK_ERRORS)
 def delete_task(task_id: IdPath, owner: OwnerDep, session: SessionDep) -> Response:
     """Delete a task and its tags. Its id is never given to another task."""
-    # One DELETE, not read-then-delete: of two concurrent deletions only one counts the task off.
+    # One DELETE, not a read and a delete: of two concurrent deletions only one counts the task off.
     if session.execute(delete(Task).where(Task.id == task_id, Task.user_id == owner.id)).rowcount == 0:
         raise task_not_found()
     session.execute(update(TaskCount).where(TaskCount.user_id == owner.id).values(tasks=TaskCount.tasks - 1))
@@ -306,4 +289,4 @@ def complete_task(
     if task is None:  # missing (404), or already in the requested state
         task = get_owned_task(session, owner.id, task_id)
     session.commit()
-    return to_public(task, load_tags(session, [task.id])[task.id])
+    return to_public(session, task)
