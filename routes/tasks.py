@@ -5,7 +5,7 @@ import calendar
 from datetime import datetime, timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Response, status
+from fastapi import APIRouter, HTTPException, Query, Response
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy import Boolean, asc, bindparam, case, delete, desc, exists, false, func, literal, not_, or_, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -272,7 +272,7 @@ def delete_task(task_id: IdPath, owner: OwnerDep, session: SessionDep) -> Respon
         raise task_not_found()
     session.execute(update(TaskCount).where(TaskCount.user_id == owner.id).values(tasks=TaskCount.tasks - 1))
     session.commit()
-    return Response(status_code=status.HTTP_204_NO_CONTENT)
+    return Response(status_code=204)
 
 
 @router.patch(
