@@ -1,23 +1,13 @@
-"""Request and response shapes: what a client may send, and what the API returns.
-
-Input models name only the fields a client may set, so id, user_id and the timestamps
-can never be written through the API: unknown fields are ignored.
-"""
+"""Request and response shapes, and the OpenAPI error-response helpers. Input models name only
+the fields a client may set, so id, user_id and the timestamps can never be written through
+the API: unknown fields are ignored."""
 
 from datetime import datetime, timezone
 from typing import Annotated, Literal
 
 from fastapi import Path
-from pydantic import (
-    AfterValidator,
-    BeforeValidator,
-    ConfigDict,
-    EmailStr,
-    StrictBool,
-    StringConstraints,
-    field_validator,
-    model_validator,
-)
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, EmailStr, StrictBool, StringConstraints
+from pydantic import field_validator, model_validator
 from pydantic.json_schema import SkipJsonSchema
 from sqlmodel import Field, SQLModel
 
@@ -26,27 +16,23 @@ PASSWORD_MIN_BYTES = 8
 MAX_ID = 2**63 - 1  # the largest id a 64-bit integer column can hold
 EARLIEST_DATE = datetime(1900, 1, 1, tzinfo=timezone.utc)
 LATEST_DATE = datetime(9999, 1, 1, tzinfo=timezone.utc)  # leaves room to advance by a month
+TAG_MAX_LENGTH = 30
+RECURRENCE_NEEDS_DUE_DATE = "A recurring task needs a due_date"
+EXAMPLE_TIME = "2026-03-01T12:00:00Z"
+EXAMPLE_REFRESH_TOKEN = "Xq3V0m9rJ2kT8bYwL5nC1sD7fG4hP6aZ0eR2tU8iO3w"
 
 Priority = Literal["low", "medium", "high"]
 Recurrence = Literal["none", "daily", "weekly", "monthly"]
 IdPath = Annotated[int, Path(ge=1, le=MAX_ID)]
-# The path's user: a numeric id, or a Better Auth user id (URL-safe, up to 255 characters).
-USER_ID_PATTERN = r"^[A-Za-z0-9._~-]{1,255}$"
-UserIdPath = Annotated[
-    str,
-    Path(
-        pattern=USER_ID_PATTERN,
-        description="Your numeric id, or, for a Better Auth account, its Better Auth user id",
-        examples=["1"],
-    ),
-]
-RECURRENCE_NEEDS_DUE_DATE = "A recurring task needs a due_date"
-EXAMPLE_TIME = "2026-03-01T12:00:00Z"
+USER_ID_PATTERN = r"^[A-Za-z0-9._~-]{1,255}$"  # a numeric id, or a Better Auth user id (URL-safe)
+UserIdPath = Annotated[str, Path(
+    pattern=USER_ID_PATTERN, examples=["1"],
+    description="Your numeric id, or, for a Better Auth account, its Better Auth user id",
+)]
 
 
 def plain_text(value: str) -> str:
-    # JSON can carry NUL and lone surrogates; PostgreSQL and UTF-8 reject them later,
-    # so they are refused here with a 422 instead of failing as a 500.
+    # JSON can carry NUL and lone surrogates, which PostgreSQL and UTF-8 reject: a 422, not a 500.
     if "\x00" in value:
         raise ValueError("must not contain NUL characters")
     try:
@@ -56,43 +42,33 @@ def plain_text(value: str) -> str:
     return value
 
 
-def iso_8601(value: object) -> object:
-    # Pydantic would also read a number, or a string of digits, as seconds since 1970:
-    # due_date=0 would quietly become 1970-01-01. The contract says ISO 8601, so only that.
-    if isinstance(value, datetime):
-        return value
-    if not isinstance(value, str):
+def utc_date_time(value: object) -> datetime:
+    """ISO 8601 only (pydantic would also read a number as seconds since 1970); no offset means
+    UTC; within the storable years."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError("must be an ISO 8601 date-time, such as 2026-03-01T12:00:00Z") from None
+    if not isinstance(value, datetime):
         raise ValueError("must be an ISO 8601 date-time string")
-    try:
-        return datetime.fromisoformat(value)
-    except ValueError:
-        raise ValueError("must be an ISO 8601 date-time, such as 2026-03-01T12:00:00Z") from None
-
-
-def as_utc(value: datetime) -> datetime:
-    """Read a date-time without an offset as UTC, and keep it within storable years."""
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
+    value = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
     if not EARLIEST_DATE <= value < LATEST_DATE:
         raise ValueError("must be between the years 1900 and 9998")
     return value.astimezone(timezone.utc)
+
+
+def fits_tag_column(tag: str) -> str:
+    # Lower-casing can lengthen a tag ("İ" becomes two characters) after pydantic's max_length check.
+    if len(tag) > TAG_MAX_LENGTH:
+        raise ValueError(f"a tag can have at most {TAG_MAX_LENGTH} characters once lower-cased")
+    return tag
 
 
 PlainText = AfterValidator(plain_text)  # after the length checks, which must see stripped text
 Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), PlainText]
 Description = Annotated[str, StringConstraints(max_length=1000), PlainText]
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), PlainText]
-TAG_MAX_LENGTH = 30
-
-
-def fits_tag_column(tag: str) -> str:
-    # Lower-casing can lengthen a tag ("İ" becomes two characters), and pydantic checks
-    # max_length before it lower-cases, so the stored form is measured again.
-    if len(tag) > TAG_MAX_LENGTH:
-        raise ValueError(f"a tag can have at most {TAG_MAX_LENGTH} characters once lower-cased")
-    return tag
-
-
 TagName = Annotated[
     str,
     StringConstraints(strip_whitespace=True, to_lower=True, min_length=1, max_length=TAG_MAX_LENGTH),
@@ -100,32 +76,30 @@ TagName = Annotated[
     PlainText,
 ]
 Tags = Annotated[list[TagName], Field(max_length=10), AfterValidator(lambda tags: list(dict.fromkeys(tags)))]
-UtcDateTime = Annotated[datetime, BeforeValidator(iso_8601), AfterValidator(as_utc)]
+UtcDateTime = Annotated[datetime, BeforeValidator(utc_date_time)]
 
 
 def example(**fields: object) -> ConfigDict:
-    """A model's example in /openapi.json, so "Try it out" in /docs starts from a valid body.
-    test_docs.py checks that each one validates. No null values: FastAPI drops every None
-    from the published schema, examples included, which would leave a required field out."""
+    """A model's example in /openapi.json, so "Try it out" starts from a valid body (test_docs.py
+    checks each). No null values: FastAPI drops every None from the schema, examples included."""
     return ConfigDict(json_schema_extra={"examples": [fields]})
 
 
 # --- errors and health ---
 
-
 class ErrorMessage(SQLModel):
     model_config = example(detail="Task not found")
-
     detail: str
 
 
-def error_response(description: str, detail: str) -> dict:
+RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before trying again", "schema": {"type": "integer"}}}
+
+
+def error_response(description: str, detail: str, *, retry_after: bool = False) -> dict:
     """One entry of a route's responses=: the ErrorMessage shape with this status's own detail."""
-    return {
-        "model": ErrorMessage,
-        "description": description,
-        "content": {"application/json": {"example": {"detail": detail}}},
-    }
+    content = {"application/json": {"example": {"detail": detail}}}
+    response = {"model": ErrorMessage, "description": description, "content": content}
+    return response | {"headers": RETRY_AFTER} if retry_after else response
 
 
 class FieldError(SQLModel):
@@ -139,17 +113,8 @@ class ValidationErrorMessage(SQLModel):
     """What a 422 really carries: FastAPI's usual list of errors, without the echoed input
     (main.py drops it, since it could be a password)."""
 
-    model_config = example(
-        detail=[
-            {
-                "type": "string_too_short",
-                "loc": ["body", "title"],
-                "msg": "String should have at least 1 character",
-                "ctx": {"min_length": 1},
-            }
-        ]
-    )
-
+    model_config = example(detail=[{"type": "string_too_short", "loc": ["body", "title"],
+                                    "msg": "String should have at least 1 character", "ctx": {"min_length": 1}}])
     detail: list[FieldError]
 
 
@@ -158,12 +123,10 @@ VALIDATION_ERROR = {422: {"model": ValidationErrorMessage, "description": "Valid
 
 class HealthStatus(SQLModel):
     model_config = example(status="ok")
-
     status: Literal["ok"] = "ok"
 
 
 # --- users and tokens ---
-
 
 def password_within_bcrypt_limits(password: str) -> str:
     try:
@@ -173,10 +136,8 @@ def password_within_bcrypt_limits(password: str) -> str:
     if "\x00" in password:  # bcrypt stops reading at a NUL: eight NULs would be the empty password
         raise ValueError("Password must not contain NUL characters")
     if not PASSWORD_MIN_BYTES <= size <= BCRYPT_MAX_BYTES:
-        raise ValueError(
-            f"Password must be {PASSWORD_MIN_BYTES} to {BCRYPT_MAX_BYTES} bytes in UTF-8 "
-            f"(this one is {size}); bcrypt cannot use more than {BCRYPT_MAX_BYTES}"
-        )
+        raise ValueError(f"Password must be {PASSWORD_MIN_BYTES} to {BCRYPT_MAX_BYTES} bytes in UTF-8 "
+                         f"(this one is {size}); bcrypt cannot use more than {BCRYPT_MAX_BYTES}")
     return password
 
 
@@ -185,7 +146,6 @@ NewPassword = Annotated[str, AfterValidator(password_within_bcrypt_limits)]
 
 class UserCreate(SQLModel):
     model_config = example(email="alice@example.com", password="correct horse battery", name="Alice")
-
     email: EmailStr
     password: NewPassword
     name: Name | None = None
@@ -193,27 +153,23 @@ class UserCreate(SQLModel):
 
 class UserLogin(SQLModel):
     model_config = example(email="alice@example.com", password="correct horse battery")
-
     email: EmailStr
     password: str  # any length: a wrong or too long password is simply a failed login
 
 
 class PasswordChange(SQLModel):
     model_config = example(current_password="correct horse battery", new_password="a brand new passphrase")
-
     current_password: str  # any length: a wrong one is simply a 401
     new_password: NewPassword  # the same rules as at signup
 
 
 class PasswordConfirmation(SQLModel):
     model_config = example(password="correct horse battery")
-
     password: str
 
 
 class UserPublic(SQLModel):
     model_config = example(id=1, email="alice@example.com", name="Alice", created_at=EXAMPLE_TIME)
-
     id: int
     email: str | None  # None for a Better Auth account: Better Auth holds its email
     name: str | None
@@ -225,10 +181,7 @@ class TokenResponse(SQLModel):
     model_config = example(
         access_token="eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9"
         ".eyJzdWIiOiIxIiwiaWF0IjoxNzcyMzY2NDAwLCJleHAiOjE3NzIzNzAwMDB9.c2lnbmF0dXJl",
-        token_type="bearer",
-        expires_in=3600,
-        refresh_token="Xq3V0m9rJ2kT8bYwL5nC1sD7fG4hP6aZ0eR2tU8iO3w",
-        refresh_expires_in=2592000,
+        token_type="bearer", expires_in=3600, refresh_token=EXAMPLE_REFRESH_TOKEN, refresh_expires_in=2592000,
         user={"id": 1, "email": "alice@example.com", "name": "Alice", "created_at": EXAMPLE_TIME},
     )
 
@@ -241,13 +194,11 @@ class TokenResponse(SQLModel):
 
 
 class RefreshRequest(SQLModel):
-    model_config = example(refresh_token="Xq3V0m9rJ2kT8bYwL5nC1sD7fG4hP6aZ0eR2tU8iO3w")
-
+    model_config = example(refresh_token=EXAMPLE_REFRESH_TOKEN)
     refresh_token: str = Field(min_length=1, max_length=256)  # any other string is simply unknown
 
 
 # --- tasks ---
-
 
 class TaskCreate(SQLModel):
     model_config = example(
@@ -274,14 +225,13 @@ class TaskUpdate(SQLModel):
     """Every field optional: PUT and PATCH change only the fields present in the body."""
 
     model_config = example(title="Pay rent and bills", priority="medium", tags=["home", "money", "bills"])
-
-    # SkipJsonSchema: None only means "absent" for these, so the OpenAPI schema must not
-    # offer null for them; reject_null below answers an explicit null with 422.
+    # SkipJsonSchema: for these, None only means "absent", so the schema offers no null and
+    # reject_null answers an explicit one with 422. description and due_date: null clears them.
     title: Title | SkipJsonSchema[None] = None
-    description: Description | None = None  # an explicit null clears it
+    description: Description | None = None
     completed: StrictBool | SkipJsonSchema[None] = None  # JSON true or false only
     priority: Priority | SkipJsonSchema[None] = None
-    due_date: UtcDateTime | None = None  # an explicit null clears it
+    due_date: UtcDateTime | None = None
     tags: Tags | SkipJsonSchema[None] = None
     recurrence: Recurrence | SkipJsonSchema[None] = None
 
@@ -295,7 +245,6 @@ class TaskUpdate(SQLModel):
 
 class CompletionUpdate(SQLModel):
     model_config = example(completed=True)
-
     completed: StrictBool
 
 
