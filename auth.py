@@ -5,11 +5,9 @@ Passwords are hashed with bcrypt directly (passlib is unmaintained and breaks on
 tokens are PyJWT HS256 (python-jose is unmaintained).
 """
 
-import concurrent.futures
 import os
 import re
 import secrets
-import sys
 import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
@@ -39,34 +37,14 @@ FAMILY_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")  # the token family id column's s
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 T = TypeVar("T")
 
-# bcrypt is meant to be slow (about 0.25 s of one core at 12 rounds). Unbounded concurrent
-# hashing would starve every other request of CPU, so hashes run only on these few threads.
+# bcrypt is slow on purpose and releases the GIL: at most this many threads hash at once,
+# so a burst of logins leaves CPU for every other request.
 HASHING_THREADS = max(1, (os.cpu_count() or 1) // 2)
-# bcrypt releases the GIL, so the OS scheduler, not Python, shares a core between a hash
-# and the requests being served. At this niceness a hash yields most of a busy core to
-# them, so a burst of logins does not stall every other request, yet it still gets all
-# of an idle core.
-HASHING_NICENESS = 10
-
-
-def lower_hashing_priority() -> None:
-    """Runs once in each hashing thread."""
-    if sys.platform == "linux":  # where setpriority on a thread id renices that thread only
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HASHING_NICENESS)
-        except OSError:
-            pass  # forbidden (by a sandbox, say): hashes still run, at normal priority
-
-
-hashing_threads = concurrent.futures.ThreadPoolExecutor(
-    HASHING_THREADS, thread_name_prefix="bcrypt", initializer=lower_hashing_priority
-)
-# A request waiting for a hashing thread holds one of FastAPI's 40 threadpool threads, so an
-# unbounded queue here lets a burst of logins take every thread and stall every request.
-# A few hashes per hashing thread keep those threads busy; beyond that a request is
-# refused at once (503) instead of queued. The cap stays well below 40 on any machine.
+# A request waiting to hash holds one of FastAPI's 40 threadpool threads: beyond this many
+# hashing or waiting, a request is refused at once (503), so a burst cannot take them all.
 MAX_HASHES_IN_FLIGHT = min(8 * HASHING_THREADS, 16)
 hashing_slots = threading.BoundedSemaphore(MAX_HASHES_IN_FLIGHT)
+hashes_running = threading.BoundedSemaphore(HASHING_THREADS)
 HASHING_BUSY = "Too many password checks in progress; try again shortly"
 
 
@@ -82,11 +60,13 @@ class HashingBusy(HTTPException):
 
 
 def run_hash(function: Callable[..., T], *args) -> T:
-    """Run a bcrypt function on a hashing thread, or raise HashingBusy when all slots are taken."""
+    """Run a bcrypt function in this thread, once fewer than HASHING_THREADS hash; HashingBusy when
+    every slot is taken."""
     if not hashing_slots.acquire(blocking=False):
         raise HashingBusy()
     try:
-        return hashing_threads.submit(function, *args).result()
+        with hashes_running:
+            return function(*args)
     finally:
         hashing_slots.release()
 
