@@ -3,12 +3,11 @@ refresh the tokens, read the current user, log out, change the password and dele
 
 Signups, logins and every password check count against the abuse limits in limits.py."""
 
-import ipaddress
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Response, status
 from fastapi.security import OAuth2PasswordRequestForm
 from sqlalchemy import delete, update
 from sqlalchemy.exc import IntegrityError
@@ -31,10 +30,11 @@ from limits import (
     TOO_MANY_AUTH_REQUESTS,
     TOO_MANY_FAILED_LOGINS,
     AbuseLimits,
+    ClientAddress,
     LimitsDep,
     clear_login_failures,
-    count_auth_request,
     count_login_attempt,
+    limit_auth_requests,
     withdraw_login_attempt,
 )
 from models import User, utc_now
@@ -118,42 +118,9 @@ PASSWORD_CHECK_ERRORS = {
 }
 
 
-def client_address(request: Request) -> str:
-    """The socket peer's address, as the limits count it. Behind a reverse proxy, uvicorn
-    replaces it with the X-Forwarded-For client only when the proxy is listed in
-    --forwarded-allow-ips.
-
-    An IPv6 client counts as its /64 network: that is what one subscriber usually gets,
-    so counting single addresses would give each one endless fresh addresses. An IPv4
-    client seen on a dual-stack socket (::ffff:a.b.c.d) still counts as its IPv4 address."""
-    host = request.client.host if request.client else "unknown"
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return host
-    if address.version == 4:
-        return host
-    if address.ipv4_mapped is not None:
-        return str(address.ipv4_mapped)
-    return str(ipaddress.IPv6Network((address, 64), strict=False))
-
-
-ClientAddress = Annotated[str, Depends(client_address)]
-
-
-def limit_auth_requests(session: SessionDep, limits: LimitsDep, client: ClientAddress, now: Now) -> None:
-    """Every request that may hash or check a password counts, including one then refused
-    with 503 for lack of hashing capacity: otherwise retrying those would be free, and one
-    address could keep every hashing slot taken."""
-    count_auth_request(session, limits, client, now)
-
-
-def limit_password_checks(
-    user: CurrentUser, session: SessionDep, limits: LimitsDep, client: ClientAddress, now: Now
-) -> None:
+def limit_password_checks(user: CurrentUser, counted: Annotated[None, Depends(limit_auth_requests)]) -> None:
     """limit_auth_requests for the routes of a signed-in user, counted once the token is
     valid (a request with a bad token never reaches bcrypt)."""
-    count_auth_request(session, limits, client, now)
 
 
 def token_response(user: User, refresh: IssuedRefreshToken) -> TokenResponse:
