@@ -26,30 +26,22 @@ from schemas import UserCreate, UserLogin, UserPublic, error_response
 router = APIRouter(prefix="/api/auth", tags=["auth"])
 
 NOT_AUTHENTICATED = {
-    401: error_response("Missing, invalid or expired token", "Not authenticated"),
-    **KEY_SET_UNAVAILABLE_RESPONSE,
+    401: error_response("Missing, invalid or expired token", "Not authenticated"), **KEY_SET_UNAVAILABLE_RESPONSE
 }
-LIMITED_AUTH_REQUESTS = {
-    429: retry_later_response(
-        "Too many signups, logins, refreshes and password checks from this address", TOO_MANY_AUTH_REQUESTS
-    )
-}
+AUTH_REQUESTS = "Too many signups, logins, refreshes and password checks from this address"
+LIMITED_AUTH_REQUESTS = {429: retry_later_response(AUTH_REQUESTS, TOO_MANY_AUTH_REQUESTS)}
 # Every route that hashes or checks a password.
 HASHING_BUSY_RESPONSE = {503: retry_later_response("Too many password hashes already running or waiting", HASHING_BUSY)}
+FAILED_LOGINS = (
+    "Too many failed logins for this email from this address, "
+    "or too many signups, logins and password checks from this address"
+)
 # Every route that checks a typed password.
 COUNTED_PASSWORD_ERRORS = {
-    429: retry_later_response(
-        "Too many failed logins for this email from this address, "
-        "or too many signups, logins and password checks from this address",
-        TOO_MANY_FAILED_LOGINS,
-    ),
-    **HASHING_BUSY_RESPONSE,
-    **VALIDATION_ERROR,
+    429: retry_later_response(FAILED_LOGINS, TOO_MANY_FAILED_LOGINS), **HASHING_BUSY_RESPONSE, **VALIDATION_ERROR
 }
-LOGIN_ERRORS = {
-    401: error_response("Incorrect email or password", "Incorrect email or password"),
-    **COUNTED_PASSWORD_ERRORS,
-}
+LOGIN_FAILED = "Incorrect email or password"
+LOGIN_ERRORS = {401: error_response(LOGIN_FAILED, LOGIN_FAILED), **COUNTED_PASSWORD_ERRORS}
 PASSWORD_CHECK_ERRORS = {
     401: error_response("Missing, invalid or expired token, or incorrect password", "Incorrect password"),
     403: error_response("A Better Auth account: it has no password here", PASSWORD_IN_BETTER_AUTH),
@@ -60,6 +52,7 @@ PASSWORD_CHANGED_CONCURRENTLY = "The password was changed by another request at 
 FORM_EXAMPLE = {"username": "alice@example.com", "password": "correct horse battery"}
 FORM_BODY = {"requestBody": {"content": {"application/x-www-form-urlencoded": {"example": FORM_EXAMPLE}}}}
 LIMITED = [Depends(limit_auth_requests)]
+LIMITED_SIGNED_IN = [Depends(limit_password_checks)]
 
 
 def token_response(user: User, refresh: IssuedRefreshToken) -> TokenResponse:
@@ -78,20 +71,18 @@ def authenticate(session: Session, check: PasswordCheck, email: str, password: s
     # NUL in text; no stored email has one, so such a login simply fails.
     user = None if "\x00" in email else session.exec(select(User).where(User.email == email.lower())).first()
     if not check.matches(email, password, user.password_hash if user else None):
-        raise invalid_credentials("Incorrect email or password")
+        raise invalid_credentials(LOGIN_FAILED)
     return token_response(user, start_family(session, user, now))
+
+
+EMAIL_TAKEN = {409: error_response("Email already registered", "Email already registered")}
 
 
 @router.post(
     "/signup",
-    status_code=status.HTTP_201_CREATED,
+    status_code=201,
     summary="Create an account",
-    responses={
-        409: error_response("Email already registered", "Email already registered"),
-        **LIMITED_AUTH_REQUESTS,
-        **HASHING_BUSY_RESPONSE,
-        **VALIDATION_ERROR,
-    },
+    responses={**EMAIL_TAKEN, **LIMITED_AUTH_REQUESTS, **HASHING_BUSY_RESPONSE, **VALIDATION_ERROR},
     dependencies=LIMITED,
 )
 def signup(body: UserCreate, session: SessionDep, now: Now) -> TokenResponse:
@@ -149,7 +140,7 @@ def get_me(user: CurrentUser) -> User:
     return user
 
 
-@router.post("/logout", status_code=status.HTTP_204_NO_CONTENT, summary="Log out this session", responses=NOT_AUTHENTICATED)
+@router.post("/logout", status_code=204, summary="Log out this session", responses=NOT_AUTHENTICATED)
 def logout(claims: TokenClaimsDep, user: CurrentUser, session: SessionDep, now: Now) -> Response:
     """End the presented token's session at once, on every worker: its refresh token and
     every access token issued in it. The user's other sessions keep working."""
@@ -157,46 +148,38 @@ def logout(claims: TokenClaimsDep, user: CurrentUser, session: SessionDep, now: 
     if claims.family_id is not None:
         end_family(session, claims.family_id)
     revoke_token(session, claims, now)
-    return Response(status_code=status.HTTP_204_NO_CONTENT)
+    return Response(status_code=204)
 
 
 @router.put(
     "/password",
-    status_code=status.HTTP_204_NO_CONTENT,
+    status_code=204,
     summary="Change the password",
     responses={
         **PASSWORD_CHECK_ERRORS,
         409: error_response("Another password change for this account won the race", PASSWORD_CHANGED_CONCURRENTLY),
     },
-    dependencies=[Depends(limit_password_checks)],
+    dependencies=LIMITED_SIGNED_IN,
 )
 def change_password(body: PasswordChange, user: CurrentUser, session: SessionDep, check: PasswordCheckDep) -> Response:
     """Set a new password (same rules as at signup). Every token issued before the change,
     access or refresh, this one included, stops working: log in again with the new password."""
     check.confirm(user, body.current_password)
     new_hash = hash_password(body.new_password)
-    # A compare-and-set: the UPDATE applies only to the generation this request's token
-    # was checked against. Of concurrent changes exactly one finds it; the others would
-    # overwrite the winner's password with a token the winner's change has just ended.
-    changed = session.execute(
-        update(User)
-        .where(User.id == user.id, User.token_generation == user.token_generation)
-        .values(password_hash=new_hash, token_generation=User.token_generation + 1)
-    )
+    # Compare-and-set on the generation this request's token was checked against: of concurrent
+    # changes one finds it, the others would overwrite the winner's password with an ended token.
+    same_generation = update(User).where(User.id == user.id, User.token_generation == user.token_generation)
+    changed = session.execute(same_generation.values(password_hash=new_hash, token_generation=User.token_generation + 1))
     if changed.rowcount != 1:
         session.rollback()
         raise HTTPException(status.HTTP_409_CONFLICT, detail=PASSWORD_CHANGED_CONCURRENTLY)
     end_every_family(session, user.id)
     session.commit()
-    return Response(status_code=status.HTTP_204_NO_CONTENT)
+    return Response(status_code=204)
 
 
 @router.delete(
-    "/me",
-    status_code=status.HTTP_204_NO_CONTENT,
-    summary="Delete the account",
-    responses=PASSWORD_CHECK_ERRORS,
-    dependencies=[Depends(limit_password_checks)],
+    "/me", status_code=204, summary="Delete the account", responses=PASSWORD_CHECK_ERRORS, dependencies=LIMITED_SIGNED_IN
 )
 def delete_me(body: PasswordConfirmation, user: CurrentUser, session: SessionDep, check: PasswordCheckDep) -> Response:
     """Delete the account with all its tasks and tags, in one transaction (the foreign
@@ -204,4 +187,4 @@ def delete_me(body: PasswordConfirmation, user: CurrentUser, session: SessionDep
     check.confirm(user, body.password)
     session.execute(delete(User).where(User.id == user.id))
     session.commit()
-    return Response(status_code=status.HTTP_204_NO_CONTENT)
+    return Response(status_code=204)
