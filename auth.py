@@ -95,8 +95,8 @@ PASSWORD_IN_BETTER_AUTH = (
 
 @dataclass(frozen=True)
 class PasswordCheck:
-    """A dependency: checks the passwords this request's client types, each counted against the failed-
-    login limit of (email, client address), so a stolen token cannot be used to guess the password either."""
+    """A dependency that checks the passwords this request's client types. Each check counts against the
+    failed-login limit of (email, client address), so a stolen token cannot guess the password either."""
 
     session: SessionDep
     limits: LimitsDep
@@ -110,7 +110,7 @@ class PasswordCheck:
         except HashingBusy:  # refused before the check: a retry must not find the pair locked
             withdraw_login_attempt(self.session, failures)
             raise
-        if matched:  # a failure stays counted
+        if matched:  # a failed attempt stays counted
             clear_login_failures(self.session, failures)
         return matched
 
@@ -170,6 +170,7 @@ async def get_token_claims(token: Annotated[str, Depends(oauth2_scheme)]) -> Tok
         claims = jwt.decode(token, settings.jwt_secret, algorithms=[JWT_ALGORITHM], options={"require": required})
         if not (
             is_plain(CANONICAL_USER_ID, claims["sub"])
+            and int(claims["sub"]) <= MAX_ID
             and is_plain(TOKEN_ID, claims["jti"])
             and type(claims["gen"]) is int
             and type(claims.get("acct", 0)) is int
@@ -177,12 +178,11 @@ async def get_token_claims(token: Annotated[str, Depends(oauth2_scheme)]) -> Tok
         ):
             raise ValueError("not a token this API issues")
         expires_at = datetime.fromtimestamp(claims["exp"], timezone.utc)
-        user_id = int(claims["sub"])
     except (jwt.InvalidTokenError, ValueError, TypeError, OverflowError, OSError):
         raise invalid_credentials() from None
-    if user_id > MAX_ID:
-        raise invalid_credentials()
-    return TokenClaims(user_id, claims["jti"], claims["gen"], claims.get("acct"), claims.get("fam"), expires_at)
+    return TokenClaims(
+        int(claims["sub"]), claims["jti"], claims["gen"], claims.get("acct"), claims.get("fam"), expires_at
+    )
 
 
 def retry_later_response(description: str, detail: str) -> dict:
@@ -248,8 +248,7 @@ CurrentUser = Annotated[User, Depends(get_current_user)]
 
 
 def limit_password_checks(user: CurrentUser, counted: Annotated[None, Depends(limit_auth_requests)]) -> None:
-    """limit_auth_requests for a signed-in user's routes, once the token is valid: a request with a
-    bad token never reaches bcrypt."""
+    """limit_auth_requests once the token is valid: a request with a bad token never reaches bcrypt."""
 
 
 async def get_path_owner(user_id: UserIdPath, user: CurrentUser) -> User:
