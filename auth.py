@@ -1,17 +1,13 @@
-"""Passwords, tokens, and the dependency chain that turns a bearer token into an owner:
-token -> user -> "the path's user_id is this user".
+"""Passwords (bcrypt, the dummy hash, the rate-limited password check), tokens (PyJWT HS256), and
+the dependency chain token -> user -> "the path's user_id is this user".
+bcrypt and PyJWT directly: passlib breaks on bcrypt 4+, and passlib and python-jose are unmaintained."""
 
-Passwords are hashed with bcrypt directly (passlib is unmaintained and breaks on bcrypt 4+);
-tokens are PyJWT HS256 (python-jose is unmaintained).
-"""
-
-import concurrent.futures
 import os
 import re
 import secrets
-import sys
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, NamedTuple, TypeVar
 
@@ -26,7 +22,9 @@ from sqlmodel import Session, select
 import better_auth
 from better_auth import BetterAuthClaims, KeySetUnavailable
 from config import settings
-from db import SessionDep
+from db import Now, SessionDep
+from limits import ClientAddress, LimitsDep, clear_login_failures, count_login_attempt, limit_auth_requests
+from limits import withdraw_login_attempt
 from models import RevokedToken, TokenFamily, User
 from schemas import BCRYPT_MAX_BYTES, MAX_ID, UserIdPath, error_response
 
@@ -39,54 +37,32 @@ FAMILY_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")  # the token family id column's s
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 T = TypeVar("T")
 
-# bcrypt is meant to be slow (about 0.25 s of one core at 12 rounds). Unbounded concurrent
-# hashing would starve every other request of CPU, so hashes run only on these few threads.
+# bcrypt is slow on purpose and releases the GIL: at most this many threads hash at once,
+# so a burst of logins leaves CPU for every other request.
 HASHING_THREADS = max(1, (os.cpu_count() or 1) // 2)
-# bcrypt releases the GIL, so the OS scheduler, not Python, shares a core between a hash
-# and the requests being served. At this niceness a hash yields most of a busy core to
-# them, so a burst of logins does not stall every other request, yet it still gets all
-# of an idle core.
-HASHING_NICENESS = 10
-
-
-def lower_hashing_priority() -> None:
-    """Runs once in each hashing thread."""
-    if sys.platform == "linux":  # where setpriority on a thread id renices that thread only
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HASHING_NICENESS)
-        except OSError:
-            pass  # forbidden (by a sandbox, say): hashes still run, at normal priority
-
-
-hashing_threads = concurrent.futures.ThreadPoolExecutor(
-    HASHING_THREADS, thread_name_prefix="bcrypt", initializer=lower_hashing_priority
-)
-# A request waiting for a hashing thread holds one of FastAPI's 40 threadpool threads, so an
-# unbounded queue here lets a burst of logins take every thread and stall every request.
-# A few hashes per hashing thread keep those threads busy; beyond that a request is
-# refused at once (503) instead of queued. The cap stays well below 40 on any machine.
+# A request waiting to hash holds one of FastAPI's 40 threadpool threads: beyond this many
+# hashing or waiting, a request is refused at once (503), so a burst cannot take them all.
 MAX_HASHES_IN_FLIGHT = min(8 * HASHING_THREADS, 16)
 hashing_slots = threading.BoundedSemaphore(MAX_HASHES_IN_FLIGHT)
+hashes_running = threading.BoundedSemaphore(HASHING_THREADS)
 HASHING_BUSY = "Too many password checks in progress; try again shortly"
 
 
 class HashingBusy(HTTPException):
     """503: every hashing slot is taken, so the password was not hashed or checked."""
 
-    def __init__(self) -> None:
-        super().__init__(
-            status.HTTP_503_SERVICE_UNAVAILABLE,
-            detail=HASHING_BUSY,
-            headers={"Retry-After": "1"},  # a hash takes about 0.25 s at the default 12 rounds
-        )
+    def __init__(self) -> None:  # Retry-After 1: a hash takes about 0.25 s at the default 12 rounds
+        super().__init__(status.HTTP_503_SERVICE_UNAVAILABLE, HASHING_BUSY, headers={"Retry-After": "1"})
 
 
 def run_hash(function: Callable[..., T], *args) -> T:
-    """Run a bcrypt function on a hashing thread, or raise HashingBusy when all slots are taken."""
+    """Run a bcrypt function in this thread, once fewer than HASHING_THREADS hash; HashingBusy when
+    every slot is taken."""
     if not hashing_slots.acquire(blocking=False):
         raise HashingBusy()
     try:
-        return hashing_threads.submit(function, *args).result()
+        with hashes_running:
+            return function(*args)
     finally:
         hashing_slots.release()
 
@@ -96,27 +72,64 @@ def hash_password(password: str) -> str:
     return run_hash(bcrypt.hashpw, password.encode(), salt).decode()
 
 
-# Verified against when the email is unknown, so a login takes as long either way and
-# its timing does not reveal which emails are registered.
+# Checked when the email is unknown, so a login's timing does not reveal which emails are registered.
 DUMMY_HASH = hash_password(secrets.token_urlsafe(16))
 
 
 def verify_password(password: str, password_hash: str | None) -> bool:
-    """Constant-time check. With no hash (unknown user) it still does one full bcrypt
-    verification. A password over bcrypt's limit is a plain mismatch, and so is one with
-    a NUL: bcrypt stops reading there, so eight NULs would pass as the empty password."""
+    """Constant-time check, one full bcrypt verification even with no hash (unknown user). Over
+    bcrypt's limit is a mismatch, and so is a NUL: bcrypt stops there, so NULs would pass as ""."""
     candidate = password.encode(errors="surrogatepass")
     matches = run_hash(bcrypt.checkpw, candidate[:BCRYPT_MAX_BYTES], (password_hash or DUMMY_HASH).encode())
     return matches and password_hash is not None and len(candidate) <= BCRYPT_MAX_BYTES and b"\0" not in candidate
 
 
+def invalid_credentials(detail: str = "Could not validate credentials") -> HTTPException:
+    return HTTPException(status.HTTP_401_UNAUTHORIZED, detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+PASSWORD_IN_BETTER_AUTH = (
+    "This account signs in with Better Auth, which keeps its password: change the password or delete the user there"
+)
+
+
+@dataclass(frozen=True)
+class PasswordCheck:
+    """A dependency that checks the passwords this request's client types. Each check counts against the
+    failed-login limit of (email, client address), so a stolen token cannot guess the password either."""
+
+    session: SessionDep
+    limits: LimitsDep
+    client: ClientAddress
+    now: Now
+
+    def matches(self, email: str, password: str, password_hash: str | None) -> bool:
+        failures = count_login_attempt(self.session, self.limits, email, self.client, self.now)
+        try:
+            matched = verify_password(password, password_hash)
+        except HashingBusy:  # refused before the check: a retry must not find the pair locked
+            withdraw_login_attempt(self.session, failures)
+            raise
+        if matched:  # a failed attempt stays counted
+            clear_login_failures(self.session, failures)
+        return matched
+
+    def confirm(self, user: User, password: str) -> None:
+        """401 unless `password` is the signed-in user's, for the routes that change the account;
+        403 for a Better Auth account, whose password is not here to check."""
+        if user.password_hash is None:
+            raise HTTPException(status.HTTP_403_FORBIDDEN, detail=PASSWORD_IN_BETTER_AUTH)
+        if not self.matches(user.email, password, user.password_hash):
+            raise invalid_credentials("Incorrect password")
+
+
+PasswordCheckDep = Annotated[PasswordCheck, Depends()]
+
+
 def account_stamp(user: User) -> int:
-    """The account's creation time in whole microseconds: with the id, it names one account,
-    so a token cannot pass to a new account that gets the same id (a database replaced
-    while the secret stays). SQLite and PostgreSQL both keep microseconds."""
-    created_at = user.created_at
-    if created_at.tzinfo is None:
-        created_at = created_at.replace(tzinfo=timezone.utc)
+    """The account's creation time in whole microseconds (SQLite and PostgreSQL keep them): with the
+    id it names one account, so a token cannot pass to a new account given the same id."""
+    created_at = user.created_at if user.created_at.tzinfo else user.created_at.replace(tzinfo=timezone.utc)
     return (created_at - EPOCH) // timedelta(microseconds=1)
 
 
@@ -137,19 +150,11 @@ def create_access_token(user: User, now: datetime, family_id: str) -> str:
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/api/auth/token")
 
 
-def invalid_credentials() -> HTTPException:
-    return HTTPException(
-        status.HTTP_401_UNAUTHORIZED,
-        detail="Could not validate credentials",
-        headers={"WWW-Authenticate": "Bearer"},
-    )
-
-
 class TokenClaims(NamedTuple):
     user_id: int
     token_id: str  # the jti
     generation: int
-    account: int | None  # the account's creation time (see account_stamp); None in older tokens
+    account: int | None  # see account_stamp; None in a token without acct
     family_id: str | None  # None: a token of no session, which logout, a password change or expiry ends
     expires_at: datetime
 
@@ -161,50 +166,40 @@ def is_plain(pattern: re.Pattern, value: object) -> bool:
 async def get_token_claims(token: Annotated[str, Depends(oauth2_scheme)]) -> TokenClaims:
     # async def: decoding is pure CPU, so it runs on the event loop without a thread hop.
     try:
-        claims = jwt.decode(
-            token,
-            settings.jwt_secret,
-            algorithms=[JWT_ALGORITHM],
-            options={"require": ["exp", "iat", "sub", "jti", "gen"]},
-        )
+        required = ["exp", "iat", "sub", "jti", "gen"]
+        claims = jwt.decode(token, settings.jwt_secret, algorithms=[JWT_ALGORITHM], options={"require": required})
         if not (
             is_plain(CANONICAL_USER_ID, claims["sub"])
+            and int(claims["sub"]) <= MAX_ID
             and is_plain(TOKEN_ID, claims["jti"])
             and type(claims["gen"]) is int
             and type(claims.get("acct", 0)) is int
             and ("fam" not in claims or is_plain(FAMILY_ID, claims["fam"]))
         ):
             raise ValueError("not a token this API issues")
-        token_claims = TokenClaims(
-            user_id=int(claims["sub"]),
-            token_id=claims["jti"],
-            generation=claims["gen"],
-            account=claims.get("acct"),
-            family_id=claims.get("fam"),
-            expires_at=datetime.fromtimestamp(claims["exp"], timezone.utc),
-        )
+        expires_at = datetime.fromtimestamp(claims["exp"], timezone.utc)
     except (jwt.InvalidTokenError, ValueError, TypeError, OverflowError, OSError):
         raise invalid_credentials() from None
-    if token_claims.user_id > MAX_ID:
-        raise invalid_credentials()
-    return token_claims
+    return TokenClaims(
+        int(claims["sub"]), claims["jti"], claims["gen"], claims.get("acct"), claims.get("fam"), expires_at
+    )
+
+
+def retry_later_response(description: str, detail: str) -> dict:
+    """error_response for a 429 or 503 that tells the client when to try again."""
+    retry_after = {"description": "Seconds to wait before trying again", "schema": {"type": "integer"}}
+    return {**error_response(description, detail), "headers": {"Retry-After": retry_after}}
 
 
 KEY_SET_UNAVAILABLE = "Better Auth's key set cannot be fetched; try again shortly"
 # Documented on every route that takes a token.
 KEY_SET_UNAVAILABLE_RESPONSE = {
-    503: {
-        **error_response("A Better Auth token, while Better Auth's key set cannot be fetched", KEY_SET_UNAVAILABLE),
-        "headers": {
-            "Retry-After": {"description": "Seconds to wait before trying again", "schema": {"type": "integer"}}
-        },
-    }
+    503: retry_later_response("A Better Auth token, while Better Auth's key set cannot be fetched", KEY_SET_UNAVAILABLE)
 }
 
 
 async def get_any_token_claims(token: Annotated[str, Depends(oauth2_scheme)]) -> TokenClaims | BetterAuthClaims:
-    """Our own token's claims, or else (when configured) a Better Auth token's. Ours are
-    tried first, so they cost exactly what they would without Better Auth."""
+    """Our own token's claims, or else (when configured) a Better Auth token's: ours first, at no extra cost."""
     try:
         return await get_token_claims(token)
     except HTTPException:
@@ -213,11 +208,8 @@ async def get_any_token_claims(token: Annotated[str, Depends(oauth2_scheme)]) ->
     try:
         return await better_auth.verifier.verify(token)
     except KeySetUnavailable as unavailable:
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE,
-            detail=KEY_SET_UNAVAILABLE,
-            headers={"Retry-After": str(unavailable.retry_after)},
-        ) from None
+        retry_after = {"Retry-After": str(unavailable.retry_after)}
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, KEY_SET_UNAVAILABLE, headers=retry_after) from None
     except (jwt.PyJWTError, ValueError, TypeError, OverflowError, OSError):
         raise invalid_credentials() from None
 
@@ -225,13 +217,10 @@ async def get_any_token_claims(token: Annotated[str, Depends(oauth2_scheme)]) ->
 TokenClaimsDep = Annotated[TokenClaims | BetterAuthClaims, Depends(get_any_token_claims)]
 
 
-# One query, three primary-key lookups: the user, whether this token was logged out, and
-# whether its family (its login session) still exists.
-# Built once, not per request: constructing the statement cost more than running it.
+# One query, three primary-key lookups: the user, whether this token was logged out, and whether its
+# family (its login session) still exists. Built once: building it cost more than running it.
 USER_AND_LOGOUT = select(
-    User,
-    exists().where(RevokedToken.jti == bindparam("jti")),
-    exists().where(TokenFamily.id == bindparam("family_id")),
+    User, exists().where(RevokedToken.jti == bindparam("jti")), exists().where(TokenFamily.id == bindparam("family_id"))
 ).where(User.id == bindparam("user_id"))
 
 
@@ -241,17 +230,15 @@ def get_current_user(claims: TokenClaimsDep, session: SessionDep) -> User:
         if revoked:
             raise invalid_credentials()
         return user
-    row = session.exec(
-        USER_AND_LOGOUT, params={"jti": claims.token_id, "family_id": claims.family_id, "user_id": claims.user_id}
-    ).first()
+    params = {"jti": claims.token_id, "family_id": claims.family_id, "user_id": claims.user_id}
+    row = session.exec(USER_AND_LOGOUT, params=params).first()
     if row is None:  # deleted since the token was issued
         raise invalid_credentials()
     user, revoked, family_alive = row
     session_ended = claims.family_id is not None and not family_alive  # logout, a replayed refresh token
     if revoked or session_ended or user.token_generation != claims.generation:  # or password changed
         raise invalid_credentials()
-    # Another account that was given the same id. Tokens issued before `acct` existed carry
-    # none; they pass on id and generation alone until they expire, so an upgrade logs no one out.
+    # Another account given the same id. A token without acct passes on id and generation alone.
     if claims.account is not None and account_stamp(user) != claims.account:
         raise invalid_credentials()
     return user
@@ -260,13 +247,13 @@ def get_current_user(claims: TokenClaimsDep, session: SessionDep) -> User:
 CurrentUser = Annotated[User, Depends(get_current_user)]
 
 
-def names_user(user_id: str, user: User) -> bool:
-    """Whether the path's user_id is this user's numeric id, or their Better Auth id."""
-    return user_id == user.better_auth_id or (user_id.isdigit() and int(user_id) == user.id)
+def limit_password_checks(user: CurrentUser, counted: Annotated[None, Depends(limit_auth_requests)]) -> None:
+    """limit_auth_requests once the token is valid: a request with a bad token never reaches bcrypt."""
 
 
 async def get_path_owner(user_id: UserIdPath, user: CurrentUser) -> User:
-    if not names_user(user_id, user):
+    """The user, if the path's user_id is their numeric id or their Better Auth id."""
+    if user_id != user.better_auth_id and not (user_id.isdigit() and int(user_id) == user.id):
         raise HTTPException(status.HTTP_403_FORBIDDEN, detail="You can only access your own tasks")
     return user
 
@@ -275,9 +262,8 @@ OwnerDep = Annotated[User, Depends(get_path_owner)]
 
 
 def revoke_token(session: Session, claims: TokenClaims | BetterAuthClaims, now: datetime) -> None:
-    """Record the token as logged out (a Better Auth token by its hash), and forget tokens
-    that have expired anyway.
-    The first statement is the INSERT, so this is a plain write transaction on SQLite."""
+    """Record the token as logged out (a Better Auth token by its hash), and forget tokens that
+    have expired anyway. The INSERT comes first, so this is a plain write transaction on SQLite."""
     session.add(RevokedToken(jti=claims.token_id, expires_at=claims.expires_at))
     try:
         session.flush()

@@ -1,38 +1,26 @@
-"""Abuse limits: failed logins per (email, client address), and signups, logins and
-password checks per client address, each counted in a sliding window.
-
-The counts live in the database (RateLimitEvent rows), not in one process's memory, so
-they hold across `uvicorn --workers 4`. Each row is one counted event and carries the
-moment it leaves its window; rows past that moment are deleted on every count, so the
-table holds at most what is inside the windows.
-
-Counting is one conditional INSERT: "add an event unless the bucket already holds
-`limit` events". On SQLite it is the transaction's first statement and a write, so
-SQLite takes its one write lock before counting, and two workers can never both take
-the last slot. (pysqlite only BEGINs at the first write; a transaction that counted
-first and inserted afterwards could fail with SQLITE_BUSY_SNAPSHOT under concurrent
-logins.) On PostgreSQL, READ COMMITTED would let two transactions count the same rows
-and both insert, so a transaction-scoped advisory lock on the bucket comes first.
-"""
+"""Abuse limits: failed logins per (email, client address), and signups, logins, refreshes and password
+checks per client address, in sliding windows. Each event is a RateLimitEvent row that carries the moment
+it leaves its window: in the database, so the counts hold across `uvicorn --workers 4`."""
 
 import hashlib
+import ipaddress
 import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, status
+from fastapi import Depends, HTTPException, Request, status
 from sqlalchemy import delete, func, insert, literal
 from sqlmodel import Session, select
 
 from config import settings
+from db import Now, SessionDep
 from models import RateLimitEvent
 
 
 @dataclass(frozen=True)
 class AbuseLimits:
-    """The limits in force. A dependency, so tests can set their own without touching
-    the environment; 0 turns a limit off."""
+    """The limits in force. A dependency, so tests can set their own; 0 turns a limit off."""
 
     login_failure_limit: int
     login_failure_window: timedelta
@@ -40,11 +28,8 @@ class AbuseLimits:
 
 
 def configured_limits() -> AbuseLimits:
-    return AbuseLimits(
-        login_failure_limit=settings.login_failure_limit,
-        login_failure_window=timedelta(minutes=settings.login_failure_window_minutes),
-        auth_requests_per_minute=settings.auth_requests_per_minute,
-    )
+    window = timedelta(minutes=settings.login_failure_window_minutes)
+    return AbuseLimits(settings.login_failure_limit, window, settings.auth_requests_per_minute)
 
 
 LimitsDep = Annotated[AbuseLimits, Depends(configured_limits)]
@@ -54,80 +39,66 @@ TOO_MANY_FAILED_LOGINS = "Too many failed logins for this email; try again later
 TOO_MANY_AUTH_REQUESTS = "Too many signups, logins, refreshes and password checks from your address; try again later"
 
 
+def client_address(request: Request) -> str:
+    """The socket peer (behind a proxy, uvicorn's --forwarded-allow-ips decides) as the limits count it:
+    an IPv6 client as its /64, what one subscriber usually gets, else each has endless fresh addresses."""
+    host = request.client.host if request.client else "unknown"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if address.version == 4:
+        return host
+    mapped = address.ipv4_mapped  # an IPv4 client on a dual-stack socket: ::ffff:a.b.c.d
+    return str(mapped) if mapped is not None else str(ipaddress.IPv6Network((address, 64), strict=False))
+
+
+ClientAddress = Annotated[str, Depends(client_address)]
+
+
 def bucket_key(*parts: str) -> str:
     # Hashed: a fixed-size key, and the table never holds the emails people typed.
     return hashlib.sha256("\n".join(parts).encode(errors="surrogatepass")).hexdigest()
 
 
-def too_many_requests(detail: str, retry_after: int) -> HTTPException:
-    return HTTPException(
-        status.HTTP_429_TOO_MANY_REQUESTS, detail=detail, headers={"Retry-After": str(retry_after)}
-    )
-
-
-def take_slot(session: Session, bucket: str, limit: int, window: timedelta, now: datetime) -> bool:
-    """Count one event in `bucket`, unless it already holds `limit` live events.
-    Commits at once, so no lock is held while the caller goes on (to bcrypt, say)."""
+def count_event(session: Session, bucket: str, limit: int, window: timedelta, now: datetime, refusal: str) -> str:
+    """Count one event in `bucket`, or 429 with `refusal` if it holds `limit` live ones. One conditional
+    INSERT, a write first, so SQLite locks before counting (no SQLITE_BUSY_SNAPSHOT); PostgreSQL's READ
+    COMMITTED needs the advisory lock. Commits at once: no lock is held while the caller runs bcrypt."""
     if session.get_bind().dialect.name == "postgresql":
-        lock_key = int(bucket[:15], 16)  # 60 bits of the SHA-256 fit PostgreSQL's bigint
-        session.execute(select(func.pg_advisory_xact_lock(lock_key)))
-    expires_at_type = RateLimitEvent.__table__.c.expires_at.type
-    live_events = (
-        select(func.count())
-        .select_from(RateLimitEvent)
-        .where(RateLimitEvent.bucket == bucket, RateLimitEvent.expires_at > now)
-        .scalar_subquery()
-    )
-    new_event = select(literal(bucket), literal(now + window, expires_at_type)).where(live_events < limit)
+        session.execute(select(func.pg_advisory_xact_lock(int(bucket[:15], 16))))  # 60 bits fit a bigint
+    live = (RateLimitEvent.bucket == bucket, RateLimitEvent.expires_at > now)
+    live_events = select(func.count()).select_from(RateLimitEvent).where(*live).scalar_subquery()
+    expires_at = literal(now + window, RateLimitEvent.__table__.c.expires_at.type)
+    new_event = select(literal(bucket), expires_at).where(live_events < limit)
     # RETURNING, not rowcount: psycopg reports -1 as the rowcount of an INSERT ... SELECT.
-    taken = session.execute(
-        insert(RateLimitEvent).from_select(["bucket", "expires_at"], new_event).returning(RateLimitEvent.id)
-    ).first()
+    insert_event = insert(RateLimitEvent).from_select(["bucket", "expires_at"], new_event)
+    taken = session.execute(insert_event.returning(RateLimitEvent.id)).first()
     session.execute(delete(RateLimitEvent).where(RateLimitEvent.expires_at <= now))
     session.commit()
-    return taken is not None
+    if taken is None:  # full until the limit-th newest live event expires
+        newest_first = select(RateLimitEvent.expires_at).where(*live).order_by(RateLimitEvent.expires_at.desc())
+        frees_at = session.exec(newest_first.offset(limit - 1).limit(1)).first()
+        retry_after = max(1, math.ceil((frees_at - now).total_seconds())) if frees_at else 1
+        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, refusal, headers={"Retry-After": str(retry_after)})
+    return bucket
 
 
-def seconds_until_free(session: Session, bucket: str, limit: int, now: datetime) -> int:
-    """A bucket is full while it holds `limit` live events; it has room again once the
-    limit-th newest of them expires."""
-    frees_at = session.exec(
-        select(RateLimitEvent.expires_at)
-        .where(RateLimitEvent.bucket == bucket, RateLimitEvent.expires_at > now)
-        .order_by(RateLimitEvent.expires_at.desc())
-        .offset(limit - 1)
-        .limit(1)
-    ).first()
-    return max(1, math.ceil((frees_at - now).total_seconds())) if frees_at else 1
+def limit_auth_requests(session: SessionDep, limits: LimitsDep, client: ClientAddress, now: Now) -> None:
+    """Count a request that may hash or check a password, even one then refused with 503 for lack of
+    hashing capacity: else retrying those would be free, and one address could hold every slot."""
+    if limit := limits.auth_requests_per_minute:
+        count_event(session, bucket_key("auth-request", client), limit, AUTH_REQUEST_WINDOW, now, TOO_MANY_AUTH_REQUESTS)
 
 
-def count_auth_request(session: Session, limits: AbuseLimits, client: str, now: datetime) -> None:
-    """Count a signup, login or password check from `client`; 429 beyond the per-minute limit."""
-    limit = limits.auth_requests_per_minute
-    if limit == 0:
-        return
-    bucket = bucket_key("auth-request", client)
-    if not take_slot(session, bucket, limit, AUTH_REQUEST_WINDOW, now):
-        retry_after = seconds_until_free(session, bucket, limit, now)
-        raise too_many_requests(TOO_MANY_AUTH_REQUESTS, retry_after)
-
-
-def count_login_attempt(
-    session: Session, limits: AbuseLimits, email: str, client: str, now: datetime
-) -> str | None:
-    """Count a login attempt for (email, client) as a failure before its password is
-    checked, and 429 if the pair already has `limit` failures in the window, right
-    password or not. Counting first is what keeps it exact: however many attempts run
-    at once, at most `limit` of them reach bcrypt. A successful login then clears the
-    pair with clear_login_failures(). Returns the pair's bucket, or None when off."""
+def count_login_attempt(session: Session, limits: AbuseLimits, email: str, client: str, now: datetime) -> str | None:
+    """Count an attempt of (email, client) as a failure before bcrypt, so at most `limit` reach it however
+    many run at once; 429 past it, right password or not. The bucket (None: off) is for clearing it."""
     limit, window = limits.login_failure_limit, limits.login_failure_window
     if limit == 0 or not window:
         return None
     bucket = bucket_key("login-failure", client, email.lower())
-    if not take_slot(session, bucket, limit, window, now):
-        retry_after = seconds_until_free(session, bucket, limit, now)
-        raise too_many_requests(TOO_MANY_FAILED_LOGINS, retry_after)
-    return bucket
+    return count_event(session, bucket, limit, window, now, TOO_MANY_FAILED_LOGINS)
 
 
 def clear_login_failures(session: Session, bucket: str | None) -> None:
@@ -137,8 +108,7 @@ def clear_login_failures(session: Session, bucket: str | None) -> None:
 
 
 def withdraw_login_attempt(session: Session, bucket: str | None) -> None:
-    """Uncount one attempt of the pair, for one whose password was never checked. The
-    pair's events are interchangeable, so the newest goes."""
+    """Uncount an attempt whose password was never checked (the pair's events are alike: the newest goes)."""
     if bucket is not None:
         newest = select(func.max(RateLimitEvent.id)).where(RateLimitEvent.bucket == bucket).scalar_subquery()
         session.execute(delete(RateLimitEvent).where(RateLimitEvent.id == newest))
