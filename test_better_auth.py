@@ -1,6 +1,7 @@
 """Better Auth tokens, without Node: an Ed25519 key made here, its key set served by a small
 HTTP server on 127.0.0.1, and tokens with exactly the claims of Better Auth's jwt() plugin.
-Plus the shared-secret kind, and an interop test against a real Better Auth server.
+Plus the shared-secret kind. The interop test against a real Better Auth server is in
+test_live_server.py.
 
 Each test configures Better Auth by replacing better_auth.verifier (settings are read once
 at import), with a clock of its own for the key set's refetch throttle.
@@ -9,35 +10,26 @@ at import), with a clock of its own for the key set's refetch throttle.
 import hashlib
 import json
 import logging
-import os
 import secrets
-import shutil
-import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
-import httpx2
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlmodel import Session, select
 
 import better_auth
-from conftest import require_tool, sign_up
-from live_server import LiveServer, free_port
-from main import app
+from conftest import free_port
 from models import RevokedToken, User
-from schemas import USER_ID_PATTERN
 
 ISSUER = "http://127.0.0.1:3000"  # Better Auth's base URL: its tokens' iss and aud
 SHARED_SECRET = secrets.token_urlsafe(48)
 NOT_VALIDATED = {"detail": "Could not validate credentials"}
 KEY_SET_UNAVAILABLE = {"detail": "Better Auth's key set cannot be fetched; try again shortly"}
-E2E_FOLDER = Path(__file__).parent / "e2e" / "better-auth"
 
 
 class SigningKey:
@@ -618,102 +610,3 @@ def test_the_user_id_path_parameter_is_a_string_pattern_in_openapi(client):
         "description": "Your numeric id, or, for a Better Auth account, its Better Auth user id",
         "examples": ["1"],
     }
-
-
-# --- interop with a real Better Auth server ---
-
-
-def require_better_auth_server() -> str:
-    """node, with e2e/better-auth's packages installed (skipped without them, a failure in CI)."""
-    node = shutil.which("node")
-    require_tool(
-        node is not None and (E2E_FOLDER / "node_modules" / "better-auth").is_dir(),
-        "the Better Auth interop test needs Node.js 20+ and `npm ci` in e2e/better-auth"
-        + (" (node is not installed)" if node is None else " (its node_modules is missing)"),
-    )
-    return node
-
-
-@pytest.fixture
-def better_auth_server(tmp_path):
-    """A real Better Auth 1.7.25 (jwt() plugin, in-memory database) on 127.0.0.1."""
-    node = require_better_auth_server()
-    port = free_port()
-    log_path = tmp_path / "better-auth.log"
-    environment = {**os.environ, "PORT": str(port), "BETTER_AUTH_SECRET": secrets.token_urlsafe(48)}
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [node, "server.mjs"], cwd=E2E_FOLDER, env=environment, stdout=log, stderr=subprocess.STDOUT
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        with httpx2.Client(base_url=url, timeout=5) as probe:
-            while True:
-                try:
-                    if probe.get("/api/auth/jwks").status_code == 200:
-                        break
-                except httpx2.TransportError:
-                    pass
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError(f"Better Auth did not start:\n{log_path.read_text(errors='replace')}")
-                try:  # waits for the next poll, and notices at once if node died
-                    process.wait(timeout=0.1)
-                except subprocess.TimeoutExpired:
-                    pass
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def better_auth_user(better_auth_url: str, email: str) -> tuple[str, str]:
-    """Sign a user up through Better Auth as a browser would; their id and their JWT."""
-    with httpx2.Client(base_url=better_auth_url, timeout=10, headers={"Origin": better_auth_url}) as browser:
-        signup = browser.post(
-            "/api/auth/sign-up/email", json={"email": email, "password": "correct horse battery", "name": "Ada"}
-        )
-        assert signup.status_code == 200, signup.text
-        session_cookie = signup.headers["set-cookie"].split(";", 1)[0]
-        token = browser.get("/api/auth/token", headers={"Cookie": session_cookie})
-        assert token.status_code == 200, token.text
-        return signup.json()["user"]["id"], token.json()["token"]
-
-
-def test_a_real_better_auth_servers_tokens_drive_the_task_routes(better_auth_server, tmp_path):
-    ada_id, ada_token = better_auth_user(better_auth_server, "ada@example.com")
-    grace_id, grace_token = better_auth_user(better_auth_server, "grace@example.com")
-    assert jwt.get_unverified_header(ada_token)["alg"] == "EdDSA"
-    server = LiveServer(tmp_path, workers=2, env={"BETTER_AUTH_URL": better_auth_server})
-    with server, httpx2.Client(base_url=server.url, timeout=10) as api:
-        ada = bearer(ada_token)
-        created = api.post(f"/api/{ada_id}/tasks", json={"title": "Buy milk", "tags": ["home"]}, headers=ada)
-        assert created.status_code == 201, created.text
-        task = created.json()
-        assert created.headers["location"] == f"/api/{ada_id}/tasks/{task['id']}"
-        account = api.get("/api/auth/me", headers=ada)
-        assert account.status_code == 200
-        assert account.json()["better_auth_id"] == ada_id and account.json()["id"] == task["user_id"]
-        done = api.patch(f"/api/{ada_id}/tasks/{task['id']}/complete", headers=ada)
-        assert done.status_code == 200 and done.json()["completed"] is True
-        listing = api.get(f"/api/{task['user_id']}/tasks", params={"status": "completed"}, headers=ada)
-        assert listing.status_code == 200
-        assert [item["title"] for item in listing.json()] == ["Buy milk"]
-        assert listing.headers["x-total-count"] == "1"
-
-        refused = api.get(f"/api/{ada_id}/tasks", headers=bearer(grace_token))
-        assert refused.status_code == 403
-        assert refused.json() == {"detail": "You can only access your own tasks"}
-        assert api.get(f"/api/{grace_id}/tasks", headers=bearer(grace_token)).json() == []
-
-        logout = api.post("/api/auth/logout", headers=ada)
-        assert logout.status_code == 204
-        for _ in range(6):  # several requests, so both workers answer some of them
-            after = api.get(f"/api/{ada_id}/tasks", headers=ada)
-            assert after.status_code == 401
-            assert after.json() == NOT_VALIDATED
-    assert ada_token not in server.log()
