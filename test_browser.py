@@ -28,7 +28,7 @@ import httpx2
 import pytest
 
 from config import DEFAULT_CORS_ORIGINS
-from conftest import PASSWORD, free_port, require_tool
+from conftest import PASSWORD, LiveServer, free_port, require_tool
 
 try:
     from playwright.sync_api import Browser, BrowserContext, Locator, Page, Request, expect, sync_playwright
@@ -101,6 +101,14 @@ class OfflineContext:
         return page
 
 
+@pytest.fixture(scope="module")
+def api(tmp_path_factory) -> Iterator[LiveServer]:
+    """One API server with the default settings for the pages that need no other: they
+    read, but for the Swagger UI test, which signs up an email of its own."""
+    with LiveServer(tmp_path_factory.mktemp("api")) as server:
+        yield server
+
+
 @pytest.fixture
 def offline(browser) -> Iterator[OfflineContext]:
     context = OfflineContext(browser)
@@ -108,10 +116,9 @@ def offline(browser) -> Iterator[OfflineContext]:
     context.context.close()
 
 
-def test_the_browser_cannot_reach_outside_this_machine(offline, live_server):
-    server = live_server()
+def test_the_browser_cannot_reach_outside_this_machine(offline, api):
     page = offline.new_page()
-    page.goto(f"{server.url}/")
+    page.goto(f"{api.url}/")
     outcome = page.evaluate(FETCH_OUTCOME, {"url": "http://example.invalid/", "init": {}})
     assert outcome == "TypeError: Failed to fetch"
     assert offline.blocked == ["http://example.invalid/ (net::ERR_PROXY_CONNECTION_FAILED)"]
@@ -134,11 +141,10 @@ def execute(page: "Page", block: "Locator", url_glob: str):
     return response_info.value
 
 
-def test_swagger_ui_signs_up_authorizes_creates_and_lists_with_no_internet(offline, live_server):
+def test_swagger_ui_signs_up_authorizes_creates_and_lists_with_no_internet(offline, api):
     email = "swagger@example.com"
-    server = live_server()
     page = offline.new_page()
-    page.goto(f"{server.url}/docs")
+    page.goto(f"{api.url}/docs")
     expect(page.locator(".swagger-ui .info .title")).to_contain_text("Todo API")
 
     signup = try_it_out(page, "signup", "auth")
@@ -175,23 +181,21 @@ def test_swagger_ui_signs_up_authorizes_creates_and_lists_with_no_internet(offli
     assert offline.blocked == [] and offline.script_errors == []
 
 
-def test_redoc_renders_with_no_internet(offline, live_server):
-    server = live_server()
+def test_redoc_renders_with_no_internet(offline, api):
     page = offline.new_page()
-    page.goto(f"{server.url}/redoc")
+    page.goto(f"{api.url}/redoc")
     expect(page.locator("h1").first).to_contain_text("Todo API")
     # ReDoc anchors each operation by its operationId.
     expect(page.locator('h2:has(a[href="#tag/tasks/operation/listTasks"])')).to_contain_text("List tasks")
     assert offline.blocked == [] and offline.script_errors == []
 
 
-def test_the_front_door_leads_to_the_docs(offline, live_server):
-    server = live_server()
+def test_the_front_door_leads_to_the_docs(offline, api):
     page = offline.new_page()
-    page.goto(f"{server.url}/")
+    page.goto(f"{api.url}/")
     page.get_by_role("link", name="/docs").click()
     expect(page.locator(".swagger-ui .info .title")).to_contain_text("Todo API")
-    assert page.url == f"{server.url}/docs"
+    assert page.url == f"{api.url}/docs"
     assert offline.blocked == [] and offline.script_errors == []
 
 
@@ -309,12 +313,12 @@ def test_a_page_from_an_allowed_origin_calls_the_api_with_a_preflight(offline, a
     ],
     ids=["simple-get", "preflighted-post"],
 )
-def test_a_page_from_another_origin_is_blocked_by_the_browser(offline, other_frontend, live_server, init):
-    server = live_server()
+def test_a_page_from_another_origin_is_blocked_by_the_browser(offline, other_frontend, api, init):
+    earlier_log = len(api.log())
     page = frontend_page(offline, other_frontend)
-    url = f"{server.url}/health" if not init else f"{server.url}/api/auth/signup"
+    url = f"{api.url}/health" if not init else f"{api.url}/api/auth/signup"
     outcome = page.evaluate(FETCH_OUTCOME, {"url": url, "init": init})
-    log = server.log()
+    log = api.log()[earlier_log:]  # this test's lines: the server served others before
     assert outcome == "TypeError: Failed to fetch"
     if init:  # the preflight was refused, so the POST itself never reached the server
         assert "OPTIONS /api/auth/signup 400" in log and "POST /api/auth/signup" not in log
