@@ -4,6 +4,8 @@ clock it can set. Settings are read when the app is imported, so they are set fi
 The database is a new SQLite file per test, unless TEST_DATABASE_URL names a PostgreSQL
 database that the tests may wipe (postgresql+psycopg://...). Then the whole suite runs
 there: it is migrated once per run and its tables are emptied before every test.
+
+Tests that need a real server start `uvicorn main:app` with the live_server fixture.
 """
 
 import os
