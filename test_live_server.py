@@ -75,6 +75,7 @@ def sign_up(base_url: str, email: str, probe: str) -> dict:
 
 def test_both_workers_start_as_children_of_uvicorn_and_one_migrates_the_new_database(two_workers):
     with httpx2.Client(base_url=two_workers.url, timeout=30) as http:
+        signup = http.post("/api/auth/signup", json={"email": "first@example.com", "password": PASSWORD})
         health = [http.get("/health", headers={"Connection": "close"}) for _ in range(8)]
     workers = started_workers(two_workers)
     server_log = two_workers.log()
@@ -87,6 +88,7 @@ def test_both_workers_start_as_children_of_uvicorn_and_one_migrates_the_new_data
     finally:
         engine.dispose()
 
+    assert (signup.status_code, signup.json()["user"]["email"]) == (201, "first@example.com")
     assert [(response.status_code, response.json()) for response in health] == [(200, {"status": "ok"})] * 8
     assert len(workers) == 2 and two_workers.process.pid not in workers
     for pid in workers:
