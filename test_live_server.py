@@ -129,8 +129,8 @@ def test_a_token_from_one_worker_works_on_the_other(two_workers):
 
 
 def served_by(server: LiveServer, request_id: str) -> int:
-    [pid] = re.findall(rf"todo\.access \[(\d+)\]: .* request_id={re.escape(request_id)}$", server.log(), re.M)
-    return int(pid)
+    [(pid, _)] = answered_by(server)[request_id]
+    return pid
 
 
 class PinnedClient:
