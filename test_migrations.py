@@ -537,7 +537,7 @@ def run_uvicorn_until_it_exits(directory: Path, database_url: str, workers: int 
     return subprocess.run(command_line, cwd=directory, env=environment, capture_output=True, text=True, timeout=60)
 
 
-@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("workers", [1, 4])
 def test_uvicorn_refuses_to_start_on_a_database_at_an_unknown_revision(tmp_path, database_url, database, workers):
     stamp_unknown_revision(database)
 
