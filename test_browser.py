@@ -28,8 +28,7 @@ import httpx2
 import pytest
 
 from config import DEFAULT_CORS_ORIGINS
-from conftest import PASSWORD, require_tool
-from live_server import LiveServer, free_port
+from conftest import PASSWORD, LiveServer, free_port, require_tool
 
 try:
     from playwright.sync_api import Browser, BrowserContext, Locator, Page, Request, expect, sync_playwright
@@ -102,6 +101,14 @@ class OfflineContext:
         return page
 
 
+@pytest.fixture(scope="module")
+def api(tmp_path_factory) -> Iterator[LiveServer]:
+    """One API server with the default settings for the pages that need no other: they
+    read, but for the Swagger UI test, which signs up an email of its own."""
+    with LiveServer(tmp_path_factory.mktemp("api")) as server:
+        yield server
+
+
 @pytest.fixture
 def offline(browser) -> Iterator[OfflineContext]:
     context = OfflineContext(browser)
@@ -109,11 +116,10 @@ def offline(browser) -> Iterator[OfflineContext]:
     context.context.close()
 
 
-def test_the_browser_cannot_reach_outside_this_machine(offline, tmp_path):
-    with LiveServer(tmp_path) as server:
-        page = offline.new_page()
-        page.goto(f"{server.url}/")
-        outcome = page.evaluate(FETCH_OUTCOME, {"url": "http://example.invalid/", "init": {}})
+def test_the_browser_cannot_reach_outside_this_machine(offline, api):
+    page = offline.new_page()
+    page.goto(f"{api.url}/")
+    outcome = page.evaluate(FETCH_OUTCOME, {"url": "http://example.invalid/", "init": {}})
     assert outcome == "TypeError: Failed to fetch"
     assert offline.blocked == ["http://example.invalid/ (net::ERR_PROXY_CONNECTION_FAILED)"]
 
@@ -135,64 +141,61 @@ def execute(page: "Page", block: "Locator", url_glob: str):
     return response_info.value
 
 
-def test_swagger_ui_signs_up_authorizes_creates_and_lists_with_no_internet(offline, tmp_path):
+def test_swagger_ui_signs_up_authorizes_creates_and_lists_with_no_internet(offline, api):
     email = "swagger@example.com"
-    with LiveServer(tmp_path) as server:
-        page = offline.new_page()
-        page.goto(f"{server.url}/docs")
-        expect(page.locator(".swagger-ui .info .title")).to_contain_text("Todo API")
+    page = offline.new_page()
+    page.goto(f"{api.url}/docs")
+    expect(page.locator(".swagger-ui .info .title")).to_contain_text("Todo API")
 
-        signup = try_it_out(page, "signup", "auth")
-        signup.locator("textarea.body-param__text").fill(json.dumps({"email": email, "password": PASSWORD}))
-        signed_up = execute(page, signup, "**/api/auth/signup")
-        assert signed_up.status == 201
-        user_id = signed_up.json()["user"]["id"]
-        expect(signup.locator(".live-responses-table tbody .response-col_status").first).to_contain_text("201")
+    signup = try_it_out(page, "signup", "auth")
+    signup.locator("textarea.body-param__text").fill(json.dumps({"email": email, "password": PASSWORD}))
+    signed_up = execute(page, signup, "**/api/auth/signup")
+    assert signed_up.status == 201
+    user_id = signed_up.json()["user"]["id"]
+    expect(signup.locator(".live-responses-table tbody .response-col_status").first).to_contain_text("201")
 
-        page.locator(".auth-wrapper button.authorize").click()
-        dialog = page.locator(".modal-ux")
-        dialog.locator("#oauth_username").fill(email)
-        dialog.locator("#oauth_password").fill(PASSWORD)
-        with page.expect_response("**/api/auth/token") as token_info:
-            dialog.locator(".auth-btn-wrapper button.authorize").click()
-        assert token_info.value.status == 200
-        expect(dialog.get_by_role("heading", name="Authorized")).to_be_visible()
-        dialog.locator(".btn-done").click()
+    page.locator(".auth-wrapper button.authorize").click()
+    dialog = page.locator(".modal-ux")
+    dialog.locator("#oauth_username").fill(email)
+    dialog.locator("#oauth_password").fill(PASSWORD)
+    with page.expect_response("**/api/auth/token") as token_info:
+        dialog.locator(".auth-btn-wrapper button.authorize").click()
+    assert token_info.value.status == 200
+    expect(dialog.get_by_role("heading", name="Authorized")).to_be_visible()
+    dialog.locator(".btn-done").click()
 
-        create = try_it_out(page, "createTask", "tasks")
-        create.locator('input[placeholder="user_id"]').fill(str(user_id))
-        create.locator("textarea.body-param__text").fill(json.dumps({"title": "Made in Swagger UI"}))
-        created = execute(page, create, f"**/api/{user_id}/tasks")
-        assert created.status == 201, created.text()
-        assert created.request.headers["authorization"].startswith("Bearer ")
-        assert created.json()["title"] == "Made in Swagger UI"
+    create = try_it_out(page, "createTask", "tasks")
+    create.locator('input[placeholder="user_id"]').fill(str(user_id))
+    create.locator("textarea.body-param__text").fill(json.dumps({"title": "Made in Swagger UI"}))
+    created = execute(page, create, f"**/api/{user_id}/tasks")
+    assert created.status == 201, created.text()
+    assert created.request.headers["authorization"].startswith("Bearer ")
+    assert created.json()["title"] == "Made in Swagger UI"
 
-        listing = try_it_out(page, "listTasks", "tasks")
-        listing.locator('input[placeholder="user_id"]').fill(str(user_id))
-        listed = execute(page, listing, f"**/api/{user_id}/tasks*")
-        assert listed.status == 200
-        assert [task["title"] for task in listed.json()] == ["Made in Swagger UI"]
-        assert listed.headers["x-total-count"] == "1"
+    listing = try_it_out(page, "listTasks", "tasks")
+    listing.locator('input[placeholder="user_id"]').fill(str(user_id))
+    listed = execute(page, listing, f"**/api/{user_id}/tasks*")
+    assert listed.status == 200
+    assert [task["title"] for task in listed.json()] == ["Made in Swagger UI"]
+    assert listed.headers["x-total-count"] == "1"
     assert offline.blocked == [] and offline.script_errors == []
 
 
-def test_redoc_renders_with_no_internet(offline, tmp_path):
-    with LiveServer(tmp_path) as server:
-        page = offline.new_page()
-        page.goto(f"{server.url}/redoc")
-        expect(page.locator("h1").first).to_contain_text("Todo API")
-        # ReDoc anchors each operation by its operationId.
-        expect(page.locator('h2:has(a[href="#tag/tasks/operation/listTasks"])')).to_contain_text("List tasks")
+def test_redoc_renders_with_no_internet(offline, api):
+    page = offline.new_page()
+    page.goto(f"{api.url}/redoc")
+    expect(page.locator("h1").first).to_contain_text("Todo API")
+    # ReDoc anchors each operation by its operationId.
+    expect(page.locator('h2:has(a[href="#tag/tasks/operation/listTasks"])')).to_contain_text("List tasks")
     assert offline.blocked == [] and offline.script_errors == []
 
 
-def test_the_front_door_leads_to_the_docs(offline, tmp_path):
-    with LiveServer(tmp_path) as server:
-        page = offline.new_page()
-        page.goto(f"{server.url}/")
-        page.get_by_role("link", name="/docs").click()
-        expect(page.locator(".swagger-ui .info .title")).to_contain_text("Todo API")
-        assert page.url == f"{server.url}/docs"
+def test_the_front_door_leads_to_the_docs(offline, api):
+    page = offline.new_page()
+    page.goto(f"{api.url}/")
+    page.get_by_role("link", name="/docs").click()
+    expect(page.locator(".swagger-ui .info .title")).to_contain_text("Todo API")
+    assert page.url == f"{api.url}/docs"
     assert offline.blocked == [] and offline.script_errors == []
 
 
@@ -279,14 +282,14 @@ def frontend_page(offline: OfflineContext, origin: str) -> "Page":
     return page
 
 
-def test_a_page_from_an_allowed_origin_calls_the_api_with_a_preflight(offline, allowed_frontend, tmp_path):
+def test_a_page_from_an_allowed_origin_calls_the_api_with_a_preflight(offline, allowed_frontend, live_server):
     origin, settings = allowed_frontend
-    with LiveServer(tmp_path, env=settings) as server:
-        page = frontend_page(offline, origin)
-        result = page.evaluate(
-            FRONTEND_ROUND_TRIP, {"api": server.url, "email": "vite@example.com", "password": PASSWORD}
-        )
-        log = server.log()
+    server = live_server(env=settings)
+    page = frontend_page(offline, origin)
+    result = page.evaluate(
+        FRONTEND_ROUND_TRIP, {"api": server.url, "email": "vite@example.com", "password": PASSWORD}
+    )
+    log = server.log()
     user_id = result["userId"]
     assert result == {
         "userId": user_id,
@@ -310,28 +313,28 @@ def test_a_page_from_an_allowed_origin_calls_the_api_with_a_preflight(offline, a
     ],
     ids=["simple-get", "preflighted-post"],
 )
-def test_a_page_from_another_origin_is_blocked_by_the_browser(offline, other_frontend, tmp_path, init):
-    with LiveServer(tmp_path) as server:
-        page = frontend_page(offline, other_frontend)
-        url = f"{server.url}/health" if not init else f"{server.url}/api/auth/signup"
-        outcome = page.evaluate(FETCH_OUTCOME, {"url": url, "init": init})
-        log = server.log()
+def test_a_page_from_another_origin_is_blocked_by_the_browser(offline, other_frontend, api, init):
+    earlier_log = len(api.log())
+    page = frontend_page(offline, other_frontend)
+    url = f"{api.url}/health" if not init else f"{api.url}/api/auth/signup"
+    outcome = page.evaluate(FETCH_OUTCOME, {"url": url, "init": init})
+    log = api.log()[earlier_log:]  # this test's lines: the server served others before
     assert outcome == "TypeError: Failed to fetch"
     if init:  # the preflight was refused, so the POST itself never reached the server
         assert "OPTIONS /api/auth/signup 400" in log and "POST /api/auth/signup" not in log
     assert offline.blocked == [] and offline.script_errors == []
 
 
-def test_cors_origins_star_lets_a_page_from_any_origin_call_the_api(offline, other_frontend, tmp_path):
-    with LiveServer(tmp_path, env={"CORS_ORIGINS": "*"}) as server:
-        page = frontend_page(offline, other_frontend)
-        result = page.evaluate(
-            FRONTEND_ROUND_TRIP, {"api": server.url, "email": "anywhere@example.com", "password": PASSWORD}
-        )
-        preflight = httpx2.options(
-            f"{server.url}/api/auth/signup",
-            headers={"Origin": "https://any.example", "Access-Control-Request-Method": "POST"},
-        )
+def test_cors_origins_star_lets_a_page_from_any_origin_call_the_api(offline, other_frontend, live_server):
+    server = live_server(env={"CORS_ORIGINS": "*"})
+    page = frontend_page(offline, other_frontend)
+    result = page.evaluate(
+        FRONTEND_ROUND_TRIP, {"api": server.url, "email": "anywhere@example.com", "password": PASSWORD}
+    )
+    preflight = httpx2.options(
+        f"{server.url}/api/auth/signup",
+        headers={"Origin": "https://any.example", "Access-Control-Request-Method": "POST"},
+    )
     assert (result["created"], result["totalCount"], result["titles"]) == (201, "1", ["From the frontend"])
     assert preflight.status_code == 200 and preflight.headers["access-control-allow-origin"] == "*"
     assert offline.blocked == [] and offline.script_errors == []

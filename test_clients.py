@@ -13,8 +13,7 @@ import subprocess
 
 import pytest
 
-from conftest import require_tool
-from live_server import REPO_ROOT, LiveServer
+from conftest import REPO_ROOT, require_tool
 
 CLIENT_DIR = REPO_ROOT / "e2e" / "typed-client"
 BIN = CLIENT_DIR / "node_modules" / ".bin"
@@ -62,19 +61,19 @@ def node_packages() -> None:
         run(["npm", "ci", "--no-audit", "--no-fund"], timeout=NPM_TIMEOUT_SECONDS)
 
 
-def test_a_generated_typescript_client_compiles_strictly_and_runs_against_the_server(node_packages, tmp_path):
+def test_a_generated_typescript_client_compiles_strictly_and_runs_against_the_server(node_packages, live_server):
     for generated in ("generated", "build"):
         shutil.rmtree(CLIENT_DIR / generated, ignore_errors=True)
-    with LiveServer(tmp_path) as server:
-        schema_url = f"{server.url}/openapi.json"
-        # The README's two commands, into generated/.
-        run([str(BIN / "openapi-typescript"), schema_url, "-o", "generated/schema.d.ts"])
-        run([str(BIN / "openapi-ts"), "-i", schema_url, "-o", "generated/sdk"])
-        run([str(BIN / "tsc"), "--project", "tsconfig.json"])
-        program = subprocess.run(
-            ["node", "build/check.js", server.url],
-            cwd=CLIENT_DIR, capture_output=True, text=True, timeout=STEP_TIMEOUT_SECONDS,
-        )  # fmt: skip
+    server = live_server()
+    schema_url = f"{server.url}/openapi.json"
+    # The README's two commands, into generated/.
+    run([str(BIN / "openapi-typescript"), schema_url, "-o", "generated/schema.d.ts"])
+    run([str(BIN / "openapi-ts"), "-i", schema_url, "-o", "generated/sdk"])
+    run([str(BIN / "tsc"), "--project", "tsconfig.json"])
+    program = subprocess.run(
+        ["node", "build/check.js", server.url],
+        cwd=CLIENT_DIR, capture_output=True, text=True, timeout=STEP_TIMEOUT_SECONDS,
+    )  # fmt: skip
     assert program.returncode == 0, program.stdout + program.stderr
     assert program.stdout.splitlines() == EXPECTED_OUTPUT
     assert program.stderr == ""

@@ -12,10 +12,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from conftest import TEST_DATABASE_URL
-from live_server import APP_SETTINGS, LiveServer, free_port
-
-REPO = Path(__file__).parent
+from conftest import APP_SETTINGS, REPO_ROOT, TEST_DATABASE_URL, free_port
 
 # Signs up (first run) or reads /api/auth/me with the saved token (later runs), through HTTP.
 SIGN_UP_OR_LOG_BACK_IN = """
@@ -39,7 +36,7 @@ def run_python(code: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
         for key, value in os.environ.items()
         if key not in ("JWT_SECRET", "JWT_SECRET_FILE", "DATABASE_URL")
     }
-    environment.update({"PYTHONPATH": str(REPO), "BCRYPT_ROUNDS": "4", **env})
+    environment.update({"PYTHONPATH": str(REPO_ROOT), "BCRYPT_ROUNDS": "4", **env})
     return subprocess.run(
         [sys.executable, "-c", code], cwd=cwd, env=environment, capture_output=True, text=True, timeout=60
     )
@@ -70,7 +67,7 @@ def test_workers_starting_together_agree_on_one_secret(tmp_path):
         "import hashlib, pathlib, config; "
         "print(hashlib.sha256(config.load_or_create_secret(pathlib.Path('shared.secret')).encode()).hexdigest())"
     )
-    environment = {**os.environ, "PYTHONPATH": str(REPO), "JWT_SECRET": "s" * 32}
+    environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "JWT_SECRET": "s" * 32}
     starts = [
         subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, env=environment, stdout=subprocess.PIPE, text=True)
         for _ in range(6)
@@ -108,7 +105,7 @@ def test_jwt_secret_file_setting_picks_the_path(tmp_path):
     ],
 )
 def test_bad_settings_stop_start_up_with_a_clear_message(tmp_path, env, message):
-    result = run_python("import main", tmp_path, **env)
+    result = run_python("import config", tmp_path, **env)  # main reads its settings from config
     assert result.returncode == 1
     assert message in result.stderr
     assert "Traceback" not in result.stderr
@@ -179,7 +176,7 @@ def start_uvicorn(cwd: Path, env: dict[str, str], prefix: tuple[str, ...] = ()) 
     """`uvicorn main:app` as a user runs it; each case here must stop it at start-up."""
     environment = {key: value for key, value in os.environ.items() if key not in APP_SETTINGS}
     environment.update({"BCRYPT_ROUNDS": "4", **env})
-    command = [sys.executable, "-m", "uvicorn", "main:app", "--app-dir", str(REPO), "--port", str(free_port())]
+    command = [sys.executable, "-m", "uvicorn", "main:app", "--app-dir", str(REPO_ROOT), "--port", str(free_port())]
     return subprocess.run([*prefix, *command], cwd=cwd, env=environment, capture_output=True, text=True, timeout=60)
 
 
@@ -238,10 +235,9 @@ def test_a_read_only_database_folder_stops_start_up_with_one_line(tmp_path):
 
 
 @pytest.mark.parametrize("url", ["sqlite:///:memory:", "sqlite://"])
-def test_in_memory_sqlite_serves(tmp_path, url):
-    with LiveServer(tmp_path, env={"DATABASE_URL": url, **SECRET}) as server, httpx2.Client(
-        base_url=server.url, timeout=30
-    ) as client:
+def test_in_memory_sqlite_serves(live_server, tmp_path, url):
+    server = live_server(env={"DATABASE_URL": url, **SECRET})
+    with httpx2.Client(base_url=server.url, timeout=30) as client:
         signup = client.post("/api/auth/signup", json={"email": "demo@example.com", "password": "long enough"})
         assert signup.status_code == 201, signup.text
         headers = {"Authorization": f"Bearer {signup.json()['access_token']}"}
@@ -250,7 +246,9 @@ def test_in_memory_sqlite_serves(tmp_path, url):
         assert created.status_code == 201, created.text
         listing = client.get(tasks_url, headers=headers)
         assert (listing.status_code, [task["title"] for task in listing.json()]) == (200, ["demo"])
-        assert client.get("/health").json() == {"status": "ok"}
+        health = client.get("/health")
+        assert (health.status_code, health.json()) == (200, {"status": "ok"})
+    server.stop()
     assert not (tmp_path / "todo.db").exists() and "Traceback" not in server.log()
 
 
@@ -265,6 +263,7 @@ def test_postgres_urls_without_a_driver_use_psycopg(tmp_path, scheme):
         code = "import db, sqlalchemy; print(db.engine.connect().execute(sqlalchemy.text('SELECT 7')).scalar())"
         result = run_python(code, tmp_path, DATABASE_URL=hosted, **SECRET)
         assert (result.returncode, result.stdout.split()) == (0, ["7"]), result.stderr
+
 
 def test_cors_origins_star_allows_every_origin_without_credentials(tmp_path):
     code = """

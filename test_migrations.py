@@ -11,6 +11,8 @@ import secrets
 import shutil
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -22,13 +24,12 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Column, DateTime, Engine, MetaData, String, bindparam, make_url, text
+from sqlalchemy import Column, DateTime, Engine, MetaData, String, bindparam, inspect, make_url, text
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import SQLModel
 
 import db
-from conftest import TEST_DATABASE_URL
-from live_server import REPO_ROOT, LiveServer, free_port
+from conftest import REPO_ROOT, TEST_DATABASE_URL, free_port
 
 PASSWORD = "correct horse battery"
 HEAD = ScriptDirectory.from_config(db.alembic_config()).get_current_head()
@@ -240,7 +241,7 @@ def differences_from_models(engine: Engine, metadata: MetaData = SQLModel.metada
         return compare_metadata(context, metadata)
 
 
-# --- 1. models and migrations agree ---
+# --- models and migrations agree ---
 
 
 def test_migrations_make_the_schema_that_models_py_describes(database):
@@ -301,7 +302,7 @@ def test_the_first_revision_makes_exactly_the_schema_of_the_release_before_migra
             server_engine.dispose()
 
 
-# --- 2. a database made by the release before migrations is upgraded in place ---
+# --- a database made by the release before migrations is upgraded in place ---
 
 
 def fill_like_the_release_before_migrations(engine: Engine) -> dict:
@@ -368,7 +369,7 @@ def token_for(user_id: int, generation: int, jwt_secret: str, jti: str | None = 
     return jwt.encode(claims, jwt_secret, algorithm="HS256")
 
 
-def test_a_database_of_the_release_before_migrations_is_upgraded_in_place_by_uvicorn(tmp_path, database_url):
+def test_a_database_of_the_release_before_migrations_is_upgraded_in_place_by_uvicorn(live_server, database_url):
     engine = db.make_engine(database_url)
     build_release_before_migrations(engine)
     made = fill_like_the_release_before_migrations(engine)
@@ -378,17 +379,18 @@ def test_a_database_of_the_release_before_migrations_is_upgraded_in_place_by_uvi
     logged_out = {"Authorization": f"Bearer {token_for(made['ada'], 0, jwt_secret, made['revoked_jti'])}"}
     from_before_a_password_change = {"Authorization": f"Bearer {token_for(made['bo'], 1, jwt_secret)}"}
 
-    with LiveServer(tmp_path, env={"DATABASE_URL": database_url, "JWT_SECRET": jwt_secret}) as server:
-        with httpx2.Client(base_url=server.url, timeout=30) as http:
-            me = http.get("/api/auth/me", headers=issued_before)
-            refused = http.get("/api/auth/me", headers=logged_out)
-            outdated = http.get("/api/auth/me", headers=from_before_a_password_change)
-            listing = http.get(f"/api/{made['ada']}/tasks", headers=issued_before, params={"sort": "title", "order": "asc"})
-            login = http.post("/api/auth/login", json={"email": "bo@example.com", "password": PASSWORD})
-            created = http.post(f"/api/{made['ada']}/tasks", headers=issued_before,
-                                json={"title": "After the upgrade", "tags": ["new"], "due_date": "2026-04-01T00:00:00Z"})  # fmt: skip
-            signup = http.post("/api/auth/signup", json={"email": "new@example.com", "password": PASSWORD})
-        server_log = server.log()
+    server = live_server(env={"DATABASE_URL": database_url, "JWT_SECRET": jwt_secret})
+    with httpx2.Client(base_url=server.url, timeout=30) as http:
+        me = http.get("/api/auth/me", headers=issued_before)
+        refused = http.get("/api/auth/me", headers=logged_out)
+        outdated = http.get("/api/auth/me", headers=from_before_a_password_change)
+        listing = http.get(f"/api/{made['ada']}/tasks", headers=issued_before, params={"sort": "title", "order": "asc"})
+        login = http.post("/api/auth/login", json={"email": "bo@example.com", "password": PASSWORD})
+        created = http.post(f"/api/{made['ada']}/tasks", headers=issued_before,
+                            json={"title": "After the upgrade", "tags": ["new"], "due_date": "2026-04-01T00:00:00Z"})  # fmt: skip
+        signup = http.post("/api/auth/signup", json={"email": "new@example.com", "password": PASSWORD})
+    server_log = server.log()
+    server.stop()
 
     assert me.status_code == 200, me.text
     assert me.json() == {"id": made["ada"], "email": "ada@example.com", "name": "Ada",
@@ -418,7 +420,7 @@ def test_a_database_of_the_release_before_migrations_is_upgraded_in_place_by_uvi
     assert new_rows == {"user": 1, "task": 1, "tasktag": 1}
 
 
-def test_a_database_at_0001_upgrades_to_refresh_tokens_keeping_its_rows_and_tokens(tmp_path, database_url):
+def test_a_database_at_0001_upgrades_to_refresh_tokens_keeping_its_rows_and_tokens(live_server, database_url):
     """0002_refresh_tokens only adds its two tables: every row stays, an access token issued
     before it keeps working (it belongs to no session), and a login starts a session."""
     engine = db.make_engine(database_url)
@@ -428,14 +430,15 @@ def test_a_database_at_0001_upgrades_to_refresh_tokens_keeping_its_rows_and_toke
     jwt_secret = secrets.token_urlsafe(48)
     issued_before = {"Authorization": f"Bearer {token_for(made['ada'], 0, jwt_secret)}"}
 
-    with LiveServer(tmp_path, env={"DATABASE_URL": database_url, "JWT_SECRET": jwt_secret}) as server:
-        with httpx2.Client(base_url=server.url, timeout=30) as http:
-            me = http.get("/api/auth/me", headers=issued_before)
-            login = http.post("/api/auth/login", json={"email": "ada@example.com", "password": PASSWORD})
-            refreshed = http.post("/api/auth/refresh", json={"refresh_token": login.json()["refresh_token"]})
-            logout = http.post("/api/auth/logout", headers=issued_before)
-            after_logout = http.get("/api/auth/me", headers=issued_before)
-        server_log = server.log()
+    server = live_server(env={"DATABASE_URL": database_url, "JWT_SECRET": jwt_secret})
+    with httpx2.Client(base_url=server.url, timeout=30) as http:
+        me = http.get("/api/auth/me", headers=issued_before)
+        login = http.post("/api/auth/login", json={"email": "ada@example.com", "password": PASSWORD})
+        refreshed = http.post("/api/auth/refresh", json={"refresh_token": login.json()["refresh_token"]})
+        logout = http.post("/api/auth/logout", headers=issued_before)
+        after_logout = http.get("/api/auth/me", headers=issued_before)
+    server_log = server.log()
+    server.stop()
 
     assert (me.status_code, me.json()["id"]) == (200, made["ada"])
     assert login.status_code == 200, login.text
@@ -476,7 +479,7 @@ def test_a_database_with_only_some_of_the_tables_is_left_alone(database):
     assert current_revisions(database) == ()
 
 
-# --- 3. every revision downgrades and upgrades again ---
+# --- every revision downgrades and upgrades again ---
 
 
 def test_every_revision_downgrades_and_upgrades_again(database):
@@ -500,7 +503,7 @@ def test_every_revision_downgrades_and_upgrades_again(database):
     assert differences_from_models(database) == []
 
 
-# --- 4. a database from a newer release: start-up refuses ---
+# --- a database from a newer release: start-up refuses ---
 
 UNKNOWN_REVISION = "9999_from_a_newer_release"
 
@@ -611,33 +614,56 @@ def test_a_failing_migration_leaves_the_database_as_it_was(database, migrations_
         assert rows_of(database) == rows
 
 
-# --- 5. several workers starting together: one migrates, all serve ---
+# --- several processes starting together: one migrates, all serve ---
+# (test_live_server.py starts two workers on a new database.)
 
 
-@pytest.mark.parametrize("starting_point", ["new", "release before migrations"])
-def test_four_workers_starting_together_migrate_once_and_all_serve(tmp_path, database_url, starting_point):
+def test_engines_migrating_a_new_database_at_once_make_each_table_once(database_url):
+    """The start-up step of every worker (db.migrate, as the lifespan runs it), raced
+    from eight engines: one upgrades, the others find the newest revision."""
+    engines = [db.make_engine(database_url) for _ in range(8)]
+    start_together = threading.Barrier(len(engines))
+
+    def start_up(engine: Engine) -> tuple[str | None, str] | str:
+        start_together.wait()
+        try:
+            return db.migrate(engine)
+        except Exception as error:  # noqa: BLE001  (the failure is the finding)
+            return repr(error)
+
+    try:
+        with ThreadPoolExecutor(max_workers=len(engines)) as pool:
+            outcomes = list(pool.map(start_up, engines))
+        tables = sorted(inspect(engines[0]).get_table_names())
+    finally:
+        for engine in engines:
+            engine.dispose()
+
+    assert sorted(outcomes, key=str) == [(HEAD, HEAD)] * 7 + [(None, HEAD)]
+    assert tables == sorted([*SQLModel.metadata.tables, "alembic_version"])
+
+
+def test_several_workers_upgrading_a_database_of_the_release_before_migrations_migrate_once(live_server, database_url):
     engine = db.make_engine(database_url)
-    if starting_point == "release before migrations":
-        build_release_before_migrations(engine)
-        made = fill_like_the_release_before_migrations(engine)
-    with LiveServer(tmp_path, workers=4, env={"DATABASE_URL": database_url}) as server:
-        with httpx2.Client(base_url=server.url, timeout=30) as http:
-            signup = http.post("/api/auth/signup", json={"email": "four@example.com", "password": PASSWORD})
-            health = [http.get("/health", headers={"Connection": "close"}) for _ in range(8)]
-        server_log = server.log()
+    build_release_before_migrations(engine)
+    made = fill_like_the_release_before_migrations(engine)
+    server = live_server(workers=2, env={"DATABASE_URL": database_url})
+    with httpx2.Client(base_url=server.url, timeout=30) as http:
+        signup = http.post("/api/auth/signup", json={"email": "two@example.com", "password": PASSWORD})
+        health = [http.get("/health", headers={"Connection": "close"}) for _ in range(8)]
+    server.stop()
+    server_log = server.log()
 
     assert signup.status_code == 201, signup.text
+    assert signup.json()["user"]["id"] > made["bo"]
     assert [(response.status_code, response.json()) for response in health] == [(200, {"status": "ok"})] * 8
-    assert server_log.count("Application startup complete") == 4
-    upgraded_from = db.FIRST_REVISION if starting_point != "new" else "none (new database)"
-    if upgraded_from != HEAD:
+    assert server_log.count("Application startup complete") == 2
+    if db.FIRST_REVISION != HEAD:
         assert server_log.count("Upgraded the database schema") == 1
-        assert f"Upgraded the database schema from revision {upgraded_from} to {HEAD}" in server_log
+        assert f"Upgraded the database schema from revision {db.FIRST_REVISION} to {HEAD}" in server_log
     assert "Traceback" not in server_log and "ERROR" not in server_log
     assert current_revisions(engine) == (HEAD,)
     assert differences_from_models(engine) == []
-    if starting_point != "new":
-        assert signup.json()["user"]["id"] > made["bo"]
     engine.dispose()
 
 

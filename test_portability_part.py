@@ -1,8 +1,9 @@
-"""What could differ between SQLite and PostgreSQL, beyond test_api.py's own cases.
-
-.ci/run runs the whole suite on both (see conftest.py); these tests pin the places where
-the two databases naturally disagree: LIKE escapes, the server's time zone, integer
-widths, NUL characters, and unique-index races.
+"""For the lead to merge, then delete: test_portability.py's cases, where SQLite and
+PostgreSQL could disagree (LIKE escapes, the server's time zone, integer widths, NUL
+characters, unique-index races), each moved beside the behaviour it checks. The first
+block goes to test_api.py, the second to test_auth.py; create, MAX_ID and PASSWORD come
+from conftest.py once r14-t1's shared helpers are there (the local copies below go).
+The create_tables race is in test_migrations.py.
 """
 
 import threading
@@ -13,7 +14,6 @@ from datetime import datetime, timedelta, timezone
 import jwt
 import pytest
 from sqlalchemy import make_url, text
-from sqlmodel import SQLModel
 
 import db
 from config import settings
@@ -21,9 +21,6 @@ from conftest import TEST_DATABASE_URL, Account
 
 MAX_ID = 2**63 - 1
 BEYOND_32_BITS = 2**31
-needs_postgresql = pytest.mark.skipif(
-    TEST_DATABASE_URL is None, reason="needs a PostgreSQL database in TEST_DATABASE_URL"
-)
 
 
 def create(client, owner: Account, title: str, **fields) -> dict:
@@ -36,6 +33,9 @@ def listed(client, owner: Account, **params) -> tuple[list[str], int]:
     response = client.get(owner.tasks_url, headers=owner.headers, params=params)
     assert response.status_code == 200, response.text
     return [task["title"] for task in response.json()], int(response.headers["X-Total-Count"])
+
+
+# ======== for test_api.py (the task API): search, time zones, id widths ========
 
 
 @pytest.mark.parametrize(
@@ -114,6 +114,9 @@ def test_ids_past_32_bits_are_404_on_every_task_route(client, alice, method, suf
         assert (response.status_code, response.json()) == (404, {"detail": "Task not found"})
 
 
+# ======== for test_auth.py (signup, login, token checks) ========
+
+
 def test_a_token_for_a_user_id_past_32_bits_is_401(client, alice):
     now = datetime.now(timezone.utc)
     token = jwt.encode(
@@ -147,33 +150,3 @@ def test_racing_signups_of_one_email_give_one_201_and_409s(client):
     assert Counter(response.status_code for response in responses) == {201: 1, 409: racers - 1}
     refused = [response.json() for response in responses if response.status_code == 409]
     assert refused == [{"detail": "Email already registered"}] * (racers - 1)
-
-
-@needs_postgresql
-def test_processes_starting_together_on_an_empty_database_all_start(empty_schema_url):
-    """The start-up step of every worker (db.migrate, as the lifespan runs it), raced
-    from four engines. Without the advisory lock, all but one failed on a duplicate table."""
-    engines = [db.make_engine(empty_schema_url) for _ in range(4)]
-    start = threading.Barrier(len(engines))
-
-    def start_up(engine) -> str | None:
-        start.wait()
-        try:
-            db.migrate(engine)
-        except Exception as error:  # noqa: BLE001  (the failure is the finding)
-            return repr(error)
-        return None
-
-    try:
-        with ThreadPoolExecutor(max_workers=len(engines)) as pool:
-            failures = [failure for failure in pool.map(start_up, engines) if failure]
-        with engines[0].connect() as connection:
-            listing = text("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")
-            tables = connection.execute(listing)
-            created = sorted(tables.scalars())
-    finally:
-        for engine in engines:
-            engine.dispose()
-
-    assert failures == []
-    assert created == sorted([*SQLModel.metadata.tables, "alembic_version"])  # every table, each made once
