@@ -116,6 +116,25 @@ def form_login(client):
     return lambda email, password: client.post("/api/auth/token", data={"username": email, "password": password})
 
 
+@pytest.fixture
+def change_password(client):
+    """change_password(token, current, new) -> the response of PUT /api/auth/password."""
+
+    def put_password(token: str, current: str, new: str):
+        body = {"current_password": current, "new_password": new}
+        return client.put("/api/auth/password", headers=bearer_header(token), json=body)
+
+    return put_password
+
+
+@pytest.fixture
+def delete_me(client):
+    """delete_me(token, password) -> the response of DELETE /api/auth/me."""
+    return lambda token, password: client.request(
+        "DELETE", "/api/auth/me", headers=bearer_header(token), json={"password": password}
+    )
+
+
 # ---- End of the shared request helpers ---------------------------------------------------
 
 
