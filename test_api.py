@@ -575,9 +575,9 @@ def test_completing_a_recurring_task_creates_the_next_occurrence(client, alice, 
     )  # fmt: skip
     done = client.patch(f"{alice.tasks_url}/{task['id']}/complete", headers=alice.headers)
     assert done.status_code == 200 and done.json()["completed"] is True
-    pending = client.get(alice.tasks_url, params={"status": "pending"}, headers=alice.headers).json()
-    assert len(pending) == 1
-    follower = pending[0]
+    pending = client.get(alice.tasks_url, params={"status": "pending"}, headers=alice.headers)
+    assert pending.status_code == 200
+    [follower] = pending.json()
     assert follower["id"] > task["id"]
     assert {k: follower[k] for k in ("title", "description", "priority", "tags", "recurrence")} == {
         "title": "Water plants", "description": "all of them", "priority": "high",

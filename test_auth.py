@@ -26,6 +26,11 @@ LOGIN_FAILED = {"detail": "Incorrect email or password"}
 INCORRECT_PASSWORD = {"detail": "Incorrect password"}
 
 
+def access_token(response) -> str:
+    assert response.status_code == 200, response.text
+    return response.json()["access_token"]
+
+
 def count_rows(engine, table, *where) -> int:
     with Session(engine) as session:
         return session.exec(select(func.count()).select_from(table).where(*where)).one()
@@ -370,7 +375,7 @@ def test_a_token_never_passes_to_a_new_account_with_the_same_id(
 
 
 def test_logout_ends_only_the_presented_token(client, alice, password, login, me):
-    second = login(alice.email, password).json()["access_token"]
+    second = access_token(login(alice.email, password))
     response = client.post("/api/auth/logout", headers=alice.headers)
     assert response.status_code == 204
     assert response.content == b""
@@ -393,7 +398,7 @@ def test_logging_out_twice_is_401(client, alice):
 
 
 def test_revoked_tokens_are_pruned_once_they_would_have_expired(client, engine, clock, alice, password, login, me, bearer):
-    second_session = login(alice.email, password).json()["access_token"]
+    second_session = access_token(login(alice.email, password))
     real_now = utc_now()
     short_lived_claims = {
         **fresh_claims(second_session), "iat": real_now, "exp": real_now + timedelta(minutes=10), "jti": "short-lived",
@@ -416,7 +421,7 @@ def test_revoked_tokens_are_pruned_once_they_would_have_expired(client, engine, 
 
 
 def test_password_change_ends_every_older_token(alice, password, login, me, change_password):
-    second = login(alice.email, password).json()["access_token"]
+    second = access_token(login(alice.email, password))
     response = change_password(alice.token, password, NEW_PASSWORD)
     assert response.status_code == 204
     assert response.content == b""
@@ -437,10 +442,10 @@ def test_a_token_issued_in_the_same_second_as_the_change_tells_before_from_after
 ):
     one_second = utc_now().replace(microsecond=0)
     monkeypatch.setattr(routes.auth, "utc_now", lambda: one_second)  # every token gets this iat
-    before = login(alice.email, password).json()["access_token"]
+    before = access_token(login(alice.email, password))
     changed = change_password(alice.token, password, NEW_PASSWORD)
     assert (changed.status_code, changed.content) == (204, b"")
-    after = login(alice.email, NEW_PASSWORD).json()["access_token"]
+    after = access_token(login(alice.email, NEW_PASSWORD))
 
     def issued_at(token):
         return jwt.decode(token, options={"verify_signature": False})["iat"]

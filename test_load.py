@@ -1,10 +1,12 @@
 """Bursts and concurrency: a real `uvicorn main:app` under a burst of simultaneous clients,
-and many requests at once through the app's own stack, on a real database file.
+many requests at once through the app's own stack on a real database file, and the bounds
+on what one account's requests can cost (tasks per account, time per database statement).
 
 Every request has a timeout, every loop a bound, so a server that stalls fails the test
 instead of hanging it. All load goes to the loopback interface.
 """
 
+import dataclasses
 import json
 import re
 import socket
@@ -12,13 +14,18 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
 
 import httpx2
 import pytest
 from sqlalchemy import delete as sql_delete
+from sqlalchemy import insert
 from sqlalchemy import update as sql_update
 from sqlmodel import Session
 
+import db
+import routes.tasks
+from db import STATEMENT_TIMED_OUT
 from live_server import LiveServer
 from models import Task
 
@@ -165,30 +172,39 @@ def test_100_parallel_toggles_lose_no_update(client, alice, create):
     assert (listing.status_code, listing.headers["x-total-count"]) == (200, "3")
 
 
-def test_mixed_parallel_traffic_lands_every_create_and_never_reports_a_locked_database(client, alice, create):
+def test_200_parallel_creates_all_land(client, alice):
+    def create_one(i: int) -> int:
+        response = client.post(alice.tasks_url, json={"title": f"t{i}", "tags": ["load"]}, headers=alice.headers)
+        assert response.status_code == 201, response.text
+        return response.json()["id"]
+
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        ids = list(pool.map(create_one, range(200)))
+    assert len(set(ids)) == 200
+    listing = client.get(alice.tasks_url, params={"tag": "load", "limit": 100}, headers=alice.headers)
+    assert (listing.status_code, listing.headers["x-total-count"]) == (200, "200")
+
+
+def test_mixed_parallel_traffic_never_reports_a_locked_database(client, alice, create):
     recurring = create(alice, title="r", due_date="2026-03-01T00:00:00Z", recurrence="daily")
     url = f"{alice.tasks_url}/{recurring['id']}"
 
-    def one_request(i: int) -> tuple[int, int | None]:
+    def one_request(i: int) -> int:
         kind = i % 4
         if kind == 0:
             response = client.put(url, json={"title": f"edit {i}", "tags": [f"tag{i}"]}, headers=alice.headers)
         elif kind == 1:
-            response = client.post(alice.tasks_url, json={"title": f"new {i}", "tags": ["load"]}, headers=alice.headers)
+            response = client.post(alice.tasks_url, json={"title": f"new {i}"}, headers=alice.headers)
         elif kind == 2:
             response = client.patch(f"{url}/complete", json={"completed": i % 8 == 2}, headers=alice.headers)
         else:
             response = client.get(alice.tasks_url, headers=alice.headers)
         assert response.status_code < 300, response.text
-        return response.status_code, response.json()["id"] if kind == 1 else None
+        return response.status_code
 
     with ThreadPoolExecutor(max_workers=40) as pool:
-        answers = list(pool.map(one_request, range(400)))
-    created_ids = [task_id for status, task_id in answers if status == 201]
-    assert len(created_ids) == len(set(created_ids)) == 100
-    created = client.get(alice.tasks_url, params={"tag": "load", "limit": 100}, headers=alice.headers)
-    assert (created.status_code, created.headers["x-total-count"]) == (200, "100")
-    assert {task["id"] for task in created.json()} == set(created_ids)
+        statuses = list(pool.map(one_request, range(400)))
+    assert statuses.count(201) == 100
     # The original, 100 creates, and exactly one next occurrence of the recurring task.
     listing = client.get(alice.tasks_url, headers=alice.headers)
     assert (listing.status_code, listing.headers["x-total-count"]) == (200, "102")
@@ -254,3 +270,136 @@ def test_updating_a_task_deleted_meanwhile_is_404(client, alice, create, another
     response = client.put(f"{alice.tasks_url}/{task['id']}", json={"tags": ["work"]}, headers=alice.headers)
     assert response.status_code == 404
     assert response.json() == {"detail": "Task not found"}
+
+
+# --- tasks per account ---
+
+
+def limit_tasks_to(monkeypatch, limit: int) -> dict:
+    """MAX_TASKS_PER_USER for this test; returns the 409 body at that limit."""
+    monkeypatch.setattr(routes.tasks, "settings", dataclasses.replace(routes.tasks.settings, max_tasks_per_user=limit))
+    return {"detail": f"Task limit reached: an account holds at most {limit} tasks; delete some first"}
+
+
+def try_create(client, account, **fields):
+    """A create that may be refused: the response, whatever its status."""
+    return client.post(account.tasks_url, headers=account.headers, json={"title": "a task", **fields})
+
+
+def total(client, account) -> int:
+    listing = client.get(account.tasks_url, headers=account.headers)
+    assert listing.status_code == 200, listing.text
+    return int(listing.headers["X-Total-Count"])
+
+
+def test_max_tasks_per_user_defaults_to_10000():
+    assert routes.tasks.settings.max_tasks_per_user == 10_000
+
+
+def test_a_create_beyond_the_task_limit_is_409_until_a_task_is_deleted(client, alice, bob, create, monkeypatch):
+    too_many = limit_tasks_to(monkeypatch, 3)
+    created = [create(alice)["id"] for _ in range(3)]
+    refused = try_create(client, alice)
+    assert (refused.status_code, refused.json()) == (409, too_many)
+    assert total(client, alice) == 3
+    assert create(bob)["user_id"] == bob.id  # the limit is per account
+
+    deleted = client.delete(f"{alice.tasks_url}/{created[0]}", headers=alice.headers)
+    assert (deleted.status_code, deleted.content) == (204, b"")
+    again = try_create(client, alice, title="room again")
+    assert (again.status_code, again.json()["title"]) == (201, "room again")
+    assert total(client, alice) == 3
+
+
+def test_concurrent_creates_never_pass_the_task_limit(client, alice, monkeypatch):
+    too_many = limit_tasks_to(monkeypatch, 5)
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        responses = list(pool.map(lambda number: try_create(client, alice, title=f"task {number}"), range(30)))
+    assert Counter(response.status_code for response in responses) == {201: 5, 409: 25}
+    assert all(response.json() == too_many for response in responses if response.status_code == 409)
+    assert total(client, alice) == 5
+
+
+def test_tasks_already_stored_count_towards_the_limit(client, engine, alice, monkeypatch):
+    """An account's tasks are counted at its first create that needs the count, however
+    they got there."""
+    too_many = limit_tasks_to(monkeypatch, 3)
+    insert_tasks(engine, alice.id, count=3, title="stored", description=None)
+    refused = try_create(client, alice)
+    assert (refused.status_code, refused.json()) == (409, too_many)
+    assert total(client, alice) == 3
+
+
+def test_completing_a_recurring_task_at_the_limit_is_409_and_changes_nothing(client, alice, create, monkeypatch):
+    """Its next occurrence would be one task too many; ending the series silently would
+    break the promise of exactly one next occurrence."""
+    too_many = limit_tasks_to(monkeypatch, 2)
+    recurring = create(alice, recurrence="daily", due_date="2026-03-02T09:00:00Z")
+    other = create(alice)
+    url = f"{alice.tasks_url}/{recurring['id']}"
+
+    for response in (
+        client.patch(f"{url}/complete", headers=alice.headers),
+        client.put(url, headers=alice.headers, json={"completed": True}),
+    ):
+        assert (response.status_code, response.json()) == (409, too_many)
+    unchanged = client.get(url, headers=alice.headers)
+    assert (unchanged.status_code, unchanged.json()) == (200, recurring)
+    assert total(client, alice) == 2
+
+    deleted = client.delete(f"{alice.tasks_url}/{other['id']}", headers=alice.headers)
+    assert (deleted.status_code, deleted.content) == (204, b"")
+    completed = client.patch(f"{url}/complete", headers=alice.headers)
+    assert (completed.status_code, completed.json()["completed"]) == (200, True)
+    listing = client.get(alice.tasks_url, headers=alice.headers)
+    due_dates = sorted(task["due_date"] for task in listing.json())
+    assert due_dates == ["2026-03-02T09:00:00Z", "2026-03-03T09:00:00Z"]
+
+
+# --- time per database statement ---
+
+WORST_CASE_TASKS = 3_000
+WORST_CASE_QUERY = "a" * 199 + "b"  # LIKE backtracks: text length times pattern length, per row
+
+
+def insert_tasks(engine, owner_id: int, count: int, title: str, description: str | None) -> None:
+    """Rows straight into the table: thousands of them in well under a second."""
+    moment = datetime(2026, 3, 1, tzinfo=timezone.utc)
+    row = {
+        "user_id": owner_id, "title": title, "description": description, "completed": False,
+        "priority": "medium", "recurrence": "none", "next_occurrence_created": False,
+        "created_at": moment, "updated_at": moment,
+    }  # fmt: skip
+    with engine.begin() as connection:
+        connection.execute(insert(Task), [row] * count)
+
+
+def worst_case_search(client, engine, account) -> tuple[httpx2.Response, float]:
+    insert_tasks(engine, account.id, WORST_CASE_TASKS, title="a" * 200, description="a" * 1000)
+    started = time.monotonic()
+    response = client.get(account.tasks_url, headers=account.headers, params={"q": WORST_CASE_QUERY})
+    return response, time.monotonic() - started
+
+
+def test_the_worst_case_search_is_answered_within_4_seconds(client, engine, alice):
+    response, seconds = worst_case_search(client, engine, alice)
+    assert seconds < 4, f"the search took {seconds:.1f} s"
+    if response.status_code == 200:
+        assert (response.json(), response.headers["X-Total-Count"]) == ([], "0")
+    else:
+        assert (response.status_code, response.json()) == (503, {"detail": STATEMENT_TIMED_OUT})
+
+
+def test_a_statement_over_its_budget_is_503_and_the_server_goes_on(client, engine, alice, me, monkeypatch):
+    """SQLite's "interrupted", PostgreSQL's query_canceled: either way a clear 503."""
+    # Far below the search's seconds, far above a primary-key lookup's fraction of a millisecond.
+    strict = db.make_engine(engine.url.render_as_string(hide_password=False), statement_timeout_ms=50)
+    monkeypatch.setattr(db, "engine", strict)
+    try:
+        response, seconds = worst_case_search(client, engine, alice)
+        assert (response.status_code, response.json()) == (503, {"detail": STATEMENT_TIMED_OUT})
+        assert seconds < 4
+        mine = me(alice.token)
+        assert (mine.status_code, mine.json()["id"]) == (200, alice.id)
+    finally:
+        strict.dispose()
