@@ -48,8 +48,8 @@ from main import app  # noqa: E402
 PASSWORD = "correct horse battery"
 
 # ---- Shared request helpers -------------------------------------------------------------
-# Test files take these as fixtures (`def test_x(client, alice, login): ...`) and import
-# nothing from here. Each returns a plain function, bound to this test's client.
+# Test files take these as fixtures (`def test_x(client, alice, login): ...`); each
+# returns a plain function bound to this test's client.
 
 MAX_ID = 2**63 - 1  # the largest id a row can have: a 64-bit signed integer
 
