@@ -55,6 +55,96 @@ from main import app  # noqa: E402
 
 PASSWORD = "correct horse battery"
 
+# ---- Shared request helpers -------------------------------------------------------------
+# Test files take these as fixtures (`def test_x(client, alice, login): ...`); each
+# returns a plain function bound to this test's client.
+
+MAX_ID = 2**63 - 1  # the largest id a row can have: a 64-bit signed integer
+
+
+def bearer_header(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def password() -> str:
+    """The password that alice, bob and every new_account sign up with."""
+    return PASSWORD
+
+
+@pytest.fixture
+def max_id() -> int:
+    return MAX_ID
+
+
+@pytest.fixture
+def bearer():
+    """bearer(token) -> the Authorization header that presents it."""
+    return bearer_header
+
+
+@pytest.fixture
+def new_account(request):
+    """new_account(email, password=PASSWORD, via=None) -> an Account signed up through the
+    API: through this test's client, or through `via` (an httpx2 client of a live server)."""
+
+    def sign_up_through(email: str, password: str = PASSWORD, via=None) -> "Account":
+        return sign_up(via or request.getfixturevalue("client"), email, password)
+
+    return sign_up_through
+
+
+@pytest.fixture
+def create(client):
+    """create(account, **fields) -> the new task; the title defaults to "Task"."""
+
+    def create_task(account: "Account", **fields) -> dict:
+        response = client.post(account.tasks_url, json={"title": "Task", **fields}, headers=account.headers)
+        assert response.status_code == 201, response.text
+        return response.json()
+
+    return create_task
+
+
+@pytest.fixture
+def me(client):
+    """me(token) -> the response of GET /api/auth/me with that token."""
+    return lambda token: client.get("/api/auth/me", headers=bearer_header(token))
+
+
+@pytest.fixture
+def login(client):
+    """login(email, password) -> the response of the JSON login."""
+    return lambda email, password: client.post("/api/auth/login", json={"email": email, "password": password})
+
+
+@pytest.fixture
+def form_login(client):
+    """form_login(email, password) -> the response of the OAuth2 form login at /api/auth/token."""
+    return lambda email, password: client.post("/api/auth/token", data={"username": email, "password": password})
+
+
+@pytest.fixture
+def change_password(client):
+    """change_password(token, current, new) -> the response of PUT /api/auth/password."""
+
+    def put_password(token: str, current: str, new: str):
+        body = {"current_password": current, "new_password": new}
+        return client.put("/api/auth/password", headers=bearer_header(token), json=body)
+
+    return put_password
+
+
+@pytest.fixture
+def delete_me(client):
+    """delete_me(token, password) -> the response of DELETE /api/auth/me."""
+    return lambda token, password: client.request(
+        "DELETE", "/api/auth/me", headers=bearer_header(token), json={"password": password}
+    )
+
+
+# ---- End of the shared request helpers ---------------------------------------------------
+
 
 def require_tool(available: bool, reason: str) -> None:
     """Skip a test whose tool (Node, Chromium, Playwright) this machine lacks, saying how to

@@ -6,7 +6,7 @@ takes well under a minute. FUZZ_EXAMPLES raises the count for a deeper local run
 Checks are named explicitly. Every default check runs except positive_data_acceptance:
 the contract has rules that JSON Schema cannot state (a password of 8 to 72 bytes in
 UTF-8, dates between 1900 and 9998, no NUL characters, a recurrence needs a due_date),
-so a schema-valid request can rightly get 422. See NOTES-hardening.md.
+so a schema-valid request can rightly get 422.
 """
 
 import os
@@ -33,7 +33,6 @@ from schemathesis.specs.openapi.checks import (
 )
 
 import better_auth
-from conftest import sign_up
 from main import app
 
 FUZZ_USER_ID = 1  # the first user of the fresh database that every test gets
@@ -79,8 +78,8 @@ any_user_id_schema = schemathesis.openapi.from_asgi(
 
 
 @pytest.fixture
-def fuzz_account(client):
-    account = sign_up(client, "fuzz@example.com")
+def fuzz_account(new_account):
+    account = new_account("fuzz@example.com")
     assert account.id == FUZZ_USER_ID
     return account
 
