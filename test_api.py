@@ -4,8 +4,13 @@ delete, complete, tags, recurrence, and ownership (another user's path 403, thei
 import re
 
 import pytest
+from sqlalchemy import make_url, text
 from sqlmodel import Session, select
 
+import db
+from conftest import MAX_ID, TEST_DATABASE_URL
+
+BEYOND_32_BITS = 2**31
 from models import TaskTag
 
 UTC_OFFSET = re.compile(r"(Z|\+00:00)$")
@@ -642,3 +647,88 @@ def test_a_recurring_series_ends_before_the_year_9999(client, alice, create):
     assert last.status_code == 200 and last.json()["completed"] is True
     pending = client.get(alice.tasks_url, params={"status": "pending"}, headers=alice.headers)
     assert pending.json() == [] and pending.headers["x-total-count"] == "0"
+
+
+# --- what SQLite and PostgreSQL could answer differently: LIKE escapes, case folding, time zones, id widths ---
+
+
+def listed(client, owner, **params) -> tuple[list[str], int]:
+    response = client.get(owner.tasks_url, headers=owner.headers, params=params)
+    assert response.status_code == 200, response.text
+    return [task["title"] for task in response.json()], int(response.headers["X-Total-Count"])
+
+
+@pytest.mark.parametrize(
+    ("q", "expected"),
+    [
+        ("/", ["a/b"]),  # the escape character of SQLAlchemy's autoescape
+        ("\\", ["a\\b"]),  # PostgreSQL's default LIKE escape character
+        ('"', ['say "hi"']),
+        ("A%B", ["a%b"]),
+    ],
+)
+def test_search_treats_escape_characters_as_text(client, alice, create, q, expected):
+    for title in ["a/b", "a\\b", 'say "hi"', "a%b", "ab", "axb"]:
+        create(alice, title=title)
+
+    assert listed(client, alice, q=q) == (expected, len(expected))
+
+
+def test_search_and_title_sort_fold_the_case_of_any_letter(client, alice, create):
+    for title in ["Éclair", "zebra", "ÄPFEL", "éCLAT"]:
+        create(alice, title=title)
+
+    assert listed(client, alice, q="écla", sort="title") == (["Éclair", "éCLAT"], 2)
+    assert listed(client, alice, q="äpf") == (["ÄPFEL"], 1)
+    # Lower-cased, then by code point: z (U+007A) < ä (U+00E4) < é (U+00E9).
+    assert listed(client, alice, sort="title") == (["zebra", "ÄPFEL", "Éclair", "éCLAT"], 4)
+
+
+@pytest.fixture
+def new_york_engine(engine):
+    """On PostgreSQL, an engine whose connections have TimeZone=America/New_York. SQLite
+    has no such setting, so there it is the suite's own engine, and the test still checks
+    the same answers."""
+    if TEST_DATABASE_URL is None:
+        yield engine
+        return
+    url = make_url(TEST_DATABASE_URL).update_query_dict({"options": "-c TimeZone=America/New_York"})
+    new_york = db.make_engine(url.render_as_string(hide_password=False))
+    with new_york.connect() as connection:
+        assert connection.execute(text("SHOW TimeZone")).scalar_one() == "America/New_York"
+    yield new_york
+    new_york.dispose()
+
+
+def test_date_times_are_utc_whatever_the_database_time_zone(client, alice, create, new_york_engine, monkeypatch):
+    monkeypatch.setattr(db, "engine", new_york_engine)
+    # 23:30 in New York on 1 March is 04:30 UTC on 2 March; an input without offset is UTC.
+    late = create(alice, title="late call", due_date="2026-03-01T23:30:00-05:00")
+    naive = create(alice, title="naive", due_date="2026-03-02T04:30:00")
+    completed = client.patch(f"{alice.tasks_url}/{late['id']}/complete", headers=alice.headers)
+    listing = client.get(alice.tasks_url, headers=alice.headers)
+
+    assert completed.status_code == 200 and listing.status_code == 200
+    assert late["due_date"] in ("2026-03-02T04:30:00Z", "2026-03-02T04:30:00+00:00")
+    assert naive["due_date"] == late["due_date"]
+    for task in (late, naive, completed.json(), *listing.json()):
+        for field in ("created_at", "updated_at", "due_date", "completed_at"):
+            assert task[field] is None or task[field].endswith(("Z", "+00:00")), (field, task[field])
+    assert completed.json()["completed_at"] is not None
+    # Bounds are inclusive and compare instants, not New York wall-clock times.
+    both = listed(client, alice, due_after="2026-03-02T04:30:00Z", due_before="2026-03-01T23:30:00-05:00")
+    assert (sorted(both[0]), both[1]) == (["late call", "naive"], 2)
+    assert listed(client, alice, due_before="2026-03-02T04:29:59Z") == ([], 0)
+    assert listed(client, alice, due_after="2026-03-01T23:30:01-05:00") == ([], 0)
+
+
+@pytest.mark.parametrize(
+    ("method", "suffix", "body"),
+    [("GET", "", None), ("PUT", "", {"title": "x"}), ("PATCH", "", {"title": "x"}), ("DELETE", "", None),
+     ("PATCH", "/complete", None)],
+)
+def test_ids_past_32_bits_are_404_on_every_task_route(client, alice, method, suffix, body):
+    for task_id in (BEYOND_32_BITS, MAX_ID):
+        url = f"{alice.tasks_url}/{task_id}{suffix}"
+        response = client.request(method, url, headers=alice.headers, json=body)
+        assert (response.status_code, response.json()) == (404, {"detail": "Task not found"})

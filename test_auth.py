@@ -5,7 +5,8 @@ import json
 import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta
+from collections import Counter
+from datetime import datetime, timedelta, timezone
 
 import jwt
 import pytest
@@ -15,7 +16,7 @@ import auth
 import db
 import routes.auth
 from config import settings
-from conftest import empty_tables
+from conftest import MAX_ID, empty_tables
 from models import RevokedToken, Task, TaskTag, User, utc_now
 
 UTC_OFFSET = re.compile(r"(Z|\+00:00)$")
@@ -597,3 +598,41 @@ def test_delete_me_needs_the_password(client, alice, me):
     assert response.json()["detail"][0]["loc"] == ["body"]
     mine = me(alice.token)
     assert (mine.status_code, mine.json()["id"]) == (200, alice.id)
+
+
+# --- what SQLite and PostgreSQL could answer differently: integer widths, NUL, unique-index races ---
+
+
+def test_a_token_for_a_user_id_past_32_bits_is_401(client, alice):
+    now = datetime.now(timezone.utc)
+    token = jwt.encode(
+        {"sub": str(MAX_ID), "iat": now, "exp": now + timedelta(minutes=5)}, settings.jwt_secret, "HS256"
+    )
+
+    response = client.get("/api/auth/me", headers={"Authorization": f"Bearer {token}"})
+
+    assert (response.status_code, response.json()) == (401, {"detail": "Could not validate credentials"})
+
+
+def test_form_login_with_a_nul_byte_is_a_failed_login(client, alice):
+    form = {"username": "alice@example.com\x00", "password": "correct horse battery"}
+
+    response = client.post("/api/auth/token", data=form)
+
+    assert (response.status_code, response.json()) == (401, {"detail": "Incorrect email or password"})
+
+
+def test_racing_signups_of_one_email_give_one_201_and_409s(client):
+    racers = 6
+    start = threading.Barrier(racers)
+
+    def sign_up(_: int):
+        start.wait()
+        return client.post("/api/auth/signup", json={"email": "race@example.com", "password": "long enough"})
+
+    with ThreadPoolExecutor(max_workers=racers) as pool:
+        responses = list(pool.map(sign_up, range(racers)))
+
+    assert Counter(response.status_code for response in responses) == {201: 1, 409: racers - 1}
+    refused = [response.json() for response in responses if response.status_code == 409]
+    assert refused == [{"detail": "Email already registered"}] * (racers - 1)

@@ -20,7 +20,7 @@ from sqlmodel import Session, func, select
 import auth
 from config import load_settings, settings
 from limits import TOO_MANY_AUTH_REQUESTS, AbuseLimits, configured_limits
-from live_server import LiveServer
+from conftest import LiveServer
 from main import app
 from models import RateLimitEvent, User
 

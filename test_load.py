@@ -26,7 +26,7 @@ from sqlmodel import Session
 import db
 import routes.tasks
 from db import STATEMENT_TIMED_OUT
-from live_server import LiveServer
+from conftest import LiveServer
 from models import Task
 
 REQUEST_TIMEOUT_SECONDS = 60  # longer than the slowest answer a test accepts, so it measures it
