@@ -19,7 +19,6 @@ import pytest
 from fastapi import FastAPI
 
 import schemas
-from conftest import LiveServer
 from main import app, operation_id
 
 REPO_ROOT = Path(__file__).resolve().parent
@@ -265,13 +264,13 @@ def test_links_between_the_docs_reach_a_file_and_a_heading_that_exist():
     assert not broken, f"links to nothing: {broken}"
 
 
-def test_the_readme_curl_walkthrough_works_when_pasted_into_a_shell(tmp_path):
+def test_the_readme_curl_walkthrough_works_when_pasted_into_a_shell(tmp_path, live_server):
     walkthrough = re.search(r"## Try it with curl.*?```bash\n(.*?)```", README.read_text(), re.S).group(1)
-    with LiveServer(tmp_path) as server:
-        shell = subprocess.run(
-            ["bash", "-e", "-o", "pipefail", "-c", walkthrough.replace("http://127.0.0.1:8000", server.url)],
-            cwd=tmp_path, capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+    server = live_server()
+    shell = subprocess.run(
+        ["bash", "-e", "-o", "pipefail", "-c", walkthrough.replace("http://127.0.0.1:8000", server.url)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
     assert shell.returncode == 0, shell.stderr
     statuses = re.findall(r"^HTTP/1.1 (\d{3})", shell.stdout, re.M)
     assert statuses == ["201", "200", "204"]
