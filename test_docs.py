@@ -1,13 +1,18 @@
-"""API.md and /openapi.json must tell the same story, and every example in /docs must work.
+"""The docs must tell the truth: API.md and README.md against the app and the tree, and
+every example in /docs must work.
 
 API.md names each endpoint in exactly one way, a heading inside its "API Endpoints"
 section such as "#### `GET /api/{user_id}/tasks`"; these tests parse those headings and
-compare them with the paths and methods that the running app publishes. Examples are
+compare them with the paths and methods that the running app publishes. Its "Project
+Structure" table must name every file of the tree, README's endpoint table every route,
+its dependency list every requirement, and each test it cites must exist. Examples are
 checked twice: against the model class that the schema component names, and by sending
 each request example to the API, which must answer with the documented success status.
 """
 
+import ast
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,7 +21,9 @@ from fastapi import FastAPI
 import schemas
 from main import app, operation_id
 
-API_MD = Path(__file__).with_name("API.md")
+REPO_ROOT = Path(__file__).resolve().parent
+API_MD = REPO_ROOT / "API.md"
+README = REPO_ROOT / "README.md"
 SECTIONS = [
     "API Overview",
     "Project Structure",
@@ -58,17 +65,27 @@ def schema_operations(openapi: dict) -> dict[tuple[str, str], dict]:
     }
 
 
-def api_md_sections() -> dict[str, str]:
-    """Each "## " section of API.md by its heading, in document order."""
+def markdown_sections(document: Path) -> dict[str, str]:
+    """Each "## " section of a Markdown file by its heading, in document order."""
     sections: dict[str, str] = {}
     current = None
-    for line in API_MD.read_text(encoding="utf-8").splitlines():
+    for line in document.read_text(encoding="utf-8").splitlines():
         if line.startswith("## "):
             current = line[3:].strip()
             sections[current] = ""
         elif current is not None:
             sections[current] += line + "\n"
     return sections
+
+
+def api_md_sections() -> dict[str, str]:
+    return markdown_sections(API_MD)
+
+
+def first_column_names(table: str) -> list[str]:
+    """Every `name` in the first cell of each row of the Markdown tables in `table`."""
+    rows = [line.split("|")[1] for line in table.splitlines() if line.startswith("| ")]
+    return [name for cell in rows for name in re.findall(r"`([^`]+)`", cell)]
 
 
 def documented_endpoints() -> dict[tuple[str, str], str]:
@@ -161,6 +178,106 @@ def test_every_documented_status_is_named_under_its_endpoint(client):
     for key, operation in schema_operations(fetch_openapi(client)).items():
         for status in operation["responses"]:
             assert re.search(rf"\b{status}\b", documented[key]), f"{key} does not mention {status}"
+
+
+# --- the docs against the tree: files, requirements, cited tests, links ---
+
+README_ENDPOINT_ROW = re.compile(r"^\| `(GET|POST|PUT|PATCH|DELETE) (/\S*)` \|", re.M)
+CITED_TEST = re.compile(r"`(test_\w+\.py)::(test_\w+)`")
+RELATIVE_LINK = re.compile(r"\]\((?!https?:)([^)#\s]*)(?:#([^)\s]*))?\)")
+DOCS = [README, API_MD, REPO_ROOT / "bench" / "README.md"]
+
+
+def layout_names() -> list[str]:
+    return first_column_names(api_md_sections()["Project Structure"])
+
+
+def requirement_names() -> list[str]:
+    """The distribution name of each line of requirements.txt: `PyJWT[crypto]==2.15.1` is PyJWT."""
+    lines = (line.split("#")[0].strip() for line in (REPO_ROOT / "requirements.txt").read_text().splitlines())
+    return [re.match(r"[A-Za-z0-9._-]+", line)[0] for line in lines if line]
+
+
+def headings(document: Path) -> list[str]:
+    """The Markdown headings of a file, leaving out the comment lines of its code blocks."""
+    found, in_code = [], False
+    for line in document.read_text(encoding="utf-8").splitlines():
+        if line.startswith("```"):
+            in_code = not in_code
+        elif line.startswith("#") and not in_code:
+            found.append(line.lstrip("#").strip())
+    return found
+
+
+def defined_functions(path: Path) -> set[str]:
+    if not path.exists():
+        return set()
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return {node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)}
+
+
+def github_anchor(heading: str) -> str:
+    """The id GitHub gives a heading: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+
+
+def test_every_file_in_the_layout_table_exists():
+    missing = [name for name in layout_names() if not (REPO_ROOT / name).exists()]
+    assert not missing, f"API.md's layout table names files that do not exist: {missing}"
+
+
+def test_every_python_file_at_the_root_and_in_routes_is_in_the_layout_table():
+    named = set(layout_names())
+    files = [*REPO_ROOT.glob("*.py"), *REPO_ROOT.glob("routes/*.py")]
+    unnamed = sorted({path.relative_to(REPO_ROOT).as_posix() for path in files} - named)
+    assert not unnamed, f"API.md's layout table does not name {unnamed}"
+
+
+def test_readme_names_every_requirement_in_its_dependency_list():
+    listed = re.findall(r"`([A-Za-z0-9._-]+)", markdown_sections(README)["Dependencies"])
+    missing = [name for name in requirement_names() if name not in listed]
+    assert not missing, f"README's Dependencies does not name {missing}"
+
+
+def test_every_test_that_readme_cites_exists():
+    cited = CITED_TEST.findall(README.read_text(encoding="utf-8"))
+    assert cited, "README cites no test"
+    missing = [f"{file}::{name}" for file, name in cited if name not in defined_functions(REPO_ROOT / file)]
+    assert not missing, f"README cites tests that do not exist: {missing}"
+
+
+def test_readme_endpoint_table_lists_every_operation_once(client):
+    listed = sorted(README_ENDPOINT_ROW.findall(markdown_sections(README)["Endpoints"]))
+    published = sorted(schema_operations(fetch_openapi(client)))
+    assert listed == published, f"README's endpoint table differs in {sorted(set(listed) ^ set(published))}"
+
+
+def test_links_between_the_docs_reach_a_file_and_a_heading_that_exist():
+    broken = []
+    for document in DOCS:
+        for target, anchor in RELATIVE_LINK.findall(document.read_text(encoding="utf-8")):
+            path = (document.parent / target).resolve() if target else document
+            if not path.exists():
+                broken.append(f"{document.name}: {target}")
+            elif anchor and anchor not in {github_anchor(heading) for heading in headings(path)}:
+                broken.append(f"{document.name}: {target}#{anchor}")
+    assert not broken, f"links to nothing: {broken}"
+
+
+def test_the_readme_curl_walkthrough_works_when_pasted_into_a_shell(tmp_path, live_server):
+    walkthrough = re.search(r"## Try it with curl.*?```bash\n(.*?)```", README.read_text(), re.S).group(1)
+    server = live_server()
+    shell = subprocess.run(
+        ["bash", "-e", "-o", "pipefail", "-c", walkthrough.replace("http://127.0.0.1:8000", server.url)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert shell.returncode == 0, shell.stderr
+    statuses = re.findall(r"^HTTP/1.1 (\d{3})", shell.stdout, re.M)
+    assert statuses == ["201", "200", "204"]
+    assert '"completed":true' in shell.stdout
+    assert "x-total-count: 1" in shell.stdout
+    # The walkthrough cleans up; its last requests used the access token from the refresh.
+    assert not (tmp_path / "signup.json").exists() and not (tmp_path / "refresh.json").exists()
 
 
 # --- operationIds: what generated clients name their functions ---
