@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import NamedTuple
 
@@ -144,6 +145,15 @@ def delete_me(client):
 
 
 # ---- End of the shared request helpers ---------------------------------------------------
+
+
+def send_body(handler: BaseHTTPRequestHandler, body: bytes, content_type: str) -> None:
+    """A 200 with this body, from one of the tests' own small HTTP servers."""
+    handler.send_response(200)
+    handler.send_header("Content-Type", content_type)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
 
 
 def require_tool(available: bool, reason: str) -> None:

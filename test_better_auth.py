@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlmodel import Session, select
 
 import better_auth
-from conftest import free_port
+from conftest import free_port, send_body
 from models import RevokedToken, User
 
 ISSUER = "http://127.0.0.1:3000"  # Better Auth's base URL: its tokens' iss and aud
@@ -92,12 +92,7 @@ class KeySetServer:
                 if key_set.hang:
                     key_set.release.wait(timeout=30)
                     return
-                body = key_set.body or json.dumps({"keys": key_set.keys}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                send_body(self, key_set.body or json.dumps({"keys": key_set.keys}).encode(), "application/json")
 
             def log_message(self, *args: object) -> None:
                 pass

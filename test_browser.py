@@ -28,7 +28,7 @@ import httpx2
 import pytest
 
 from config import DEFAULT_CORS_ORIGINS
-from conftest import PASSWORD, LiveServer, free_port, require_tool
+from conftest import PASSWORD, LiveServer, free_port, require_tool, send_body
 
 try:
     from playwright.sync_api import Browser, BrowserContext, Locator, Page, Request, expect, sync_playwright
@@ -204,12 +204,7 @@ def test_the_front_door_leads_to_the_docs(offline, api):
 
 class FrontendPage(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
-        body = FRONTEND_PAGE.encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/html; charset=utf-8")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        send_body(self, FRONTEND_PAGE.encode(), "text/html; charset=utf-8")
 
     def log_message(self, *args: object) -> None:
         pass  # pytest shows a failing test's output; these lines would only crowd it

@@ -86,24 +86,29 @@ def test_jwt_secret_file_setting_picks_the_path(tmp_path):
     assert (tmp_path / "keys" / "jwt").exists() and not (tmp_path / ".jwt_secret").exists()
 
 
-@pytest.mark.parametrize(
-    "env, message",
-    [
-        ({"JWT_SECRET": "too-short"}, "JWT_SECRET must be at least 32 bytes long"),
-        ({"JWT_SECRET": ""}, "JWT_SECRET must be at least 32 bytes long"),
-        ({"BCRYPT_ROUNDS": "3"}, "BCRYPT_ROUNDS must be between 4 and 31, not 3"),
-        ({"ACCESS_TOKEN_EXPIRE_MINUTES": "soon"}, "ACCESS_TOKEN_EXPIRE_MINUTES must be a whole number"),
-        ({"ACCESS_TOKEN_EXPIRE_MINUTES": "0"}, "ACCESS_TOKEN_EXPIRE_MINUTES must be between 1"),
-        ({"BETTER_AUTH_SECRET": "too-short"}, "BETTER_AUTH_SECRET must be at least 32 bytes long"),
-        ({"JWT_SECRET": "k" * 40, "BETTER_AUTH_SECRET": "k" * 40}, "BETTER_AUTH_SECRET must differ from JWT_SECRET"),
-        ({"BETTER_AUTH_URL": "localhost:3000"}, "BETTER_AUTH_URL must be an http:// or https:// URL"),
-        ({"BETTER_AUTH_JWKS_URL": "http://127.0.0.1:3000/api/auth/jwks"}, "BETTER_AUTH_JWKS_URL needs BETTER_AUTH_URL"),
-        ({"MAX_TASKS_PER_USER": "0"}, "MAX_TASKS_PER_USER must be between 1 and 100000000, not 0"),
-        ({"MAX_TASKS_PER_USER": "many"}, "MAX_TASKS_PER_USER must be a whole number, not 'many'"),
-        ({"STATEMENT_TIMEOUT_MS": "50"}, "STATEMENT_TIMEOUT_MS must be between 100 and 600000, not 50"),
-        ({"STATEMENT_TIMEOUT_MS": "2s"}, "STATEMENT_TIMEOUT_MS must be a whole number, not '2s'"),
-    ],
-)
+OUT_OF_RANGE = [  # name, value, lowest, highest
+    ("BCRYPT_ROUNDS", 3, 4, 31),
+    ("ACCESS_TOKEN_EXPIRE_MINUTES", 0, 1, 43_200),
+    ("MAX_TASKS_PER_USER", 0, 1, 100_000_000),
+    ("STATEMENT_TIMEOUT_MS", 50, 100, 600_000),
+]
+NOT_A_NUMBER = {"ACCESS_TOKEN_EXPIRE_MINUTES": "soon", "MAX_TASKS_PER_USER": "many", "STATEMENT_TIMEOUT_MS": "2s"}
+BAD_SETTINGS = [
+    ({"JWT_SECRET": "too-short"}, "JWT_SECRET must be at least 32 bytes long"),
+    ({"JWT_SECRET": ""}, "JWT_SECRET must be at least 32 bytes long"),
+    ({"BETTER_AUTH_SECRET": "too-short"}, "BETTER_AUTH_SECRET must be at least 32 bytes long"),
+    ({"JWT_SECRET": "k" * 40, "BETTER_AUTH_SECRET": "k" * 40}, "BETTER_AUTH_SECRET must differ from JWT_SECRET"),
+    ({"BETTER_AUTH_URL": "localhost:3000"}, "BETTER_AUTH_URL must be an http:// or https:// URL"),
+    ({"BETTER_AUTH_JWKS_URL": "http://127.0.0.1:3000/api/auth/jwks"}, "BETTER_AUTH_JWKS_URL needs BETTER_AUTH_URL"),
+    *(
+        ({name: str(value)}, f"{name} must be between {low} and {high}, not {value}")
+        for name, value, low, high in OUT_OF_RANGE
+    ),
+    *(({name: value}, f"{name} must be a whole number, not {value!r}") for name, value in NOT_A_NUMBER.items()),
+]
+
+
+@pytest.mark.parametrize("env, message", BAD_SETTINGS)
 def test_bad_settings_stop_start_up_with_a_clear_message(tmp_path, env, message):
     result = run_python("import config", tmp_path, **env)  # main reads its settings from config
     assert result.returncode == 1

@@ -2,7 +2,7 @@
 TEST_DATABASE_URL, each test on a database of its own.
 
 A database made by the release before migrations existed is built here from that
-release's schema, kept below as the SQL its create_all issued: it must not follow
+release's schema, kept in test_data/ as the SQL its create_all issued: it must not follow
 models.py, since the databases people already have do not.
 """
 
@@ -29,113 +29,17 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import SQLModel
 
 import db
-from conftest import REPO_ROOT, TEST_DATABASE_URL, free_port
+from conftest import PASSWORD, REPO_ROOT, TEST_DATABASE_URL, free_port
 
-PASSWORD = "correct horse battery"
 HEAD = ScriptDirectory.from_config(db.alembic_config()).get_current_head()
 
-# The schema that the release before migrations made with SQLModel.metadata.create_all,
-# statement for statement, per dialect.
-RELEASE_BEFORE_MIGRATIONS = {
-    "sqlite": """
-CREATE TABLE ratelimitevent (
-    id INTEGER NOT NULL,
-    bucket VARCHAR(64) NOT NULL,
-    expires_at DATETIME NOT NULL,
-    PRIMARY KEY (id)
-);
-CREATE INDEX ix_ratelimitevent_bucket_expires ON ratelimitevent (bucket, expires_at);
-CREATE INDEX ix_ratelimitevent_expires_at ON ratelimitevent (expires_at);
-CREATE TABLE revokedtoken (
-    jti VARCHAR(64) NOT NULL,
-    expires_at DATETIME NOT NULL,
-    PRIMARY KEY (jti)
-);
-CREATE INDEX ix_revokedtoken_expires_at ON revokedtoken (expires_at);
-CREATE TABLE user (
-    id INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT,
-    email VARCHAR(320) NOT NULL,
-    name VARCHAR(100),
-    password_hash VARCHAR NOT NULL,
-    created_at DATETIME NOT NULL,
-    token_generation INTEGER NOT NULL,
-    UNIQUE (email)
-);
-CREATE TABLE task (
-    id INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT,
-    user_id INTEGER NOT NULL,
-    title VARCHAR(200) NOT NULL,
-    description VARCHAR(1000),
-    completed BOOLEAN NOT NULL,
-    priority VARCHAR(6) NOT NULL,
-    due_date DATETIME,
-    recurrence VARCHAR(7) NOT NULL,
-    next_occurrence_created BOOLEAN NOT NULL,
-    created_at DATETIME NOT NULL,
-    updated_at DATETIME NOT NULL,
-    completed_at DATETIME,
-    CONSTRAINT recurring_task_has_due_date CHECK (recurrence = 'none' OR due_date IS NOT NULL),
-    FOREIGN KEY(user_id) REFERENCES user (id) ON DELETE CASCADE
-);
-CREATE INDEX ix_task_user_created ON task (user_id, created_at, id);
-CREATE TABLE tasktag (
-    task_id INTEGER NOT NULL,
-    name VARCHAR(30) NOT NULL,
-    PRIMARY KEY (task_id, name),
-    FOREIGN KEY(task_id) REFERENCES task (id) ON DELETE CASCADE
-);
-""",
-    "postgresql": """
-CREATE TABLE ratelimitevent (
-    id BIGSERIAL NOT NULL,
-    bucket VARCHAR(64) NOT NULL,
-    expires_at TIMESTAMP WITH TIME ZONE NOT NULL,
-    PRIMARY KEY (id)
-);
-CREATE INDEX ix_ratelimitevent_bucket_expires ON ratelimitevent (bucket, expires_at);
-CREATE INDEX ix_ratelimitevent_expires_at ON ratelimitevent (expires_at);
-CREATE TABLE revokedtoken (
-    jti VARCHAR(64) NOT NULL,
-    expires_at TIMESTAMP WITH TIME ZONE NOT NULL,
-    PRIMARY KEY (jti)
-);
-CREATE INDEX ix_revokedtoken_expires_at ON revokedtoken (expires_at);
-CREATE TABLE "user" (
-    id BIGSERIAL NOT NULL,
-    email VARCHAR(320) NOT NULL,
-    name VARCHAR(100),
-    password_hash VARCHAR NOT NULL,
-    created_at TIMESTAMP WITH TIME ZONE NOT NULL,
-    token_generation INTEGER NOT NULL,
-    PRIMARY KEY (id),
-    UNIQUE (email)
-);
-CREATE TABLE task (
-    id BIGSERIAL NOT NULL,
-    user_id BIGINT NOT NULL,
-    title VARCHAR(200) NOT NULL,
-    description VARCHAR(1000),
-    completed BOOLEAN NOT NULL,
-    priority VARCHAR(6) NOT NULL,
-    due_date TIMESTAMP WITH TIME ZONE,
-    recurrence VARCHAR(7) NOT NULL,
-    next_occurrence_created BOOLEAN NOT NULL,
-    created_at TIMESTAMP WITH TIME ZONE NOT NULL,
-    updated_at TIMESTAMP WITH TIME ZONE NOT NULL,
-    completed_at TIMESTAMP WITH TIME ZONE,
-    PRIMARY KEY (id),
-    CONSTRAINT recurring_task_has_due_date CHECK (recurrence = 'none' OR due_date IS NOT NULL),
-    FOREIGN KEY(user_id) REFERENCES "user" (id) ON DELETE CASCADE
-);
-CREATE INDEX ix_task_user_created ON task (user_id, created_at, id);
-CREATE TABLE tasktag (
-    task_id BIGINT NOT NULL,
-    name VARCHAR(30) NOT NULL,
-    PRIMARY KEY (task_id, name),
-    FOREIGN KEY(task_id) REFERENCES task (id) ON DELETE CASCADE
-);
-""",
-}
+TEST_DATA = REPO_ROOT / "test_data"
+
+
+def release_before_migrations(dialect: str) -> list[str]:
+    """The schema that the release before migrations made with SQLModel.metadata.create_all,
+    statement for statement."""
+    return (TEST_DATA / f"release-before-migrations.{dialect}.sql").read_text().split(";")
 
 MARCH_1 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 
@@ -169,7 +73,7 @@ def database(database_url) -> Engine:
 
 def build_release_before_migrations(engine: Engine) -> None:
     with engine.begin() as connection:
-        for statement in RELEASE_BEFORE_MIGRATIONS[engine.dialect.name].split(";"):
+        for statement in release_before_migrations(engine.dialect.name):
             if statement.strip():
                 connection.exec_driver_sql(statement)
 
