@@ -5,10 +5,9 @@ import os
 import re
 import secrets
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Annotated, NamedTuple, TypeVar
+from typing import Annotated, NamedTuple
 
 import bcrypt
 import jwt
@@ -33,7 +32,6 @@ CANONICAL_USER_ID = re.compile(r"[1-9][0-9]{0,18}")
 TOKEN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 FAMILY_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")  # the token family id column's size
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-T = TypeVar("T")
 
 # bcrypt is slow on purpose and releases the GIL: so few threads hash at once, a login burst leaves CPU to the rest.
 HASHING_THREADS = max(1, (os.cpu_count() or 1) // 2)
@@ -51,7 +49,7 @@ class HashingBusy(HTTPException):
         super().__init__(status.HTTP_503_SERVICE_UNAVAILABLE, HASHING_BUSY, headers={"Retry-After": "1"})
 
 
-def run_hash(function: Callable[..., T], *args) -> T:
+def run_hash(function, *args):
     """Run a bcrypt function in this thread once a hashing thread is free; HashingBusy when every slot is taken."""
     if not hashing_slots.acquire(blocking=False):
         raise HashingBusy()
@@ -206,10 +204,9 @@ def get_current_user(claims: TokenClaimsDep, session: SessionDep) -> User:
         raise invalid_credentials()
     user, revoked, family_alive = row
     session_ended = claims.family_id is not None and not family_alive  # logout, a replayed refresh token
-    if revoked or session_ended or user.token_generation != claims.generation:  # or password changed
-        raise invalid_credentials()
-    # Another account given the same id. A token without acct passes on id and generation alone.
-    if claims.account is not None and account_stamp(user) != claims.account:
+    # Another account given the same id; a token without acct passes on id and generation alone.
+    other_account = claims.account is not None and account_stamp(user) != claims.account
+    if revoked or session_ended or other_account or user.token_generation != claims.generation:  # or password changed
         raise invalid_credentials()
     return user
 

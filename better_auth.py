@@ -1,7 +1,6 @@
-"""Tokens from Better Auth (https://www.better-auth.com), for Next.js frontends that sign their users
-in there. BETTER_AUTH_URL turns on the jwt() plugin's tokens, checked against its key set; BETTER_AUTH_SECRET
-HS256 tokens {sub, exp} that a frontend signs itself (config.py). Each (issuer, sub) is an account of its
-own, never linked to a local one by email; auth.py asks here only after a token failed as one of ours."""
+"""Tokens from Better Auth (https://www.better-auth.com), for Next.js frontends that sign their users in there.
+BETTER_AUTH_URL turns on the jwt() plugin's tokens, checked against its key set; BETTER_AUTH_SECRET HS256 tokens
+{sub, exp} that a frontend signs itself (config.py). Each (issuer, sub) is its own account, never linked by email."""
 
 import hashlib
 import json
@@ -103,7 +102,7 @@ class KeySet:
         now = self.clock()
         if self.attempted_at is not None and now - self.attempted_at < REFETCH_INTERVAL_SECONDS:
             if self.failing:
-                raise KeySetUnavailable(max(1, math.ceil(REFETCH_INTERVAL_SECONDS - (now - self.attempted_at))))
+                raise KeySetUnavailable(math.ceil(REFETCH_INTERVAL_SECONDS - (now - self.attempted_at)))
             return None  # the key set is fresh and has no such key
         self.attempted_at, self.fetching = now, Event()
         try:  # in a worker thread: it blocks for up to FETCH_TIMEOUT_SECONDS

@@ -72,8 +72,7 @@ def token_response(user: User, refresh: IssuedRefreshToken) -> TokenResponse:
 
 
 def authenticate(session: Session, check: PasswordCheck, email: str, password: str, now: datetime) -> TokenResponse:
-    # The OAuth2 form's username is not validated as an email, and PostgreSQL refuses a
-    # NUL in text; no stored email has one, so such a login simply fails.
+    # The form's username is no EmailStr, and PostgreSQL refuses a NUL in text: no email has one, so the login fails.
     user = None if "\x00" in email else session.exec(select(User).where(User.email == email.lower())).first()
     if not check.matches(email, password, user.password_hash if user else None):
         raise invalid_credentials(LOGIN_FAILED)
@@ -139,8 +138,7 @@ def logout(claims: TokenClaimsDep, user: CurrentUser, session: SessionDep, now: 
     dependencies=LIMITED_SIGNED_IN,
 )
 def change_password(body: PasswordChange, user: CurrentUser, session: SessionDep, check: PasswordCheckDep) -> Response:
-    """Set a new password (same rules as at signup). Every token issued before the change,
-    access or refresh, this one included, stops working: log in again with the new password."""
+    """Set a new password (signup's rules). Every token issued before it, this one too, stops working: log in again."""
     check.confirm(user, body.current_password)
     new_hash = hash_password(body.new_password)
     # Compare-and-set on the generation this request's token was checked against: of concurrent
