@@ -1,15 +1,13 @@
-"""Passwords (bcrypt, the dummy hash, the rate-limited password check), tokens (PyJWT HS256), and
-the dependency chain token -> user -> "the path's user_id is this user".
-bcrypt and PyJWT directly: passlib breaks on bcrypt 4+, and passlib and python-jose are unmaintained."""
+"""Passwords (bcrypt, the dummy hash, the rate-limited password check), tokens (PyJWT HS256) and the chain
+token -> user -> "the path's user_id is this user". bcrypt and PyJWT directly: passlib breaks on bcrypt 4+."""
 
 import os
 import re
 import secrets
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Annotated, NamedTuple, TypeVar
+from typing import Annotated, NamedTuple
 
 import bcrypt
 import jwt
@@ -20,13 +18,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 import better_auth
-from better_auth import BetterAuthClaims, KeySetUnavailable
+from better_auth import BetterAuthClaims
 from config import settings
 from db import Now, SessionDep
-from limits import ClientAddress, LimitsDep, clear_login_failures, count_login_attempt, limit_auth_requests
-from limits import withdraw_login_attempt
+from limits import ClientAddress, LimitsDep, clear_login_failures, count_login_attempt, withdraw_login_attempt
 from models import RevokedToken, TokenFamily, User
-from schemas import BCRYPT_MAX_BYTES, MAX_ID, UserIdPath, error_response
+from schemas import BCRYPT_MAX_BYTES, MAX_ID, UserIdPath
 
 JWT_ALGORITHM = "HS256"
 # What this API writes: sub in plain decimal, jti from token_urlsafe (at most the jti
@@ -35,13 +32,10 @@ CANONICAL_USER_ID = re.compile(r"[1-9][0-9]{0,18}")
 TOKEN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 FAMILY_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")  # the token family id column's size
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-T = TypeVar("T")
 
-# bcrypt is slow on purpose and releases the GIL: at most this many threads hash at once,
-# so a burst of logins leaves CPU for every other request.
+# bcrypt is slow on purpose and releases the GIL: so few threads hash at once, a login burst leaves CPU to the rest.
 HASHING_THREADS = max(1, (os.cpu_count() or 1) // 2)
-# A request waiting to hash holds one of FastAPI's 40 threadpool threads: beyond this many
-# hashing or waiting, a request is refused at once (503), so a burst cannot take them all.
+# A request waiting to hash holds one of FastAPI's 40 threadpool threads: beyond this many, 503 at once.
 MAX_HASHES_IN_FLIGHT = min(8 * HASHING_THREADS, 16)
 hashing_slots = threading.BoundedSemaphore(MAX_HASHES_IN_FLIGHT)
 hashes_running = threading.BoundedSemaphore(HASHING_THREADS)
@@ -55,9 +49,8 @@ class HashingBusy(HTTPException):
         super().__init__(status.HTTP_503_SERVICE_UNAVAILABLE, HASHING_BUSY, headers={"Retry-After": "1"})
 
 
-def run_hash(function: Callable[..., T], *args) -> T:
-    """Run a bcrypt function in this thread, once fewer than HASHING_THREADS hash; HashingBusy when
-    every slot is taken."""
+def run_hash(function, *args):
+    """Run a bcrypt function in this thread once a hashing thread is free; HashingBusy when every slot is taken."""
     if not hashing_slots.acquire(blocking=False):
         raise HashingBusy()
     try:
@@ -88,9 +81,8 @@ def invalid_credentials(detail: str = "Could not validate credentials") -> HTTPE
     return HTTPException(status.HTTP_401_UNAUTHORIZED, detail, headers={"WWW-Authenticate": "Bearer"})
 
 
-PASSWORD_IN_BETTER_AUTH = (
-    "This account signs in with Better Auth, which keeps its password: change the password or delete the user there"
-)
+PASSWORD_IN_BETTER_AUTH = ("This account signs in with Better Auth, which keeps its password: "
+                           "change the password or delete the user there")
 
 
 @dataclass(frozen=True)
@@ -115,8 +107,7 @@ class PasswordCheck:
         return matched
 
     def confirm(self, user: User, password: str) -> None:
-        """401 unless `password` is the signed-in user's, for the routes that change the account;
-        403 for a Better Auth account, whose password is not here to check."""
+        """401 unless `password` is the signed-in user's; 403 for a Better Auth account, whose password is not here."""
         if user.password_hash is None:
             raise HTTPException(status.HTTP_403_FORBIDDEN, detail=PASSWORD_IN_BETTER_AUTH)
         if not self.matches(user.email, password, user.password_hash):
@@ -163,7 +154,8 @@ def is_plain(pattern: re.Pattern, value: object) -> bool:
     return isinstance(value, str) and pattern.fullmatch(value) is not None
 
 
-async def get_token_claims(token: Annotated[str, Depends(oauth2_scheme)]) -> TokenClaims:
+async def get_token_claims(token: Annotated[str, Depends(oauth2_scheme)]) -> TokenClaims | BetterAuthClaims:
+    """Our own token's claims, or else (when configured) a Better Auth token's: ours first, at no extra cost."""
     # async def: decoding is pure CPU, so it runs on the event loop without a thread hop.
     try:
         required = ["exp", "iat", "sub", "jti", "gen"]
@@ -178,43 +170,19 @@ async def get_token_claims(token: Annotated[str, Depends(oauth2_scheme)]) -> Tok
         ):
             raise ValueError("not a token this API issues")
         expires_at = datetime.fromtimestamp(claims["exp"], timezone.utc)
+        return TokenClaims(
+            int(claims["sub"]), claims["jti"], claims["gen"], claims.get("acct"), claims.get("fam"), expires_at
+        )
     except (jwt.InvalidTokenError, ValueError, TypeError, OverflowError, OSError):
-        raise invalid_credentials() from None
-    return TokenClaims(
-        int(claims["sub"]), claims["jti"], claims["gen"], claims.get("acct"), claims.get("fam"), expires_at
-    )
-
-
-def retry_later_response(description: str, detail: str) -> dict:
-    """error_response for a 429 or 503 that tells the client when to try again."""
-    retry_after = {"description": "Seconds to wait before trying again", "schema": {"type": "integer"}}
-    return {**error_response(description, detail), "headers": {"Retry-After": retry_after}}
-
-
-KEY_SET_UNAVAILABLE = "Better Auth's key set cannot be fetched; try again shortly"
-# Documented on every route that takes a token.
-KEY_SET_UNAVAILABLE_RESPONSE = {
-    503: retry_later_response("A Better Auth token, while Better Auth's key set cannot be fetched", KEY_SET_UNAVAILABLE)
-}
-
-
-async def get_any_token_claims(token: Annotated[str, Depends(oauth2_scheme)]) -> TokenClaims | BetterAuthClaims:
-    """Our own token's claims, or else (when configured) a Better Auth token's: ours first, at no extra cost."""
-    try:
-        return await get_token_claims(token)
-    except HTTPException:
         if not better_auth.verifier.enabled:
-            raise
-    try:
+            raise invalid_credentials() from None
+    try:  # better_auth.KeySetUnavailable, a 503, passes through
         return await better_auth.verifier.verify(token)
-    except KeySetUnavailable as unavailable:
-        retry_after = {"Retry-After": str(unavailable.retry_after)}
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, KEY_SET_UNAVAILABLE, headers=retry_after) from None
     except (jwt.PyJWTError, ValueError, TypeError, OverflowError, OSError):
         raise invalid_credentials() from None
 
 
-TokenClaimsDep = Annotated[TokenClaims | BetterAuthClaims, Depends(get_any_token_claims)]
+TokenClaimsDep = Annotated[TokenClaims | BetterAuthClaims, Depends(get_token_claims)]
 
 
 # One query, three primary-key lookups: the user, whether this token was logged out, and whether its
@@ -236,19 +204,14 @@ def get_current_user(claims: TokenClaimsDep, session: SessionDep) -> User:
         raise invalid_credentials()
     user, revoked, family_alive = row
     session_ended = claims.family_id is not None and not family_alive  # logout, a replayed refresh token
-    if revoked or session_ended or user.token_generation != claims.generation:  # or password changed
-        raise invalid_credentials()
-    # Another account given the same id. A token without acct passes on id and generation alone.
-    if claims.account is not None and account_stamp(user) != claims.account:
+    # Another account given the same id; a token without acct passes on id and generation alone.
+    other_account = claims.account is not None and account_stamp(user) != claims.account
+    if revoked or session_ended or other_account or user.token_generation != claims.generation:  # or password changed
         raise invalid_credentials()
     return user
 
 
 CurrentUser = Annotated[User, Depends(get_current_user)]
-
-
-def limit_password_checks(user: CurrentUser, counted: Annotated[None, Depends(limit_auth_requests)]) -> None:
-    """limit_auth_requests once the token is valid: a request with a bad token never reaches bcrypt."""
 
 
 async def get_path_owner(user_id: UserIdPath, user: CurrentUser) -> User:

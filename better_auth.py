@@ -1,7 +1,6 @@
-"""Tokens from Better Auth (https://www.better-auth.com), for Next.js frontends that sign their users
-in there. BETTER_AUTH_URL turns on the jwt() plugin's tokens, checked against its key set; BETTER_AUTH_SECRET
-HS256 tokens {sub, exp} that a frontend signs itself (config.py). Each (issuer, sub) is an account of its
-own, never linked to a local one by email; auth.py asks here only after a token failed as one of ours."""
+"""Tokens from Better Auth (https://www.better-auth.com), for Next.js frontends that sign their users in there.
+BETTER_AUTH_URL turns on the jwt() plugin's tokens, checked against its key set; BETTER_AUTH_SECRET HS256 tokens
+{sub, exp} that a frontend signs itself (config.py). Each (issuer, sub) is its own account, never linked by email."""
 
 import hashlib
 import json
@@ -10,13 +9,13 @@ import math
 import re
 import time
 import urllib.request
-from collections.abc import Callable
 from datetime import datetime, timezone
 from http.client import HTTPException as HTTPProtocolError
 from typing import NamedTuple
 
 import jwt
 from anyio import Event, to_thread
+from fastapi import HTTPException, status
 from sqlalchemy import exists
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
@@ -34,6 +33,7 @@ MAX_KEY_SET_BYTES = 256 * 1024
 # Better Auth's clock is another machine's: a token issued a moment "in the future" or expired a moment ago counts.
 CLOCK_SKEW_SECONDS = 10
 SUBJECT = re.compile(USER_ID_PATTERN)  # a sub that can name the account in the path
+KEY_SET_UNAVAILABLE = "Better Auth's key set cannot be fetched; try again shortly"
 
 log = logging.getLogger("uvicorn.error")  # where uvicorn writes its own messages
 logged_causes: set[str] = set()
@@ -46,16 +46,11 @@ def log_once(cause: str, message: str, *args: object) -> None:
         log.warning("Refused a Better Auth token: " + message + " (logged once)", *args)
 
 
-def shown(value: object) -> str:
-    return repr(value)[:120]
-
-
-class KeySetUnavailable(Exception):
-    """The key set could not be fetched: the request gets 503 with Retry-After."""
+class KeySetUnavailable(HTTPException):
+    """503: the key set could not be fetched; Retry-After says when it will be tried again."""
 
     def __init__(self, retry_after: int) -> None:
-        super().__init__("Better Auth's key set cannot be fetched")
-        self.retry_after = retry_after
+        super().__init__(status.HTTP_503_SERVICE_UNAVAILABLE, KEY_SET_UNAVAILABLE, {"Retry-After": str(retry_after)})
 
 
 class BetterAuthClaims(NamedTuple):
@@ -85,11 +80,10 @@ def download_key_set(url: str) -> dict[str, jwt.PyJWK]:
 
 
 class KeySet:
-    """Better Auth's public keys: fetched at first use (Better Auth may start after us), cached, and
-    fetched again for an unknown kid at most every REFETCH_INTERVAL_SECONDS. Its state changes only
-    on the event loop, so it needs no lock: requests wait there, holding no thread, for the one fetch."""
+    """Better Auth's public keys, fetched at first use (Better Auth may start after us) and again for an unknown
+    kid. Changed only on the event loop, so no lock: requests wait there, holding no thread, for the one fetch."""
 
-    def __init__(self, url: str, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, url: str, clock=time.monotonic) -> None:
         self.url = url
         self.clock = clock
         self.keys: dict[str, jwt.PyJWK] = {}
@@ -108,7 +102,7 @@ class KeySet:
         now = self.clock()
         if self.attempted_at is not None and now - self.attempted_at < REFETCH_INTERVAL_SECONDS:
             if self.failing:
-                raise KeySetUnavailable(max(1, math.ceil(REFETCH_INTERVAL_SECONDS - (now - self.attempted_at))))
+                raise KeySetUnavailable(math.ceil(REFETCH_INTERVAL_SECONDS - (now - self.attempted_at)))
             return None  # the key set is fresh and has no such key
         self.attempted_at, self.fetching = now, Event()
         try:  # in a worker thread: it blocks for up to FETCH_TIMEOUT_SECONDS
@@ -131,16 +125,11 @@ class KeySet:
 class BetterAuth:
     """Checks Better Auth tokens of the configured kinds."""
 
-    def __init__(
-        self, url: str | None, jwks_url: str | None, secret: str | None, clock: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, url: str | None, jwks_url: str | None, secret: str | None, clock=time.monotonic) -> None:
         self.url = url
         self.secret = secret
         self.key_set = KeySet(jwks_url or f"{url}/api/auth/jwks", clock) if url else None
-
-    @property
-    def enabled(self) -> bool:
-        return self.key_set is not None or self.secret is not None
+        self.enabled = self.key_set is not None or secret is not None
 
     async def verify(self, token: str) -> BetterAuthClaims:
         """The token's claims, or jwt.InvalidTokenError (a 401), or KeySetUnavailable (a 503)."""
@@ -155,19 +144,19 @@ class BetterAuth:
             algorithm = key.algorithm_name
         else:
             if algorithm in KEY_SET_ALGORITHMS:
-                log_once("no url", "it is signed with %s, which needs BETTER_AUTH_URL to be set", shown(algorithm))
+                log_once("no url", "it is signed with %.120r, which needs BETTER_AUTH_URL to be set", algorithm)
             raise jwt.InvalidAlgorithmError("not an algorithm of a configured kind")
         # iss and aud are checked after the signature, so that a mismatch can be logged.
         options = {"require": ["exp", "sub", *checked], "verify_iss": False, "verify_aud": False}
         claims = jwt.decode(token, key, algorithms=[algorithm], leeway=CLOCK_SKEW_SECONDS, options=options)
         if checked:  # a key of our key set, but another URL: usually BETTER_AUTH_URL spelt unlike baseURL
-            iss, aud, url = claims["iss"], claims["aud"], shown(self.url)
-            if iss != self.url:
-                log_once("iss", "its iss is %s, but BETTER_AUTH_URL is %s: they must be equal", shown(iss), url)
+            iss, aud, url = claims["iss"], claims["aud"], self.url
+            if iss != url:
+                log_once("iss", "its iss is %.120r, but BETTER_AUTH_URL is %.120r: they must be equal", iss, url)
                 raise jwt.InvalidIssuerError("wrong iss")
             audiences = [aud] if isinstance(aud, str) else aud
-            if not isinstance(audiences, list) or self.url not in audiences:
-                log_once("aud", "its aud is %s, but BETTER_AUTH_URL is %s: it must be one of them", shown(aud), url)
+            if not isinstance(audiences, list) or url not in audiences:
+                log_once("aud", "its aud is %.120r, but BETTER_AUTH_URL is %.120r: it must be one of them", aud, url)
                 raise jwt.InvalidAudienceError("wrong aud")
         subject = claims["sub"]
         if not isinstance(subject, str) or not SUBJECT.fullmatch(subject):
@@ -179,6 +168,7 @@ class BetterAuth:
 
 
 verifier = BetterAuth(settings.better_auth_url, settings.better_auth_jwks_url, settings.better_auth_secret)
+
 
 def find_or_create_user(session: Session, claims: BetterAuthClaims) -> tuple[User, bool]:
     """The token's account, made by its first valid token (of two at once, the unique constraint lets

@@ -1,6 +1,5 @@
-"""Sign up, log in (JSON, or the OAuth2 form of Swagger UI's Authorize button), refresh the tokens,
-read the current user, log out, change the password and delete the account. Signups, logins and
-every password check count against the abuse limits in limits.py."""
+"""Sign up, log in (JSON, or the OAuth2 form of Swagger UI's Authorize button), refresh the tokens, read the
+current user, log out, change the password and delete the account, within the abuse limits of limits.py."""
 
 from datetime import datetime
 from typing import Annotated
@@ -11,35 +10,38 @@ from sqlalchemy import delete, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
-from auth import HASHING_BUSY, KEY_SET_UNAVAILABLE_RESPONSE, PASSWORD_IN_BETTER_AUTH, CurrentUser, PasswordCheck
-from auth import PasswordCheckDep, TokenClaimsDep, create_access_token, hash_password, invalid_credentials
-from auth import limit_password_checks, retry_later_response, revoke_token
+from auth import HASHING_BUSY, PASSWORD_IN_BETTER_AUTH, CurrentUser, PasswordCheck, PasswordCheckDep, TokenClaimsDep
+from auth import create_access_token, get_current_user, hash_password, invalid_credentials, revoke_token
+from better_auth import KEY_SET_UNAVAILABLE
 from config import settings
 from db import Now, SessionDep
 from limits import TOO_MANY_AUTH_REQUESTS, TOO_MANY_FAILED_LOGINS, limit_auth_requests
 from models import User, utc_now
-from refresh_tokens import INVALID_REFRESH_TOKEN, IssuedRefreshToken, end_every_family, end_family, rotate
-from refresh_tokens import start_family
+from refresh_tokens import INVALID_REFRESH_TOKEN, IssuedRefreshToken, end_every_family, end_family, rotate, start_family
 from schemas import VALIDATION_ERROR, PasswordChange, PasswordConfirmation, RefreshRequest, TokenResponse
 from schemas import UserCreate, UserLogin, UserPublic, error_response
 
 router = APIRouter(prefix="/api/auth", tags=["auth"])
 
+KEY_SET_DOWN = "A Better Auth token, while Better Auth's key set cannot be fetched"
 NOT_AUTHENTICATED = {
-    401: error_response("Missing, invalid or expired token", "Not authenticated"), **KEY_SET_UNAVAILABLE_RESPONSE
+    401: error_response("Missing, invalid or expired token", "Not authenticated"),
+    503: error_response(KEY_SET_DOWN, KEY_SET_UNAVAILABLE, retry_after=True),
 }
 AUTH_REQUESTS = "Too many signups, logins, refreshes and password checks from this address"
-LIMITED_AUTH_REQUESTS = {429: retry_later_response(AUTH_REQUESTS, TOO_MANY_AUTH_REQUESTS)}
-# Every route that hashes or checks a password.
-HASHING_BUSY_RESPONSE = {503: retry_later_response("Too many password hashes already running or waiting", HASHING_BUSY)}
-FAILED_LOGINS = (
-    "Too many failed logins for this email from this address, "
-    "or too many signups, logins and password checks from this address"
-)
-# Every route that checks a typed password.
-COUNTED_PASSWORD_ERRORS = {
-    429: retry_later_response(FAILED_LOGINS, TOO_MANY_FAILED_LOGINS), **HASHING_BUSY_RESPONSE, **VALIDATION_ERROR
+LIMITED_AUTH_REQUESTS = {429: error_response(AUTH_REQUESTS, TOO_MANY_AUTH_REQUESTS, retry_after=True)}
+HASHES = "Too many password hashes already running or waiting"
+HASHING_BUSY_RESPONSE = {503: error_response(HASHES, HASHING_BUSY, retry_after=True)}  # every route that hashes
+FAILED_LOGINS = ("Too many failed logins for this email from this address, "
+                 "or too many signups, logins and password checks from this address")
+LOCKED_OUT = {429: error_response(FAILED_LOGINS, TOO_MANY_FAILED_LOGINS, retry_after=True)}
+COUNTED_PASSWORD_ERRORS = LOCKED_OUT | HASHING_BUSY_RESPONSE | VALIDATION_ERROR  # every route that checks a password
+EMAIL_TAKEN = "Email already registered"
+SIGNUP_ERRORS = {
+    409: error_response(EMAIL_TAKEN, EMAIL_TAKEN), **LIMITED_AUTH_REQUESTS, **HASHING_BUSY_RESPONSE, **VALIDATION_ERROR
 }
+REFRESH_FAILED = {401: error_response("Unknown, expired, used or ended refresh token", INVALID_REFRESH_TOKEN)}
+REFRESH_ERRORS = REFRESH_FAILED | LIMITED_AUTH_REQUESTS | VALIDATION_ERROR
 LOGIN_FAILED = "Incorrect email or password"
 LOGIN_ERRORS = {401: error_response(LOGIN_FAILED, LOGIN_FAILED), **COUNTED_PASSWORD_ERRORS}
 PASSWORD_CHECK_ERRORS = {
@@ -48,11 +50,14 @@ PASSWORD_CHECK_ERRORS = {
     **COUNTED_PASSWORD_ERRORS,
 }
 PASSWORD_CHANGED_CONCURRENTLY = "The password was changed by another request at the same time; log in again"
+RACE_LOST = "Another password change for this account won the race"
+CONCURRENT_CHANGE = {409: error_response(RACE_LOST, PASSWORD_CHANGED_CONCURRENTLY)}
 # The OAuth2 form has no model of our own, so its example sits on the request body itself.
 FORM_EXAMPLE = {"username": "alice@example.com", "password": "correct horse battery"}
 FORM_BODY = {"requestBody": {"content": {"application/x-www-form-urlencoded": {"example": FORM_EXAMPLE}}}}
+OAuth2Form = Annotated[OAuth2PasswordRequestForm, Depends()]
 LIMITED = [Depends(limit_auth_requests)]
-LIMITED_SIGNED_IN = [Depends(limit_password_checks)]
+LIMITED_SIGNED_IN = [Depends(get_current_user), LIMITED[0]]  # the token first: a bad one is not counted
 
 
 def token_response(user: User, refresh: IssuedRefreshToken) -> TokenResponse:
@@ -67,24 +72,14 @@ def token_response(user: User, refresh: IssuedRefreshToken) -> TokenResponse:
 
 
 def authenticate(session: Session, check: PasswordCheck, email: str, password: str, now: datetime) -> TokenResponse:
-    # The OAuth2 form's username is not validated as an email, and PostgreSQL refuses a
-    # NUL in text; no stored email has one, so such a login simply fails.
+    # The form's username is no EmailStr, and PostgreSQL refuses a NUL in text: no email has one, so the login fails.
     user = None if "\x00" in email else session.exec(select(User).where(User.email == email.lower())).first()
     if not check.matches(email, password, user.password_hash if user else None):
         raise invalid_credentials(LOGIN_FAILED)
     return token_response(user, start_family(session, user, now))
 
 
-EMAIL_TAKEN = {409: error_response("Email already registered", "Email already registered")}
-
-
-@router.post(
-    "/signup",
-    status_code=201,
-    summary="Create an account",
-    responses={**EMAIL_TAKEN, **LIMITED_AUTH_REQUESTS, **HASHING_BUSY_RESPONSE, **VALIDATION_ERROR},
-    dependencies=LIMITED,
-)
+@router.post("/signup", status_code=201, summary="Create an account", responses=SIGNUP_ERRORS, dependencies=LIMITED)
 def signup(body: UserCreate, session: SessionDep, now: Now) -> TokenResponse:
     """Create a user and return a bearer token for it, so the client is logged in at once."""
     user = User(email=body.email.lower(), name=body.name, password_hash=hash_password(body.password))
@@ -93,7 +88,7 @@ def signup(body: UserCreate, session: SessionDep, now: Now) -> TokenResponse:
         session.commit()
     except IntegrityError:  # the unique email index is the one source of truth, even under races
         session.rollback()
-        raise HTTPException(status.HTTP_409_CONFLICT, detail="Email already registered") from None
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=EMAIL_TAKEN) from None
     return token_response(user, start_family(session, user, now))
 
 
@@ -106,30 +101,17 @@ def login(body: UserLogin, session: SessionDep, check: PasswordCheckDep, now: No
 @router.post(
     "/token", summary="Log in (OAuth2 form)", responses=LOGIN_ERRORS, openapi_extra=FORM_BODY, dependencies=LIMITED
 )
-def login_form(
-    form: Annotated[OAuth2PasswordRequestForm, Depends()], session: SessionDep, check: PasswordCheckDep, now: Now
-) -> TokenResponse:
-    """The OAuth2 password flow: a form with username (your email) and password.
-    This is the tokenUrl that Swagger UI's Authorize button uses."""
+def login_form(form: OAuth2Form, session: SessionDep, check: PasswordCheckDep, now: Now) -> TokenResponse:
+    """The OAuth2 password flow (username is your email): the tokenUrl of Swagger UI's Authorize button."""
     # Stripped as the JSON login's EmailStr is, so both forms accept the same email.
     return authenticate(session, check, form.username.strip(), form.password, now)
 
 
-@router.post(
-    "/refresh",
-    summary="Trade a refresh token for new tokens",
-    responses={
-        401: error_response("Unknown, expired, used or ended refresh token", INVALID_REFRESH_TOKEN),
-        **LIMITED_AUTH_REQUESTS,
-        **VALIDATION_ERROR,
-    },
-    dependencies=LIMITED,
-)
+@router.post("/refresh", summary="Trade a refresh token for new tokens", responses=REFRESH_ERRORS, dependencies=LIMITED)
 def refresh(body: RefreshRequest, session: SessionDep, now: Now) -> TokenResponse:
-    """Use up the refresh token and get a new access token and a new refresh token, in the
-    same session. A refresh token presented again after its grace period (10 seconds by
-    default) ends the whole session: every refresh and access token issued in it. Within
-    it, another tab refreshing at the same moment gets a pair of its own."""
+    """Use up the refresh token for a new access token and refresh token in the same session. Presented again
+    after its grace period (10 seconds by default), it ends the whole session: every token issued in it.
+    Within the grace period, another tab refreshing at the same moment gets a pair of its own."""
     user, issued = rotate(session, body.refresh_token, now)
     return token_response(user, issued)
 
@@ -152,18 +134,11 @@ def logout(claims: TokenClaimsDep, user: CurrentUser, session: SessionDep, now: 
 
 
 @router.put(
-    "/password",
-    status_code=204,
-    summary="Change the password",
-    responses={
-        **PASSWORD_CHECK_ERRORS,
-        409: error_response("Another password change for this account won the race", PASSWORD_CHANGED_CONCURRENTLY),
-    },
+    "/password", status_code=204, summary="Change the password", responses=PASSWORD_CHECK_ERRORS | CONCURRENT_CHANGE,
     dependencies=LIMITED_SIGNED_IN,
 )
 def change_password(body: PasswordChange, user: CurrentUser, session: SessionDep, check: PasswordCheckDep) -> Response:
-    """Set a new password (same rules as at signup). Every token issued before the change,
-    access or refresh, this one included, stops working: log in again with the new password."""
+    """Set a new password (signup's rules). Every token issued before it, this one too, stops working: log in again."""
     check.confirm(user, body.current_password)
     new_hash = hash_password(body.new_password)
     # Compare-and-set on the generation this request's token was checked against: of concurrent
