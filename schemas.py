@@ -73,8 +73,7 @@ UtcDateTime = Annotated[datetime, BeforeValidator(utc_date_time)]
 
 
 def example(**fields: object) -> ConfigDict:
-    """A model's example in /openapi.json, so "Try it out" starts from a valid body (test_docs.py
-    checks each). No null values: FastAPI drops every None from the schema, examples included."""
+    """A model's example for "Try it out" (test_docs.py checks each); no None values: FastAPI drops them."""
     return ConfigDict(json_schema_extra={"examples": [fields]})
 
 
