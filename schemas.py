@@ -1,6 +1,5 @@
-"""Request and response shapes, and the OpenAPI error-response helpers. Input models name only
-the fields a client may set, so id, user_id and the timestamps can never be written through
-the API: unknown fields are ignored."""
+"""Request and response shapes, and the OpenAPI error-response helpers. Input models name only the
+fields a client may set (unknown fields are ignored), so id, user_id and timestamps are never written."""
 
 from datetime import datetime, timezone
 from typing import Annotated, Literal
@@ -20,15 +19,14 @@ TAG_MAX_LENGTH = 30
 RECURRENCE_NEEDS_DUE_DATE = "A recurring task needs a due_date"
 EXAMPLE_TIME = "2026-03-01T12:00:00Z"
 EXAMPLE_REFRESH_TOKEN = "Xq3V0m9rJ2kT8bYwL5nC1sD7fG4hP6aZ0eR2tU8iO3w"
+EXAMPLE_USER = {"id": 1, "email": "alice@example.com", "name": "Alice", "created_at": EXAMPLE_TIME}
 
 Priority = Literal["low", "medium", "high"]
 Recurrence = Literal["none", "daily", "weekly", "monthly"]
 IdPath = Annotated[int, Path(ge=1, le=MAX_ID)]
 USER_ID_PATTERN = r"^[A-Za-z0-9._~-]{1,255}$"  # a numeric id, or a Better Auth user id (URL-safe)
-UserIdPath = Annotated[str, Path(
-    pattern=USER_ID_PATTERN, examples=["1"],
-    description="Your numeric id, or, for a Better Auth account, its Better Auth user id",
-)]
+UserIdPath = Annotated[str, Path(pattern=USER_ID_PATTERN, examples=["1"],
+                                 description="Your numeric id, or, for a Better Auth account, its Better Auth user id")]
 
 
 def plain_text(value: str) -> str:
@@ -43,8 +41,7 @@ def plain_text(value: str) -> str:
 
 
 def utc_date_time(value: object) -> datetime:
-    """ISO 8601 only (pydantic would also read a number as seconds since 1970); no offset means
-    UTC; within the storable years."""
+    """ISO 8601 only (pydantic would also read a number as seconds since 1970); no offset means UTC."""
     if isinstance(value, str):
         try:
             value = datetime.fromisoformat(value)
@@ -69,23 +66,16 @@ PlainText = AfterValidator(plain_text)  # after the length checks, which must se
 Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), PlainText]
 Description = Annotated[str, StringConstraints(max_length=1000), PlainText]
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), PlainText]
-TagName = Annotated[
-    str,
-    StringConstraints(strip_whitespace=True, to_lower=True, min_length=1, max_length=TAG_MAX_LENGTH),
-    AfterValidator(fits_tag_column),
-    PlainText,
-]
+TagText = StringConstraints(strip_whitespace=True, to_lower=True, min_length=1, max_length=TAG_MAX_LENGTH)
+TagName = Annotated[str, TagText, AfterValidator(fits_tag_column), PlainText]
 Tags = Annotated[list[TagName], Field(max_length=10), AfterValidator(lambda tags: list(dict.fromkeys(tags)))]
 UtcDateTime = Annotated[datetime, BeforeValidator(utc_date_time)]
 
 
 def example(**fields: object) -> ConfigDict:
-    """A model's example in /openapi.json, so "Try it out" starts from a valid body (test_docs.py
-    checks each). No null values: FastAPI drops every None from the schema, examples included."""
+    """A model's example for "Try it out" (test_docs.py checks each); no None values: FastAPI drops them."""
     return ConfigDict(json_schema_extra={"examples": [fields]})
 
-
-# --- errors and health ---
 
 class ErrorMessage(SQLModel):
     model_config = example(detail="Task not found")
@@ -98,8 +88,8 @@ RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before trying aga
 def error_response(description: str, detail: str, *, retry_after: bool = False) -> dict:
     """One entry of a route's responses=: the ErrorMessage shape with this status's own detail."""
     content = {"application/json": {"example": {"detail": detail}}}
-    response = {"model": ErrorMessage, "description": description, "content": content}
-    return response | {"headers": RETRY_AFTER} if retry_after else response
+    headers = {"headers": RETRY_AFTER} if retry_after else {}
+    return {"model": ErrorMessage, "description": description, "content": content, **headers}
 
 
 class FieldError(SQLModel):
@@ -110,9 +100,7 @@ class FieldError(SQLModel):
 
 
 class ValidationErrorMessage(SQLModel):
-    """What a 422 really carries: FastAPI's usual list of errors, without the echoed input
-    (main.py drops it, since it could be a password)."""
-
+    """What a 422 carries: FastAPI's list of errors, without the echoed input (it could be a password)."""
     model_config = example(detail=[{"type": "string_too_short", "loc": ["body", "title"],
                                     "msg": "String should have at least 1 character", "ctx": {"min_length": 1}}])
     detail: list[FieldError]
@@ -125,8 +113,6 @@ class HealthStatus(SQLModel):
     model_config = example(status="ok")
     status: Literal["ok"] = "ok"
 
-
-# --- users and tokens ---
 
 def password_within_bcrypt_limits(password: str) -> str:
     try:
@@ -169,7 +155,7 @@ class PasswordConfirmation(SQLModel):
 
 
 class UserPublic(SQLModel):
-    model_config = example(id=1, email="alice@example.com", name="Alice", created_at=EXAMPLE_TIME)
+    model_config = example(**EXAMPLE_USER)
     id: int
     email: str | None  # None for a Better Auth account: Better Auth holds its email
     name: str | None
@@ -182,9 +168,8 @@ class TokenResponse(SQLModel):
         access_token="eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9"
         ".eyJzdWIiOiIxIiwiaWF0IjoxNzcyMzY2NDAwLCJleHAiOjE3NzIzNzAwMDB9.c2lnbmF0dXJl",
         token_type="bearer", expires_in=3600, refresh_token=EXAMPLE_REFRESH_TOKEN, refresh_expires_in=2592000,
-        user={"id": 1, "email": "alice@example.com", "name": "Alice", "created_at": EXAMPLE_TIME},
+        user=EXAMPLE_USER,
     )
-
     access_token: str
     token_type: Literal["bearer"] = "bearer"
     expires_in: int  # seconds
@@ -198,14 +183,11 @@ class RefreshRequest(SQLModel):
     refresh_token: str = Field(min_length=1, max_length=256)  # any other string is simply unknown
 
 
-# --- tasks ---
-
 class TaskCreate(SQLModel):
     model_config = example(
         title="Pay rent", description="Transfer to the landlord", priority="high",
         due_date="2026-04-01T09:00:00Z", tags=["home", "money"], recurrence="monthly",
     )
-
     title: Title
     description: Description | None = None
     priority: Priority = "medium"
@@ -223,7 +205,6 @@ class TaskCreate(SQLModel):
 
 class TaskUpdate(SQLModel):
     """Every field optional: PUT and PATCH change only the fields present in the body."""
-
     model_config = example(title="Pay rent and bills", priority="medium", tags=["home", "money", "bills"])
     # SkipJsonSchema: for these, None only means "absent", so the schema offers no null and
     # reject_null answers an explicit one with 422. description and due_date: null clears them.
@@ -254,7 +235,6 @@ class TaskPublic(SQLModel):
         priority="high", due_date="2026-04-01T09:00:00Z", tags=["home", "money"], recurrence="monthly",
         created_at=EXAMPLE_TIME, updated_at="2026-03-30T18:15:00Z", completed_at="2026-03-30T18:15:00Z",
     )
-
     id: int
     user_id: int
     title: str
@@ -271,7 +251,6 @@ class TaskPublic(SQLModel):
 
 class TaskListQuery(SQLModel):
     """Filters, sorting and paging for GET /api/{user_id}/tasks."""
-
     status: Literal["all", "pending", "completed"] = "all"
     priority: Priority | None = None
     tag: TagName | None = None

@@ -34,19 +34,14 @@ def task_not_found() -> HTTPException:
 OWNER_ERRORS = {
     401: error_response("Missing, invalid or expired token", "Could not validate credentials"),
     403: error_response("The path's user_id is not the token's user", "You can only access your own tasks"),
-    503: error_response(
-        "A database statement ran longer than STATEMENT_TIMEOUT_MS; or a Better Auth token while Better Auth's "
-        "key set cannot be fetched (then with Retry-After)", STATEMENT_TIMED_OUT, retry_after=True
-    ),
+    503: error_response("A statement ran past STATEMENT_TIMEOUT_MS, or Better Auth's key set cannot be fetched",
+                        STATEMENT_TIMED_OUT, retry_after=True),
     **VALIDATION_ERROR,
 }
 TASK_ERRORS = {404: error_response("Task not found", "Task not found")}
-AT_LIMIT = "already holds MAX_TASKS_PER_USER tasks"
-CREATE_ERRORS = {409: error_response(f"The account {AT_LIMIT}", too_many_tasks().detail)}
-COMPLETION_ERRORS = TASK_ERRORS | {409: error_response(
-    f"Completing this recurring task would create its next occurrence, and the account {AT_LIMIT}; nothing was changed",
-    too_many_tasks().detail,
-)}
+CREATE_ERRORS = {409: error_response("The account already holds MAX_TASKS_PER_USER tasks", too_many_tasks().detail)}
+AT_LIMIT = "Completing a recurring task whose next occurrence would pass MAX_TASKS_PER_USER; nothing changes"
+COMPLETION_ERRORS = TASK_ERRORS | {409: error_response(AT_LIMIT, too_many_tasks().detail)}
 router = APIRouter(prefix="/api/{user_id}/tasks", tags=["tasks"], responses=OWNER_ERRORS)
 
 # Each sort key, with its direction when the query names none.
@@ -76,13 +71,6 @@ def task_filters(owner_id: int, query: TaskListQuery) -> list:
     if query.due_after is not None:
         filters.append(Task.due_date >= query.due_after)
     return filters
-
-
-def task_ordering(query: TaskListQuery) -> list:
-    key, natural_order = SORT_KEYS[query.sort]
-    direction = asc if (query.order or natural_order) == "asc" else desc
-    undated_last = [Task.due_date.is_(None)] if query.sort == "due_date" else []
-    return [*undated_last, direction(key), direction(Task.id)]  # the id breaks ties: pages never overlap
 
 
 # Built once, as every task response runs it: SQLAlchemy reuses the statement and its cache key.
@@ -121,8 +109,7 @@ COUNT_ONE_MORE_TASK = (
 
 
 def count_new_task(session: Session, owner_id: int) -> None:
-    """One more task for the owner, or 409 at MAX_TASKS_PER_USER. The conditional UPDATE is a
-    write, so a concurrent create waits for its lock and then sees the count it left."""
+    """One more task for the owner, or 409 at MAX_TASKS_PER_USER; a concurrent create waits for the UPDATE's lock."""
     dialect = session.get_bind().dialect.name
     # Account deletion locks the user row, then (by cascade) the counter row: the same order
     # here avoids a deadlock. FOR KEY SHARE, as a task insert takes anyway, waits only for it.
@@ -150,8 +137,7 @@ def next_due_date(due: datetime, recurrence: str) -> datetime:
 
 
 def create_next_occurrence(session: Session, task: Task, now: datetime) -> None:
-    """For a task that has just become completed. The guarded UPDATE claims the one next
-    occurrence atomically, against concurrent completions and reopen-and-complete alike."""
+    """For a task just completed; the guarded UPDATE claims its one next occurrence against any concurrent change."""
     if task.recurrence == "none":
         return
     next_due = next_due_date(task.due_date, task.recurrence)
@@ -169,8 +155,7 @@ def create_next_occurrence(session: Session, task: Task, now: datetime) -> None:
 
 
 def set_completed(session: Session, owner_id: int, task_id: int, completed: bool | None, now: datetime) -> Task | None:
-    """Set (None: toggle) completion in one atomic UPDATE, so no concurrent change is lost.
-    The task if its state changed; None if it does not exist or already had that state."""
+    """Set (None: toggle) completion in one atomic UPDATE; None if the task is missing or already in that state."""
     new_state = not_(Task.completed) if completed is None else literal(completed, Boolean)
     statement = update(Task).where(Task.id == task_id, Task.user_id == owner_id)
     if completed is not None:
@@ -185,15 +170,17 @@ def set_completed(session: Session, owner_id: int, task_id: int, completed: bool
 
 
 @router.get("", response_model=list[TaskPublic], summary="List tasks")
-def list_tasks(
-    owner: OwnerDep, session: SessionDep, query: Annotated[TaskListQuery, Query()], response: Response
-) -> list[dict]:
-    """Filter, search, sort and page the user's tasks. X-Total-Count is the number of
-    tasks matching the filters before limit and offset."""
+def list_tasks(owner: OwnerDep, session: SessionDep, query: Annotated[TaskListQuery, Query()],
+               response: Response) -> list[dict]:
+    """Filter, search, sort and page the user's tasks. X-Total-Count counts the matches before limit and offset."""
     limit_statement_time(session)
     filters = task_filters(owner.id, query)
+    key, natural_order = SORT_KEYS[query.sort]
+    direction = asc if (query.order or natural_order) == "asc" else desc
+    undated_last = [Task.due_date.is_(None)] if query.sort == "due_date" else []
+    ordering = [*undated_last, direction(key), direction(Task.id)]  # the id breaks ties: pages never overlap
     # Plain rows zipped into dicts, not Task objects: no identity map or change tracking per row.
-    page = select(*PUBLIC_COLUMNS).where(*filters).order_by(*task_ordering(query))
+    page = select(*PUBLIC_COLUMNS).where(*filters).order_by(*ordering)
     rows = session.exec(page.offset(query.offset).limit(query.limit)).all()
     # A page neither empty nor full (or an empty first page) ends at the last match: no COUNT needed.
     if 0 < len(rows) < query.limit or (not rows and query.offset == 0):
@@ -206,12 +193,9 @@ def list_tasks(
 
 
 @router.post("", status_code=201, response_model=TaskPublic, summary="Create a task", responses=CREATE_ERRORS)
-def create_task(
-    user_id: UserIdPath, body: TaskCreate, owner: OwnerDep, session: SessionDep, now: Now, response: Response
-) -> dict:
-    """Create a task. The Location header is the new task's URL, with the user id as the
-    request's path has it (numeric, or a Better Auth id). A task created completed gets
-    completed_at, and if it recurs, its next occurrence, as completing it would."""
+def create_task(user_id: UserIdPath, body: TaskCreate, owner: OwnerDep, session: SessionDep, now: Now,
+                response: Response) -> dict:
+    """Create a task; Location is its URL. A task created completed is treated as if completed just after."""
     times = {"created_at": now, "updated_at": now, "completed_at": now if body.completed else None}
     task = Task.model_validate(body.model_dump(exclude={"tags"}), update={"user_id": owner.id, **times})
     try:
@@ -235,13 +219,10 @@ def get_task(task_id: IdPath, owner: OwnerDep, session: SessionDep) -> dict:
 
 
 @router.put("/{task_id}", response_model=TaskPublic, summary="Update a task", responses=COMPLETION_ERRORS)
-@router.patch(  # its own operationId: the function serves PUT as well
-    "/{task_id}", name="patch_task", response_model=TaskPublic, summary="Update a task (same as PUT)",
-    responses=COMPLETION_ERRORS,
-)
+@router.patch("/{task_id}", name="patch_task", response_model=TaskPublic, summary="Update a task (same as PUT)",
+              responses=COMPLETION_ERRORS)  # name: its own operationId, as the function serves PUT too
 def update_task(task_id: IdPath, body: TaskUpdate, owner: OwnerDep, session: SessionDep, now: Now) -> dict:
-    """Change the fields present in the body; absent fields keep their values. An
-    explicit null clears description or due_date."""
+    """Change the fields present in the body; an explicit null clears description or due_date."""
     task = get_owned_task(session, owner.id, task_id)
     changes = body.model_dump(exclude_unset=True)
     completed, tags = changes.pop("completed", None), changes.pop("tags", None)
@@ -275,16 +256,11 @@ def delete_task(task_id: IdPath, owner: OwnerDep, session: SessionDep) -> Respon
     return Response(status_code=204)
 
 
-@router.patch(
-    "/{task_id}/complete", response_model=TaskPublic, summary="Complete, reopen or toggle a task",
-    responses=COMPLETION_ERRORS,
-)
-def complete_task(
-    task_id: IdPath, owner: OwnerDep, session: SessionDep, now: Now, body: CompletionUpdate | None = None
-) -> dict:
-    """With no body, toggle completion. With {"completed": true|false}, set it, so
-    repeating the request changes nothing. Completing a recurring task creates its next
-    occurrence, once."""
+@router.patch("/{task_id}/complete", response_model=TaskPublic, summary="Complete, reopen or toggle a task",
+              responses=COMPLETION_ERRORS)
+def complete_task(task_id: IdPath, owner: OwnerDep, session: SessionDep, now: Now,
+                  body: CompletionUpdate | None = None) -> dict:
+    """No body toggles; {"completed": true|false} sets it. Completing a recurring task creates its next one, once."""
     task = set_completed(session, owner.id, task_id, body.completed if body else None, now)
     if task is None:  # missing (404), or already in the requested state
         task = get_owned_task(session, owner.id, task_id)
