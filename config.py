@@ -1,10 +1,11 @@
-"""Settings, read once from environment variables, with safe defaults for a laptop. The JWT secret is
-never a constant: when JWT_SECRET is unset, a random one is made on first start and kept in
-JWT_SECRET_FILE, so tokens survive restarts and every worker reads the same one."""
+"""Settings, read once from environment variables, with safe defaults for a laptop. Without JWT_SECRET, a random
+secret is made on first start and kept in JWT_SECRET_FILE, so tokens survive restarts and workers share it."""
 
 import os
 import re
 import secrets
+import tempfile
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,28 +42,20 @@ def load_or_create_secret(path: Path) -> str:
     """The secret kept in `path`, created if missing: written to a private temporary file, then
     hard-linked into place. link() fails if the file exists, so workers starting together agree."""
     if not path.exists():
-        temporary = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(descriptor, "w") as file:
-                file.write(secrets.token_urlsafe(48))
-                file.flush()
-                os.fsync(file.fileno())
-            os.link(temporary, path)
-        except FileExistsError:
-            pass  # another worker won the race; its secret is the one to use
-        finally:
-            temporary.unlink(missing_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp") as file:  # mode 0o600, gone on close
+            file.write(secrets.token_urlsafe(48))
+            file.flush()
+            os.fsync(file.fileno())
+            with suppress(FileExistsError):  # another worker won the race; its secret is the one to use
+                os.link(file.name, path)
     return path.read_text().strip()
 
 
 def strong_secret(source: str, secret: str) -> str:
     secret = secret.strip()  # surrounding whitespace (a pasted newline, a secret of spaces) adds no secrecy
     if len(secret.encode()) < MIN_SECRET_BYTES:
-        raise SystemExit(
-            f"{source} must be at least {MIN_SECRET_BYTES} bytes long, not counting surrounding whitespace. "
-            'Generate one with: python -c "import secrets; print(secrets.token_urlsafe(48))"'
-        )
+        raise SystemExit(f"{source} must be at least {MIN_SECRET_BYTES} bytes long, not counting surrounding "
+                         'whitespace. Generate one with: python -c "import secrets; print(secrets.token_urlsafe(48))"')
     return secret
 
 
@@ -74,10 +67,8 @@ def jwt_secret_setting() -> str:
         return strong_secret(str(path), load_or_create_secret(path))
     except (OSError, UnicodeDecodeError) as error:
         reason = error.strerror if isinstance(error, OSError) and error.strerror else "not a text file"
-        raise SystemExit(
-            f"JWT_SECRET_FILE: cannot read or create {path} ({reason}). Point it at a file in an "
-            "existing folder that this user can write, or set JWT_SECRET"
-        ) from None
+        raise SystemExit(f"JWT_SECRET_FILE: cannot read or create {path} ({reason}). Point it at a file in an "
+                         "existing folder that this user can write, or set JWT_SECRET") from None
 
 
 def database_url_setting() -> str:
@@ -136,11 +127,10 @@ def sqlite_synchronous_setting() -> str:
 
 def load_settings() -> Settings:
     jwt_secret = jwt_secret_setting()
-    better_auth_url, better_auth_jwks_url = url_setting("BETTER_AUTH_URL"), url_setting("BETTER_AUTH_JWKS_URL")
-    if better_auth_jwks_url and not better_auth_url:
+    better_auth_url = url_setting("BETTER_AUTH_URL")
+    jwks_url = url_setting("BETTER_AUTH_JWKS_URL") or (better_auth_url and f"{better_auth_url}/api/auth/jwks")
+    if jwks_url and not better_auth_url:
         raise SystemExit("BETTER_AUTH_JWKS_URL needs BETTER_AUTH_URL, which its tokens' iss and aud must equal")
-    if better_auth_url and not better_auth_jwks_url:
-        better_auth_jwks_url = f"{better_auth_url}/api/auth/jwks"
     better_auth_secret = os.environ.get("BETTER_AUTH_SECRET") or None
     if better_auth_secret is not None:
         better_auth_secret = strong_secret("BETTER_AUTH_SECRET", better_auth_secret)
@@ -165,7 +155,7 @@ def load_settings() -> Settings:
         # Enough for any ordinary query on a busy machine; short enough that a backtracking LIKE answers in seconds.
         statement_timeout_ms=int_setting("STATEMENT_TIMEOUT_MS", 2_000, 100, 600_000),
         better_auth_url=better_auth_url,
-        better_auth_jwks_url=better_auth_jwks_url,
+        better_auth_jwks_url=jwks_url,
         better_auth_secret=better_auth_secret,
     )
 

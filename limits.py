@@ -1,6 +1,5 @@
-"""Abuse limits: failed logins per (email, client address), and signups, logins, refreshes and password
-checks per client address, in sliding windows. Each event is a RateLimitEvent row that carries the moment
-it leaves its window: in the database, so the counts hold across `uvicorn --workers 4`."""
+"""Abuse limits in sliding windows: failed logins per (email, client address); signups, logins, refreshes and password
+checks per address. Each event is a RateLimitEvent row, so the counts hold across `uvicorn --workers 4`."""
 
 import hashlib
 import ipaddress
@@ -33,8 +32,6 @@ def configured_limits() -> AbuseLimits:
 
 
 LimitsDep = Annotated[AbuseLimits, Depends(configured_limits)]
-
-AUTH_REQUEST_WINDOW = timedelta(minutes=1)
 TOO_MANY_FAILED_LOGINS = "Too many failed logins for this email; try again later"
 TOO_MANY_AUTH_REQUESTS = "Too many signups, logins, refreshes and password checks from your address; try again later"
 
@@ -44,10 +41,8 @@ def client_address(request: Request) -> str:
     an IPv6 client as its /64, what one subscriber usually gets, else each has endless fresh addresses."""
     host = request.client.host if request.client else "unknown"
     try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return host
-    if address.version == 4:
+        address = ipaddress.IPv6Address(host)
+    except ValueError:  # an IPv4 address, or none at all
         return host
     mapped = address.ipv4_mapped  # an IPv4 client on a dual-stack socket: ::ffff:a.b.c.d
     return str(mapped) if mapped is not None else str(ipaddress.IPv6Network((address, 64), strict=False))
@@ -62,9 +57,8 @@ def bucket_key(*parts: str) -> str:
 
 
 def count_event(session: Session, bucket: str, limit: int, window: timedelta, now: datetime, refusal: str) -> str:
-    """Count one event in `bucket`, or 429 with `refusal` if it holds `limit` live ones. One conditional
-    INSERT, a write first, so SQLite locks before counting (no SQLITE_BUSY_SNAPSHOT); PostgreSQL's READ
-    COMMITTED needs the advisory lock. Commits at once: no lock is held while the caller runs bcrypt."""
+    """Count one event in `bucket`, or 429 with `refusal` at `limit` live ones. One INSERT writes first, so SQLite
+    locks before counting (no SQLITE_BUSY_SNAPSHOT); PostgreSQL's READ COMMITTED needs the advisory lock."""
     if session.get_bind().dialect.name == "postgresql":
         session.execute(select(func.pg_advisory_xact_lock(int(bucket[:15], 16))))  # 60 bits fit a bigint
     live = (RateLimitEvent.bucket == bucket, RateLimitEvent.expires_at > now)
@@ -75,7 +69,7 @@ def count_event(session: Session, bucket: str, limit: int, window: timedelta, no
     insert_event = insert(RateLimitEvent).from_select(["bucket", "expires_at"], new_event)
     taken = session.execute(insert_event.returning(RateLimitEvent.id)).first()
     session.execute(delete(RateLimitEvent).where(RateLimitEvent.expires_at <= now))
-    session.commit()
+    session.commit()  # at once: no lock is held while the caller runs bcrypt
     if taken is None:  # full until the limit-th newest live event expires
         newest_first = select(RateLimitEvent.expires_at).where(*live).order_by(RateLimitEvent.expires_at.desc())
         frees_at = session.exec(newest_first.offset(limit - 1).limit(1)).first()
@@ -88,7 +82,8 @@ def limit_auth_requests(session: SessionDep, limits: LimitsDep, client: ClientAd
     """Count a request that may hash or check a password, even one then refused with 503 for lack of
     hashing capacity: else retrying those would be free, and one address could hold every slot."""
     if limit := limits.auth_requests_per_minute:
-        count_event(session, bucket_key("auth-request", client), limit, AUTH_REQUEST_WINDOW, now, TOO_MANY_AUTH_REQUESTS)
+        bucket = bucket_key("auth-request", client)
+        count_event(session, bucket, limit, timedelta(minutes=1), now, TOO_MANY_AUTH_REQUESTS)
 
 
 def count_login_attempt(session: Session, limits: AbuseLimits, email: str, client: str, now: datetime) -> str | None:

@@ -16,8 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from db import SchemaError
 
-# C0 and C1 controls (a newline forges a log line, ESC drives the terminal), the Unicode
-# line separators, and lone surrogates (which the log's UTF-8 stream cannot write).
+# C0/C1 controls (a newline forges a log line, ESC drives the terminal), U+2028/9, lone surrogates (not UTF-8).
 CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
@@ -29,8 +28,7 @@ def escape_controls(text: str) -> str:
 
 def escaped_traceback(error: BaseException) -> str:
     """Python's traceback with each exception's own text, which a client can fill, escaped onto one line."""
-    blocks = []
-    link = traceback.TracebackException.from_exception(error)
+    blocks, link = [], traceback.TracebackException.from_exception(error)
     while link is not None:  # from the last exception back to the first, which Python prints first
         frames = ["Traceback (most recent call last):\n", *link.stack.format()] if link.stack else []
         message = [escape_controls(line.rstrip("\n")) + "\n" for line in link.format_exception_only()]
@@ -63,8 +61,7 @@ if not access_log.handlers:  # uvicorn sets up only its own loggers; ours still 
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(process)d]: %(message)s"))
     access_log.addHandler(handler)
     access_log.setLevel(logging.getLogger("uvicorn.access").getEffectiveLevel())  # follows --log-level
-# uvicorn's access line repeats ours with the query string (it may hold a token): off here, so no --no-access-log.
-logging.getLogger("uvicorn.access").disabled = True
+logging.getLogger("uvicorn.access").disabled = True  # it repeats ours with the query string, which may hold a token
 error_log = logging.getLogger("uvicorn.error")  # where uvicorn writes its own tracebacks
 for logger in (access_log, error_log):
     logger.addFilter(EscapeControlCharacters())
@@ -90,14 +87,12 @@ class PureASGIMiddleware:
 
 
 class AccessLog(PureASGIMiddleware):
-    """One line per request: method, path, status, duration and request id, sent back as X-Request-ID.
-    No query string, header or body, so no password or token reaches the log."""
+    """One line per request, its id sent back as X-Request-ID; no query string, header or body, so no secret."""
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
-        request_id = Headers(scope=scope).get("x-request-id", "")
-        if not SANE_REQUEST_ID.fullmatch(request_id):
-            request_id = secrets.token_hex(8)
+        sent_id = Headers(scope=scope).get("x-request-id", "")
+        request_id = sent_id if SANE_REQUEST_ID.fullmatch(sent_id) else secrets.token_hex(8)
         status_code, logged = 500, False  # 500: what the client gets if the app fails before it answers
 
         def log_line() -> None:
@@ -124,8 +119,7 @@ class AccessLog(PureASGIMiddleware):
 
 
 class InternalErrorAsJson(PureASGIMiddleware):
-    """An unexpected exception as 500 {"detail": "Internal server error"}, inside CORS and the access
-    log, so it carries their headers (FastAPI's handler for Exception runs outside both)."""
+    """An unexpected exception as a JSON 500, inside CORS and the access log (FastAPI's handler runs outside both)."""
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         response_started = False
@@ -169,8 +163,7 @@ class BodySizeLimit(PureASGIMiddleware):
 
 
 class StartupRefusal(PureASGIMiddleware):
-    """A start-up that db.migrate refuses (SchemaError) reaches uvicorn as its one-line reason, not
-    as Starlette's full traceback: a database this release must not touch is an answer, not a crash."""
+    """A start-up that db.migrate refuses (SchemaError) reaches uvicorn as its one-line reason, not a traceback."""
 
     scope_type = "lifespan"
 
