@@ -1,8 +1,6 @@
-"""The database engine, the per-request session and clock, and migrate(), which brings any
-database to the newest Alembic revision (migrations/) at start-up. SQLite is the zero-setup
-default, PostgreSQL (DATABASE_URL=postgresql+psycopg://...) the server choice. Every statement
-has a time budget (STATEMENT_TIMEOUT_MS); main.py answers 503 when one runs out.
-"""
+"""The engine (SQLite by default, or PostgreSQL), the per-request session and clock, and migrate(),
+which brings any database to the newest Alembic revision (migrations/) at start-up. Every statement
+has a time budget (STATEMENT_TIMEOUT_MS); main.py answers 503 when one runs out."""
 
 import math
 import sqlite3
@@ -31,9 +29,7 @@ from models import utc_now
 SESSION_SLOTS = 40  # a connection for each of AnyIO's 40 worker threads, which run our sync handlers
 POOL_SIZE = SESSION_SLOTS + 1  # and one for /health, so it never queues behind requests
 SQLITE_BUSY_TIMEOUT_MS = 30_000  # a writer waits this long for SQLite's one write lock
-# SQLite checks a statement's budget every this many VM steps: soon enough to stop even a
-# slow-stepping LIKE on a long text, seldom enough that an ordinary query checks a few times.
-PROGRESS_INSTRUCTIONS = 1_000
+PROGRESS_INSTRUCTIONS = 1_000  # SQLite's VM steps between budget checks: often enough for a slow LIKE, yet cheap
 QUERY_CANCELED = "57014"  # PostgreSQL's SQLSTATE for a statement stopped by statement_timeout
 SCHEMA_LOCK_KEY = 0x70D0_5C4E  # any fixed number: the same in every process of this app
 STATEMENT_TIMED_OUT = "The query took too long; narrow it down (a shorter search, a filter) and try again"
@@ -54,30 +50,22 @@ class StatementBudget:
         return now > self.deadline
 
 
-def unicode_lower(value: object) -> object:
-    return value.lower() if isinstance(value, str) else value
-
-
 def make_engine(url: str, statement_timeout_ms: int | None = None) -> Engine:
     """An engine whose statements have a time budget: STATEMENT_TIMEOUT_MS unless given."""
     budget_ms = settings.statement_timeout_ms if statement_timeout_ms is None else statement_timeout_ms
     # hide_parameters keeps bound values (password hashes among them) out of error logs.
+    options = {"hide_parameters": True, "execution_options": {"statement_budget_ms": budget_ms}}
     if not url.startswith("sqlite"):  # pool_pre_ping: a connection the server closed is replaced
-        engine = create_engine(url, hide_parameters=True, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=0)
-
-        @event.listens_for(engine, "connect")
-        def remember_statement_budget(_dbapi_connection, connection_record) -> None:
-            connection_record.info["statement_budget_ms"] = budget_ms  # for limit_statement_time
-
-        return engine
+        return create_engine(url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=0, **options)
     # Each connection to :memory: is a database of its own: requests take turns on one.
     in_memory = make_url(url).database in (None, "", ":memory:")
     pooling = {"poolclass": StaticPool} if in_memory else {"pool_size": POOL_SIZE, "max_overflow": 0}
-    engine = create_engine(url, hide_parameters=True, connect_args={"check_same_thread": False}, **pooling)
+    engine = create_engine(url, connect_args={"check_same_thread": False}, **pooling, **options)
 
     @event.listens_for(engine, "connect")
     def configure_sqlite(dbapi_connection, connection_record) -> None:
         # SQLite's own lower() folds only A-Z; Python's folds all of Unicode, as PostgreSQL's does.
+        unicode_lower = lambda value: value.lower() if isinstance(value, str) else value  # noqa: E731
         dbapi_connection.create_function("lower", 1, unicode_lower, deterministic=True)
         dbapi_connection.execute("PRAGMA journal_mode=WAL")  # readers run beside the one writer
         dbapi_connection.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")  # not "database is locked"
@@ -95,20 +83,18 @@ def make_engine(url: str, statement_timeout_ms: int | None = None) -> Engine:
 
 
 def limit_statement_time(session: Session) -> None:
-    """Give the rest of this transaction PostgreSQL's statement_timeout. It counts waiting for
-    row locks too, so it is set only where a client controls the cost (the list's search);
-    SQLite's budget counts running time alone and covers every statement already."""
+    """Give the rest of this transaction PostgreSQL's statement_timeout. It counts waiting for row locks
+    too, so it is set only where a client controls the cost (the list's search); SQLite's budget covers all."""
     connection = session.connection()
     if connection.dialect.name == "postgresql":
-        connection.exec_driver_sql(f"SET LOCAL statement_timeout = {int(connection.info['statement_budget_ms'])}")
+        budget_ms = int(connection.get_execution_options()["statement_budget_ms"])
+        connection.exec_driver_sql(f"SET LOCAL statement_timeout = {budget_ms}")
 
 
 def statement_ran_out_of_time(error: DBAPIError) -> bool:
     """SQLite's "interrupted" (StatementBudget) or PostgreSQL's query_canceled (statement_timeout)."""
-    return (
-        getattr(error.orig, "sqlite_errorcode", None) == sqlite3.SQLITE_INTERRUPT
-        or getattr(error.orig, "sqlstate", None) == QUERY_CANCELED
-    )
+    code = getattr(error.orig, "sqlite_errorcode", None) or getattr(error.orig, "sqlstate", None)
+    return code in (sqlite3.SQLITE_INTERRUPT, QUERY_CANCELED)
 
 
 engine = make_engine(settings.database_url)
@@ -118,16 +104,12 @@ FIRST_REVISION = "0001_initial"
 # A database made before migrations existed has no alembic_version, and exactly these tables.
 UNVERSIONED_SCHEMA = {
     "user": {"id", "email", "name", "password_hash", "created_at", "token_generation"},
-    "task": {
-        "id", "user_id", "title", "description", "completed", "priority", "due_date", "recurrence",
-        "next_occurrence_created", "created_at", "updated_at", "completed_at",
-    },
+    "task": {"id", "user_id", "title", "description", "completed", "priority", "due_date", "recurrence",
+             "next_occurrence_created", "created_at", "updated_at", "completed_at"},
     "tasktag": {"task_id", "name"},
     "revokedtoken": {"jti", "expires_at"},
     "ratelimitevent": {"id", "bucket", "expires_at"},
 }  # fmt: skip
-
-
 # The counter of a table the migration rebuilt (or, if it came back empty, re-made).
 RESTORE_COUNTER = (
     "INSERT INTO sqlite_sequence (name, seq) SELECT ?1, ?2 WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence"
@@ -151,9 +133,9 @@ def schema_transaction(target: Engine) -> Iterator[Connection]:
             return
         budget = connection.info["statement_budget"]
         budget.seconds, seconds = math.inf, budget.seconds  # a migration may copy a whole table
-        # pysqlite runs DDL outside its own transactions; in autocommit mode our BEGIN covers all
-        # (the pool restores the mode). Rebuilding `user` with foreign keys on would cascade-delete
-        # every task, and the pragma does nothing inside a transaction, so it goes off first.
+        # pysqlite runs DDL outside its own transactions: in autocommit mode our BEGIN covers all (the pool
+        # restores the mode). Foreign keys go off first, as the pragma does nothing inside a transaction:
+        # rebuilding `user` with them on would cascade-delete every task.
         connection.execution_options(isolation_level="AUTOCOMMIT")
         connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
         try:
@@ -162,8 +144,7 @@ def schema_transaction(target: Engine) -> Iterator[Connection]:
             has_counters = connection.dialect.has_table(connection, "sqlite_sequence")  # AUTOINCREMENT's
             counters = connection.exec_driver_sql("SELECT name, seq FROM sqlite_sequence").all() if has_counters else []
             yield connection
-            # A rebuilt table loses its counter, and SQLite would hand a deleted account's id to the
-            # next signup: the counter of each table still there never goes back.
+            # A rebuilt table loses its counter, and a deleted account's id would go to the next signup.
             for name, seq in counters:
                 connection.exec_driver_sql("UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = ?", (seq, name))
                 connection.exec_driver_sql(RESTORE_COUNTER, (name, seq))
@@ -246,20 +227,18 @@ health_check_slot: RunVar[Semaphore] = RunVar("health_check_slot")
 
 
 def slots(variable: RunVar[Semaphore], count: int) -> Semaphore:
+    """This event loop's semaphore; in-memory SQLite has one connection in all, so all take turns on one."""
+    if isinstance(engine.pool, StaticPool):
+        variable, count = session_slots, 1
     if (semaphore := variable.get(None)) is None:
         variable.set(semaphore := Semaphore(count, fast_acquire=True))
     return semaphore
 
 
-def session_semaphore() -> Semaphore:
-    # In-memory SQLite has one connection in all, so its sessions and /health take turns.
-    return slots(session_slots, 1 if isinstance(engine.pool, StaticPool) else SESSION_SLOTS)
-
-
 async def session_slot() -> AsyncIterator[None]:
     """One of SESSION_SLOTS, taken on the event loop and kept until the session is closed: never more
     sessions than pooled connections, so no thread waits for a connection held by a request waiting for a thread."""
-    async with session_semaphore():
+    async with slots(session_slots, SESSION_SLOTS):
         yield
 
 
@@ -284,8 +263,7 @@ def database_answers() -> bool:
 async def check_database() -> bool:
     """Whether the database answers, on a connection and a thread of its own, so that /health
     answers as fast under a burst of requests as on an idle server."""
-    shared = isinstance(engine.pool, StaticPool)
-    async with session_semaphore() if shared else slots(health_check_slot, 1):
+    async with slots(health_check_slot, 1):
         return await to_thread.run_sync(database_answers, limiter=CapacityLimiter(1))
 
 

@@ -2,7 +2,6 @@
 datetimes as aware UTC on every database, so each timestamp here comes from utc_now()."""
 
 from datetime import datetime, timezone
-from typing import Any
 
 from sqlalchemy import BigInteger, CheckConstraint, Index, Integer, UniqueConstraint
 from sqlmodel import Field, SQLModel
@@ -12,17 +11,9 @@ def utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-# 64-bit ids, as the API promises; SQLite's INTEGER is 64-bit, and AUTOINCREMENT needs it.
-Id = BigInteger().with_variant(Integer(), "sqlite")
-# SQLite would otherwise hand a deleted row's id to the next insert; PostgreSQL ignores this.
-NEVER_REUSE_IDS = {"sqlite_autoincrement": True}
-# The issuer of shared-secret Better Auth accounts: key-set ones have a URL, never equal to it.
-SHARED_SECRET_ISSUER = "shared-secret"
-
-
-def deleted_with(table: str, **options: bool) -> Any:
-    """A 64-bit reference to a row of `table`, deleted with that row."""
-    return Field(foreign_key=f"{table}.id", ondelete="CASCADE", sa_type=Id, **options)
+Id = BigInteger().with_variant(Integer(), "sqlite")  # 64-bit, as the API promises; AUTOINCREMENT needs INTEGER
+NEVER_REUSE_IDS = {"sqlite_autoincrement": True}  # else SQLite gives a deleted row's id to the next insert
+SHARED_SECRET_ISSUER = "shared-secret"  # of shared-secret Better Auth accounts; a key set's issuer is a URL
 
 
 class User(SQLModel, table=True):
@@ -47,8 +38,7 @@ class User(SQLModel, table=True):
     better_auth_issuer: str | None = Field(default=None, max_length=255)
     better_auth_id: str | None = Field(default=None, max_length=255)  # the token's sub
     created_at: datetime = Field(default_factory=utc_now)
-    # In every token; a password change bumps it. A counter: iat's seconds cannot order a change.
-    token_generation: int = 0
+    token_generation: int = 0  # in every token; a password change bumps it (iat's seconds cannot order changes)
 
 
 class Task(SQLModel, table=True):
@@ -60,7 +50,7 @@ class Task(SQLModel, table=True):
     )
 
     id: int | None = Field(default=None, primary_key=True, sa_type=Id)
-    user_id: int = deleted_with("user")
+    user_id: int = Field(foreign_key="user.id", ondelete="CASCADE", sa_type=Id)
     title: str = Field(max_length=200)
     description: str | None = Field(default=None, max_length=1000)
     completed: bool = False
@@ -76,14 +66,14 @@ class Task(SQLModel, table=True):
 class TaskCount(SQLModel, table=True):
     """A user's number of tasks, kept by the creates and deletes: the limit is one UPDATE, not a count."""
 
-    user_id: int = deleted_with("user", primary_key=True)
+    user_id: int = Field(foreign_key="user.id", ondelete="CASCADE", primary_key=True, sa_type=Id)
     tasks: int
 
 
 class TaskTag(SQLModel, table=True):
     """One tag of one task; the key serves both the tag filter and loading a page's tags."""
 
-    task_id: int = deleted_with("task", primary_key=True)
+    task_id: int = Field(foreign_key="task.id", ondelete="CASCADE", primary_key=True, sa_type=Id)
     name: str = Field(primary_key=True, max_length=30)
 
 
@@ -98,7 +88,7 @@ class TokenFamily(SQLModel, table=True):
     """One login's session: deleting it ends its refresh tokens and the access tokens naming it."""
 
     id: str = Field(primary_key=True, max_length=32)
-    user_id: int = deleted_with("user", index=True)
+    user_id: int = Field(foreign_key="user.id", ondelete="CASCADE", index=True, sa_type=Id)
     expires_at: datetime = Field(index=True)  # when its newest token expires; pruned after
 
 

@@ -1,7 +1,6 @@
-"""Refresh tokens: opaque, used once each, in families (one per login) whose row ends them all.
-Only a token's SHA-256 is stored: 256 random bits are as hard to find from it as to guess. Locks go
-family first, then its tokens, as a cascading delete takes them, so a refresh and the end of its
-family wait for each other instead of deadlocking on PostgreSQL (on SQLite a refresh writes first)."""
+"""Refresh tokens: opaque, used once each, in families (one per login) whose row ends them all. Only a
+token's SHA-256 is stored: 256 random bits are as hard to find from it as to guess. Locks go family first,
+then its tokens, as a cascading delete takes them: a refresh and its family's end wait, never deadlock."""
 
 import hashlib
 import secrets
@@ -25,13 +24,10 @@ class IssuedRefreshToken(NamedTuple):
     token: str  # the raw value: for the client, never for the database or a log
 
 
-def refresh_lifetime() -> timedelta:
-    return timedelta(days=settings.refresh_token_expire_days)
-
-
 def family_lifetime() -> timedelta:
     """A family lives until its newest refresh and access tokens have both expired."""
-    return max(refresh_lifetime(), timedelta(minutes=settings.access_token_expire_minutes))
+    refresh, access = settings.refresh_token_expire_days, settings.access_token_expire_minutes
+    return max(timedelta(days=refresh), timedelta(minutes=access))
 
 
 def hash_refresh_token(token: str) -> str:
@@ -46,7 +42,8 @@ def invalid_refresh_token() -> HTTPException:
 def issue_refresh_token(session: Session, family_id: str, now: datetime) -> IssuedRefreshToken:
     """The family's next refresh token, committed; expired families and tokens go, so the tables stay small."""
     token = secrets.token_urlsafe(REFRESH_TOKEN_BYTES)
-    row = {"token_hash": hash_refresh_token(token), "family_id": family_id, "expires_at": now + refresh_lifetime()}
+    expires_at = now + timedelta(days=settings.refresh_token_expire_days)
+    row = {"token_hash": hash_refresh_token(token), "family_id": family_id, "expires_at": expires_at}
     session.execute(insert(RefreshToken).values(row))
     session.execute(delete(TokenFamily).where(TokenFamily.expires_at <= now))
     session.execute(delete(RefreshToken).where(RefreshToken.expires_at <= now))
@@ -75,11 +72,11 @@ def rotate(session: Session, presented: str, now: datetime) -> tuple[User, Issue
     """Use up the presented refresh token and issue the next one in its family, committed; 401 for
     one unknown, expired, used or ended. A used one presented after the grace ends its family."""
     is_presented = RefreshToken.token_hash == hash_refresh_token(presented)
-    presented_family = select(RefreshToken.family_id).where(is_presented)
+    presented_family = select(RefreshToken.family_id).where(is_presented).scalar_subquery()
     # Extending the family first takes its row lock (see the module docstring).
     family = session.execute(
         update(TokenFamily)
-        .where(TokenFamily.id == presented_family.scalar_subquery(), TokenFamily.expires_at > now)
+        .where(TokenFamily.id == presented_family, TokenFamily.expires_at > now)
         .values(expires_at=now + family_lifetime())
         .returning(TokenFamily.id, TokenFamily.user_id)
     ).first()
