@@ -15,7 +15,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from anyio import CapacityLimiter, Semaphore, to_thread
+from anyio import CancelScope, CapacityLimiter, Semaphore, to_thread
 from anyio.lowlevel import RunVar
 from fastapi import Depends
 from sqlalchemy import Connection, Engine, event, inspect, make_url, text
@@ -235,18 +235,20 @@ def slots(variable: RunVar[Semaphore], count: int) -> Semaphore:
     return semaphore
 
 
-async def session_slot() -> AsyncIterator[None]:
-    """One of SESSION_SLOTS, taken on the event loop and kept until the session is closed: never more
-    sessions than pooled connections, so no thread waits for a connection held by a request waiting for a thread."""
-    async with slots(session_slots, SESSION_SLOTS):
-        yield
-
-
-def get_session(_slot: Annotated[None, Depends(session_slot)]) -> Iterator[Session]:
-    # FastAPI closes it (shielded, outside the threadpool's limit) before it frees the slot.
+async def get_session() -> AsyncIterator[Session]:
+    """A session in one of SESSION_SLOTS, taken on the event loop: never more sessions than pooled
+    connections, so no thread waits for a connection held by a request that waits for a thread."""
+    # async def saves a thread hop per request, as opening a Session does no I/O. Closing one
+    # returns its connection to the pool, so that runs in a thread: shielded, so a client that hangs
+    # up cannot leak it, and outside the threadpool's limit, so it never waits for a thread.
     # expire_on_commit=False: a handler returns the rows it just wrote without a re-read.
-    with Session(engine, expire_on_commit=False) as session:
-        yield session
+    async with slots(session_slots, SESSION_SLOTS):
+        session = Session(engine, expire_on_commit=False)
+        try:
+            yield session
+        finally:
+            with CancelScope(shield=True):
+                await to_thread.run_sync(session.close, limiter=CapacityLimiter(1))
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
