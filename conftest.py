@@ -61,6 +61,12 @@ PASSWORD = "correct horse battery"
 # returns a plain function bound to this test's client.
 
 MAX_ID = 2**63 - 1  # the largest id a row can have: a 64-bit signed integer
+WRONG = "not the password"
+NEW_PASSWORD = "a brand new passphrase"
+# The bodies of the 401s that tests expect most often.
+INVALID_TOKEN = {"detail": "Could not validate credentials"}
+LOGIN_FAILED = {"detail": "Incorrect email or password"}
+INCORRECT_PASSWORD = {"detail": "Incorrect password"}
 
 
 def bearer_header(token: str) -> dict[str, str]:

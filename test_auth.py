@@ -16,15 +16,10 @@ import auth
 import db
 import routes.auth
 from config import settings
-from conftest import MAX_ID, empty_tables
+from conftest import INCORRECT_PASSWORD, INVALID_TOKEN, LOGIN_FAILED, MAX_ID, NEW_PASSWORD, WRONG, empty_tables
 from models import RevokedToken, Task, TaskTag, User, utc_now
 
 UTC_OFFSET = re.compile(r"(Z|\+00:00)$")
-WRONG = "not the password"
-NEW_PASSWORD = "a brand new passphrase"
-INVALID_TOKEN = {"detail": "Could not validate credentials"}
-LOGIN_FAILED = {"detail": "Incorrect email or password"}
-INCORRECT_PASSWORD = {"detail": "Incorrect password"}
 
 
 def access_token(response) -> str:

@@ -23,12 +23,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlmodel import Session, select
 
 import better_auth
-from conftest import free_port, send_body
+from conftest import INVALID_TOKEN, free_port, send_body
 from models import RevokedToken, User
 
 ISSUER = "http://127.0.0.1:3000"  # Better Auth's base URL: its tokens' iss and aud
 SHARED_SECRET = secrets.token_urlsafe(48)
-NOT_VALIDATED = {"detail": "Could not validate credentials"}
 KEY_SET_UNAVAILABLE = {"detail": "Better Auth's key set cannot be fetched; try again shortly"}
 
 
@@ -292,12 +291,12 @@ def test_logout_revokes_a_better_auth_token_by_its_hash(client, signing_key, eng
     for method, path in (("GET", "/api/auth/me"), ("GET", "/api/ada/tasks"), ("POST", "/api/auth/logout")):
         refused = client.request(method, path, headers=bearer(token))
         assert refused.status_code == 401
-        assert refused.json() == NOT_VALIDATED
+        assert refused.json() == INVALID_TOKEN
         assert refused.headers["www-authenticate"] == "Bearer"
     # PyJWT also accepts the signature with padding appended: the same token, still out.
     for respelt in (token + "=", token + "=="):
         refused = client.get("/api/auth/me", headers=bearer(respelt))
-        assert (refused.status_code, refused.json()) == (401, NOT_VALIDATED)
+        assert (refused.status_code, refused.json()) == (401, INVALID_TOKEN)
     assert me(client, other)["better_auth_id"] == "ada"  # her other tokens keep working
     signed_part = token.rsplit(".", 1)[0]
     with Session(engine) as session:
@@ -419,7 +418,7 @@ def test_made_up_key_ids_refetch_the_key_set_at_most_once_per_interval(client, s
             token = sign(better_auth_claims("ada"), impostor, kid=secrets.token_urlsafe(12))
             response = client.get("/api/auth/me", headers=bearer(token))
             assert response.status_code == 401
-            assert response.json() == NOT_VALIDATED
+            assert response.json() == INVALID_TOKEN
         # The first made-up kid of each interval refetches; the other 29 do not.
         assert key_set_server.fetches == 1 + round_number
         monotonic.now += better_auth.REFETCH_INTERVAL_SECONDS
@@ -554,7 +553,7 @@ def test_wrong_better_auth_tokens_are_401(client, monotonic, monkeypatch, key_se
     for method, path in (("GET", "/api/auth/me"), ("GET", "/api/ada/tasks"), ("POST", "/api/auth/logout")):
         response = client.request(method, path, headers=bearer(token))
         assert response.status_code == 401
-        assert response.json() == NOT_VALIDATED
+        assert response.json() == INVALID_TOKEN
         assert response.headers["www-authenticate"] == "Bearer"
 
 
@@ -575,7 +574,7 @@ def test_wrong_shared_secret_tokens_are_401(client, monotonic, monkeypatch, make
     assert me(client, jwt.encode(claims, SHARED_SECRET, algorithm="HS256"))["better_auth_id"] == "ada"
     response = client.get("/api/ada/tasks", headers=bearer(make_token(claims)))
     assert response.status_code == 401
-    assert response.json() == NOT_VALIDATED
+    assert response.json() == INVALID_TOKEN
     assert response.headers["www-authenticate"] == "Bearer"
 
 
@@ -584,7 +583,7 @@ def test_a_better_auth_token_is_refused_when_better_auth_is_not_configured(clien
     for token in (sign(better_auth_claims("ada"), signing_key), jwt.encode({"sub": "ada", "exp": int(time.time()) + 60}, SHARED_SECRET)):
         response = client.get("/api/ada/tasks", headers=bearer(token))
         assert response.status_code == 401
-        assert response.json() == NOT_VALIDATED
+        assert response.json() == INVALID_TOKEN
     assert key_set_server.fetches == 0
 
 
@@ -597,7 +596,7 @@ def test_an_issuer_spelt_differently_is_logged_once_without_the_token(client, mo
         for token in tokens:
             response = client.get("/api/auth/me", headers=bearer(token))
             assert response.status_code == 401
-            assert response.json() == NOT_VALIDATED
+            assert response.json() == INVALID_TOKEN
     warnings = [record.getMessage() for record in caplog.records if "Better Auth" in record.getMessage()]
     assert len(warnings) == 1
     assert "'http://127.0.0.1:3000'" in warnings[0] and "'http://localhost:3000'" in warnings[0]

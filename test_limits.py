@@ -20,15 +20,10 @@ from sqlmodel import Session, func, select
 import auth
 from config import load_settings, settings
 from limits import TOO_MANY_AUTH_REQUESTS, AbuseLimits, configured_limits
-from conftest import LiveServer
+from conftest import INCORRECT_PASSWORD, INVALID_TOKEN, LOGIN_FAILED, NEW_PASSWORD, WRONG, LiveServer
 from main import app
 from models import RateLimitEvent, User
 
-WRONG = "not the password"
-NEW_PASSWORD = "a brand new passphrase"
-INVALID_TOKEN = {"detail": "Could not validate credentials"}
-LOGIN_FAILED = {"detail": "Incorrect email or password"}
-INCORRECT_PASSWORD = {"detail": "Incorrect password"}
 TOO_MANY_FAILURES = {"detail": "Too many failed logins for this email; try again later"}
 TOO_MANY_REQUESTS = {"detail": TOO_MANY_AUTH_REQUESTS}
 HASHING_BUSY = {"detail": "Too many password checks in progress; try again shortly"}
@@ -86,21 +81,21 @@ def count_rows(engine, table) -> int:
 # --- configuration ---
 
 
-def test_limits_default_to_5_failures_in_15_minutes_and_20_auth_requests(monkeypatch):
+@pytest.mark.parametrize(
+    "env, expected",
+    [
+        ({}, (5, 15, 20)),  # the defaults
+        ({"LOGIN_FAILURE_LIMIT": "3", "LOGIN_FAILURE_WINDOW_MINUTES": "7", "AUTH_REQUESTS_PER_MINUTE": "0"}, (3, 7, 0)),
+    ],
+)
+def test_limit_settings_have_defaults_and_come_from_the_environment(monkeypatch, env, expected):
     for name in ("LOGIN_FAILURE_LIMIT", "LOGIN_FAILURE_WINDOW_MINUTES", "AUTH_REQUESTS_PER_MINUTE"):
         monkeypatch.delenv(name, raising=False)
-    defaults = load_settings()
-    assert (defaults.login_failure_limit, defaults.login_failure_window_minutes) == (5, 15)
-    assert defaults.auth_requests_per_minute == 20
-
-
-def test_limit_settings_come_from_the_environment(monkeypatch):
-    monkeypatch.setenv("LOGIN_FAILURE_LIMIT", "3")
-    monkeypatch.setenv("LOGIN_FAILURE_WINDOW_MINUTES", "7")
-    monkeypatch.setenv("AUTH_REQUESTS_PER_MINUTE", "0")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
     configured = load_settings()
-    assert (configured.login_failure_limit, configured.login_failure_window_minutes) == (3, 7)
-    assert configured.auth_requests_per_minute == 0
+    limits = (configured.login_failure_limit, configured.login_failure_window_minutes)
+    assert (*limits, configured.auth_requests_per_minute) == expected
 
 
 def test_a_negative_limit_stops_start_up(monkeypatch):

@@ -24,13 +24,12 @@ from sqlmodel import Session, func, select
 import refresh_tokens
 import routes.auth
 from config import load_settings, settings
-from conftest import PASSWORD, Account, sign_up
+from conftest import INVALID_TOKEN, PASSWORD, Account, sign_up
 from limits import AbuseLimits, configured_limits
 from main import app
 from models import RefreshToken, TokenFamily, utc_now
 
 INVALID_REFRESH = {"detail": "Invalid or expired refresh token"}
-INVALID_TOKEN = {"detail": "Could not validate credentials"}
 REFRESH_URL = "/api/auth/refresh"
 JSON = {"Content-Type": "application/json"}
 
