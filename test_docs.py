@@ -318,9 +318,9 @@ def test_each_operation_has_the_operation_id_a_person_would_write_and_its_tag(cl
 def test_operation_ids_are_unique_short_camel_case_words(client):
     ids = [operation["operationId"] for operation in schema_operations(fetch_openapi(client)).values()]
     assert len(ids) == len(set(ids)), sorted(ids)
-    for operation_id in ids:
-        assert re.fullmatch(r"[a-z]+(?:[A-Z][a-z]+)*", operation_id), operation_id
-        assert len(operation_id) <= MAX_OPERATION_ID_LENGTH, operation_id
+    for each_id in ids:
+        assert re.fullmatch(r"[a-z]+(?:[A-Z][a-z]+)*", each_id), each_id
+        assert len(each_id) <= MAX_OPERATION_ID_LENGTH, each_id
 
 
 def test_a_new_route_gets_its_operation_id_from_its_function_name():
