@@ -50,7 +50,7 @@ class HashingBusy(HTTPException):
 
 
 def run_hash(function, *args):
-    """Run a bcrypt function in this thread once a hashing thread is free; HashingBusy when every slot is taken."""
+    """Run a bcrypt function in this thread when a hash may run; HashingBusy when every slot is taken."""
     if not hashing_slots.acquire(blocking=False):
         raise HashingBusy()
     try:

@@ -93,6 +93,11 @@ def to_public(session: Session, task: Task) -> dict:
     return task.model_dump() | {"tags": load_tags(session, [task.id])[task.id]}  # the response model filters it
 
 
+def recurring_without_due_date() -> RequestValidationError:
+    error = {"type": "value_error", "loc": ("body",), "msg": f"Value error, {RECURRENCE_NEEDS_DUE_DATE}"}
+    return RequestValidationError([error])  # as TaskCreate's own check answers
+
+
 def get_owned_task(session: Session, owner_id: int, task_id: int) -> Task:
     task = session.get(Task, task_id)
     if task is None or task.user_id != owner_id:
@@ -206,6 +211,7 @@ def create_task(user_id: UserIdPath, body: TaskCreate, owner: OwnerDep, session:
         raise invalid_credentials() from None
     session.add_all(TaskTag(task_id=task.id, name=name) for name in body.tags)
     if task.completed:
+        session.flush()  # the next occurrence copies the tags from the table
         create_next_occurrence(session, task, now)
     session.commit()
     response.headers["Location"] = f"/api/{user_id}/tasks/{task.id}"
@@ -227,14 +233,15 @@ def update_task(task_id: IdPath, body: TaskUpdate, owner: OwnerDep, session: Ses
     changes = body.model_dump(exclude_unset=True)
     completed, tags = changes.pop("completed", None), changes.pop("tags", None)
     task.sqlmodel_update(changes | {"updated_at": now})
+    if task.recurrence != "none" and task.due_date is None:
+        raise recurring_without_due_date()
     session.add(task)
     try:  # the first write: from here on this transaction holds the row
         session.flush()
     except StaleDataError:  # deleted since our read
         raise task_not_found() from None
-    except IntegrityError:  # the CHECK constraint: on the row as stored, even if changed since our read
-        error = {"type": "value_error", "loc": ("body",), "msg": f"Value error, {RECURRENCE_NEEDS_DUE_DATE}"}
-        raise RequestValidationError([error]) from None  # as TaskCreate's own check answers
+    except IntegrityError:  # the CHECK constraint: the row may have changed since our read
+        raise recurring_without_due_date() from None
     if tags is not None:
         session.execute(delete(TaskTag).where(TaskTag.task_id == task.id))
         session.add_all(TaskTag(task_id=task.id, name=name) for name in tags)
