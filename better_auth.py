@@ -175,12 +175,14 @@ def find_or_create_user(session: Session, claims: BetterAuthClaims) -> tuple[Use
     one insert), and whether the token was logged out."""
     account = {"better_auth_issuer": claims.issuer, "better_auth_id": claims.subject}
     query = select(User, exists().where(RevokedToken.jti == claims.token_id)).filter_by(**account)
-    row = session.exec(query).first()
-    if row is None:
-        session.add(User(**account))
-        try:
-            session.commit()
-        except IntegrityError:
-            session.rollback()
-        row = session.exec(query).one()
+    if (row := session.exec(query).first()) is not None:
+        return row[0], row[1]
+    user = User(**account)
+    session.add(user)
+    try:
+        session.commit()
+        return user, False  # a new account has no logged-out token
+    except IntegrityError:  # another request made it first: read theirs
+        session.rollback()
+    row = session.exec(query).one()
     return row[0], row[1]
