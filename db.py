@@ -67,8 +67,9 @@ def make_engine(url: str, statement_timeout_ms: int | None = None) -> Engine:
         # SQLite's own lower() folds only A-Z; Python's folds all of Unicode, as PostgreSQL's does.
         unicode_lower = lambda value: value.lower() if isinstance(value, str) else value  # noqa: E731
         dbapi_connection.create_function("lower", 1, unicode_lower, deterministic=True)
-        dbapi_connection.execute("PRAGMA journal_mode=WAL")  # readers run beside the one writer
+        # First: switching to WAL needs a lock that a worker migrating at start-up may hold.
         dbapi_connection.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")  # not "database is locked"
+        dbapi_connection.execute("PRAGMA journal_mode=WAL")  # readers run beside the one writer
         dbapi_connection.execute("PRAGMA foreign_keys=ON")  # SQLite ignores ON DELETE CASCADE without it
         # In WAL mode NORMAL loses no committed transaction on a crash, only on a power loss.
         dbapi_connection.execute(f"PRAGMA synchronous={settings.sqlite_synchronous}")
