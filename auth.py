@@ -26,12 +26,15 @@ from models import RevokedToken, TokenFamily, User
 from schemas import BCRYPT_MAX_BYTES, MAX_ID, UserIdPath
 
 JWT_ALGORITHM = "HS256"
-# What this API writes: sub in plain decimal, jti from token_urlsafe (at most the jti
-# column's 64 characters). int() would also read " 2 ", "+2", "0_2" and "١" as 2.
+# What this API writes: sub in plain decimal, jti from token_urlsafe (at most the jti column's 64 characters).
+# int() would also read " 2 ", "+2", "0_2" and "١" as 2; fullmatch raises TypeError on a claim that is no string.
 CANONICAL_USER_ID = re.compile(r"[1-9][0-9]{0,18}")
 TOKEN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 FAMILY_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")  # the token family id column's size
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+PASSWORD_IN_BETTER_AUTH = ("This account signs in with Better Auth, which keeps its password: "
+                           "change the password or delete the user there")
+# tokenUrl is where Swagger UI's Authorize button posts the OAuth2 password form.
+oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/api/auth/token")
 
 # bcrypt is slow on purpose and releases the GIL: so few threads hash at once, a login burst leaves CPU to the rest.
 HASHING_THREADS = max(1, (os.cpu_count() or 1) // 2)
@@ -81,10 +84,6 @@ def invalid_credentials(detail: str = "Could not validate credentials") -> HTTPE
     return HTTPException(status.HTTP_401_UNAUTHORIZED, detail, headers={"WWW-Authenticate": "Bearer"})
 
 
-PASSWORD_IN_BETTER_AUTH = ("This account signs in with Better Auth, which keeps its password: "
-                           "change the password or delete the user there")
-
-
 @dataclass(frozen=True)
 class PasswordCheck:
     """A dependency that checks the passwords this request's client types. Each check counts against the
@@ -118,10 +117,9 @@ PasswordCheckDep = Annotated[PasswordCheck, Depends()]
 
 
 def account_stamp(user: User) -> int:
-    """The account's creation time in whole microseconds (SQLite and PostgreSQL keep them): with the
-    id it names one account, so a token cannot pass to a new account given the same id."""
+    """Creation time in microseconds (both databases keep them): with the id, it names one account, not a reused id."""
     created_at = user.created_at if user.created_at.tzinfo else user.created_at.replace(tzinfo=timezone.utc)
-    return (created_at - EPOCH) // timedelta(microseconds=1)
+    return (created_at - datetime(1970, 1, 1, tzinfo=timezone.utc)) // timedelta(microseconds=1)
 
 
 def create_access_token(user: User, now: datetime, family_id: str) -> str:
@@ -137,10 +135,6 @@ def create_access_token(user: User, now: datetime, family_id: str) -> str:
     return jwt.encode(claims, settings.jwt_secret, algorithm=JWT_ALGORITHM)
 
 
-# tokenUrl is where Swagger UI's Authorize button posts the OAuth2 password form.
-oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/api/auth/token")
-
-
 class TokenClaims(NamedTuple):
     user_id: int
     token_id: str  # the jti
@@ -150,23 +144,18 @@ class TokenClaims(NamedTuple):
     expires_at: datetime
 
 
-def is_plain(pattern: re.Pattern, value: object) -> bool:
-    return isinstance(value, str) and pattern.fullmatch(value) is not None
-
-
 async def get_token_claims(token: Annotated[str, Depends(oauth2_scheme)]) -> TokenClaims | BetterAuthClaims:
-    """Our own token's claims, or else (when configured) a Better Auth token's: ours first, at no extra cost."""
-    # async def: decoding is pure CPU, so it runs on the event loop without a thread hop.
+    """Our own token's claims, else (when configured) a Better Auth token's. async: decoding needs no thread."""
     try:
         required = ["exp", "iat", "sub", "jti", "gen"]
         claims = jwt.decode(token, settings.jwt_secret, algorithms=[JWT_ALGORITHM], options={"require": required})
         if not (
-            is_plain(CANONICAL_USER_ID, claims["sub"])
+            CANONICAL_USER_ID.fullmatch(claims["sub"])
             and int(claims["sub"]) <= MAX_ID
-            and is_plain(TOKEN_ID, claims["jti"])
+            and TOKEN_ID.fullmatch(claims["jti"])
             and type(claims["gen"]) is int
             and type(claims.get("acct", 0)) is int
-            and ("fam" not in claims or is_plain(FAMILY_ID, claims["fam"]))
+            and ("fam" not in claims or FAMILY_ID.fullmatch(claims["fam"]))
         ):
             raise ValueError("not a token this API issues")
         expires_at = datetime.fromtimestamp(claims["exp"], timezone.utc)
@@ -176,7 +165,7 @@ async def get_token_claims(token: Annotated[str, Depends(oauth2_scheme)]) -> Tok
     except (jwt.InvalidTokenError, ValueError, TypeError, OverflowError, OSError):
         if not better_auth.verifier.enabled:
             raise invalid_credentials() from None
-    try:  # better_auth.KeySetUnavailable, a 503, passes through
+    try:  # a 503 (the key set cannot be fetched) passes through
         return await better_auth.verifier.verify(token)
     except (jwt.PyJWTError, ValueError, TypeError, OverflowError, OSError):
         raise invalid_credentials() from None
@@ -185,8 +174,7 @@ async def get_token_claims(token: Annotated[str, Depends(oauth2_scheme)]) -> Tok
 TokenClaimsDep = Annotated[TokenClaims | BetterAuthClaims, Depends(get_token_claims)]
 
 
-# One query, three primary-key lookups: the user, whether this token was logged out, and whether its
-# family (its login session) still exists. Built once: building it cost more than running it.
+# The user, this token's logout and its login session in one query; built once: building it cost more than running it.
 USER_AND_LOGOUT = select(
     User, exists().where(RevokedToken.jti == bindparam("jti")), exists().where(TokenFamily.id == bindparam("family_id"))
 ).where(User.id == bindparam("user_id"))
