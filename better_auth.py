@@ -32,7 +32,6 @@ REFETCH_INTERVAL_SECONDS = 5
 MAX_KEY_SET_BYTES = 256 * 1024
 # Better Auth's clock is another machine's: a token issued a moment "in the future" or expired a moment ago counts.
 CLOCK_SKEW_SECONDS = 10
-SUBJECT = re.compile(USER_ID_PATTERN)  # a sub that can name the account in the path
 KEY_SET_UNAVAILABLE = "Better Auth's key set cannot be fetched; try again shortly"
 
 log = logging.getLogger("uvicorn.error")  # where uvicorn writes its own messages
@@ -46,11 +45,9 @@ def log_once(cause: str, message: str, *args: object) -> None:
         log.warning("Refused a Better Auth token: " + message + " (logged once)", *args)
 
 
-class KeySetUnavailable(HTTPException):
+def key_set_unavailable(retry_after: int) -> HTTPException:
     """503: the key set could not be fetched; Retry-After says when it will be tried again."""
-
-    def __init__(self, retry_after: int) -> None:
-        super().__init__(status.HTTP_503_SERVICE_UNAVAILABLE, KEY_SET_UNAVAILABLE, {"Retry-After": str(retry_after)})
+    return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, KEY_SET_UNAVAILABLE, {"Retry-After": str(retry_after)})
 
 
 class BetterAuthClaims(NamedTuple):
@@ -92,7 +89,7 @@ class KeySet:
         self.fetching: Event | None = None
 
     async def key_for(self, kid: object) -> jwt.PyJWK | None:
-        """The key named `kid`, None if the (fresh enough) key set has none, or KeySetUnavailable."""
+        """The key named `kid`, None if the (fresh enough) key set has none, or a 503."""
         if not isinstance(kid, str):
             return None
         if kid not in self.keys and self.fetching is not None:
@@ -102,7 +99,7 @@ class KeySet:
         now = self.clock()
         if self.attempted_at is not None and now - self.attempted_at < REFETCH_INTERVAL_SECONDS:
             if self.failing:
-                raise KeySetUnavailable(math.ceil(REFETCH_INTERVAL_SECONDS - (now - self.attempted_at)))
+                raise key_set_unavailable(math.ceil(REFETCH_INTERVAL_SECONDS - (now - self.attempted_at)))
             return None  # the key set is fresh and has no such key
         self.attempted_at, self.fetching = now, Event()
         try:  # in a worker thread: it blocks for up to FETCH_TIMEOUT_SECONDS
@@ -112,7 +109,7 @@ class KeySet:
             if not self.failing:  # logged when it starts failing, not on every retry
                 log.warning("Better Auth's key set at %s cannot be fetched: %s", self.url, error)
             self.failing = True
-            raise KeySetUnavailable(REFETCH_INTERVAL_SECONDS) from None
+            raise key_set_unavailable(REFETCH_INTERVAL_SECONDS) from None
         finally:
             self.fetching.set()
             self.fetching = None
@@ -132,7 +129,7 @@ class BetterAuth:
         self.enabled = self.key_set is not None or secret is not None
 
     async def verify(self, token: str) -> BetterAuthClaims:
-        """The token's claims, or jwt.InvalidTokenError (a 401), or KeySetUnavailable (a 503)."""
+        """The token's claims, or jwt.InvalidTokenError (a 401), or an HTTPException (a 503)."""
         header = jwt.get_unverified_header(token)
         algorithm = header.get("alg")
         if algorithm == "HS256" and self.secret is not None:
@@ -159,7 +156,7 @@ class BetterAuth:
                 log_once("aud", "its aud is %.120r, but BETTER_AUTH_URL is %.120r: it must be one of them", aud, url)
                 raise jwt.InvalidAudienceError("wrong aud")
         subject = claims["sub"]
-        if not isinstance(subject, str) or not SUBJECT.fullmatch(subject):
+        if not isinstance(subject, str) or not re.fullmatch(USER_ID_PATTERN, subject):  # it names accounts in paths
             raise jwt.InvalidTokenError("sub must be 1 to 255 characters of [A-Za-z0-9._~-]")
         # The signed part only: PyJWT accepts a signature with padding appended, and ECDSA has a second
         # valid signature per token, so the whole string would let a logged-out token back in.
@@ -175,14 +172,14 @@ def find_or_create_user(session: Session, claims: BetterAuthClaims) -> tuple[Use
     one insert), and whether the token was logged out."""
     account = {"better_auth_issuer": claims.issuer, "better_auth_id": claims.subject}
     query = select(User, exists().where(RevokedToken.jti == claims.token_id)).filter_by(**account)
-    if (row := session.exec(query).first()) is not None:
-        return row[0], row[1]
-    user = User(**account)
-    session.add(user)
-    try:
-        session.commit()
-        return user, False  # a new account has no logged-out token
-    except IntegrityError:  # another request made it first: read theirs
-        session.rollback()
-    row = session.exec(query).one()
-    return row[0], row[1]
+    row = session.exec(query).first()
+    if row is None:
+        user = User(**account)
+        session.add(user)
+        try:
+            session.commit()
+            return user, False  # a new account has no logged-out token
+        except IntegrityError:  # another request made it first: read theirs
+            session.rollback()
+            row = session.exec(query).one()
+    return tuple(row)
