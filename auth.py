@@ -48,14 +48,11 @@ HASHING_BUSY = "Too many password checks in progress; try again shortly"
 class HashingBusy(HTTPException):
     """503: every hashing slot is taken, so the password was not hashed or checked."""
 
-    def __init__(self) -> None:  # Retry-After 1: a hash takes about 0.25 s at the default 12 rounds
-        super().__init__(status.HTTP_503_SERVICE_UNAVAILABLE, HASHING_BUSY, headers={"Retry-After": "1"})
-
 
 def run_hash(function, *args):
     """Run a bcrypt function in this thread when a hash may run; HashingBusy when every slot is taken."""
-    if not hashing_slots.acquire(blocking=False):
-        raise HashingBusy()
+    if not hashing_slots.acquire(blocking=False):  # Retry-After 1: a hash takes about 0.25 s at the default 12 rounds
+        raise HashingBusy(status.HTTP_503_SERVICE_UNAVAILABLE, HASHING_BUSY, headers={"Retry-After": "1"})
     try:
         with hashes_running:
             return function(*args)
@@ -64,8 +61,7 @@ def run_hash(function, *args):
 
 
 def hash_password(password: str) -> str:
-    salt = bcrypt.gensalt(settings.bcrypt_rounds)
-    return run_hash(bcrypt.hashpw, password.encode(), salt).decode()
+    return run_hash(bcrypt.hashpw, password.encode(), bcrypt.gensalt(settings.bcrypt_rounds)).decode()
 
 
 # Checked when the email is unknown, so a login's timing does not reveal which emails are registered.
@@ -86,8 +82,7 @@ def invalid_credentials(detail: str = "Could not validate credentials") -> HTTPE
 
 @dataclass(frozen=True)
 class PasswordCheck:
-    """A dependency that checks the passwords this request's client types. Each check counts against the
-    failed-login limit of (email, client address), so a stolen token cannot guess the password either."""
+    """Checks typed passwords within the failed-login limit of (email, address): a stolen token cannot guess them."""
 
     session: SessionDep
     limits: LimitsDep
