@@ -14,8 +14,6 @@ from sqlmodel import Session
 from config import settings
 from models import RefreshToken, TokenFamily, User
 
-REFRESH_TOKEN_BYTES = 32
-FAMILY_ID_BYTES = 16  # 22 characters, within the column's 32
 INVALID_REFRESH_TOKEN = "Invalid or expired refresh token"
 
 
@@ -41,7 +39,7 @@ def invalid_refresh_token() -> HTTPException:
 
 def issue_refresh_token(session: Session, family_id: str, now: datetime) -> IssuedRefreshToken:
     """The family's next refresh token, committed; expired families and tokens go, so the tables stay small."""
-    token = secrets.token_urlsafe(REFRESH_TOKEN_BYTES)
+    token = secrets.token_urlsafe(32)  # 256 random bits
     expires_at = now + timedelta(days=settings.refresh_token_expire_days)
     row = {"token_hash": hash_refresh_token(token), "family_id": family_id, "expires_at": expires_at}
     session.execute(insert(RefreshToken).values(row))
@@ -53,7 +51,7 @@ def issue_refresh_token(session: Session, family_id: str, now: datetime) -> Issu
 
 def start_family(session: Session, user: User, now: datetime) -> IssuedRefreshToken:
     """A new login's family and its first refresh token, committed."""
-    family_id = secrets.token_urlsafe(FAMILY_ID_BYTES)
+    family_id = secrets.token_urlsafe(16)  # 22 characters, within the column's 32
     session.execute(insert(TokenFamily).values(id=family_id, user_id=user.id, expires_at=now + family_lifetime()))
     return issue_refresh_token(session, family_id, now)
 
