@@ -89,7 +89,7 @@ class KeySet:
         self.fetching: Event | None = None
 
     async def key_for(self, kid: object) -> jwt.PyJWK | None:
-        """The key named `kid`, None if the (fresh enough) key set has none, or a 503."""
+        """The key named `kid`; None if the (fresh enough) key set has none; a 503 if it cannot be fetched."""
         if not isinstance(kid, str):
             return None
         if kid not in self.keys and self.fetching is not None:
