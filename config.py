@@ -6,8 +6,9 @@ import re
 import secrets
 import tempfile
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -16,26 +17,6 @@ MIN_SECRET_BYTES = 32
 MAX_URL_LENGTH = 255  # BETTER_AUTH_URL is stored as the issuer of its accounts
 DATABASE_URL_FORMS = "sqlite:///PATH, sqlite:///:memory: or postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
 DEFAULT_CORS_ORIGINS = "http://localhost:3000,http://127.0.0.1:3000,http://localhost:5173,http://127.0.0.1:5173"
-
-
-@dataclass(frozen=True)
-class Settings:
-    database_url: str
-    jwt_secret: str
-    access_token_expire_minutes: int
-    refresh_token_expire_days: int
-    refresh_token_grace_seconds: int
-    bcrypt_rounds: int
-    cors_origins: list[str]
-    login_failure_limit: int  # abuse limits: 0 turns one off (benchmarks, suites that create many users)
-    login_failure_window_minutes: int
-    auth_requests_per_minute: int
-    sqlite_synchronous: str
-    max_tasks_per_user: int  # bounds on what one request can cost
-    statement_timeout_ms: int
-    better_auth_url: str | None  # Better Auth (better_auth.py): None turns that kind of token off
-    better_auth_jwks_url: str | None
-    better_auth_secret: str | None
 
 
 def load_or_create_secret(path: Path) -> str:
@@ -125,39 +106,52 @@ def sqlite_synchronous_setting() -> str:
     return raw.strip().upper()
 
 
-def load_settings() -> Settings:
-    jwt_secret = jwt_secret_setting()
-    better_auth_url = url_setting("BETTER_AUTH_URL")
-    jwks_url = url_setting("BETTER_AUTH_JWKS_URL") or (better_auth_url and f"{better_auth_url}/api/auth/jwks")
+def jwks_url_setting() -> str | None:
+    better_auth_url, jwks_url = url_setting("BETTER_AUTH_URL"), url_setting("BETTER_AUTH_JWKS_URL")
     if jwks_url and not better_auth_url:
         raise SystemExit("BETTER_AUTH_JWKS_URL needs BETTER_AUTH_URL, which its tokens' iss and aud must equal")
-    better_auth_secret = os.environ.get("BETTER_AUTH_SECRET") or None
-    if better_auth_secret is not None:
-        better_auth_secret = strong_secret("BETTER_AUTH_SECRET", better_auth_secret)
-        # With one secret for both, our own tokens would pass as Better Auth tokens too.
-        if secrets.compare_digest(better_auth_secret.encode(), jwt_secret.encode()):
+    return jwks_url or (better_auth_url and f"{better_auth_url}/api/auth/jwks")
+
+
+def list_setting(name: str, default: str) -> list[str]:
+    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+def optional_secret(name: str) -> str | None:
+    return strong_secret(name, os.environ[name]) if os.environ.get(name) else None
+
+
+def from_env(read: Callable[..., Any], *args: Any) -> Any:
+    """A field that Settings() reads from the environment, in field order, with read(*args)."""
+    return field(default_factory=lambda: read(*args))
+
+
+@dataclass(frozen=True)
+class Settings:
+    jwt_secret: str = from_env(jwt_secret_setting)
+    better_auth_url: str | None = from_env(url_setting, "BETTER_AUTH_URL")  # None turns Better Auth tokens off
+    better_auth_jwks_url: str | None = from_env(jwks_url_setting)
+    better_auth_secret: str | None = from_env(optional_secret, "BETTER_AUTH_SECRET")
+    database_url: str = from_env(database_url_setting)
+    access_token_expire_minutes: int = from_env(int_setting, "ACCESS_TOKEN_EXPIRE_MINUTES", 60, 1, 60 * 24 * 30)
+    refresh_token_expire_days: int = from_env(int_setting, "REFRESH_TOKEN_EXPIRE_DAYS", 30, 1, 365)
+    refresh_token_grace_seconds: int = from_env(int_setting, "REFRESH_TOKEN_GRACE_SECONDS", 10, 0, 60)
+    bcrypt_rounds: int = from_env(int_setting, "BCRYPT_ROUNDS", 12, 4, 31)  # bcrypt's own range
+    cors_origins: list[str] = from_env(list_setting, "CORS_ORIGINS", DEFAULT_CORS_ORIGINS)
+    # Abuse limits: 0 turns one off (benchmarks, suites that create many users).
+    login_failure_limit: int = from_env(int_setting, "LOGIN_FAILURE_LIMIT", 5, 0, 1_000_000)
+    # A window of 0 would count nothing: LOGIN_FAILURE_LIMIT=0 is what turns the limit off.
+    login_failure_window_minutes: int = from_env(int_setting, "LOGIN_FAILURE_WINDOW_MINUTES", 15, 1, 60 * 24 * 30)
+    auth_requests_per_minute: int = from_env(int_setting, "AUTH_REQUESTS_PER_MINUTE", 20, 0, 1_000_000)
+    sqlite_synchronous: str = from_env(sqlite_synchronous_setting)
+    max_tasks_per_user: int = from_env(int_setting, "MAX_TASKS_PER_USER", 10_000, 1, 100_000_000)
+    # Enough for any ordinary query on a busy machine; short enough that a backtracking LIKE answers in seconds.
+    statement_timeout_ms: int = from_env(int_setting, "STATEMENT_TIMEOUT_MS", 2_000, 100, 600_000)
+
+    def __post_init__(self) -> None:
+        if self.better_auth_secret == self.jwt_secret:  # else our own tokens would pass as Better Auth tokens too
             raise SystemExit("BETTER_AUTH_SECRET must differ from JWT_SECRET")
-    origins = os.environ.get("CORS_ORIGINS", DEFAULT_CORS_ORIGINS)
-    return Settings(
-        database_url=database_url_setting(),
-        jwt_secret=jwt_secret,
-        access_token_expire_minutes=int_setting("ACCESS_TOKEN_EXPIRE_MINUTES", 60, 1, 60 * 24 * 30),
-        refresh_token_expire_days=int_setting("REFRESH_TOKEN_EXPIRE_DAYS", 30, 1, 365),
-        refresh_token_grace_seconds=int_setting("REFRESH_TOKEN_GRACE_SECONDS", 10, 0, 60),
-        bcrypt_rounds=int_setting("BCRYPT_ROUNDS", 12, 4, 31),  # bcrypt's own range
-        cors_origins=[origin.strip() for origin in origins.split(",") if origin.strip()],
-        login_failure_limit=int_setting("LOGIN_FAILURE_LIMIT", 5, 0, 1_000_000),
-        # A window of 0 would count nothing: LOGIN_FAILURE_LIMIT=0 is what turns the limit off.
-        login_failure_window_minutes=int_setting("LOGIN_FAILURE_WINDOW_MINUTES", 15, 1, 60 * 24 * 30),
-        auth_requests_per_minute=int_setting("AUTH_REQUESTS_PER_MINUTE", 20, 0, 1_000_000),
-        sqlite_synchronous=sqlite_synchronous_setting(),
-        max_tasks_per_user=int_setting("MAX_TASKS_PER_USER", 10_000, 1, 100_000_000),
-        # Enough for any ordinary query on a busy machine; short enough that a backtracking LIKE answers in seconds.
-        statement_timeout_ms=int_setting("STATEMENT_TIMEOUT_MS", 2_000, 100, 600_000),
-        better_auth_url=better_auth_url,
-        better_auth_jwks_url=jwks_url,
-        better_auth_secret=better_auth_secret,
-    )
 
 
-settings = load_settings()
+load_settings = Settings  # each call reads the environment afresh
+settings = Settings()

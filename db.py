@@ -28,9 +28,6 @@ from models import utc_now
 
 SESSION_SLOTS = 40  # a connection for each of AnyIO's 40 worker threads, which run our sync handlers
 POOL_SIZE = SESSION_SLOTS + 1  # and one for /health, so it never queues behind requests
-SQLITE_BUSY_TIMEOUT_MS = 30_000  # a writer waits this long for SQLite's one write lock
-PROGRESS_INSTRUCTIONS = 1_000  # SQLite's VM steps between budget checks: often enough for a slow LIKE, yet cheap
-QUERY_CANCELED = "57014"  # PostgreSQL's SQLSTATE for a statement stopped by statement_timeout
 SCHEMA_LOCK_KEY = 0x70D0_5C4E  # any fixed number: the same in every process of this app
 STATEMENT_TIMED_OUT = "The query took too long; narrow it down (a shorter search, a filter) and try again"
 
@@ -67,14 +64,13 @@ def make_engine(url: str, statement_timeout_ms: int | None = None) -> Engine:
         # SQLite's own lower() folds only A-Z; Python's folds all of Unicode, as PostgreSQL's does.
         unicode_lower = lambda value: value.lower() if isinstance(value, str) else value  # noqa: E731
         dbapi_connection.create_function("lower", 1, unicode_lower, deterministic=True)
-        # First: switching to WAL needs a lock that a worker migrating at start-up may hold.
-        dbapi_connection.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")  # not "database is locked"
+        # First, as switching to WAL needs a lock that a worker migrating at start-up may hold.
+        dbapi_connection.execute("PRAGMA busy_timeout=30000")  # a writer waits up to 30 s for the one write lock
         dbapi_connection.execute("PRAGMA journal_mode=WAL")  # readers run beside the one writer
         dbapi_connection.execute("PRAGMA foreign_keys=ON")  # SQLite ignores ON DELETE CASCADE without it
-        # In WAL mode NORMAL loses no committed transaction on a crash, only on a power loss.
         dbapi_connection.execute(f"PRAGMA synchronous={settings.sqlite_synchronous}")
         connection_record.info["statement_budget"] = budget = StatementBudget(budget_ms / 1000)
-        dbapi_connection.set_progress_handler(budget.exceeded, PROGRESS_INSTRUCTIONS)
+        dbapi_connection.set_progress_handler(budget.exceeded, 1000)  # every 1000 VM steps: cheap, yet prompt
 
     @event.listens_for(engine, "before_cursor_execute")
     def restart_statement_budget(connection, *_) -> None:
@@ -95,7 +91,7 @@ def limit_statement_time(session: Session) -> None:
 def statement_ran_out_of_time(error: DBAPIError) -> bool:
     """SQLite's "interrupted" (StatementBudget) or PostgreSQL's query_canceled (statement_timeout)."""
     code = getattr(error.orig, "sqlite_errorcode", None) or getattr(error.orig, "sqlstate", None)
-    return code in (sqlite3.SQLITE_INTERRUPT, QUERY_CANCELED)
+    return code in (sqlite3.SQLITE_INTERRUPT, "57014")  # 57014: query_canceled's SQLSTATE
 
 
 engine = make_engine(settings.database_url)
@@ -242,9 +238,8 @@ async def get_session() -> AsyncIterator[Session]:
     # async def saves a thread hop per request, as opening a Session does no I/O. Closing one
     # returns its connection to the pool, so that runs in a thread: shielded, so a client that hangs
     # up cannot leak it, and outside the threadpool's limit, so it never waits for a thread.
-    # expire_on_commit=False: a handler returns the rows it just wrote without a re-read.
     async with slots(session_slots, SESSION_SLOTS):
-        session = Session(engine, expire_on_commit=False)
+        session = Session(engine, expire_on_commit=False)  # a handler returns the rows it wrote without a re-read
         try:
             yield session
         finally:
