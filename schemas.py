@@ -13,7 +13,6 @@ from sqlmodel import Field, SQLModel
 BCRYPT_MAX_BYTES = 72  # bcrypt refuses longer passwords
 PASSWORD_MIN_BYTES = 8
 MAX_ID = 2**63 - 1  # the largest id a 64-bit integer column can hold
-EARLIEST_DATE = datetime(1900, 1, 1, tzinfo=timezone.utc)
 LATEST_DATE = datetime(9999, 1, 1, tzinfo=timezone.utc)  # leaves room to advance by a month
 TAG_MAX_LENGTH = 30
 RECURRENCE_NEEDS_DUE_DATE = "A recurring task needs a due_date"
@@ -50,7 +49,7 @@ def utc_date_time(value: object) -> datetime:
     if not isinstance(value, datetime):
         raise ValueError("must be an ISO 8601 date-time string")
     value = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-    if not EARLIEST_DATE <= value < LATEST_DATE:
+    if not datetime(1900, 1, 1, tzinfo=timezone.utc) <= value < LATEST_DATE:
         raise ValueError("must be between the years 1900 and 9998")
     return value.astimezone(timezone.utc)
 
@@ -62,6 +61,19 @@ def fits_tag_column(tag: str) -> str:
     return tag
 
 
+def password_within_bcrypt_limits(password: str) -> str:
+    try:
+        size = len(password.encode())
+    except UnicodeEncodeError:
+        raise ValueError("Password must be valid Unicode text") from None
+    if "\x00" in password:  # bcrypt stops reading at a NUL: eight NULs would be the empty password
+        raise ValueError("Password must not contain NUL characters")
+    if not PASSWORD_MIN_BYTES <= size <= BCRYPT_MAX_BYTES:
+        raise ValueError(f"Password must be {PASSWORD_MIN_BYTES} to {BCRYPT_MAX_BYTES} bytes in UTF-8 "
+                         f"(this one is {size}); bcrypt cannot use more than {BCRYPT_MAX_BYTES}")
+    return password
+
+
 PlainText = AfterValidator(plain_text)  # after the length checks, which must see stripped text
 Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), PlainText]
 Description = Annotated[str, StringConstraints(max_length=1000), PlainText]
@@ -70,6 +82,7 @@ TagText = StringConstraints(strip_whitespace=True, to_lower=True, min_length=1, 
 TagName = Annotated[str, TagText, AfterValidator(fits_tag_column), PlainText]
 Tags = Annotated[list[TagName], Field(max_length=10), AfterValidator(lambda tags: list(dict.fromkeys(tags)))]
 UtcDateTime = Annotated[datetime, BeforeValidator(utc_date_time)]
+NewPassword = Annotated[str, AfterValidator(password_within_bcrypt_limits)]
 
 
 def example(**fields: object) -> ConfigDict:
@@ -80,16 +93,6 @@ def example(**fields: object) -> ConfigDict:
 class ErrorMessage(SQLModel):
     model_config = example(detail="Task not found")
     detail: str
-
-
-RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before trying again", "schema": {"type": "integer"}}}
-
-
-def error_response(description: str, detail: str, *, retry_after: bool = False) -> dict:
-    """One entry of a route's responses=: the ErrorMessage shape with this status's own detail."""
-    content = {"application/json": {"example": {"detail": detail}}}
-    headers = {"headers": RETRY_AFTER} if retry_after else {}
-    return {"model": ErrorMessage, "description": description, "content": content, **headers}
 
 
 class FieldError(SQLModel):
@@ -107,27 +110,19 @@ class ValidationErrorMessage(SQLModel):
 
 
 VALIDATION_ERROR = {422: {"model": ValidationErrorMessage, "description": "Validation Error"}}
+RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before trying again", "schema": {"type": "integer"}}}
+
+
+def error_response(description: str, detail: str, *, retry_after: bool = False) -> dict:
+    """One entry of a route's responses=: the ErrorMessage shape with this status's own detail."""
+    content = {"application/json": {"example": {"detail": detail}}}
+    headers = {"headers": RETRY_AFTER} if retry_after else {}
+    return {"model": ErrorMessage, "description": description, "content": content, **headers}
 
 
 class HealthStatus(SQLModel):
     model_config = example(status="ok")
     status: Literal["ok"] = "ok"
-
-
-def password_within_bcrypt_limits(password: str) -> str:
-    try:
-        size = len(password.encode())
-    except UnicodeEncodeError:
-        raise ValueError("Password must be valid Unicode text") from None
-    if "\x00" in password:  # bcrypt stops reading at a NUL: eight NULs would be the empty password
-        raise ValueError("Password must not contain NUL characters")
-    if not PASSWORD_MIN_BYTES <= size <= BCRYPT_MAX_BYTES:
-        raise ValueError(f"Password must be {PASSWORD_MIN_BYTES} to {BCRYPT_MAX_BYTES} bytes in UTF-8 "
-                         f"(this one is {size}); bcrypt cannot use more than {BCRYPT_MAX_BYTES}")
-    return password
-
-
-NewPassword = Annotated[str, AfterValidator(password_within_bcrypt_limits)]
 
 
 class UserCreate(SQLModel):
@@ -164,12 +159,10 @@ class UserPublic(SQLModel):
 
 
 class TokenResponse(SQLModel):
-    model_config = example(
-        access_token="eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9"
-        ".eyJzdWIiOiIxIiwiaWF0IjoxNzcyMzY2NDAwLCJleHAiOjE3NzIzNzAwMDB9.c2lnbmF0dXJl",
-        token_type="bearer", expires_in=3600, refresh_token=EXAMPLE_REFRESH_TOKEN, refresh_expires_in=2592000,
-        user=EXAMPLE_USER,
-    )
+    model_config = example(access_token="eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9"
+                           ".eyJzdWIiOiIxIiwiaWF0IjoxNzcyMzY2NDAwLCJleHAiOjE3NzIzNzAwMDB9.c2lnbmF0dXJl",
+                           token_type="bearer", expires_in=3600, refresh_token=EXAMPLE_REFRESH_TOKEN,
+                           refresh_expires_in=2592000, user=EXAMPLE_USER)
     access_token: str
     token_type: Literal["bearer"] = "bearer"
     expires_in: int  # seconds
@@ -184,10 +177,8 @@ class RefreshRequest(SQLModel):
 
 
 class TaskCreate(SQLModel):
-    model_config = example(
-        title="Pay rent", description="Transfer to the landlord", priority="high",
-        due_date="2026-04-01T09:00:00Z", tags=["home", "money"], recurrence="monthly",
-    )
+    model_config = example(title="Pay rent", description="Transfer to the landlord", priority="high",
+                           due_date="2026-04-01T09:00:00Z", tags=["home", "money"], recurrence="monthly")
     title: Title
     description: Description | None = None
     priority: Priority = "medium"
@@ -230,11 +221,10 @@ class CompletionUpdate(SQLModel):
 
 
 class TaskPublic(SQLModel):
-    model_config = example(
-        id=42, user_id=1, title="Pay rent", description="Transfer to the landlord", completed=True,
-        priority="high", due_date="2026-04-01T09:00:00Z", tags=["home", "money"], recurrence="monthly",
-        created_at=EXAMPLE_TIME, updated_at="2026-03-30T18:15:00Z", completed_at="2026-03-30T18:15:00Z",
-    )
+    model_config = example(id=42, user_id=1, title="Pay rent", description="Transfer to the landlord", completed=True,
+                           priority="high", due_date="2026-04-01T09:00:00Z", tags=["home", "money"],
+                           recurrence="monthly", created_at=EXAMPLE_TIME, updated_at="2026-03-30T18:15:00Z",
+                           completed_at="2026-03-30T18:15:00Z")
     id: int
     user_id: int
     title: str
@@ -250,7 +240,6 @@ class TaskPublic(SQLModel):
 
 
 class TaskListQuery(SQLModel):
-    """Filters, sorting and paging for GET /api/{user_id}/tasks."""
     status: Literal["all", "pending", "completed"] = "all"
     priority: Priority | None = None
     tag: TagName | None = None

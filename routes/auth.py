@@ -37,9 +37,8 @@ FAILED_LOGINS = ("Too many failed logins for this email from this address, "
 LOCKED_OUT = {429: error_response(FAILED_LOGINS, TOO_MANY_FAILED_LOGINS, retry_after=True)}
 COUNTED_PASSWORD_ERRORS = LOCKED_OUT | HASHING_BUSY_RESPONSE | VALIDATION_ERROR  # every route that checks a password
 EMAIL_TAKEN = "Email already registered"
-SIGNUP_ERRORS = {
-    409: error_response(EMAIL_TAKEN, EMAIL_TAKEN), **LIMITED_AUTH_REQUESTS, **HASHING_BUSY_RESPONSE, **VALIDATION_ERROR
-}
+SIGNUP_ERRORS = {409: error_response(EMAIL_TAKEN, EMAIL_TAKEN), **LIMITED_AUTH_REQUESTS, **HASHING_BUSY_RESPONSE,
+                 **VALIDATION_ERROR}
 REFRESH_FAILED = {401: error_response("Unknown, expired, used or ended refresh token", INVALID_REFRESH_TOKEN)}
 REFRESH_ERRORS = REFRESH_FAILED | LIMITED_AUTH_REQUESTS | VALIDATION_ERROR
 LOGIN_FAILED = "Incorrect email or password"
@@ -98,9 +97,8 @@ def login(body: UserLogin, session: SessionDep, check: PasswordCheckDep, now: No
     return authenticate(session, check, body.email, body.password, now)
 
 
-@router.post(
-    "/token", summary="Log in (OAuth2 form)", responses=LOGIN_ERRORS, openapi_extra=FORM_BODY, dependencies=LIMITED
-)
+@router.post("/token", summary="Log in (OAuth2 form)", responses=LOGIN_ERRORS, openapi_extra=FORM_BODY,
+             dependencies=LIMITED)
 def login_form(form: OAuth2Form, session: SessionDep, check: PasswordCheckDep, now: Now) -> TokenResponse:
     """The OAuth2 password flow (username is your email): the tokenUrl of Swagger UI's Authorize button."""
     # Stripped as the JSON login's EmailStr is, so both forms accept the same email.
@@ -109,11 +107,9 @@ def login_form(form: OAuth2Form, session: SessionDep, check: PasswordCheckDep, n
 
 @router.post("/refresh", summary="Trade a refresh token for new tokens", responses=REFRESH_ERRORS, dependencies=LIMITED)
 def refresh(body: RefreshRequest, session: SessionDep, now: Now) -> TokenResponse:
-    """Use up the refresh token for a new access token and refresh token in the same session. Presented again
-    after its grace period (10 seconds by default), it ends the whole session: every token issued in it.
-    Within the grace period, another tab refreshing at the same moment gets a pair of its own."""
-    user, issued = rotate(session, body.refresh_token, now)
-    return token_response(user, issued)
+    """Use up the refresh token for a new pair in the same session. Presented again after its grace period (10 seconds
+    by default), it ends the whole session; within it, another tab refreshing at once gets a pair of its own."""
+    return token_response(*rotate(session, body.refresh_token, now))
 
 
 @router.get("/me", response_model=UserPublic, summary="The current user", responses=NOT_AUTHENTICATED)
@@ -133,10 +129,8 @@ def logout(claims: TokenClaimsDep, user: CurrentUser, session: SessionDep, now: 
     return Response(status_code=204)
 
 
-@router.put(
-    "/password", status_code=204, summary="Change the password", responses=PASSWORD_CHECK_ERRORS | CONCURRENT_CHANGE,
-    dependencies=LIMITED_SIGNED_IN,
-)
+@router.put("/password", status_code=204, summary="Change the password",
+            responses=PASSWORD_CHECK_ERRORS | CONCURRENT_CHANGE, dependencies=LIMITED_SIGNED_IN)
 def change_password(body: PasswordChange, user: CurrentUser, session: SessionDep, check: PasswordCheckDep) -> Response:
     """Set a new password (signup's rules). Every token issued before it, this one too, stops working: log in again."""
     check.confirm(user, body.current_password)
@@ -144,8 +138,8 @@ def change_password(body: PasswordChange, user: CurrentUser, session: SessionDep
     # Compare-and-set on the generation this request's token was checked against: of concurrent
     # changes one finds it, the others would overwrite the winner's password with an ended token.
     same_generation = update(User).where(User.id == user.id, User.token_generation == user.token_generation)
-    changed = session.execute(same_generation.values(password_hash=new_hash, token_generation=User.token_generation + 1))
-    if changed.rowcount != 1:
+    bump = same_generation.values(password_hash=new_hash, token_generation=User.token_generation + 1)
+    if session.execute(bump).rowcount != 1:
         session.rollback()
         raise HTTPException(status.HTTP_409_CONFLICT, detail=PASSWORD_CHANGED_CONCURRENTLY)
     end_every_family(session, user.id)
@@ -153,12 +147,10 @@ def change_password(body: PasswordChange, user: CurrentUser, session: SessionDep
     return Response(status_code=204)
 
 
-@router.delete(
-    "/me", status_code=204, summary="Delete the account", responses=PASSWORD_CHECK_ERRORS, dependencies=LIMITED_SIGNED_IN
-)
+@router.delete("/me", status_code=204, summary="Delete the account", responses=PASSWORD_CHECK_ERRORS,
+               dependencies=LIMITED_SIGNED_IN)
 def delete_me(body: PasswordConfirmation, user: CurrentUser, session: SessionDep, check: PasswordCheckDep) -> Response:
-    """Delete the account with all its tasks and tags, in one transaction (the foreign
-    keys cascade). Its tokens stop working, and the email can sign up again."""
+    """Delete the account, its tasks and their tags at once. Its tokens stop working; the email can sign up again."""
     check.confirm(user, body.password)
     session.execute(delete(User).where(User.id == user.id))
     session.commit()

@@ -26,10 +26,6 @@ def too_many_tasks() -> HTTPException:
     return HTTPException(409, f"Task limit reached: an account holds at most {limit} tasks; delete some first")
 
 
-def task_not_found() -> HTTPException:
-    return HTTPException(404, "Task not found")
-
-
 # Every route takes the path's user_id (422) and runs statements under the time budget (503).
 OWNER_ERRORS = {
     401: error_response("Missing, invalid or expired token", "Could not validate credentials"),
@@ -38,7 +34,8 @@ OWNER_ERRORS = {
                         STATEMENT_TIMED_OUT, retry_after=True),
     **VALIDATION_ERROR,
 }
-TASK_ERRORS = {404: error_response("Task not found", "Task not found")}
+TASK_NOT_FOUND = "Task not found"
+TASK_ERRORS = {404: error_response(TASK_NOT_FOUND, TASK_NOT_FOUND)}
 CREATE_ERRORS = {409: error_response("The account already holds MAX_TASKS_PER_USER tasks", too_many_tasks().detail)}
 AT_LIMIT = "Completing a recurring task whose next occurrence would pass MAX_TASKS_PER_USER; nothing changes"
 COMPLETION_ERRORS = TASK_ERRORS | {409: error_response(AT_LIMIT, too_many_tasks().detail)}
@@ -54,23 +51,6 @@ SORT_KEYS = {
 }
 PUBLIC_COLUMNS = [column for column in Task.__table__.columns if column.name in TaskPublic.model_fields]
 PUBLIC_NAMES = [column.name for column in PUBLIC_COLUMNS]
-
-
-def task_filters(owner_id: int, query: TaskListQuery) -> list:
-    filters = [Task.user_id == owner_id]
-    if query.status != "all":
-        filters.append(Task.completed == (query.status == "completed"))
-    if query.priority is not None:
-        filters.append(Task.priority == query.priority)
-    if query.tag is not None:
-        filters.append(exists().where(TaskTag.task_id == Task.id, TaskTag.name == query.tag))
-    if query.q is not None:  # autoescape: %, _ and the escape character match themselves
-        filters.append(or_(*(text.icontains(query.q, autoescape=True) for text in (Task.title, Task.description))))
-    if query.due_before is not None:
-        filters.append(Task.due_date <= query.due_before)
-    if query.due_after is not None:
-        filters.append(Task.due_date >= query.due_after)
-    return filters
 
 
 # Built once, as every task response runs it: SQLAlchemy reuses the statement and its cache key.
@@ -101,7 +81,7 @@ def recurring_without_due_date() -> RequestValidationError:
 def get_owned_task(session: Session, owner_id: int, task_id: int) -> Task:
     task = session.get(Task, task_id)
     if task is None or task.user_id != owner_id:
-        raise task_not_found()
+        raise HTTPException(404, TASK_NOT_FOUND)
     return task
 
 
@@ -179,7 +159,19 @@ def list_tasks(owner: OwnerDep, session: SessionDep, query: Annotated[TaskListQu
                response: Response) -> list[dict]:
     """Filter, search, sort and page the user's tasks. X-Total-Count counts the matches before limit and offset."""
     limit_statement_time(session)
-    filters = task_filters(owner.id, query)
+    filters = [Task.user_id == owner.id]
+    if query.status != "all":
+        filters.append(Task.completed == (query.status == "completed"))
+    if query.priority is not None:
+        filters.append(Task.priority == query.priority)
+    if query.tag is not None:
+        filters.append(exists().where(TaskTag.task_id == Task.id, TaskTag.name == query.tag))
+    if query.q is not None:  # autoescape: %, _ and the escape character match themselves
+        filters.append(or_(*(text.icontains(query.q, autoescape=True) for text in (Task.title, Task.description))))
+    if query.due_before is not None:
+        filters.append(Task.due_date <= query.due_before)
+    if query.due_after is not None:
+        filters.append(Task.due_date >= query.due_after)
     key, natural_order = SORT_KEYS[query.sort]
     direction = asc if (query.order or natural_order) == "asc" else desc
     undated_last = [Task.due_date.is_(None)] if query.sort == "due_date" else []
@@ -239,7 +231,7 @@ def update_task(task_id: IdPath, body: TaskUpdate, owner: OwnerDep, session: Ses
     try:  # the first write: from here on this transaction holds the row
         session.flush()
     except StaleDataError:  # deleted since our read
-        raise task_not_found() from None
+        raise HTTPException(404, TASK_NOT_FOUND) from None
     except IntegrityError:  # the CHECK constraint: the row may have changed since our read
         raise recurring_without_due_date() from None
     if tags is not None:
@@ -257,7 +249,7 @@ def delete_task(task_id: IdPath, owner: OwnerDep, session: SessionDep) -> Respon
     """Delete a task and its tags. Its id is never given to another task."""
     # One DELETE, not a read and a delete: of two concurrent deletions only one counts the task off.
     if session.execute(delete(Task).where(Task.id == task_id, Task.user_id == owner.id)).rowcount == 0:
-        raise task_not_found()
+        raise HTTPException(404, TASK_NOT_FOUND)
     session.execute(update(TaskCount).where(TaskCount.user_id == owner.id).values(tasks=TaskCount.tasks - 1))
     session.commit()
     return Response(status_code=204)
