@@ -149,9 +149,10 @@ class Settings:
     statement_timeout_ms: int = from_env(int_setting, "STATEMENT_TIMEOUT_MS", 2_000, 100, 600_000)
 
     def __post_init__(self) -> None:
-        if self.better_auth_secret == self.jwt_secret:  # else our own tokens would pass as Better Auth tokens too
+        # With one secret for both, our own tokens would pass as Better Auth tokens too.
+        secret = self.better_auth_secret
+        if secret is not None and secrets.compare_digest(secret.encode(), self.jwt_secret.encode()):
             raise SystemExit("BETTER_AUTH_SECRET must differ from JWT_SECRET")
 
 
-load_settings = Settings  # each call reads the environment afresh
-settings = Settings()
+settings = Settings()  # Settings() reads the environment afresh each time

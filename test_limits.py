@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from sqlmodel import Session, func, select
 
 import auth
-from config import load_settings, settings
+from config import Settings, settings
 from limits import TOO_MANY_AUTH_REQUESTS, AbuseLimits, configured_limits
 from conftest import INCORRECT_PASSWORD, INVALID_TOKEN, LOGIN_FAILED, NEW_PASSWORD, WRONG, LiveServer
 from main import app
@@ -93,7 +93,7 @@ def test_limit_settings_have_defaults_and_come_from_the_environment(monkeypatch,
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    configured = load_settings()
+    configured = Settings()
     limits = (configured.login_failure_limit, configured.login_failure_window_minutes)
     assert (*limits, configured.auth_requests_per_minute) == expected
 
@@ -101,7 +101,7 @@ def test_limit_settings_have_defaults_and_come_from_the_environment(monkeypatch,
 def test_a_negative_limit_stops_start_up(monkeypatch):
     monkeypatch.setenv("LOGIN_FAILURE_LIMIT", "-1")
     with pytest.raises(SystemExit, match="LOGIN_FAILURE_LIMIT must be between 0"):
-        load_settings()
+        Settings()
 
 
 def test_the_suite_runs_with_the_limits_off():

@@ -23,7 +23,7 @@ from sqlmodel import Session, func, select
 
 import refresh_tokens
 import routes.auth
-from config import load_settings, settings
+from config import Settings, settings
 from conftest import INVALID_TOKEN, PASSWORD, Account, sign_up
 from limits import AbuseLimits, configured_limits
 from main import app
@@ -468,7 +468,7 @@ def test_openapi_offers_refresh_to_try_out_without_authorization(client):
 def test_refresh_settings_default_to_30_days_and_10_seconds(monkeypatch):
     monkeypatch.delenv("REFRESH_TOKEN_EXPIRE_DAYS", raising=False)
     monkeypatch.delenv("REFRESH_TOKEN_GRACE_SECONDS", raising=False)
-    loaded = load_settings()
+    loaded = Settings()
     assert (loaded.refresh_token_expire_days, loaded.refresh_token_grace_seconds) == (30, 10)
 
 
@@ -483,7 +483,7 @@ def test_refresh_settings_default_to_30_days_and_10_seconds(monkeypatch):
 def test_a_bad_refresh_setting_stops_start_up(monkeypatch, name, value, message):
     monkeypatch.setenv(name, value)
     with pytest.raises(SystemExit, match=message):
-        load_settings()
+        Settings()
 
 
 # --- logs ---
