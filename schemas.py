@@ -13,6 +13,7 @@ from sqlmodel import Field, SQLModel
 BCRYPT_MAX_BYTES = 72  # bcrypt refuses longer passwords
 PASSWORD_MIN_BYTES = 8
 MAX_ID = 2**63 - 1  # the largest id a 64-bit integer column can hold
+EARLIEST_DATE = datetime(1900, 1, 1, tzinfo=timezone.utc)
 LATEST_DATE = datetime(9999, 1, 1, tzinfo=timezone.utc)  # leaves room to advance by a month
 TAG_MAX_LENGTH = 30
 RECURRENCE_NEEDS_DUE_DATE = "A recurring task needs a due_date"
@@ -49,7 +50,7 @@ def utc_date_time(value: object) -> datetime:
     if not isinstance(value, datetime):
         raise ValueError("must be an ISO 8601 date-time string")
     value = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-    if not datetime(1900, 1, 1, tzinfo=timezone.utc) <= value < LATEST_DATE:
+    if not EARLIEST_DATE <= value < LATEST_DATE:
         raise ValueError("must be between the years 1900 and 9998")
     return value.astimezone(timezone.utc)
 
