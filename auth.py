@@ -21,7 +21,7 @@ import better_auth
 from better_auth import BetterAuthClaims
 from config import settings
 from db import Now, SessionDep
-from limits import ClientAddress, LimitsDep, clear_login_failures, count_login_attempt, withdraw_login_attempt
+from limits import ClientAddress, clear_login_failures, count_login_attempt, withdraw_login_attempt
 from models import RevokedToken, TokenFamily, User
 from schemas import BCRYPT_MAX_BYTES, MAX_ID, UserIdPath
 
@@ -85,12 +85,11 @@ class PasswordCheck:
     """Checks typed passwords within the failed-login limit of (email, address): a stolen token cannot guess them."""
 
     session: SessionDep
-    limits: LimitsDep
     client: ClientAddress
     now: Now
 
     def matches(self, email: str, password: str, password_hash: str | None) -> bool:
-        failures = count_login_attempt(self.session, self.limits, email, self.client, self.now)
+        failures = count_login_attempt(self.session, email, self.client, self.now)
         try:
             matched = verify_password(password, password_hash)
         except HashingBusy:  # refused before the check: a retry must not find the pair locked

@@ -32,7 +32,7 @@ os.environ.pop("REFRESH_TOKEN_GRACE_SECONDS", None)
 for better_auth_setting in ("BETTER_AUTH_URL", "BETTER_AUTH_JWKS_URL", "BETTER_AUTH_SECRET"):
     os.environ.pop(better_auth_setting, None)
 # The abuse limits are off by default here, since many tests sign up many users; the
-# tests of the limits themselves set theirs through the configured_limits dependency.
+# tests of the limits themselves replace the settings that limits.py reads.
 os.environ["LOGIN_FAILURE_LIMIT"] = "0"
 os.environ["AUTH_REQUESTS_PER_MINUTE"] = "0"
 os.environ.pop("LOGIN_FAILURE_WINDOW_MINUTES", None)

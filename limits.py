@@ -4,7 +4,6 @@ checks per address. Each event is a RateLimitEvent row, so the counts hold acros
 import hashlib
 import ipaddress
 import math
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Annotated
 
@@ -16,22 +15,6 @@ from config import settings
 from db import Now, SessionDep
 from models import RateLimitEvent
 
-
-@dataclass(frozen=True)
-class AbuseLimits:
-    """The limits in force. A dependency, so tests can set their own; 0 turns a limit off."""
-
-    login_failure_limit: int
-    login_failure_window: timedelta
-    auth_requests_per_minute: int
-
-
-def configured_limits() -> AbuseLimits:
-    window = timedelta(minutes=settings.login_failure_window_minutes)
-    return AbuseLimits(settings.login_failure_limit, window, settings.auth_requests_per_minute)
-
-
-LimitsDep = Annotated[AbuseLimits, Depends(configured_limits)]
 TOO_MANY_FAILED_LOGINS = "Too many failed logins for this email; try again later"
 TOO_MANY_AUTH_REQUESTS = "Too many signups, logins, refreshes and password checks from your address; try again later"
 
@@ -78,20 +61,20 @@ def count_event(session: Session, bucket: str, limit: int, window: timedelta, no
     return bucket
 
 
-def limit_auth_requests(session: SessionDep, limits: LimitsDep, client: ClientAddress, now: Now) -> None:
+def limit_auth_requests(session: SessionDep, client: ClientAddress, now: Now) -> None:
     """Count a request that may hash or check a password, even one then refused with 503 for lack of
     hashing capacity: else retrying those would be free, and one address could hold every slot."""
-    if limit := limits.auth_requests_per_minute:
+    if limit := settings.auth_requests_per_minute:
         bucket = bucket_key("auth-request", client)
         count_event(session, bucket, limit, timedelta(minutes=1), now, TOO_MANY_AUTH_REQUESTS)
 
 
-def count_login_attempt(session: Session, limits: AbuseLimits, email: str, client: str, now: datetime) -> str | None:
+def count_login_attempt(session: Session, email: str, client: str, now: datetime) -> str | None:
     """Count an attempt of (email, client) as a failure before bcrypt, so at most `limit` reach it however
     many run at once; 429 past it, right password or not. The bucket (None: off) is for clearing it."""
-    limit, window = limits.login_failure_limit, limits.login_failure_window
-    if limit == 0 or not window:
+    if not (limit := settings.login_failure_limit):
         return None
+    window = timedelta(minutes=settings.login_failure_window_minutes)
     bucket = bucket_key("login-failure", client, email.lower())
     return count_event(session, bucket, limit, window, now, TOO_MANY_FAILED_LOGINS)
 

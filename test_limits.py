@@ -3,14 +3,14 @@ auth requests per address, and the bounded pool of password hashing (503 when fu
 fair between addresses).
 
 conftest turns the abuse limits off for the whole suite; the tests here put theirs in
-force through the configured_limits dependency, as the clock is injected.
+force by replacing the settings limits.py reads, as the clock is injected.
 """
 
 import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from datetime import timedelta
+from dataclasses import replace
 
 import httpx2
 import pytest
@@ -18,8 +18,9 @@ from fastapi.testclient import TestClient
 from sqlmodel import Session, func, select
 
 import auth
+import limits
 from config import Settings, settings
-from limits import TOO_MANY_AUTH_REQUESTS, AbuseLimits, configured_limits
+from limits import TOO_MANY_AUTH_REQUESTS
 from conftest import INCORRECT_PASSWORD, INVALID_TOKEN, LOGIN_FAILED, NEW_PASSWORD, WRONG, LiveServer
 from main import app
 from models import RateLimitEvent, User
@@ -30,12 +31,13 @@ HASHING_BUSY = {"detail": "Too many password checks in progress; try again short
 
 
 @pytest.fixture
-def set_limits(client):
-    """Put limits in force for this test (the client fixture clears the override)."""
+def set_limits(monkeypatch):
+    """Put limits in force for this test (monkeypatch restores the settings)."""
 
     def put_in_force(login_failures=0, window_minutes=15, auth_requests_per_minute=0) -> None:
-        limits = AbuseLimits(login_failures, timedelta(minutes=window_minutes), auth_requests_per_minute)
-        app.dependency_overrides[configured_limits] = lambda: limits
+        in_force = replace(settings, login_failure_limit=login_failures, login_failure_window_minutes=window_minutes,
+                           auth_requests_per_minute=auth_requests_per_minute)
+        monkeypatch.setattr(limits, "settings", in_force)
 
     return put_in_force
 

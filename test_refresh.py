@@ -21,12 +21,11 @@ import pytest
 from sqlalchemy import inspect, text
 from sqlmodel import Session, func, select
 
+import limits
 import refresh_tokens
 import routes.auth
 from config import Settings, settings
 from conftest import INVALID_TOKEN, PASSWORD, Account, sign_up
-from limits import AbuseLimits, configured_limits
-from main import app
 from models import RefreshToken, TokenFamily, utc_now
 
 INVALID_REFRESH = {"detail": "Invalid or expired refresh token"}
@@ -437,11 +436,10 @@ def test_malformed_json_is_422(client):
     assert (response.status_code, response.json()["detail"][0]["type"]) == (422, "json_invalid")
 
 
-def test_a_refresh_counts_against_the_auth_request_limit(client, carol, clock):
+def test_a_refresh_counts_against_the_auth_request_limit(client, carol, clock, monkeypatch):
     """A refused refresh does not use the token up: it works once the window has passed."""
     account, first = carol
-    limits = AbuseLimits(0, timedelta(minutes=15), 2)
-    app.dependency_overrides[configured_limits] = lambda: limits
+    monkeypatch.setattr(limits, "settings", dataclasses.replace(settings, auth_requests_per_minute=2))
     third = refreshed(client, refreshed(client, first.refresh).refresh)
     refused = refresh(client, third.refresh)
     assert refused.status_code == 429
