@@ -112,8 +112,7 @@ PasswordCheckDep = Annotated[PasswordCheck, Depends()]
 
 def account_stamp(user: User) -> int:
     """Creation time in microseconds (both databases keep them): with the id, it names one account, not a reused id."""
-    created_at = user.created_at if user.created_at.tzinfo else user.created_at.replace(tzinfo=timezone.utc)
-    return (created_at - datetime(1970, 1, 1, tzinfo=timezone.utc)) // timedelta(microseconds=1)
+    return (user.created_at - datetime(1970, 1, 1, tzinfo=timezone.utc)) // timedelta(microseconds=1)
 
 
 def create_access_token(user: User, now: datetime, family_id: str) -> str:
