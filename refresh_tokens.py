@@ -7,13 +7,14 @@ import secrets
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
-from fastapi import HTTPException, status
 from sqlalchemy import delete, insert, select, update
 from sqlmodel import Session
 
+from auth import invalid_credentials
 from config import settings
 from models import RefreshToken, TokenFamily, User
 
+# One answer for unknown, expired, used or ended: the caller learns nothing about which exist.
 INVALID_REFRESH_TOKEN = "Invalid or expired refresh token"
 
 
@@ -30,11 +31,6 @@ def family_lifetime() -> timedelta:
 
 def hash_refresh_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()  # the body's validation refused lone surrogates
-
-
-def invalid_refresh_token() -> HTTPException:
-    # One answer for unknown, expired, used or ended: the caller learns nothing about which exist.
-    return HTTPException(status.HTTP_401_UNAUTHORIZED, INVALID_REFRESH_TOKEN, {"WWW-Authenticate": "Bearer"})
 
 
 def issue_refresh_token(session: Session, family_id: str, now: datetime) -> IssuedRefreshToken:
@@ -80,16 +76,16 @@ def rotate(session: Session, presented: str, now: datetime) -> tuple[User, Issue
     ).first()
     if family is None:
         session.rollback()
-        raise invalid_refresh_token()
+        raise invalid_credentials(INVALID_REFRESH_TOKEN)
     # Compare-and-set: of any number of requests presenting this token, exactly one sets used_at.
     use = update(RefreshToken).where(is_presented, RefreshToken.used_at.is_(None), RefreshToken.expires_at > now)
     if session.execute(use.values(used_at=now)).rowcount != 1:
         row = session.execute(select(RefreshToken.used_at, RefreshToken.expires_at).where(is_presented)).first()
         if row is None or row.expires_at <= now:
             session.rollback()
-            raise invalid_refresh_token()
+            raise invalid_credentials(INVALID_REFRESH_TOKEN)
         # Two tabs of one app often refresh with one token at once: that is no stolen token's replay.
         if now >= row.used_at + timedelta(seconds=settings.refresh_token_grace_seconds):
             end_family(session, family.id)
-            raise invalid_refresh_token()
+            raise invalid_credentials(INVALID_REFRESH_TOKEN)
     return session.get(User, family.user_id), issue_refresh_token(session, family.id, now)
