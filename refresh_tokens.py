@@ -7,7 +7,7 @@ import secrets
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, insert, literal, select, update
 from sqlmodel import Session
 
 from auth import invalid_credentials
@@ -46,9 +46,18 @@ def issue_refresh_token(session: Session, family_id: str, now: datetime) -> Issu
 
 
 def start_family(session: Session, user: User, now: datetime) -> IssuedRefreshToken:
-    """A new login's family and its first refresh token, committed."""
+    """A new login's family and its first refresh token, committed; 401 if the password changed or the account
+    was deleted since `user` was read. FOR SHARE: such a change waits for this insert, or this insert for it."""
     family_id = secrets.token_urlsafe(16)  # 22 characters, within the column's 32
-    session.execute(insert(TokenFamily).values(id=family_id, user_id=user.id, expires_at=now + family_lifetime()))
+    expires_at = literal(now + family_lifetime(), TokenFamily.__table__.c.expires_at.type)
+    same_user = select(literal(family_id), User.id, expires_at).where(
+        User.id == user.id, User.token_generation == user.token_generation
+    )
+    family = insert(TokenFamily).from_select(["id", "user_id", "expires_at"], same_user.with_for_update(read=True))
+    # RETURNING, not rowcount: psycopg reports -1 as the rowcount of an INSERT ... SELECT.
+    if session.execute(family.returning(TokenFamily.id)).first() is None:
+        session.rollback()
+        raise invalid_credentials()
     return issue_refresh_token(session, family_id, now)
 
 

@@ -21,11 +21,12 @@ import pytest
 from sqlalchemy import inspect, text
 from sqlmodel import Session, func, select
 
+import auth
 import limits
 import refresh_tokens
 import routes.auth
 from config import Settings, settings
-from conftest import INVALID_TOKEN, PASSWORD, Account, sign_up
+from conftest import INVALID_TOKEN, NEW_PASSWORD, PASSWORD, Account, sign_up
 from models import RefreshToken, TokenFamily, utc_now
 
 INVALID_REFRESH = {"detail": "Invalid or expired refresh token"}
@@ -295,6 +296,31 @@ def test_deleting_the_account_removes_every_session_and_token(client, engine, ca
     assert families == [bob.id, bob.id]  # bob's signup and his login
     assert set(token_families) == {family_of(bob.token), family_of(bobs_session.access)}
     assert_access_works(client, refreshed(client, bobs_session.refresh).access, bob.id)
+
+
+SESSION_ENDING_REQUESTS = {
+    "password change": ("PUT", "/api/auth/password", {"current_password": PASSWORD, "new_password": NEW_PASSWORD}),
+    "account deletion": ("DELETE", "/api/auth/me", {"password": PASSWORD}),
+}
+
+
+@pytest.mark.parametrize(("method", "path", "body"), SESSION_ENDING_REQUESTS.values(), ids=SESSION_ENDING_REQUESTS)
+def test_a_login_overtaken_during_its_password_check_starts_no_session(client, engine, carol, monkeypatch,
+                                                                       method, path, body):
+    account, first = carol
+    check_password = auth.verify_password
+
+    def check_then_end_every_session(password: str, password_hash: str | None) -> bool:
+        monkeypatch.setattr(auth, "verify_password", check_password)  # the request below checks its own
+        matched = check_password(password, password_hash)
+        ending = client.request(method, path, headers=bearer(first.access), json=body)
+        assert (ending.status_code, ending.content) == (204, b"")
+        return matched
+
+    monkeypatch.setattr(auth, "verify_password", check_then_end_every_session)
+    response = client.post("/api/auth/login", json={"email": account.email, "password": PASSWORD})
+    assert (response.status_code, response.json()) == (401, INVALID_TOKEN)
+    assert count_rows(engine, TokenFamily) == 0
 
 
 def forged_access(account: Account, **claims) -> str:
