@@ -29,6 +29,8 @@ KEY_SET_ALGORITHMS = frozenset({"EdDSA", "ES256", "ES512", "RS256", "PS256"})
 FETCH_TIMEOUT_SECONDS = 3
 # An unknown kid refetches the key set (Better Auth rotated it), at most this often: made-up kids cannot flood it.
 REFETCH_INTERVAL_SECONDS = 5
+# A key that Better Auth removed (rotated out, or compromised) is trusted at most this long after: jose's default.
+KEY_SET_MAX_AGE_SECONDS = 600
 MAX_KEY_SET_BYTES = 256 * 1024
 # Better Auth's clock is another machine's: a token issued a moment "in the future" or expired a moment ago counts.
 CLOCK_SKEW_SECONDS = 10
@@ -54,7 +56,7 @@ class BetterAuthClaims(NamedTuple):
     issuer: str  # BETTER_AUTH_URL, or SHARED_SECRET_ISSUER
     subject: str  # the Better Auth user id
     token_id: str  # SHA-256 of its signed part (it has no jti): what logout records
-    expires_at: datetime
+    expires_at: datetime  # when it stops being accepted: exp, plus CLOCK_SKEW_SECONDS
     family_id: None = None  # no login session (refresh token family) here: Better Auth keeps it
 
 
@@ -77,14 +79,15 @@ def download_key_set(url: str) -> dict[str, jwt.PyJWK]:
 
 
 class KeySet:
-    """Better Auth's public keys, fetched at first use (Better Auth may start after us) and again for an unknown
-    kid. Changed only on the event loop, so no lock: requests wait there, holding no thread, for the one fetch."""
+    """Better Auth's public keys, fetched at first use (Better Auth may start after us), again for an unknown
+    kid, and again once KEY_SET_MAX_AGE_SECONDS old. Changed only on the event loop, so no lock: requests wait there, holding no thread, for the one fetch."""
 
     def __init__(self, url: str, clock=time.monotonic) -> None:
         self.url = url
         self.clock = clock
         self.keys: dict[str, jwt.PyJWK] = {}
         self.attempted_at: float | None = None
+        self.fetched_at: float | None = None
         self.failing = False
         self.fetching: Event | None = None
 
@@ -92,6 +95,8 @@ class KeySet:
         """The key named `kid`; None if the (fresh enough) key set has none; a 503 if it cannot be fetched."""
         if not isinstance(kid, str):
             return None
+        if self.fetched_at is not None and self.clock() - self.fetched_at >= KEY_SET_MAX_AGE_SECONDS:
+            self.keys = {}
         if kid not in self.keys and self.fetching is not None:
             await self.fetching.wait()
         if kid in self.keys:
@@ -104,7 +109,7 @@ class KeySet:
         self.attempted_at, self.fetching = now, Event()
         try:  # in a worker thread: it blocks for up to FETCH_TIMEOUT_SECONDS
             self.keys = await to_thread.run_sync(download_key_set, self.url)
-            self.failing = False
+            self.fetched_at, self.failing = now, False
         except (OSError, HTTPProtocolError, ValueError, TypeError, KeyError, AttributeError, RecursionError) as error:
             if not self.failing:  # logged when it starts failing, not on every retry
                 log.warning("Better Auth's key set at %s cannot be fetched: %s", self.url, error)
@@ -161,7 +166,8 @@ class BetterAuth:
         # The signed part only: PyJWT accepts a signature with padding appended, and ECDSA has a second
         # valid signature per token, so the whole string would let a logged-out token back in.
         token_id = hashlib.sha256(token.rsplit(".", 1)[0].encode()).hexdigest()
-        return BetterAuthClaims(issuer, subject, token_id, datetime.fromtimestamp(claims["exp"], timezone.utc))
+        expires_at = datetime.fromtimestamp(claims["exp"] + CLOCK_SKEW_SECONDS, timezone.utc)
+        return BetterAuthClaims(issuer, subject, token_id, expires_at)
 
 
 verifier = BetterAuth(settings.better_auth_url, settings.better_auth_jwks_url, settings.better_auth_secret)

@@ -303,6 +303,16 @@ def test_logout_revokes_a_better_auth_token_by_its_hash(client, signing_key, eng
         assert session.exec(select(RevokedToken.jti)).all() == [hashlib.sha256(signed_part.encode()).hexdigest()]
 
 
+def test_a_logged_out_token_stays_out_while_the_clock_skew_allowance_still_accepts_it(client, signing_key):
+    just_expired = int(time.time()) - better_auth.CLOCK_SKEW_SECONDS // 2
+    token = jwt.encode({"sub": "ada", "exp": just_expired}, SHARED_SECRET, algorithm="HS256")
+    assert me(client, token)["better_auth_id"] == "ada"  # another machine's clock may be behind ours
+    response = client.post("/api/auth/logout", headers=bearer(token))  # it also forgets tokens past their expiry
+    assert (response.status_code, response.content) == (204, b"")
+    refused = client.get("/api/auth/me", headers=bearer(token))
+    assert (refused.status_code, refused.json()) == (401, INVALID_TOKEN)
+
+
 # --- every task route, filter, sort, page and error, for both kinds of caller ---
 
 
@@ -397,6 +407,21 @@ def test_the_key_set_is_fetched_on_first_use_and_then_cached(client, signing_key
     for n in range(5):
         me(client, sign(better_auth_claims(f"user{n}"), signing_key))
     assert key_set_server.fetches == 1
+
+
+def test_a_key_removed_from_the_key_set_is_trusted_until_the_key_set_is_max_age_old(client, signing_key,
+                                                                                       key_set_server, monotonic):
+    token = sign(better_auth_claims("ada"), signing_key)
+    me(client, token)
+    rotated = SigningKey()
+    key_set_server.keys = [rotated.public_jwk()]  # the old key is withdrawn
+    monotonic.now += better_auth.KEY_SET_MAX_AGE_SECONDS - 1
+    assert (me(client, token)["better_auth_id"], key_set_server.fetches) == ("ada", 1)
+    monotonic.now += 1
+    response = client.get("/api/auth/me", headers=bearer(token))
+    assert (response.status_code, response.json(), key_set_server.fetches) == (401, INVALID_TOKEN, 2)
+    assert me(client, sign(better_auth_claims("ada"), rotated))["better_auth_id"] == "ada"
+    assert key_set_server.fetches == 2
 
 
 def test_a_rotated_key_is_fetched_when_a_token_names_it(client, signing_key, key_set_server, monotonic):
