@@ -19,14 +19,14 @@ from datetime import datetime, timezone
 import httpx2
 import pytest
 from sqlalchemy import delete as sql_delete
-from sqlalchemy import insert
+from sqlalchemy import insert, text
 from sqlalchemy import update as sql_update
 from sqlmodel import Session
 
 import db
 import routes.tasks
 from db import STATEMENT_TIMED_OUT
-from conftest import LiveServer
+from conftest import TEST_DATABASE_URL, LiveServer
 from models import Task
 
 REQUEST_TIMEOUT_SECONDS = 60  # longer than the slowest answer a test accepts, so it measures it
@@ -221,6 +221,50 @@ def test_creating_while_the_account_is_deleted_never_fails_with_500(client, alic
         statuses = set(creates)
     assert (deleted.status_code, deleted.content) == (204, b"")
     assert statuses <= {201, 401}
+
+
+def wait_until_a_request_waits_for_a_lock(engine) -> None:
+    waiting = text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+    for _ in range(3000):  # at most 30 s
+        with engine.connect() as connection:
+            if connection.execute(waiting).scalar():
+                return
+        threading.Event().wait(0.01)
+    raise AssertionError("no request ever waited for a lock")
+
+
+# Each request, and a function it calls once it has written the task row, and so holds its lock.
+COMPLETIONS = {
+    "complete": ("PATCH", "/complete", None, "next_due_date"),
+    "PUT completed": ("PUT", "", {"completed": True}, "set_completed"),
+}
+
+
+@pytest.mark.skipif(TEST_DATABASE_URL is None, reason="PostgreSQL locks rows, and so can deadlock; SQLite has one lock")
+@pytest.mark.parametrize(("method", "suffix", "body", "pause_in"), COMPLETIONS.values(), ids=COMPLETIONS)
+def test_completing_a_recurring_task_while_its_account_is_deleted_never_deadlocks(
+    client, engine, alice, create, password, delete_me, monkeypatch, method, suffix, body, pause_in
+):
+    task = create(alice, due_date="2026-04-01T00:00:00Z", recurrence="daily")
+    task_written, deletion_waiting = threading.Event(), threading.Event()
+    function = getattr(routes.tasks, pause_in)
+
+    def pause_then_go_on(*args):
+        task_written.set()
+        assert deletion_waiting.wait(timeout=30)
+        return function(*args)
+
+    monkeypatch.setattr(routes.tasks, pause_in, pause_then_go_on)
+    url = f"{alice.tasks_url}/{task['id']}{suffix}"
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        completing = pool.submit(client.request, method, url, json=body, headers=alice.headers)
+        assert task_written.wait(timeout=30)
+        deleting = pool.submit(delete_me, alice.token, password)
+        wait_until_a_request_waits_for_a_lock(engine)
+        deletion_waiting.set()
+        completed, deleted = completing.result(timeout=60), deleting.result(timeout=60)
+    assert (completed.status_code, completed.json()["completed"]) == (200, True)
+    assert (deleted.status_code, deleted.content) == (204, b"")
 
 
 # --- a write that lands between another request's read and its update ---

@@ -93,15 +93,19 @@ COUNT_ONE_MORE_TASK = (
 )
 
 
+def lock_owner(session: Session, owner_id: int) -> None:
+    """The first statement of every task write: account deletion locks the user row, then (by cascade) its
+    tasks and counter, so taking the user row first here too means waiting, never a deadlock. FOR KEY SHARE,
+    as a task insert takes anyway, waits only for a deletion. SQLite has one write lock, so needs none."""
+    if session.get_bind().dialect.name == "postgresql":
+        owner = select(User.id).where(User.id == owner_id).with_for_update(read=True, key_share=True)
+        if session.exec(owner).first() is None:
+            raise invalid_credentials()  # the account was deleted since the token was checked
+
+
 def count_new_task(session: Session, owner_id: int) -> None:
     """One more task for the owner, or 409 at MAX_TASKS_PER_USER; a concurrent create waits for the UPDATE's lock."""
     dialect = session.get_bind().dialect.name
-    # Account deletion locks the user row, then (by cascade) the counter row: the same order
-    # here avoids a deadlock. FOR KEY SHARE, as a task insert takes anyway, waits only for it.
-    if dialect == "postgresql":
-        lock_owner = select(User.id).where(User.id == owner_id).with_for_update(read=True, key_share=True)
-        if session.exec(lock_owner).first() is None:
-            raise invalid_credentials()  # the account was deleted since the token was checked
     params = {"owner_id": owner_id, "limit": settings.max_tasks_per_user}
     if session.execute(COUNT_ONE_MORE_TASK, params).rowcount == 1:
         return
@@ -196,6 +200,7 @@ def create_task(user_id: UserIdPath, body: TaskCreate, owner: OwnerDep, session:
     times = {"created_at": now, "updated_at": now, "completed_at": now if body.completed else None}
     task = Task.model_validate(body.model_dump(exclude={"tags"}), update={"user_id": owner.id, **times})
     try:
+        lock_owner(session, owner.id)
         count_new_task(session, owner.id)
         session.add(task)
         session.flush()  # assigns the id that the tags refer to
@@ -221,6 +226,7 @@ def get_task(task_id: IdPath, owner: OwnerDep, session: SessionDep) -> dict:
               responses=COMPLETION_ERRORS)  # name: its own operationId, as the function serves PUT too
 def update_task(task_id: IdPath, body: TaskUpdate, owner: OwnerDep, session: SessionDep, now: Now) -> dict:
     """Change the fields present in the body; an explicit null clears description or due_date."""
+    lock_owner(session, owner.id)
     task = get_owned_task(session, owner.id, task_id)
     changes = body.model_dump(exclude_unset=True)
     completed, tags = changes.pop("completed", None), changes.pop("tags", None)
@@ -247,6 +253,7 @@ def update_task(task_id: IdPath, body: TaskUpdate, owner: OwnerDep, session: Ses
 @router.delete("/{task_id}", status_code=204, summary="Delete a task", responses=TASK_ERRORS)
 def delete_task(task_id: IdPath, owner: OwnerDep, session: SessionDep) -> Response:
     """Delete a task and its tags. Its id is never given to another task."""
+    lock_owner(session, owner.id)
     # One DELETE, not a read and a delete: of two concurrent deletions only one counts the task off.
     if session.execute(delete(Task).where(Task.id == task_id, Task.user_id == owner.id)).rowcount == 0:
         raise HTTPException(404, TASK_NOT_FOUND)
@@ -260,6 +267,7 @@ def delete_task(task_id: IdPath, owner: OwnerDep, session: SessionDep) -> Respon
 def complete_task(task_id: IdPath, owner: OwnerDep, session: SessionDep, now: Now,
                   body: CompletionUpdate | None = None) -> dict:
     """No body toggles; {"completed": true|false} sets it. Completing a recurring task creates its next one, once."""
+    lock_owner(session, owner.id)
     task = set_completed(session, owner.id, task_id, body.completed if body else None, now)
     if task is None:  # missing (404), or already in the requested state
         task = get_owned_task(session, owner.id, task_id)
