@@ -41,9 +41,9 @@ EXPECTED_OUTPUT = [
 ]
 
 
-def run(command: list[str], timeout: int = STEP_TIMEOUT_SECONDS) -> subprocess.CompletedProcess:
+def run(command: list[str], cwd=CLIENT_DIR, timeout: int = STEP_TIMEOUT_SECONDS) -> subprocess.CompletedProcess:
     result = subprocess.run(
-        command, cwd=CLIENT_DIR, capture_output=True, text=True, timeout=timeout,
+        command, cwd=cwd, capture_output=True, text=True, timeout=timeout,
         env={**os.environ, "NO_COLOR": "1"},
     )  # fmt: skip
     assert result.returncode == 0, f"{' '.join(command)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
@@ -61,18 +61,21 @@ def node_packages() -> None:
         run(["npm", "ci", "--no-audit", "--no-fund"], timeout=NPM_TIMEOUT_SECONDS)
 
 
-def test_a_generated_typescript_client_compiles_strictly_and_runs_against_the_server(node_packages, live_server):
-    for generated in ("generated", "build"):
-        shutil.rmtree(CLIENT_DIR / generated, ignore_errors=True)
+def test_a_generated_typescript_client_compiles_strictly_and_runs_against_the_server(node_packages, live_server,
+                                                                                    tmp_path):
+    # A project folder of its own, as the SQLite and PostgreSQL suites may run this test at the same time.
+    for name in ("check.ts", "tsconfig.json", "package.json"):
+        shutil.copy(CLIENT_DIR / name, tmp_path)
+    (tmp_path / "node_modules").symlink_to(CLIENT_DIR / "node_modules")
     server = live_server()
     schema_url = f"{server.url}/openapi.json"
     # The README's two commands, into generated/.
-    run([str(BIN / "openapi-typescript"), schema_url, "-o", "generated/schema.d.ts"])
-    run([str(BIN / "openapi-ts"), "-i", schema_url, "-o", "generated/sdk"])
-    run([str(BIN / "tsc"), "--project", "tsconfig.json"])
+    run([str(BIN / "openapi-typescript"), schema_url, "-o", "generated/schema.d.ts"], tmp_path)
+    run([str(BIN / "openapi-ts"), "-i", schema_url, "-o", "generated/sdk"], tmp_path)
+    run([str(BIN / "tsc"), "--project", "tsconfig.json"], tmp_path)
     program = subprocess.run(
         ["node", "build/check.js", server.url],
-        cwd=CLIENT_DIR, capture_output=True, text=True, timeout=STEP_TIMEOUT_SECONDS,
+        cwd=tmp_path, capture_output=True, text=True, timeout=STEP_TIMEOUT_SECONDS,
     )  # fmt: skip
     assert program.returncode == 0, program.stdout + program.stderr
     assert program.stdout.splitlines() == EXPECTED_OUTPUT
