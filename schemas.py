@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from fastapi import Path
 from pydantic import AfterValidator, BeforeValidator, ConfigDict, EmailStr, StrictBool, StringConstraints
-from pydantic import field_validator, model_validator
+from pydantic import TypeAdapter, ValidationError, field_validator, model_validator
 from pydantic.json_schema import SkipJsonSchema
 from sqlmodel import Field, SQLModel
 
@@ -73,6 +73,18 @@ def password_within_bcrypt_limits(password: str) -> str:
         raise ValueError(f"Password must be {PASSWORD_MIN_BYTES} to {BCRYPT_MAX_BYTES} bytes in UTF-8 "
                          f"(this one is {size}); bcrypt cannot use more than {BCRYPT_MAX_BYTES}")
     return password
+
+
+EMAIL_ADDRESS = TypeAdapter(EmailStr)
+
+
+def as_email(text: str) -> str:
+    """`text` as an EmailStr field reads it (stripped, Unicode-normalised, its domain in Unicode), for the OAuth2
+    form's username; a text that is no email comes back stripped, and fails to log in as an unknown email does."""
+    try:
+        return EMAIL_ADDRESS.validate_python(text)
+    except ValidationError:
+        return text.strip()
 
 
 PlainText = AfterValidator(plain_text)  # after the length checks, which must see stripped text

@@ -147,6 +147,13 @@ def test_both_logins_ignore_whitespace_around_the_email(alice, password, login, 
         assert response.json()["user"]["id"] == alice.id
 
 
+def test_both_logins_read_an_international_email_as_signup_stored_it(new_account, password, login, form_login):
+    account = new_account("amélie@bücher.example")  # composed é, and the domain in Unicode
+    spelt_otherwise = "Ame\u0301lie@xn--bcher-kva.example"  # a combining accent, and the domain in punycode
+    for response in (form_login(spelt_otherwise, password), login(spelt_otherwise, password)):
+        assert (response.status_code, response.json()["user"]["id"]) == (200, account.id), response.text
+
+
 @pytest.mark.parametrize(
     "email, typed",
     [

@@ -19,7 +19,7 @@ from limits import TOO_MANY_AUTH_REQUESTS, TOO_MANY_FAILED_LOGINS, limit_auth_re
 from models import User, utc_now
 from refresh_tokens import INVALID_REFRESH_TOKEN, IssuedRefreshToken, end_every_family, end_family, rotate, start_family
 from schemas import VALIDATION_ERROR, PasswordChange, PasswordConfirmation, RefreshRequest, TokenResponse
-from schemas import UserCreate, UserLogin, UserPublic, error_response
+from schemas import UserCreate, UserLogin, UserPublic, as_email, error_response
 
 router = APIRouter(prefix="/api/auth", tags=["auth"])
 
@@ -101,8 +101,7 @@ def login(body: UserLogin, session: SessionDep, check: PasswordCheckDep, now: No
              dependencies=LIMITED)
 def login_form(form: OAuth2Form, session: SessionDep, check: PasswordCheckDep, now: Now) -> TokenResponse:
     """The OAuth2 password flow (username is your email): the tokenUrl of Swagger UI's Authorize button."""
-    # Stripped as the JSON login's EmailStr is, so both forms accept the same email.
-    return authenticate(session, check, form.username.strip(), form.password, now)
+    return authenticate(session, check, as_email(form.username), form.password, now)  # as the JSON login reads it
 
 
 @router.post("/refresh", summary="Trade a refresh token for new tokens", responses=REFRESH_ERRORS, dependencies=LIMITED)
