@@ -23,8 +23,12 @@ def test_an_unknown_path_is_404_json(client):
 
 @pytest.mark.parametrize(
     "method, path, allowed",
-    [("DELETE", "/health", "GET, HEAD"), ("OPTIONS", "{tasks_url}/1", "GET, PUT, PATCH, DELETE")],
-    ids=["health", "a-task"],
+    [
+        ("DELETE", "/health", "GET, HEAD"),
+        ("OPTIONS", "{tasks_url}/1", "GET, PUT, PATCH, DELETE"),
+        ("POST", "/docs/assets/swagger-ui.css", "GET, HEAD"),
+    ],
+    ids=["health", "a-task", "a-docs-asset"],
 )
 def test_a_method_the_path_lacks_is_405_naming_every_method_it_has(client, alice, method, path, allowed):
     response = client.request(method, path.format(tasks_url=alice.tasks_url), headers=alice.headers)
