@@ -1,6 +1,7 @@
 """Request and response shapes, and the OpenAPI error-response helpers. Input models name only the
 fields a client may set (unknown fields are ignored), so id, user_id and timestamps are never written."""
 
+import unicodedata
 from datetime import datetime, timezone
 from typing import Annotated, Literal
 
@@ -55,8 +56,10 @@ def utc_date_time(value: object) -> datetime:
     return value.astimezone(timezone.utc)
 
 
-def fits_tag_column(tag: str) -> str:
-    # Lower-casing can lengthen a tag ("İ" becomes two characters) after pydantic's max_length check.
+def stored_tag(tag: str) -> str:
+    # NFC: "é" typed as one character or as "e" and an accent is one tag. Measured after lower-casing,
+    # which can lengthen a tag ("İ" becomes two characters) after pydantic's max_length check.
+    tag = unicodedata.normalize("NFC", tag)
     if len(tag) > TAG_MAX_LENGTH:
         raise ValueError(f"a tag can have at most {TAG_MAX_LENGTH} characters once lower-cased")
     return tag
@@ -92,7 +95,7 @@ Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, ma
 Description = Annotated[str, StringConstraints(max_length=1000), PlainText]
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), PlainText]
 TagText = StringConstraints(strip_whitespace=True, to_lower=True, min_length=1, max_length=TAG_MAX_LENGTH)
-TagName = Annotated[str, TagText, AfterValidator(fits_tag_column), PlainText]
+TagName = Annotated[str, TagText, AfterValidator(stored_tag), PlainText]
 Tags = Annotated[list[TagName], Field(max_length=10), AfterValidator(lambda tags: list(dict.fromkeys(tags)))]
 UtcDateTime = Annotated[datetime, BeforeValidator(utc_date_time)]
 NewPassword = Annotated[str, AfterValidator(password_within_bcrypt_limits)]

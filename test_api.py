@@ -121,6 +121,13 @@ def test_tags_are_stripped_lower_cased_and_merged(client, alice, create):
     assert fetched.json()["tags"] == ["errand", "home", "urgent"]
 
 
+def test_a_tag_is_one_tag_however_its_accents_are_typed(client, alice, create):
+    task = create(alice, tags=["e\u0301te\u0301", "été"])  # a combining accent, and the accented letter
+    assert task["tags"] == ["été"]
+    listing = client.get(alice.tasks_url, params={"tag": "E\u0301TE\u0301"}, headers=alice.headers)
+    assert (listing.status_code, listing.json()) == (200, [task])
+
+
 def test_a_tag_that_lengthens_when_lower_cased_is_measured_after(client, alice, create):
     response = client.post(alice.tasks_url, json={"title": "x", "tags": ["İ" * 30]}, headers=alice.headers)
     assert response.status_code == 422
