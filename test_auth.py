@@ -512,6 +512,20 @@ def test_a_current_password_with_nul_never_matches(engine, alice, password, logi
 CONCURRENT_CHANGES = 8
 
 
+def test_a_password_change_overtaken_by_the_accounts_deletion_is_401(alice, password, change_password, delete_me,
+                                                                       monkeypatch):
+    hash_new_password = routes.auth.hash_password
+
+    def delete_the_account_then_hash(new_password: str) -> str:
+        deleted = delete_me(alice.token, password)
+        assert (deleted.status_code, deleted.content) == (204, b"")
+        return hash_new_password(new_password)
+
+    monkeypatch.setattr(routes.auth, "hash_password", delete_the_account_then_hash)
+    response = change_password(alice.token, password, NEW_PASSWORD)
+    assert (response.status_code, response.json()) == (401, INVALID_TOKEN)
+
+
 def test_of_concurrent_password_changes_exactly_one_succeeds(alice, password, login, change_password, monkeypatch):
     # Every request has checked its token and the current password before any of them
     # writes: the barrier holds each one between hashing its new password and the UPDATE.

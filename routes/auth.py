@@ -138,8 +138,11 @@ def change_password(body: PasswordChange, user: CurrentUser, session: SessionDep
     # changes one finds it, the others would overwrite the winner's password with an ended token.
     same_generation = update(User).where(User.id == user.id, User.token_generation == user.token_generation)
     bump = same_generation.values(password_hash=new_hash, token_generation=User.token_generation + 1)
-    if session.execute(bump).rowcount != 1:
+    if session.execute(bump).rowcount != 1:  # another change won, or the account was deleted meanwhile
+        deleted = session.exec(select(User.id).where(User.id == user.id)).first() is None
         session.rollback()
+        if deleted:
+            raise invalid_credentials()
         raise HTTPException(status.HTTP_409_CONFLICT, detail=PASSWORD_CHANGED_CONCURRENTLY)
     end_every_family(session, user.id)
     session.commit()
