@@ -79,8 +79,9 @@ def download_key_set(url: str) -> dict[str, jwt.PyJWK]:
 
 
 class KeySet:
-    """Better Auth's public keys, fetched at first use (Better Auth may start after us), again for an unknown
-    kid, and again once KEY_SET_MAX_AGE_SECONDS old. Changed only on the event loop, so no lock: requests wait there, holding no thread, for the one fetch."""
+    """Better Auth's public keys, fetched at first use (Better Auth may start after us), again for an unknown kid,
+    and again once KEY_SET_MAX_AGE_SECONDS old. Changed only on the event loop, so no lock: requests wait there,
+    holding no thread, for the one fetch."""
 
     def __init__(self, url: str, clock=time.monotonic) -> None:
         self.url = url
