@@ -90,6 +90,8 @@ class TokenFamily(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=32)
     user_id: int = Field(foreign_key="user.id", ondelete="CASCADE", index=True, sa_type=Id)
     expires_at: datetime = Field(index=True)  # when its newest token expires; pruned after
+    # Its newest refresh token's generation.
+    generation: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
 
 
 class RefreshToken(SQLModel, table=True):
@@ -99,6 +101,8 @@ class RefreshToken(SQLModel, table=True):
     family_id: str = Field(foreign_key="tokenfamily.id", ondelete="CASCADE", index=True, max_length=32)
     expires_at: datetime = Field(index=True)
     used_at: datetime | None = None
+    # Its depth in the family's chain: the family's first token is 0, the one rotated from it 1.
+    generation: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
 
 
 class RateLimitEvent(SQLModel, table=True):
