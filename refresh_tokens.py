@@ -1,6 +1,13 @@
-"""Refresh tokens: opaque, used once each, in families (one per login) whose row ends them all. Only a
-token's SHA-256 is stored: 256 random bits are as hard to find from it as to guess. Locks go family first,
-then its tokens, as a cascading delete takes them: a refresh and its family's end wait, never deadlock."""
+"""Refresh tokens: opaque, used once each, in families (one per login) whose row ends them all.
+Only a token's SHA-256 is stored: 256 random bits are as hard to find from it as to guess.
+
+A token's generation is its depth in its family's chain; the family keeps its newest token's. A
+used token presented again within the grace period gives a sibling of the newest; the first of
+the siblings to be used moves the family past the others, which then end it as a replay would.
+
+Locks go family first, then its tokens, as a cascading delete takes them: a refresh and its
+family's end wait, never deadlock. So a family's rotations take turns, each seeing the
+generation that the one before it left."""
 
 import hashlib
 import secrets
@@ -33,11 +40,19 @@ def hash_refresh_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()  # the body's validation refused lone surrogates
 
 
-def issue_refresh_token(session: Session, family_id: str, now: datetime) -> IssuedRefreshToken:
-    """The family's next refresh token, committed; expired families and tokens go, so the tables stay small."""
+def issue_refresh_token(
+    session: Session, family_id: str, now: datetime, generation: int = 0
+) -> IssuedRefreshToken:
+    """A refresh token of the family at `generation`, committed; expired families and tokens go,
+    so the tables stay small."""
     token = secrets.token_urlsafe(32)  # 256 random bits
     expires_at = now + timedelta(days=settings.refresh_token_expire_days)
-    row = {"token_hash": hash_refresh_token(token), "family_id": family_id, "expires_at": expires_at}
+    row = {
+        "token_hash": hash_refresh_token(token),
+        "family_id": family_id,
+        "expires_at": expires_at,
+        "generation": generation,
+    }
     session.execute(insert(RefreshToken).values(row))
     session.execute(delete(TokenFamily).where(TokenFamily.expires_at <= now))
     session.execute(delete(RefreshToken).where(RefreshToken.expires_at <= now))
@@ -73,7 +88,7 @@ def end_every_family(session: Session, user_id: int) -> None:
 
 def rotate(session: Session, presented: str, now: datetime) -> tuple[User, IssuedRefreshToken]:
     """Use up the presented refresh token and issue the next one in its family, committed; 401 for
-    one unknown, expired, used or ended. A used one presented after the grace ends its family."""
+    one unknown, expired, used or ended. A replay, unless a second tab's (below), ends the family."""
     is_presented = RefreshToken.token_hash == hash_refresh_token(presented)
     presented_family = select(RefreshToken.family_id).where(is_presented).scalar_subquery()
     # Extending the family first takes its row lock (see the module docstring).
@@ -81,20 +96,46 @@ def rotate(session: Session, presented: str, now: datetime) -> tuple[User, Issue
         update(TokenFamily)
         .where(TokenFamily.id == presented_family, TokenFamily.expires_at > now)
         .values(expires_at=now + family_lifetime())
-        .returning(TokenFamily.id, TokenFamily.user_id)
+        .returning(TokenFamily.id, TokenFamily.user_id, TokenFamily.generation)
     ).first()
     if family is None:
         session.rollback()
         raise invalid_credentials(INVALID_REFRESH_TOKEN)
-    # Compare-and-set: of any number of requests presenting this token, exactly one sets used_at.
-    use = update(RefreshToken).where(is_presented, RefreshToken.used_at.is_(None), RefreshToken.expires_at > now)
-    if session.execute(use.values(used_at=now)).rowcount != 1:
-        row = session.execute(select(RefreshToken.used_at, RefreshToken.expires_at).where(is_presented)).first()
-        if row is None or row.expires_at <= now:
+    # Compare-and-set: of any number of requests presenting this token, exactly one sets used_at,
+    # and only while the token is the family's newest.
+    use = update(RefreshToken).where(
+        is_presented,
+        RefreshToken.used_at.is_(None),
+        RefreshToken.expires_at > now,
+        RefreshToken.generation == family.generation,
+    )
+    if session.execute(use.values(used_at=now)).rowcount == 1:
+        generation = family.generation + 1
+        moved_on = update(TokenFamily).where(TokenFamily.id == family.id)
+        session.execute(moved_on.values(generation=generation))
+    else:
+        token = session.execute(select(RefreshToken).where(is_presented)).scalar_one_or_none()
+        # Expired (and perhaps pruned since the family was found): no replay, as it works for nobody.
+        if token is None or token.expires_at <= now:
             session.rollback()
             raise invalid_credentials(INVALID_REFRESH_TOKEN)
-        # Two tabs of one app often refresh with one token at once: that is no stolen token's replay.
-        if now >= row.used_at + timedelta(seconds=settings.refresh_token_grace_seconds):
+        if not from_a_second_tab(token, family.generation, now):
             end_family(session, family.id)
             raise invalid_credentials(INVALID_REFRESH_TOKEN)
-    return session.get(User, family.user_id), issue_refresh_token(session, family.id, now)
+        generation = token.generation + 1  # a sibling of the family's newest
+    user = session.get(User, family.user_id)
+    return user, issue_refresh_token(session, family.id, now, generation)
+
+
+def from_a_second_tab(token: RefreshToken, family_generation: int, now: datetime) -> bool:
+    """Whether a token the compare-and-set refused is a second tab's, refreshing at the moment
+    the first did: used within the grace (`now` may precede the use: a request that started
+    before the winner's), and none of the pairs it gave used since. Anything else is a replay,
+    an unused token behind the family's newest among them: a pair given in the grace."""
+    grace = timedelta(seconds=settings.refresh_token_grace_seconds)
+    return (
+        token.used_at is not None
+        and grace > timedelta(0)
+        and now < token.used_at + grace
+        and token.generation == family_generation - 1
+    )

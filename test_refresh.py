@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import NamedTuple
 
+import httpx2
 import jwt
 import pytest
 from sqlalchemy import inspect, text
@@ -26,7 +27,7 @@ import limits
 import refresh_tokens
 import routes.auth
 from config import Settings, settings
-from conftest import INVALID_TOKEN, NEW_PASSWORD, PASSWORD, Account, sign_up
+from conftest import INVALID_TOKEN, NEW_PASSWORD, PASSWORD, TEST_DATABASE_URL, Account, sign_up
 from models import RefreshToken, TokenFamily, utc_now
 
 INVALID_REFRESH = {"detail": "Invalid or expired refresh token"}
@@ -204,7 +205,10 @@ def test_the_thief_who_refreshes_first_is_found_out_when_the_victim_refreshes(cl
     assert_access_refused(client, thief.access)
 
 
-def test_within_the_grace_period_the_used_token_gives_another_pair_in_its_session(client, carol, clock):
+@pytest.mark.parametrize("tab_that_refreshes_next", [0, 1], ids=["first tab", "second tab"])
+def test_within_the_grace_period_the_used_token_gives_another_pair_in_its_session(
+    client, carol, clock, tab_that_refreshes_next
+):
     account, first = carol
     tab_one = refreshed(client, first.refresh)
     clock.advance(seconds=9)
@@ -212,12 +216,15 @@ def test_within_the_grace_period_the_used_token_gives_another_pair_in_its_sessio
 
     assert tab_two.refresh != tab_one.refresh
     assert family_of(tab_two.access) == family_of(tab_one.access) == family_of(first.access)
-    # Both tabs go on refreshing, each with its own token.
-    assert_access_works(client, refreshed(client, tab_one.refresh).access, account.id)
-    assert_access_works(client, refreshed(client, tab_two.refresh).access, account.id)
+    # Either tab's refresh token carries the session on (the one the tabs' storage kept),
+    # and both tabs' access tokens live out their time.
+    next_pair = refreshed(client, (tab_one, tab_two)[tab_that_refreshes_next].refresh)
+    for pair in (next_pair, tab_one, tab_two):
+        assert_access_works(client, pair.access, account.id)
     # One session: logging out in one tab ends the other tab's tokens too.
     log_out(client, tab_one.access)
     assert_access_refused(client, tab_two.access)
+    assert_refresh_refused(client, next_pair.refresh)
 
 
 def test_concurrent_refreshes_of_one_token_all_get_a_working_pair(client, carol):
@@ -229,18 +236,82 @@ def test_concurrent_refreshes_of_one_token_all_get_a_working_pair(client, carol)
     assert len({pair.refresh for pair in pairs}) == 8
     for pair in pairs:
         assert_access_works(client, pair.access, account.id)
-        assert_access_works(client, refreshed(client, pair.refresh).access, account.id)
+    assert_access_works(client, refreshed(client, pairs[-1].refresh).access, account.id)
     assert_access_works(client, first.access, account.id)  # nobody was logged out
 
 
-def test_without_a_grace_period_exactly_one_concurrent_refresh_wins(client, carol, set_settings):
-    """The compare-and-set: of eight requests presenting one token, one uses it up; the
-    other seven find it used and, with no grace, take it for a replay."""
-    set_settings(refresh_token_grace_seconds=0)
+@pytest.mark.parametrize("moves_on_first", ["victim", "thief"])
+def test_a_pair_from_a_replay_within_the_grace_dies_once_the_session_moves_past_it(
+    client, carol, clock, moves_on_first
+):
+    """A thief who replays a just-used token within the grace gets a pair, as a second tab
+    would; whichever of the two refreshes first carries the session on, and the other's
+    refresh token, presented later, ends the session for both."""
+    account, stolen = carol
+    victim = refreshed(client, stolen.refresh)
+    clock.advance(seconds=5)
+    thief = refreshed(client, stolen.refresh)
+    ahead, behind = (victim, thief) if moves_on_first == "victim" else (thief, victim)
+
+    clock.advance(minutes=59)
+    ahead_next = refreshed(client, ahead.refresh)
+    clock.advance(minutes=59)
+    ahead_last = refreshed(client, ahead_next.refresh)
+    assert_access_works(client, behind.access, account.id)  # until its own expiry, or ...
+    assert_refresh_refused(client, behind.refresh)  # ... until its refresh token is presented
+
+    assert_refresh_refused(client, ahead_last.refresh)
+    for access in (victim.access, thief.access, ahead_next.access, ahead_last.access):
+        assert_access_refused(client, access)
+
+
+def test_a_replay_within_the_grace_ends_the_session_once_it_has_moved_past_the_token(
+    client, carol, clock
+):
+    _, first = carol
+    second = refreshed(client, first.refresh)
+    clock.advance(seconds=1)
+    third = refreshed(client, second.refresh)
+    clock.advance(seconds=1)  # 2 seconds after `first` was used: within its grace
+
+    assert_refresh_refused(client, first.refresh)
+    assert_refresh_refused(client, third.refresh)
+    for access in (first.access, second.access, third.access):
+        assert_access_refused(client, access)
+
+
+@pytest.mark.parametrize(("grace_seconds", "status"), [(10, 200), (0, 401)])
+def test_a_refresh_timed_before_the_one_that_used_the_token_is_in_the_grace_if_there_is_one(
+    client, carol, clock, set_settings, grace_seconds, status
+):
+    """Each request reads the clock as it starts: one that started before the winner, and
+    reaches the token after it, finds it used later than its own time."""
+    set_settings(refresh_token_grace_seconds=grace_seconds)
     account, first = carol
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        responses = list(pool.map(lambda _: refresh(client, first.refresh), range(8)))
-    assert sorted(response.status_code for response in responses) == [200] + [401] * 7
+    winner = refreshed(client, first.refresh)
+    clock.advance(seconds=-1)
+    early = refresh(client, first.refresh)
+    winners_next = refresh(client, winner.refresh)
+
+    assert (early.status_code, winners_next.status_code) == (status, status)
+    if status == 200:  # another tab: both go on
+        assert_access_works(client, pair_of(early).access, account.id)
+    else:  # a replay: it ended the session, the winner's tokens with it
+        assert early.json() == winners_next.json() == INVALID_REFRESH
+
+
+def test_without_a_grace_period_exactly_one_of_20_concurrent_refreshes_wins(client, set_settings):
+    """The compare-and-set, with the request clock running (no `clock` fixture): a request
+    that read the time before the winner did, and runs after it, is a replay too."""
+    set_settings(refresh_token_grace_seconds=0)
+    body = {"email": "carol@example.com", "password": PASSWORD}
+    signup = client.post("/api/auth/signup", json=body)
+    assert signup.status_code == 201, signup.text
+    first = pair_of(signup)
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        responses = list(pool.map(lambda _: refresh(client, first.refresh), range(20)))
+
+    assert sorted(response.status_code for response in responses) == [200] + [401] * 19
     for response in responses:
         if response.status_code == 401:
             assert response.json() == INVALID_REFRESH
@@ -248,6 +319,46 @@ def test_without_a_grace_period_exactly_one_concurrent_refresh_wins(client, caro
     # The replays ended the session, the winner's new tokens with it.
     assert_refresh_refused(client, winner.refresh)
     assert_access_refused(client, winner.access)
+
+
+# An access log line's worker (process id) and request id.
+ACCESS_LINE = re.compile(r"todo\.access \[(\d+)\]: .* request_id=(\S+)$", re.M)
+
+
+def test_with_two_workers_and_no_grace_period_exactly_one_of_20_concurrent_refreshes_wins(
+    request, live_server
+):
+    env = {"REFRESH_TOKEN_GRACE_SECONDS": "0", "AUTH_REQUESTS_PER_MINUTE": "0"}
+    if TEST_DATABASE_URL is not None:  # a new schema in the test database
+        env["DATABASE_URL"] = request.getfixturevalue("empty_schema_url")
+    server = live_server(workers=2, env=env)
+    # A new connection per request, so the kernel hands each to whichever worker accepts it.
+    with httpx2.Client(base_url=server.url, timeout=30, headers={"Connection": "close"}) as http:
+        body = {"email": "carol@example.com", "password": PASSWORD}
+        signup = http.post("/api/auth/signup", json=body)
+        assert signup.status_code == 201, signup.text
+        first = pair_of(signup)
+
+        def refresh_as(number: int):
+            request_id = {"X-Request-ID": f"refresh-{number}"}
+            return http.post(REFRESH_URL, json={"refresh_token": first.refresh}, headers=request_id)
+
+        with ThreadPoolExecutor(max_workers=20) as pool:
+            responses = list(pool.map(refresh_as, range(20)))
+        assert sorted(response.status_code for response in responses) == [200] + [401] * 19
+        for response in responses:
+            if response.status_code == 401:
+                assert response.json() == INVALID_REFRESH
+        [winner] = [pair_of(response) for response in responses if response.status_code == 200]
+        assert_refresh_refused(http, winner.refresh)  # the replays ended the session
+        assert_access_refused(http, winner.access)
+    server_log = server.log()
+
+    workers = {int(pid) for pid in re.findall(r"Started server process \[(\d+)\]", server_log)}
+    served_by = {request_id: int(pid) for pid, request_id in ACCESS_LINE.findall(server_log)}
+    refreshed_by = {served_by[f"refresh-{number}"] for number in range(20)}
+    assert len(workers) == 2 and refreshed_by == workers, served_by
+    assert "Traceback" not in server_log
 
 
 # --- ending sessions ---
