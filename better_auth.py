@@ -8,13 +8,11 @@ import logging
 import math
 import re
 import time
-import urllib.request
 from datetime import datetime, timezone
-from http.client import HTTPException as HTTPProtocolError
 from typing import NamedTuple
 
 import jwt
-from anyio import Event, to_thread
+from anyio import Event, fail_after, move_on_after
 from fastapi import HTTPException, status
 from sqlalchemy import exists
 from sqlalchemy.exc import IntegrityError
@@ -26,12 +24,15 @@ from schemas import USER_ID_PATTERN
 
 # The jwt() plugin's algorithms. Never HS256 or none on this path: the key set is public.
 KEY_SET_ALGORITHMS = frozenset({"EdDSA", "ES256", "ES512", "RS256", "PS256"})
+# The whole download (connect, headers, body), and the longest a request waits for another's.
 FETCH_TIMEOUT_SECONDS = 3
 # An unknown kid refetches the key set (Better Auth rotated it), at most this often: made-up kids cannot flood it.
 REFETCH_INTERVAL_SECONDS = 5
 # A key that Better Auth removed (rotated out, or compromised) is trusted at most this long after: jose's default.
 KEY_SET_MAX_AGE_SECONDS = 600
 MAX_KEY_SET_BYTES = 256 * 1024
+# What a body that is not a JWKS raises on its way through json.loads and the lookups.
+NOT_A_KEY_SET = (ValueError, TypeError, KeyError, AttributeError, RecursionError)
 # Better Auth's clock is another machine's: a token issued a moment "in the future" or expired a moment ago counts.
 CLOCK_SKEW_SECONDS = 10
 KEY_SET_UNAVAILABLE = "Better Auth's key set cannot be fetched; try again shortly"
@@ -60,13 +61,8 @@ class BetterAuthClaims(NamedTuple):
     family_id: None = None  # no login session (refresh token family) here: Better Auth keeps it
 
 
-def download_key_set(url: str) -> dict[str, jwt.PyJWK]:
-    """GET the JWKS at `url`: its usable keys by kid. Blocking: run it in a worker thread."""
-    request = urllib.request.Request(url, headers={"Accept": "application/json"})
-    with urllib.request.urlopen(request, timeout=FETCH_TIMEOUT_SECONDS) as response:
-        body = response.read(MAX_KEY_SET_BYTES + 1)
-    if len(body) > MAX_KEY_SET_BYTES:
-        raise ValueError(f"the key set is larger than {MAX_KEY_SET_BYTES} bytes")
+def usable_keys(body: bytes) -> dict[str, jwt.PyJWK]:
+    """The keys of a JWKS document that we accept, by kid."""
     keys = {}
     for entry in json.loads(body)["keys"]:
         try:
@@ -78,10 +74,44 @@ def download_key_set(url: str) -> dict[str, jwt.PyJWK]:
     return keys
 
 
+class KeySetUnavailable(Exception):
+    """The key set could not be fetched or read; the message says why."""
+
+
+async def download_key_set(url: str) -> dict[str, jwt.PyJWK]:
+    """GET the JWKS at `url`: its usable keys by kid, or KeySetUnavailable. Connect, headers and
+    body share one deadline, FETCH_TIMEOUT_SECONDS, past which the socket is closed."""
+    # Imported here: only a server with BETTER_AUTH_URL fetches, and the import costs ~2.6 MB.
+    import httpx2
+
+    # Uncompressed and read raw: a compressed body could inflate far past MAX_KEY_SET_BYTES.
+    headers = {"Accept": "application/json", "Accept-Encoding": "identity"}
+    try:
+        # fail_after is the one deadline, so httpx2's per-step timeouts are off (timeout=None).
+        with fail_after(FETCH_TIMEOUT_SECONDS):
+            async with (
+                httpx2.AsyncClient(timeout=None, follow_redirects=True) as http,
+                http.stream("GET", url, headers=headers) as response,
+            ):
+                response.raise_for_status()
+                body = bytearray()
+                async for chunk in response.aiter_raw():
+                    body += chunk
+                    if len(body) > MAX_KEY_SET_BYTES:
+                        raise ValueError(f"the key set is larger than {MAX_KEY_SET_BYTES} bytes")
+        return usable_keys(body)
+    except TimeoutError:
+        message = f"no whole answer within {FETCH_TIMEOUT_SECONDS} seconds"
+        raise KeySetUnavailable(message) from None
+    except (httpx2.HTTPError, httpx2.InvalidURL, OSError, *NOT_A_KEY_SET) as error:
+        raise KeySetUnavailable(str(error) or type(error).__name__) from None
+
+
 class KeySet:
-    """Better Auth's public keys, fetched at first use (Better Auth may start after us), again for an unknown kid,
-    and again once KEY_SET_MAX_AGE_SECONDS old. Changed only on the event loop, so no lock: requests wait there,
-    holding no thread, for the one fetch."""
+    """Better Auth's public keys, fetched at first use (Better Auth may start after us), again
+    for an unknown kid, and again once KEY_SET_MAX_AGE_SECONDS old. Changed only on the event
+    loop, so no lock: one request fetches, and the others that need the fetch wait there
+    (holding no thread) for at most FETCH_TIMEOUT_SECONDS."""
 
     def __init__(self, url: str, clock=time.monotonic) -> None:
         self.url = url
@@ -98,8 +128,9 @@ class KeySet:
             return None
         if self.fetched_at is not None and self.clock() - self.fetched_at >= KEY_SET_MAX_AGE_SECONDS:
             self.keys = {}
-        if kid not in self.keys and self.fetching is not None:
-            await self.fetching.wait()
+        # A loop: a fetch cut short (its request cancelled) leaves the next attempt to its waiters.
+        while kid not in self.keys and self.fetching is not None:
+            await self.wait_for_fetch(self.fetching)
         if kid in self.keys:
             return self.keys[kid]
         now = self.clock()
@@ -107,22 +138,37 @@ class KeySet:
             if self.failing:
                 raise key_set_unavailable(math.ceil(REFETCH_INTERVAL_SECONDS - (now - self.attempted_at)))
             return None  # the key set is fresh and has no such key
-        self.attempted_at, self.fetching = now, Event()
-        try:  # in a worker thread: it blocks for up to FETCH_TIMEOUT_SECONDS
-            self.keys = await to_thread.run_sync(download_key_set, self.url)
+        await self.fetch(now)
+        if kid not in self.keys:
+            message = "it names a key (kid) that the key set at %s does not have; is"
+            message += " BETTER_AUTH_JWKS_URL the key set of the Better Auth server that issued it?"
+            log_once("unknown kid", message, self.url)
+        return self.keys.get(kid)
+
+    async def wait_for_fetch(self, fetching: Event) -> None:
+        """Another request's fetch: over within FETCH_TIMEOUT_SECONDS, or a 503."""
+        with move_on_after(FETCH_TIMEOUT_SECONDS) as waiting:
+            await fetching.wait()
+        if waiting.cancelled_caught:
+            raise key_set_unavailable(REFETCH_INTERVAL_SECONDS)
+
+    async def fetch(self, now: float) -> None:
+        """Replaces the keys with the key set's, or a 503. Requests that need it meanwhile wait."""
+        previous_attempt, self.attempted_at, self.fetching = self.attempted_at, now, Event()
+        try:
+            self.keys = await download_key_set(self.url)
             self.fetched_at, self.failing = now, False
-        except (OSError, HTTPProtocolError, ValueError, TypeError, KeyError, AttributeError, RecursionError) as error:
+        except KeySetUnavailable as error:
             if not self.failing:  # logged when it starts failing, not on every retry
                 log.warning("Better Auth's key set at %s cannot be fetched: %s", self.url, error)
             self.failing = True
             raise key_set_unavailable(REFETCH_INTERVAL_SECONDS) from None
+        except BaseException:  # cancelled (its client hung up, say): its waiters fetch again
+            self.attempted_at = previous_attempt
+            raise
         finally:
             self.fetching.set()
             self.fetching = None
-        if kid not in self.keys:
-            message = "it names a key (kid) that the key set at %s does not have; is BETTER_AUTH_JWKS_URL the"
-            log_once("unknown kid", message + " key set of the Better Auth server that issued it?", self.url)
-        return self.keys.get(kid)
 
 
 class BetterAuth:

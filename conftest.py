@@ -209,17 +209,42 @@ def empty_tables(target: Engine) -> None:
         connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
 
 
+def create_database(server_engine: Engine, prefix: str) -> str:
+    """A new, empty database on the TEST_DATABASE_URL server, reached as that URL reaches it
+    (directly, or through a pooler, which routes every database by name): its URL. A database,
+    not a schema: a pooler in transaction mode passes on no per-connection search_path."""
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    with server_engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        connection.execute(text(f"CREATE DATABASE {name}"))
+    return make_url(TEST_DATABASE_URL).set(database=name).render_as_string(hide_password=False)
+
+
+def drop_database(server_engine: Engine, url: str) -> None:
+    """FORCE: ends the connections that a server or a pooler still holds to it."""
+    with server_engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        connection.execute(text(f"DROP DATABASE {make_url(url).database} WITH (FORCE)"))
+
+
+@pytest.fixture
+def new_database(request):
+    """new_database(prefix) -> the URL of a new, empty PostgreSQL database of the
+    TEST_DATABASE_URL server, dropped after the test."""
+
+    def create(prefix: str) -> str:
+        server_engine = request.getfixturevalue("server_engine")
+        url = create_database(server_engine, prefix)
+        request.addfinalizer(lambda: drop_database(server_engine, url))
+        return url
+
+    return create
+
+
 @pytest.fixture(scope="module")
-def empty_schema_url(server_engine):
-    """A URL of the TEST_DATABASE_URL database whose connections see only a new, empty
-    schema: for tests of start-up on an empty database, beside the shared tables."""
-    schema = f"empty_{secrets.token_hex(4)}"
-    with server_engine.begin() as connection:
-        connection.execute(text(f"CREATE SCHEMA {schema}"))
-    url = make_url(TEST_DATABASE_URL).update_query_dict({"options": f"-c search_path={schema}"})
-    yield url.render_as_string(hide_password=False)
-    with server_engine.begin() as connection:
-        connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+def empty_database_url(server_engine):
+    """A new, empty database beside the shared one, for tests of start-up on an empty database."""
+    url = create_database(server_engine, "empty")
+    yield url
+    drop_database(server_engine, url)
 
 
 @pytest.fixture

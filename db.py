@@ -53,7 +53,12 @@ def make_engine(url: str, statement_timeout_ms: int | None = None) -> Engine:
     # hide_parameters keeps bound values (password hashes among them) out of error logs.
     options = {"hide_parameters": True, "execution_options": {"statement_budget_ms": budget_ms}}
     if not url.startswith("sqlite"):  # pool_pre_ping: a connection the server closed is replaced
-        return create_engine(url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=0, **options)
+        # No server-side prepared statements (psycopg prepares a query run 5 times): behind a pooler in
+        # transaction mode (PgBouncer, hosted pooled URLs) the next transaction may get another server.
+        unprepared = {"prepare_threshold": None}
+        return create_engine(
+            url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=0, connect_args=unprepared, **options
+        )
     # Each connection to :memory: is a database of its own: requests take turns on one.
     in_memory = make_url(url).database in (None, "", ":memory:")
     pooling = {"poolclass": StaticPool} if in_memory else {"pool_size": POOL_SIZE, "max_overflow": 0}

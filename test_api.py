@@ -4,7 +4,7 @@ delete, complete, tags, recurrence, and ownership (another user's path 403, thei
 import re
 
 import pytest
-from sqlalchemy import make_url, text
+from sqlalchemy import event, text
 from sqlmodel import Session, select
 
 import db
@@ -699,8 +699,14 @@ def new_york_engine(engine):
     if TEST_DATABASE_URL is None:
         yield engine
         return
-    url = make_url(TEST_DATABASE_URL).update_query_dict({"options": "-c TimeZone=America/New_York"})
-    new_york = db.make_engine(url.render_as_string(hide_password=False))
+    new_york = db.make_engine(TEST_DATABASE_URL)
+
+    @event.listens_for(new_york, "connect")
+    def set_time_zone(dbapi_connection, connection_record) -> None:
+        # SET, not a startup option: PgBouncer passes TimeZone on to every server it lends.
+        dbapi_connection.execute("SET TimeZone = 'America/New_York'")
+        dbapi_connection.commit()
+
     with new_york.connect() as connection:
         assert connection.execute(text("SHOW TimeZone")).scalar_one() == "America/New_York"
     yield new_york

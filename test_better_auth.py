@@ -17,6 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import anyio
+import httpx2
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -24,6 +26,7 @@ from sqlmodel import Session, select
 
 import better_auth
 from conftest import INVALID_TOKEN, free_port, send_body
+from main import app
 from models import RevokedToken, User
 
 ISSUER = "http://127.0.0.1:3000"  # Better Auth's base URL: its tokens' iss and aud
@@ -72,14 +75,15 @@ def bearer(token: str) -> dict[str, str]:
 
 
 class KeySetServer:
-    """Serves a JWKS on 127.0.0.1 and counts the requests for it. hang=True holds each
-    request until release is set, as a Better Auth server that does not answer would."""
+    """Serves a JWKS on 127.0.0.1 and counts the requests for it. stall="silent" holds each
+    request unanswered, stall="drip" sends its body one byte a second, as a Better Auth
+    server that hangs or crawls would; either until release is set."""
 
     def __init__(self) -> None:
         self.keys: list[dict] = []
         self.body: bytes | None = None  # served instead of the keys, when set
         self.fetches = 0
-        self.hang = False
+        self.stall: str | None = None
         self.received = threading.Event()
         self.release = threading.Event()
         key_set = self
@@ -88,10 +92,26 @@ class KeySetServer:
             def do_GET(self) -> None:
                 key_set.fetches += 1
                 key_set.received.set()
-                if key_set.hang:
+                body = key_set.body or json.dumps({"keys": key_set.keys}).encode()
+                if key_set.stall == "silent":
                     key_set.release.wait(timeout=30)
-                    return
-                send_body(self, key_set.body or json.dumps({"keys": key_set.keys}).encode(), "application/json")
+                elif key_set.stall == "drip":
+                    self.drip(body)
+                else:
+                    send_body(self, body, "application/json")
+
+            def drip(self, body: bytes) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                try:
+                    for byte in body:
+                        self.wfile.write(bytes([byte]))
+                        if key_set.release.wait(timeout=1):
+                            return
+                except OSError:  # the client gave up and closed the connection
+                    pass
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -476,13 +496,13 @@ def test_a_key_set_that_cannot_be_read_is_503(client, monotonic, monkeypatch, ke
 def test_a_key_set_that_appears_later_is_fetched_after_the_retry_interval(client, monotonic, monkeypatch, key_set_server):
     key = SigningKey()
     configure(monkeypatch, monotonic, ISSUER, key_set_server.url)
-    key_set_server.hang = True  # Better Auth is not answering yet
+    key_set_server.stall = "silent"  # Better Auth is not answering yet
     monkeypatch.setattr(better_auth, "FETCH_TIMEOUT_SECONDS", 0.2)
     token = sign(better_auth_claims("ada"), key)
     response = client.get("/api/auth/me", headers=bearer(token))
     assert response.status_code == 503
     assert response.json() == KEY_SET_UNAVAILABLE
-    key_set_server.hang = False
+    key_set_server.stall = None
     key_set_server.keys = [key.public_jwk()]
     key_set_server.release.set()
     monotonic.now += better_auth.REFETCH_INTERVAL_SECONDS
@@ -490,31 +510,101 @@ def test_a_key_set_that_appears_later_is_fetched_after_the_retry_interval(client
     assert key_set_server.fetches == 2
 
 
-def test_a_hanging_key_set_fetch_does_not_stop_other_requests(client, monotonic, monkeypatch, key_set_server, alice):
-    configure(monkeypatch, monotonic, ISSUER, key_set_server.url)
-    key_set_server.hang = True
-    monkeypatch.setattr(better_auth, "FETCH_TIMEOUT_SECONDS", 2)
-    key = SigningKey()
-    tokens = [sign(better_auth_claims(f"user{n}"), key, kid=f"kid{n % 3}") for n in range(12)]
+@pytest.mark.parametrize("stall", ["silent", "drip"], ids=["never answers", "drips its body"])
+def test_a_stuck_key_set_fetch_is_503_by_the_deadline_while_other_requests_are_served(
+    client, signing_key, key_set_server, monotonic, alice, stall
+):
+    key_set_server.stall = stall
+    # Three kids, the key set's (tokens[0]'s) and two unknown ones: all wait for the one fetch.
+    kids = [signing_key.kid, "kid1", "kid2"]
+    tokens = [sign(better_auth_claims(f"user{n}"), signing_key, kid=kids[n % 3]) for n in range(12)]
     with ThreadPoolExecutor(max_workers=len(tokens)) as pool:
+        started = time.monotonic()
         first = pool.submit(client.get, "/api/auth/me", headers=bearer(tokens[0]))
         assert key_set_server.received.wait(timeout=10)
-        # More Better Auth requests arrive while the fetch is in flight: they wait for it.
-        waiting = [first] + [pool.submit(client.get, "/api/auth/me", headers=bearer(token)) for token in tokens[1:]]
-        # The fetch is in flight (the key set server holds it), and the app still answers.
-        health = client.get("/health")
-        assert (health.status_code, health.json()) == (200, {"status": "ok"})
-        served = client.get(alice.tasks_url, headers=alice.headers)
-        assert served.status_code == 200
-        assert served.json() == []
+        # More Better Auth requests while the fetch is stuck: they wait for it.
+        others = [pool.submit(client.get, "/api/auth/me", headers=bearer(t)) for t in tokens[1:]]
+        # Our own tokens and /health need no key set: answered at once meanwhile.
+        unaffected = (("/health", {}, {"status": "ok"}), (alice.tasks_url, alice.headers, []))
+        for path, headers, body in unaffected:
+            asked = time.monotonic()
+            response = client.get(path, headers=headers)
+            assert (response.status_code, response.json()) == (200, body)
+            assert time.monotonic() - asked < 1
         assert not first.done()
-        responses = [request.result(timeout=30) for request in waiting]
-    key_set_server.release.set()
+        responses = [request.result(timeout=30) for request in [first, *others]]
+        elapsed = time.monotonic() - started
+    assert elapsed < 4  # FETCH_TIMEOUT_SECONDS, and a margin
     for response in responses:
-        assert response.status_code == 503
-        assert response.json() == KEY_SET_UNAVAILABLE
-        assert response.headers["retry-after"].isdigit()
+        assert (response.status_code, response.json()) == (503, KEY_SET_UNAVAILABLE)
+        assert 1 <= int(response.headers["retry-after"]) <= better_auth.REFETCH_INTERVAL_SECONDS
     assert key_set_server.fetches == 1
+    # Better Auth recovers: the first request after the refetch interval fetches the key set.
+    key_set_server.stall = None
+    monotonic.now += better_auth.REFETCH_INTERVAL_SECONDS
+    assert me(client, tokens[0])["better_auth_id"] == "user0"
+    assert key_set_server.fetches == 2
+
+
+def test_a_cached_key_is_used_at_once_while_another_kids_fetch_is_stuck(
+    client, signing_key, key_set_server, monotonic
+):
+    token = sign(better_auth_claims("ada"), signing_key)
+    me(client, token)  # its key is cached
+    key_set_server.stall = "silent"
+    key_set_server.received.clear()
+    monotonic.now += better_auth.REFETCH_INTERVAL_SECONDS
+    unknown_kid = sign(better_auth_claims("grace"), SigningKey())
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        stuck = pool.submit(client.get, "/api/auth/me", headers=bearer(unknown_kid))
+        assert key_set_server.received.wait(timeout=10)
+        asked = time.monotonic()
+        assert me(client, token)["better_auth_id"] == "ada"
+        assert time.monotonic() - asked < 1
+        assert not stuck.done()
+        response = stuck.result(timeout=30)
+    assert (response.status_code, response.json()) == (503, KEY_SET_UNAVAILABLE)
+    assert key_set_server.fetches == 2
+
+
+def test_a_request_waiting_for_a_cancelled_fetch_fetches_the_key_set_itself(
+    client, signing_key, key_set_server
+):
+    """A server may cancel a request whose client hung up, in the middle of its key set fetch.
+    A request that was waiting for that fetch then fetches the key set itself: its valid token
+    is never a 401. Both requests go to the app on the test client's event loop, so that the
+    first one's task can be cancelled."""
+    key_set_server.stall = "silent"
+    token = sign(better_auth_claims("ada"), signing_key)
+    key_set = better_auth.verifier.key_set
+    responses = []
+
+    async def fetching_request(http: httpx2.AsyncClient, hung_up: anyio.CancelScope) -> None:
+        with hung_up:
+            await http.get("/api/auth/me", headers=bearer(token))
+
+    async def waiting_request(http: httpx2.AsyncClient) -> None:
+        responses.append(await http.get("/api/auth/me", headers=bearer(token)))
+
+    async def hang_up_while_another_waits() -> bool:
+        hung_up = anyio.CancelScope()
+        transport = httpx2.ASGITransport(app=app)
+        async with httpx2.AsyncClient(transport=transport, base_url="http://test") as http:
+            async with anyio.create_task_group() as requests:
+                requests.start_soon(fetching_request, http, hung_up)
+                await anyio.to_thread.run_sync(key_set_server.received.wait, 10)
+                requests.start_soon(waiting_request, http)
+                with anyio.fail_after(2):  # within FETCH_TIMEOUT_SECONDS: the fetch is still stuck
+                    while key_set.fetching.statistics().tasks_waiting == 0:
+                        await anyio.sleep(0.01)
+                key_set_server.stall = None  # the next fetch is answered
+                hung_up.cancel()
+        return hung_up.cancelled_caught
+
+    assert client.portal.call(hang_up_while_another_waits)
+    assert len(responses) == 1
+    assert (responses[0].status_code, responses[0].json()["better_auth_id"]) == (200, "ada")
+    assert key_set_server.fetches == 2
 
 
 # --- wrong tokens ---

@@ -55,12 +55,12 @@ def bearer(token: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def two_workers(request, tmp_path_factory):
-    """Two workers started together on a new database (a SQLite file, or a new schema of
-    TEST_DATABASE_URL), as on a first deployment, with one JWT_SECRET for both and no
+    """Two workers started together on a new database (a SQLite file, or a new database on
+    TEST_DATABASE_URL's server), as on a first deployment, with one JWT_SECRET for both and no
     refresh grace period, since a live server's clock cannot be moved."""
     env = {"JWT_SECRET": secrets.token_urlsafe(48), "REFRESH_TOKEN_GRACE_SECONDS": "0"}
     if TEST_DATABASE_URL is not None:
-        env["DATABASE_URL"] = request.getfixturevalue("empty_schema_url")
+        env["DATABASE_URL"] = request.getfixturevalue("empty_database_url")
     with LiveServer(tmp_path_factory.mktemp("workers"), workers=2, env=env) as server:
         yield server
     assert "Traceback" not in server.log()

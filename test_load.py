@@ -101,11 +101,13 @@ class RawClient:
         self.connection.close()
 
 
-def test_150_clients_at_once_get_no_5xx_and_health_stays_fast(tmp_path, new_account):
+def test_150_clients_at_once_get_no_5xx_and_health_stays_fast(tmp_path, engine, new_account):
     """Each client opens its own connection and, at the same moment as all the others,
     lists its tasks and reads /api/auth/me. More requests arrive at once than the server
-    has threads and pooled connections, so most of them wait: none may fail or stall."""
-    with LiveServer(tmp_path) as server:
+    has threads and pooled connections, so most of them wait: none may fail or stall.
+    On TEST_DATABASE_URL when it is set (through the pooler, when it names one)."""
+    database = {"DATABASE_URL": TEST_DATABASE_URL} if TEST_DATABASE_URL is not None else {}
+    with LiveServer(tmp_path, env=database) as server:
         with httpx2.Client(base_url=server.url, timeout=REQUEST_TIMEOUT_SECONDS) as http:
             accounts = [new_account(f"burst{number}@example.com", via=http) for number in range(BURST_ACCOUNTS)]
         everyone_ready = threading.Barrier(BURST_CLIENTS)

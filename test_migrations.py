@@ -24,7 +24,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Column, DateTime, Engine, MetaData, String, bindparam, inspect, make_url, text
+from sqlalchemy import Column, DateTime, Engine, MetaData, String, bindparam, inspect, text
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import SQLModel
 
@@ -45,23 +45,12 @@ MARCH_1 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 
 
 @pytest.fixture
-def database_url(request, tmp_path) -> str:
+def database_url(tmp_path, new_database) -> str:
     """A new, empty database: a SQLite file in tmp_path (where a live server also keeps
-    its secret and log), or a PostgreSQL schema of its own, dropped afterwards."""
+    its secret and log), or a PostgreSQL database of its own, dropped afterwards."""
     if TEST_DATABASE_URL is None:
         return f"sqlite:///{tmp_path / 'todo.db'}"
-    server_engine = request.getfixturevalue("server_engine")
-    schema = f"migrations_{secrets.token_hex(4)}"
-    with server_engine.begin() as connection:
-        connection.execute(text(f"CREATE SCHEMA {schema}"))
-    request.addfinalizer(lambda: drop_schema(server_engine, schema))
-    url = make_url(TEST_DATABASE_URL).update_query_dict({"options": f"-c search_path={schema}"})
-    return url.render_as_string(hide_password=False)
-
-
-def drop_schema(server_engine: Engine, schema: str) -> None:
-    with server_engine.begin() as connection:
-        connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+    return new_database("migrations")
 
 
 @pytest.fixture
@@ -181,17 +170,14 @@ def test_every_table_that_never_reuses_ids_is_autoincrement_at_head(database):
     assert autoincrement == never_reuse
 
 
-def test_the_first_revision_makes_exactly_the_schema_of_the_release_before_migrations(tmp_path, database_url):
+def test_the_first_revision_makes_exactly_the_schema_of_the_release_before_migrations(
+    tmp_path, database_url, new_database
+):
     migrated = db.make_engine(database_url)
     if TEST_DATABASE_URL is None:
         released = db.make_engine(f"sqlite:///{tmp_path / 'released.db'}")
     else:
-        released_schema = f"released_{secrets.token_hex(4)}"
-        server_engine = db.make_engine(TEST_DATABASE_URL)
-        with server_engine.begin() as connection:
-            connection.execute(text(f"CREATE SCHEMA {released_schema}"))
-        url = make_url(TEST_DATABASE_URL).update_query_dict({"options": f"-c search_path={released_schema}"})
-        released = db.make_engine(url.render_as_string(hide_password=False))
+        released = db.make_engine(new_database("released"))
     try:
         build_release_before_migrations(released)
         upgrade_to(migrated, db.FIRST_REVISION)
@@ -201,9 +187,6 @@ def test_the_first_revision_makes_exactly_the_schema_of_the_release_before_migra
     finally:
         migrated.dispose()
         released.dispose()
-        if TEST_DATABASE_URL is not None:
-            drop_schema(server_engine, released_schema)
-            server_engine.dispose()
 
 
 # --- a database made by the release before migrations is upgraded in place ---
