@@ -90,8 +90,6 @@ class TokenFamily(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=32)
     user_id: int = Field(foreign_key="user.id", ondelete="CASCADE", index=True, sa_type=Id)
     expires_at: datetime = Field(index=True)  # when its newest token expires; pruned after
-    # Its newest refresh token's generation.
-    generation: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
 
 
 class RefreshToken(SQLModel, table=True):

@@ -1,20 +1,21 @@
 """Refresh tokens: opaque, used once each, in families (one per login) whose row ends them all.
 Only a token's SHA-256 is stored: 256 random bits are as hard to find from it as to guess.
 
-A token's generation is its depth in its family's chain; the family keeps its newest token's. A
-used token presented again within the grace period gives a sibling of the newest; the first of
-the siblings to be used moves the family past the others, which then end it as a replay would.
+A token's generation is its depth in its family's chain. A generation opens when the first of its
+tokens is used, and closes REFRESH_TOKEN_GRACE_SECONDS later, or as soon as a token of the next
+generation is used: until then each of its tokens gives a pair, for tabs refreshing at once; after
+that, any of them is a replay (or a thief's branch left behind), and ends the family.
 
 Locks go family first, then its tokens, as a cascading delete takes them: a refresh and its
-family's end wait, never deadlock. So a family's rotations take turns, each seeing the
-generation that the one before it left."""
+family's end wait, never deadlock. So a family's rotations take turns, each seeing what the one
+before it wrote."""
 
 import hashlib
 import secrets
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
-from sqlalchemy import delete, insert, literal, select, update
+from sqlalchemy import delete, exists, func, insert, literal, select, update
 from sqlmodel import Session
 
 from auth import invalid_credentials
@@ -88,7 +89,7 @@ def end_every_family(session: Session, user_id: int) -> None:
 
 def rotate(session: Session, presented: str, now: datetime) -> tuple[User, IssuedRefreshToken]:
     """Use up the presented refresh token and issue the next one in its family, committed; 401 for
-    one unknown, expired, used or ended. A replay, unless a second tab's (below), ends the family."""
+    one unknown, expired or ended. A token of a closed generation ends its family (module docstring)."""
     is_presented = RefreshToken.token_hash == hash_refresh_token(presented)
     presented_family = select(RefreshToken.family_id).where(is_presented).scalar_subquery()
     # Extending the family first takes its row lock (see the module docstring).
@@ -96,46 +97,27 @@ def rotate(session: Session, presented: str, now: datetime) -> tuple[User, Issue
         update(TokenFamily)
         .where(TokenFamily.id == presented_family, TokenFamily.expires_at > now)
         .values(expires_at=now + family_lifetime())
-        .returning(TokenFamily.id, TokenFamily.user_id, TokenFamily.generation)
+        .returning(TokenFamily.id, TokenFamily.user_id)
     ).first()
     if family is None:
         session.rollback()
         raise invalid_credentials(INVALID_REFRESH_TOKEN)
-    # Compare-and-set: of any number of requests presenting this token, exactly one sets used_at,
-    # and only while the token is the family's newest.
-    use = update(RefreshToken).where(
-        is_presented,
-        RefreshToken.used_at.is_(None),
-        RefreshToken.expires_at > now,
-        RefreshToken.generation == family.generation,
-    )
-    if session.execute(use.values(used_at=now)).rowcount == 1:
-        generation = family.generation + 1
-        moved_on = update(TokenFamily).where(TokenFamily.id == family.id)
-        session.execute(moved_on.values(generation=generation))
-    else:
-        token = session.execute(select(RefreshToken).where(is_presented)).scalar_one_or_none()
-        # Expired (and perhaps pruned since the family was found): no replay, as it works for nobody.
-        if token is None or token.expires_at <= now:
-            session.rollback()
-            raise invalid_credentials(INVALID_REFRESH_TOKEN)
-        if not from_a_second_tab(token, family.generation, now):
-            end_family(session, family.id)
-            raise invalid_credentials(INVALID_REFRESH_TOKEN)
-        generation = token.generation + 1  # a sibling of the family's newest
-    user = session.get(User, family.user_id)
-    return user, issue_refresh_token(session, family.id, now, generation)
-
-
-def from_a_second_tab(token: RefreshToken, family_generation: int, now: datetime) -> bool:
-    """Whether a token the compare-and-set refused is a second tab's, refreshing at the moment
-    the first did: used within the grace (`now` may precede the use: a request that started
-    before the winner's), and none of the pairs it gave used since. Anything else is a replay,
-    an unused token behind the family's newest among them: a pair given in the grace."""
+    presented_token = select(RefreshToken.generation, RefreshToken.expires_at).where(is_presented)
+    token = session.execute(presented_token).first()
+    if token is None or token.expires_at <= now:  # expired (and perhaps pruned since the UPDATE)
+        session.rollback()
+        raise invalid_credentials(INVALID_REFRESH_TOKEN)
+    in_family = RefreshToken.family_id == family.id
+    used = RefreshToken.used_at.is_not(None)
+    same_generation = RefreshToken.generation == token.generation
+    opened_at = select(func.min(RefreshToken.used_at)).where(in_family, same_generation)
+    moved_on = exists().where(in_family, RefreshToken.generation == token.generation + 1, used)
+    opened, moved = session.execute(select(opened_at.scalar_subquery(), moved_on)).one()
     grace = timedelta(seconds=settings.refresh_token_grace_seconds)
-    return (
-        token.used_at is not None
-        and grace > timedelta(0)
-        and now < token.used_at + grace
-        and token.generation == family_generation - 1
-    )
+    # `now` may precede the first use: a request that read the clock before the one that won.
+    if opened is not None and (moved or not grace or now >= opened + grace):
+        end_family(session, family.id)
+        raise invalid_credentials(INVALID_REFRESH_TOKEN)
+    session.execute(update(RefreshToken).where(is_presented, RefreshToken.used_at.is_(None)).values(used_at=now))
+    user = session.get(User, family.user_id)
+    return user, issue_refresh_token(session, family.id, now, token.generation + 1)

@@ -107,8 +107,8 @@ def login_form(form: OAuth2Form, session: SessionDep, check: PasswordCheckDep, n
 @router.post("/refresh", summary="Trade a refresh token for new tokens", responses=REFRESH_ERRORS, dependencies=LIMITED)
 def refresh(body: RefreshRequest, session: SessionDep, now: Now) -> TokenResponse:
     """Use up the refresh token for a new pair in the same session. Presented again within its grace
-    period (10 seconds by default), it gives another tab refreshing at once a pair of its own, until
-    one of those pairs is refreshed; presented again after that, it ends the whole session."""
+    period (10 seconds by default), it gives another tab refreshing at once a pair of its own;
+    presented after it, it ends the whole session."""
     return token_response(*rotate(session, body.refresh_token, now))
 
 

@@ -1,8 +1,7 @@
-"""Refresh-token generations: each refresh token's depth in its family's chain, and each
-family's newest, so that a pair issued in the grace period dies once the family moves on.
+"""Refresh-token generations: each refresh token's depth in its family's chain, so that a
+pair issued in the grace period dies once the family has moved on without it.
 
-Two new columns, 0 by default: every existing token and family starts at generation 0, so
-a family's unused token rotates as before.
+Existing tokens start at generation 0: a family's unused token rotates as before.
 """
 
 import sqlalchemy as sa
@@ -11,17 +10,12 @@ from alembic import op
 revision = "0005_refresh_generations"
 down_revision = "0004_better_auth"
 
-TABLES = ("tokenfamily", "refreshtoken")
-
 
 def upgrade() -> None:
-    for table in TABLES:
-        with op.batch_alter_table(table) as batch:
-            generation = sa.Column("generation", sa.Integer(), server_default="0", nullable=False)
-            batch.add_column(generation)
+    with op.batch_alter_table("refreshtoken") as batch:
+        batch.add_column(sa.Column("generation", sa.Integer(), server_default="0", nullable=False))
 
 
 def downgrade() -> None:
-    for table in reversed(TABLES):
-        with op.batch_alter_table(table) as batch:
-            batch.drop_column("generation")
+    with op.batch_alter_table("refreshtoken") as batch:
+        batch.drop_column("generation")
