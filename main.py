@@ -11,11 +11,13 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException
 from starlette.routing import Match
 
 from config import settings
 from db import STATEMENT_TIMED_OUT, check_database, engine, migrate, statement_ran_out_of_time
-from middleware import AccessLog, BodySizeLimit, CORSMiddleware, InternalErrorAsJson, StartupRefusal, error_log
+from middleware import AccessLog, BodySizeLimit, CORSMiddleware, HeadAsGet, InternalErrorAsJson, StartupRefusal
+from middleware import error_log
 from routes import auth, docs, tasks
 from schemas import HealthStatus, error_response
 
@@ -44,6 +46,7 @@ app = FastAPI(
     docs_url=None, redoc_url=None,  # routes/docs.py serves both from local files instead of a CDN
 )
 # Each wraps those above it, so CORS adds its headers to the 500 and 413, and the access log sees the final status.
+app.add_middleware(HeadAsGet)
 app.add_middleware(StartupRefusal)  # acts on the lifespan only
 app.add_middleware(InternalErrorAsJson)
 app.add_middleware(BodySizeLimit)
@@ -79,6 +82,11 @@ async def statement_timed_out(request: Request, exc: OperationalError) -> JSONRe
 
 @app.exception_handler(StarletteHTTPException)
 async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    if exc.status_code == status.HTTP_400_BAD_REQUEST and isinstance(exc.__context__, MultiPartException):
+        # Starlette's 400 for a form it cannot parse (too many fields, no multipart boundary): malformed, so 422.
+        error = {"type": "form_invalid", "loc": ("body",), "msg": "Form body could not be parsed",
+                 "ctx": {"error": exc.detail}}
+        return await validation_error(request, RequestValidationError([error]))
     if exc.status_code == status.HTTP_400_BAD_REQUEST and isinstance(exc.__cause__, (ValueError, RecursionError)):
         # FastAPI's bare 400 when its JSON parser fails (not UTF-8, too deep, too many digits): malformed JSON, so 422.
         location = ("body", getattr(exc.__cause__, "start", 0))
@@ -89,13 +97,15 @@ async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         # Starlette names only the methods of the first route that matched; each method here is its own route.
         def served(method: str) -> bool:
             return any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in app.routes)
+        methods = list(filter(served, ("GET", "POST", "PUT", "PATCH", "DELETE")))
+        if "GET" in methods:
+            methods.insert(1, "HEAD")  # HeadAsGet answers it
         # None found: the 405 comes from a mounted app (the docs' files), whose own Allow is right.
-        if allowed := ", ".join(filter(served, ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"))):
-            exc = StarletteHTTPException(exc.status_code, exc.detail, {"Allow": allowed})
+        if methods:
+            exc = StarletteHTTPException(exc.status_code, exc.detail, {"Allow": ", ".join(methods)})
     return await http_exception_handler(request, exc)
 
 
-@app.head("/health", include_in_schema=False)  # monitors often probe with HEAD: GET without the body
 @app.get(
     "/health",
     response_model=HealthStatus,

@@ -1,5 +1,5 @@
-"""The ASGI middlewares (access log with request id, JSON 500, 413 body limit, start-up refusal, JSON
-CORS preflight refusal) and the log set-up, which escapes the control characters a client can send."""
+"""The ASGI middlewares (access log with request id, HEAD as GET, JSON 500, 413 body limit, start-up
+refusal, JSON CORS preflight refusal) and the log set-up, which escapes the control characters a client can send."""
 
 import logging
 import re
@@ -116,6 +116,22 @@ class AccessLog(PureASGIMiddleware):
         finally:
             if not logged:  # the app failed, or the client went away, before the end
                 log_line()
+
+
+class HeadAsGet(PureASGIMiddleware):
+    """HEAD on any GET route: the GET's status and headers, no body (RFC 9110), as monitors and
+    link checkers expect. The GET runs whole, so its Content-Length is the body's."""
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] != "HEAD":
+            return await self.app(scope, receive, send)
+
+        async def send_without_body(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, send_without_body)
 
 
 class InternalErrorAsJson(PureASGIMiddleware):

@@ -44,7 +44,7 @@ def redoc(request: Request) -> HTMLResponse:
     return page
 
 
-@router.api_route("/", methods=["GET", "HEAD"])
+@router.get("/")
 def front_door() -> HTMLResponse:
     """What a person who opens the server's address in a browser sees: where to go next."""
     return HTMLResponse(FRONT_DOOR)
