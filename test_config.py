@@ -210,10 +210,18 @@ SECRET = {"JWT_SECRET": "k" * 40}
         ({"JWT_SECRET_FILE": "{tmp}"}, ["JWT_SECRET_FILE: cannot read or create {tmp} (Is a directory)"]),
         ({"JWT_SECRET": " " * 40}, ["JWT_SECRET must be at least 32 bytes long, not counting surrounding whitespace"]),
         ({"LOGIN_FAILURE_WINDOW_MINUTES": "0", **SECRET}, ["LOGIN_FAILURE_WINDOW_MINUTES must be between 1 and"]),
+        ({"BETTER_AUTH_URL": "http://[::1", **SECRET},
+         ["BETTER_AUTH_URL is not a well-formed URL: Invalid IPv6 URL"]),
+        ({"BETTER_AUTH_URL": "http://exa mple.com", **SECRET},
+         ["BETTER_AUTH_URL is not a well-formed URL: it needs a host name, without spaces"]),
+        ({"BETTER_AUTH_URL": "https://auth.example", **SECRET,
+          "BETTER_AUTH_JWKS_URL": "https://auth.example:jwks"},
+         ["BETTER_AUTH_JWKS_URL is not a well-formed URL: Port could not be cast to integer"]),
     ],
     ids=[
         "sqlite-in-missing-folder", "sqlite-path-is-a-folder", "unsupported-database", "not-a-url",
         "secret-file-in-missing-folder", "secret-file-is-a-folder", "blank-secret", "zero-failure-window",
+        "better-auth-url-unclosed-ipv6", "better-auth-url-with-a-space", "jwks-url-with-a-word-for-port",
     ],
 )  # fmt: skip
 def test_a_configuration_mistake_stops_uvicorn_with_one_line(tmp_path, env, expected):
