@@ -145,6 +145,9 @@ class Settings:
     better_auth_jwks_url: str | None = from_env(jwks_url_setting)
     better_auth_secret: str | None = from_env(optional_secret, "BETTER_AUTH_SECRET")
     database_url: str = from_env(database_url_setting)
+    # How long start-up waits for a database that is not there yet (PostgreSQL still starting, a
+    # SQLite file another process holds locked): long enough for a database started beside the app.
+    database_wait_seconds: int = from_env(int_setting, "DATABASE_WAIT_SECONDS", 30, 0, 600)
     access_token_expire_minutes: int = from_env(int_setting, "ACCESS_TOKEN_EXPIRE_MINUTES", 60, 1, 60 * 24 * 30)
     refresh_token_expire_days: int = from_env(int_setting, "REFRESH_TOKEN_EXPIRE_DAYS", 30, 1, 365)
     refresh_token_grace_seconds: int = from_env(int_setting, "REFRESH_TOKEN_GRACE_SECONDS", 10, 0, 60)
