@@ -9,6 +9,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -93,9 +94,20 @@ def int_setting(name: str, default: int, low: int, high: int) -> int:
 def url_setting(name: str) -> str | None:
     """An http(s) URL without its trailing slash, or None when the variable is unset or empty."""
     url = os.environ.get(name, "").strip().rstrip("/")
-    if url and (not url.startswith(("http://", "https://")) or len(url) > MAX_URL_LENGTH or not url.isascii()):
+    if not url:
+        return None
+    is_http = url.startswith(("http://", "https://"))
+    if not is_http or len(url) > MAX_URL_LENGTH or not url.isascii():
         raise SystemExit(f"{name} must be an http:// or https:// URL of at most {MAX_URL_LENGTH} characters")
-    return url or None
+    # Each request to Better Auth would fail on such a URL: stop now, not with a 503 per request.
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- read to raise on a port that is not a number from 0 to 65535
+    except ValueError as error:
+        raise SystemExit(f"{name} is not a well-formed URL: {error}") from None
+    if not parts.hostname or any(character.isspace() for character in parts.hostname):
+        raise SystemExit(f"{name} is not a well-formed URL: it needs a host name, without spaces")
+    return url
 
 
 def sqlite_synchronous_setting() -> str:
@@ -133,6 +145,9 @@ class Settings:
     better_auth_jwks_url: str | None = from_env(jwks_url_setting)
     better_auth_secret: str | None = from_env(optional_secret, "BETTER_AUTH_SECRET")
     database_url: str = from_env(database_url_setting)
+    # How long start-up waits for a database that is not there yet (PostgreSQL still starting, a
+    # SQLite file another process holds locked): long enough for a database started beside the app.
+    database_wait_seconds: int = from_env(int_setting, "DATABASE_WAIT_SECONDS", 30, 0, 600)
     access_token_expire_minutes: int = from_env(int_setting, "ACCESS_TOKEN_EXPIRE_MINUTES", 60, 1, 60 * 24 * 30)
     refresh_token_expire_days: int = from_env(int_setting, "REFRESH_TOKEN_EXPIRE_DAYS", 30, 1, 365)
     refresh_token_grace_seconds: int = from_env(int_setting, "REFRESH_TOKEN_GRACE_SECONDS", 10, 0, 60)

@@ -1,8 +1,11 @@
 """The engine (SQLite by default, or PostgreSQL), the per-request session and clock, and migrate(),
-which brings any database to the newest Alembic revision (migrations/) at start-up. Every statement
-has a time budget (STATEMENT_TIMEOUT_MS); main.py answers 503 when one runs out."""
+which brings any database to the newest Alembic revision (migrations/) at start-up, once it is
+there. Every statement has a time budget (STATEMENT_TIMEOUT_MS); main.py answers 503 when one runs
+out."""
 
+import logging
 import math
+import re
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -18,7 +21,7 @@ from alembic.script import ScriptDirectory
 from anyio import CancelScope, CapacityLimiter, Semaphore, to_thread
 from anyio.lowlevel import RunVar
 from fastapi import Depends
-from sqlalchemy import Connection, Engine, event, inspect, make_url, text
+from sqlalchemy import URL, Connection, Engine, event, inspect, make_url, text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, create_engine
@@ -30,6 +33,7 @@ SESSION_SLOTS = 40  # a connection for each of AnyIO's 40 worker threads, which 
 POOL_SIZE = SESSION_SLOTS + 1  # and one for /health, so it never queues behind requests
 SCHEMA_LOCK_KEY = 0x70D0_5C4E  # any fixed number: the same in every process of this app
 STATEMENT_TIMED_OUT = "The query took too long; narrow it down (a shorter search, a filter) and try again"
+BUSY_TIMEOUT_MS = 30_000  # how long a SQLite writer waits for the one write lock
 
 
 class StatementBudget:
@@ -69,9 +73,11 @@ def make_engine(url: str, statement_timeout_ms: int | None = None) -> Engine:
         # SQLite's own lower() folds only A-Z; Python's folds all of Unicode, as PostgreSQL's does.
         unicode_lower = lambda value: value.lower() if isinstance(value, str) else value  # noqa: E731
         dbapi_connection.create_function("lower", 1, unicode_lower, deterministic=True)
-        # First, as switching to WAL needs a lock that a worker migrating at start-up may hold.
-        dbapi_connection.execute("PRAGMA busy_timeout=30000")  # a writer waits up to 30 s for the one write lock
+        # Switching to WAL takes a lock only on a file not yet in WAL (it then stays in WAL): at
+        # start-up, which waits DATABASE_WAIT_SECONDS for another process (a worker migrating).
+        dbapi_connection.execute(f"PRAGMA busy_timeout={settings.database_wait_seconds * 1000}")
         dbapi_connection.execute("PRAGMA journal_mode=WAL")  # readers run beside the one writer
+        dbapi_connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         dbapi_connection.execute("PRAGMA foreign_keys=ON")  # SQLite ignores ON DELETE CASCADE without it
         dbapi_connection.execute(f"PRAGMA synchronous={settings.sqlite_synchronous}")
         connection_record.info["statement_budget"] = budget = StatementBudget(budget_ms / 1000)
@@ -119,15 +125,75 @@ RESTORE_COUNTER = (
 )
 
 
-class SchemaError(Exception):
-    """The database cannot be brought to this release's schema; the one-line message says why."""
+# What a PostgreSQL that is not up yet answers: nothing listens on its port yet, or it is starting.
+NOT_UP_YET = (
+    "connection refused",
+    "the database system is starting up",
+    "the database system is not yet accepting connections",
+    "the database system is in recovery mode",
+)
+LOCKED = "database is locked"  # SQLite, once busy_timeout has run out
+# psycopg's words around the reason: 'connection failed: connection to server at "db", port 5432
+# failed: FATAL:  password authentication failed for user "app"', and an errno in a DNS error.
+DRIVER_PREAMBLE = re.compile(
+    r"^connection failed: |connection to server (at|on) .*? failed: |FATAL: +|\[Errno -?\d+\] "
+)
+WAIT_INTERVAL_SECONDS = 0.5
+start_up_log = logging.getLogger("uvicorn.error")  # where uvicorn writes its own start-up lines
+
+
+class StartupError(Exception):
+    """The app cannot start on this database: it cannot be reached, or not brought to this
+    release's schema. str() is the one line that says why (middleware.StartupRefusal)."""
+
+
+def shown_url(url: URL) -> str:
+    """The database's URL for a message: without its password, saying so when it has one."""
+    # URL.set() cannot clear a part; its documentation names _replace() for that.
+    shown = url._replace(password=None).render_as_string()
+    return f"{shown} (password hidden)" if url.password else shown
+
+
+def cause_of(error: DBAPIError) -> str:
+    """The driver's reason in a few words: the first line of its message, without its preamble."""
+    first_line = (str(error.orig).strip().splitlines() or [type(error.orig).__name__])[0]
+    cause = DRIVER_PREAMBLE.sub("", first_line)
+    return cause[:1].lower() + cause[1:]
+
+
+def start_up_error(failed: str, target: Engine, error: DBAPIError) -> StartupError:
+    """The one line for a database that failed start-up: what failed, on which database, and why."""
+    cause = cause_of(error)
+    if cause.startswith((*NOT_UP_YET, LOCKED)):
+        cause += f", after waiting {settings.database_wait_seconds} s (DATABASE_WAIT_SECONDS)"
+    return StartupError(f"Cannot {failed} the database at {shown_url(target.url)}: {cause}")
+
+
+def connect_waiting(target: Engine) -> Connection:
+    """A connection, waiting up to DATABASE_WAIT_SECONDS for a PostgreSQL that is not up yet, as
+    when the app starts beside it (SQLite waits in busy_timeout). Anything else fails at once."""
+    deadline = time.monotonic() + settings.database_wait_seconds
+    waiting = False
+    while True:
+        try:
+            return target.connect()
+        except DBAPIError as error:
+            cause = cause_of(error)
+            if not cause.startswith(NOT_UP_YET) or time.monotonic() >= deadline:
+                raise start_up_error("connect to", target, error) from error
+            if not waiting:
+                waiting = True
+                line = "Waiting up to %d s (DATABASE_WAIT_SECONDS) for the database at %s: %s"
+                seconds, database = settings.database_wait_seconds, shown_url(target.url)
+                start_up_log.info(line, seconds, database, cause)
+            time.sleep(WAIT_INTERVAL_SECONDS)
 
 
 @contextmanager
 def schema_transaction(target: Engine) -> Iterator[Connection]:
     """A connection in one transaction holding the schema lock: of several processes starting
     together, one migrates and the others wait, then find the work done."""
-    with target.connect() as connection:
+    with connect_waiting(target) as connection:
         if connection.dialect.name == "postgresql":
             with connection.begin():
                 connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
@@ -140,6 +206,8 @@ def schema_transaction(target: Engine) -> Iterator[Connection]:
         # rebuilding `user` with them on would cascade-delete every task.
         connection.execution_options(isolation_level="AUTOCOMMIT")
         connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+        # Another process's write lock (a worker migrating, a backup) is waited for as at connect.
+        connection.exec_driver_sql(f"PRAGMA busy_timeout={settings.database_wait_seconds * 1000}")
         try:
             # IMMEDIATE takes the write lock before the version is read, so other workers wait here.
             connection.exec_driver_sql("BEGIN IMMEDIATE")
@@ -151,7 +219,9 @@ def schema_transaction(target: Engine) -> Iterator[Connection]:
                 connection.exec_driver_sql("UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = ?", (seq, name))
                 connection.exec_driver_sql(RESTORE_COUNTER, (name, seq))
             if connection.exec_driver_sql("PRAGMA foreign_key_check").first() is not None:
-                raise SchemaError("The migration was rolled back: it left a foreign key pointing to no row")
+                raise StartupError(
+                    "The migration was rolled back: it left a foreign key pointing to no row"
+                )
             connection.exec_driver_sql("COMMIT")
         except BaseException:
             if connection.connection.dbapi_connection.in_transaction:  # SQLite may have rolled back
@@ -159,6 +229,7 @@ def schema_transaction(target: Engine) -> Iterator[Connection]:
             raise
         finally:
             connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+            connection.exec_driver_sql(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             budget.seconds = seconds
 
 
@@ -184,7 +255,7 @@ def unversioned_revision(connection: Connection) -> str | None:
         existing = {column["name"] for column in inspector.get_columns(table)}
         missing += [f"{table}.{column}" for column in sorted(columns - existing)]
     if missing:
-        raise SchemaError(
+        raise StartupError(
             "The database has some of the Todo API's tables but not all they need "
             f"(missing: {', '.join(missing)}), so it is left alone: it was not made by this app"
         )
@@ -193,7 +264,16 @@ def unversioned_revision(connection: Connection) -> str | None:
 
 def migrate(target: Engine, migrations: Path = MIGRATIONS) -> tuple[str | None, str]:
     """Bring the database to the newest revision; return (revision before, revision now). A
-    revision this code does not know, or a failing migration, raises SchemaError and changes nothing."""
+    database that cannot be reached or used, a revision this code does not know, or a failing
+    migration raises StartupError and changes nothing."""
+    try:
+        return upgrade_to_head(target, migrations)
+    except DBAPIError as error:  # the database's own refusal (a lock, a permission)
+        raise start_up_error("use", target, error) from error
+
+
+def upgrade_to_head(target: Engine, migrations: Path) -> tuple[str | None, str]:
+    """migrate()'s work, which it runs and whose database errors it words."""
     if target.dialect.name == "sqlite" and target.url.database not in (None, "", ":memory:"):
         # A new file is its owner's only (SQLite gives -wal and -shm the same): it holds password hashes.
         Path(target.url.database).touch(mode=0o600, exist_ok=True)
@@ -202,9 +282,15 @@ def migrate(target: Engine, migrations: Path = MIGRATIONS) -> tuple[str | None, 
     with schema_transaction(target) as connection:
         context = MigrationContext.configure(connection)
         versions = context.get_current_heads()
+        if len(versions) > 1:
+            raise StartupError(
+                f"The database's alembic_version table holds {len(versions)} revisions "
+                f"({', '.join(sorted(versions))}) where it should hold one, so the database is "
+                "left alone: delete the rows of the revisions it is not at"
+            )
         known = {script.revision for script in scripts.walk_revisions()}
         if unknown := [version for version in versions if version not in known]:
-            raise SchemaError(
+            raise StartupError(
                 f"The database is at revision {', '.join(unknown)}, which this release of the Todo API "
                 "does not know: a newer release made it. Run that release or a newer one on it"
             )
@@ -217,7 +303,7 @@ def migrate(target: Engine, migrations: Path = MIGRATIONS) -> tuple[str | None, 
                 command.upgrade(alembic_config(migrations, connection), "head")
             except Exception as error:
                 reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-                raise SchemaError(
+                raise StartupError(
                     f"Upgrading the database from revision {before or 'none (new database)'} to {head} failed, "
                     f"and it was left as it was: {reason}"
                 ) from error

@@ -14,7 +14,7 @@ from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware as StarletteCORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from db import SchemaError
+from db import StartupError
 
 # C0/C1 controls (a newline forges a log line, ESC drives the terminal), U+2028/9, lone surrogates (not UTF-8).
 CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
@@ -179,14 +179,15 @@ class BodySizeLimit(PureASGIMiddleware):
 
 
 class StartupRefusal(PureASGIMiddleware):
-    """A start-up that db.migrate refuses (SchemaError) reaches uvicorn as its one-line reason, not a traceback."""
+    """A start-up that db.migrate refuses (StartupError) reaches uvicorn as its one-line reason,
+    not a traceback."""
 
     scope_type = "lifespan"
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def send_reason(message: Message) -> None:
             refusal = sys.exc_info()[1]  # Starlette sends the failure from inside its except block
-            if message["type"] == "lifespan.startup.failed" and isinstance(refusal, SchemaError):
+            if message["type"] == "lifespan.startup.failed" and isinstance(refusal, StartupError):
                 message = {**message, "message": str(refusal)}
             await send(message)
 

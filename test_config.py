@@ -1,18 +1,26 @@
 """Start-up configuration, tested in fresh Python processes because settings are read
-once at import: the JWT secret file, the refusal of weak secrets, bad numbers, and the
-database URLs that serve or stop start-up with one line."""
+once at import: the JWT secret file, the refusal of weak secrets, bad numbers, the
+database URLs that serve or stop start-up with one line, and the databases that cannot be
+used (or are not up yet, and are waited for)."""
 
 import hashlib
 import os
+import socket
+import socketserver
+import sqlite3
 import stat
 import subprocess
 import sys
+import threading
+import time
+from contextlib import suppress
 from pathlib import Path
 
 import httpx2
 import pytest
+from sqlalchemy import make_url
 
-from conftest import APP_SETTINGS, REPO_ROOT, TEST_DATABASE_URL, free_port
+from conftest import APP_SETTINGS, POLL_INTERVAL_SECONDS, REPO_ROOT, TEST_DATABASE_URL, free_port
 
 # Signs up (first run) or reads /api/auth/me with the saved token (later runs), through HTTP.
 SIGN_UP_OR_LOG_BACK_IN = """
@@ -210,10 +218,21 @@ SECRET = {"JWT_SECRET": "k" * 40}
         ({"JWT_SECRET_FILE": "{tmp}"}, ["JWT_SECRET_FILE: cannot read or create {tmp} (Is a directory)"]),
         ({"JWT_SECRET": " " * 40}, ["JWT_SECRET must be at least 32 bytes long, not counting surrounding whitespace"]),
         ({"LOGIN_FAILURE_WINDOW_MINUTES": "0", **SECRET}, ["LOGIN_FAILURE_WINDOW_MINUTES must be between 1 and"]),
+        ({"DATABASE_WAIT_SECONDS": "-1", **SECRET},
+         ["DATABASE_WAIT_SECONDS must be between 0 and 600, not -1"]),
+        ({"BETTER_AUTH_URL": "http://[::1", **SECRET},
+         ["BETTER_AUTH_URL is not a well-formed URL: Invalid IPv6 URL"]),
+        ({"BETTER_AUTH_URL": "http://exa mple.com", **SECRET},
+         ["BETTER_AUTH_URL is not a well-formed URL: it needs a host name, without spaces"]),
+        ({"BETTER_AUTH_URL": "https://auth.example", **SECRET,
+          "BETTER_AUTH_JWKS_URL": "https://auth.example:jwks"},
+         ["BETTER_AUTH_JWKS_URL is not a well-formed URL: Port could not be cast to integer"]),
     ],
     ids=[
         "sqlite-in-missing-folder", "sqlite-path-is-a-folder", "unsupported-database", "not-a-url",
         "secret-file-in-missing-folder", "secret-file-is-a-folder", "blank-secret", "zero-failure-window",
+        "negative-database-wait", "better-auth-url-unclosed-ipv6", "better-auth-url-with-a-space",
+        "jwks-url-with-a-word-for-port",
     ],
 )  # fmt: skip
 def test_a_configuration_mistake_stops_uvicorn_with_one_line(tmp_path, env, expected):
@@ -287,3 +306,169 @@ print(preflight.status_code, preflight.headers["access-control-allow-origin"],
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["200", "*", "None", "*"]
+
+
+# --- a database that cannot be used stops start-up with one line; one not up yet is waited for ---
+
+NEEDS_POSTGRESQL = pytest.mark.skipif(TEST_DATABASE_URL is None, reason="needs TEST_DATABASE_URL")
+WAITING = "Waiting up to"  # the log line of a start-up that waits for its database
+
+
+def assert_refused_at_start_up(result: subprocess.CompletedProcess, *expected: str) -> None:
+    """The lifespan refused to start: uvicorn exits with 3, and one ERROR line, before
+    uvicorn's own, says why."""
+    assert result.returncode == 3, result.stderr
+    assert "Traceback" not in result.stderr
+    [reason, failed] = [line for line in result.stderr.splitlines() if line.startswith("ERROR:")]
+    assert failed == "ERROR:    Application startup failed. Exiting.", result.stderr
+    for part in expected:
+        assert part in reason, reason
+
+
+def test_a_postgresql_refusing_connections_is_waited_for_then_named_without_its_password(tmp_path):
+    port = free_port()  # nothing listens there
+    url = f"postgresql://app:hunter2@127.0.0.1:{port}/todo"
+    result = start_uvicorn(tmp_path, {"DATABASE_URL": url, "DATABASE_WAIT_SECONDS": "1", **SECRET})
+    database = f"the database at postgresql+psycopg://app@127.0.0.1:{port}/todo (password hidden)"
+    assert_refused_at_start_up(
+        result,
+        f"Cannot connect to {database}: connection refused, "
+        "after waiting 1 s (DATABASE_WAIT_SECONDS)",
+    )
+    waits = [line for line in result.stderr.splitlines() if WAITING in line]
+    assert waits == [
+        f"INFO:     Waiting up to 1 s (DATABASE_WAIT_SECONDS) for {database}: connection refused"
+    ]
+    assert "hunter2" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "url, shown, cause",
+    [
+        ("postgresql://app:hunter2@nohost.invalid/todo",
+         "postgresql+psycopg://app@nohost.invalid/todo", "failed to resolve host 'nohost.invalid'"),
+        ("sqlite:///{tmp}/todo.db", "sqlite:///{tmp}/todo.db", "file is not a database"),
+        pytest.param("postgresql://{user}:hunter2@{server}/{database}",
+                     "postgresql+psycopg://{user}@{server}/{database}",
+                     "password authentication failed for user", marks=NEEDS_POSTGRESQL),
+        pytest.param("postgresql://{user}:{password}@{server}/todo_missing",
+                     "postgresql+psycopg://{user}@{server}/todo_missing",
+                     'database "todo_missing" does not exist', marks=NEEDS_POSTGRESQL),
+    ],
+    ids=["unknown-host", "not-a-sqlite-file", "wrong-password", "unknown-database"],
+)  # fmt: skip
+def test_a_database_that_waiting_cannot_help_stops_start_up_at_once(tmp_path, url, shown, cause):
+    parts = {"tmp": tmp_path}
+    if TEST_DATABASE_URL is not None:
+        server = make_url(TEST_DATABASE_URL)
+        parts.update(user=server.username, password=server.password, database=server.database,
+                     server=f"{server.host}:{server.port}")  # fmt: skip
+    url, shown = url.format(**parts), shown.format(**parts)
+    if url.startswith("sqlite"):
+        (tmp_path / "todo.db").write_text("Notes, not a database.\n" * 100)
+    result = start_uvicorn(tmp_path, {"DATABASE_URL": url, **SECRET})  # the default wait, 30 s
+    password = make_url(url).password
+    shown += " (password hidden)" if password else ""
+    assert_refused_at_start_up(result, f"Cannot connect to the database at {shown}: {cause}")
+    assert WAITING not in result.stderr
+    assert password is None or password not in result.stderr
+
+
+# DELETE: a file that the app has not opened yet; WAL: one of its own.
+@pytest.mark.parametrize("journal_mode", ["DELETE", "WAL"])
+def test_a_sqlite_file_locked_by_another_process_stops_start_up_after_the_wait(
+    tmp_path, journal_mode
+):
+    database = tmp_path / "todo.db"
+    holder = sqlite3.connect(database, isolation_level=None)
+    holder.execute(f"PRAGMA journal_mode={journal_mode}")
+    holder.execute("CREATE TABLE note (text TEXT)")
+    holder.execute("BEGIN EXCLUSIVE")
+    started = time.monotonic()
+    try:
+        env = {"DATABASE_URL": f"sqlite:///{database}", "DATABASE_WAIT_SECONDS": "1", **SECRET}
+        result = start_uvicorn(tmp_path, env)
+    finally:
+        holder.close()
+    assert time.monotonic() - started < 30  # not the 30 s that a writer waits for the lock
+    assert_refused_at_start_up(
+        result, f"the database at sqlite:///{database}: database is locked, after waiting 1 s"
+    )
+
+
+def copy_until_closed(source: socket.socket, destination: socket.socket) -> None:
+    """Copies bytes until the source closes, then closes the destination's sending side."""
+    with suppress(OSError):
+        while data := source.recv(65536):
+            destination.sendall(data)
+        destination.shutdown(socket.SHUT_WR)
+
+
+class Forward(socketserver.BaseRequestHandler):
+    """Joins one connection to the server's upstream, both ways."""
+
+    def handle(self) -> None:
+        with socket.create_connection(self.server.upstream) as upstream:
+            arguments = (upstream, self.request)
+            back = threading.Thread(target=copy_until_closed, args=arguments, daemon=True)
+            back.start()
+            copy_until_closed(self.request, upstream)
+            back.join()
+
+
+class LateDatabase(socketserver.ThreadingTCPServer):
+    """A local port that refuses connections (bound, not listening) until come_up(), then
+    forwards each one to `upstream`: a database server that comes up after the app."""
+
+    daemon_threads = True
+
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        super().__init__(("127.0.0.1", 0), Forward, bind_and_activate=False)
+        self.upstream = upstream
+        self.server_bind()
+        self.port = self.server_address[1]
+        self.serving = threading.Thread(target=self.serve_forever, daemon=True)
+
+    def come_up_once_logged(self, log: Path, text: str) -> None:
+        """Comes up once `text` is in the file `log`; in a thread of its own."""
+
+        def watch() -> None:
+            deadline = time.monotonic() + 60
+            while not (log.exists() and text in log.read_text()) and time.monotonic() < deadline:
+                time.sleep(POLL_INTERVAL_SECONDS)
+            self.server_activate()  # listen()
+            self.serving.start()
+
+        threading.Thread(target=watch, daemon=True).start()
+
+    def stop(self) -> None:
+        if self.serving.is_alive():
+            self.shutdown()
+        self.server_close()
+
+
+@NEEDS_POSTGRESQL
+def test_a_postgresql_that_comes_up_during_the_wait_is_served(
+    live_server, tmp_path, empty_database_url
+):
+    """As when a container starts beside its database: refused at first, then served."""
+    server_url = make_url(empty_database_url)  # a new, empty database: start-up migrates it
+    database = LateDatabase((server_url.host, server_url.port))
+    url = server_url.set(host="127.0.0.1", port=database.port).render_as_string(hide_password=False)
+    database.come_up_once_logged(tmp_path / "server.log", WAITING)  # live_server's log
+    try:
+        server = live_server(env={"DATABASE_URL": url, "DATABASE_WAIT_SECONDS": "30"})
+        with httpx2.Client(base_url=server.url, timeout=30) as client:
+            health = client.get("/health")
+            account = {"email": "a@example.com", "password": "long enough"}
+            signup = client.post("/api/auth/signup", json=account)
+        server.stop()
+    finally:
+        database.stop()
+    assert (health.status_code, health.json()) == (200, {"status": "ok"})
+    assert (signup.status_code, signup.json()["user"]["email"]) == (201, "a@example.com")
+    [wait] = [line for line in server.log().splitlines() if WAITING in line]
+    assert wait.startswith("INFO:     Waiting up to 30 s (DATABASE_WAIT_SECONDS) for the database")
+    assert f"@127.0.0.1:{database.port}/" in wait
+    assert wait.endswith(" (password hidden): connection refused")
+    assert server_url.password not in server.log() and "Traceback" not in server.log()

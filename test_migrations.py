@@ -356,7 +356,7 @@ def test_a_database_with_only_some_of_the_tables_is_left_alone(database):
     with database.begin() as connection:
         connection.exec_driver_sql("CREATE TABLE revokedtoken (jti VARCHAR(64) PRIMARY KEY)")
 
-    with pytest.raises(db.SchemaError) as refusal:
+    with pytest.raises(db.StartupError) as refusal:
         db.migrate(database)
 
     assert str(refusal.value) == (
@@ -405,7 +405,7 @@ def test_a_database_at_an_unknown_revision_is_not_touched(database):
     stamp_unknown_revision(database)
     schema = schema_of(database)
 
-    with pytest.raises(db.SchemaError) as refusal:
+    with pytest.raises(db.StartupError) as refusal:
         db.migrate(database)
 
     assert str(refusal.value) == (
@@ -439,6 +439,33 @@ def test_uvicorn_refuses_to_start_on_a_database_at_an_unknown_revision(tmp_path,
     assert "Traceback" not in result.stderr
     assert "Application startup complete" not in result.stderr
     assert current_revisions(database) == (UNKNOWN_REVISION,)
+
+
+# --- an alembic_version of two rows: which revision the database is at is unclear ---
+
+
+def test_uvicorn_refuses_to_start_on_a_database_whose_alembic_version_has_two_rows(
+    tmp_path, database_url, database
+):
+    db.migrate(database)
+    with database.begin() as connection:
+        insert = text("INSERT INTO alembic_version (version_num) VALUES (:revision)")
+        connection.execute(insert, {"revision": db.FIRST_REVISION})
+    schema = schema_of(database)
+
+    result = run_uvicorn_until_it_exits(tmp_path, database_url)
+
+    assert result.returncode == 3
+    [refusal, failed] = [line for line in result.stderr.splitlines() if line.startswith("ERROR:")]
+    assert refusal == (
+        "ERROR:    The database's alembic_version table holds 2 revisions "
+        f"({db.FIRST_REVISION}, {HEAD}) where it should hold one, so the database is left alone: "
+        "delete the rows of the revisions it is not at"
+    )
+    assert failed == "ERROR:    Application startup failed. Exiting."
+    assert "Traceback" not in result.stderr
+    assert sorted(current_revisions(database)) == [db.FIRST_REVISION, HEAD]
+    assert schema_of(database) == schema
 
 
 # --- a migration that fails leaves the database as it was ---
@@ -485,7 +512,7 @@ def test_a_failing_migration_leaves_the_database_as_it_was(database, migrations_
     schema, revisions = schema_of(database), current_revisions(database)
     rows = rows_of(database) if starting_point != "new" else None
 
-    with pytest.raises(db.SchemaError) as refusal:
+    with pytest.raises(db.StartupError) as refusal:
         db.migrate(database, migrations_with_a_broken_revision)
 
     before = {"new": "none (new database)", "head": HEAD, "release before migrations": db.FIRST_REVISION}
