@@ -158,7 +158,7 @@ def cause_of(error: DBAPIError) -> str:
     """The driver's reason in a few words: the first line of its message, without its preamble."""
     first_line = (str(error.orig).strip().splitlines() or [type(error.orig).__name__])[0]
     cause = DRIVER_PREAMBLE.sub("", first_line)
-    return cause[:1].lower() + cause[1:]
+    return cause[:1].lower() + cause[1:] if cause[1:2].islower() else cause  # "SASL" stays
 
 
 def start_up_error(failed: str, target: Engine, error: DBAPIError) -> StartupError:

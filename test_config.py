@@ -350,7 +350,7 @@ def test_a_postgresql_refusing_connections_is_waited_for_then_named_without_its_
         ("sqlite:///{tmp}/todo.db", "sqlite:///{tmp}/todo.db", "file is not a database"),
         pytest.param("postgresql://{user}:hunter2@{server}/{database}",
                      "postgresql+psycopg://{user}@{server}/{database}",
-                     "password authentication failed for user", marks=NEEDS_POSTGRESQL),
+                     "authentication failed", marks=NEEDS_POSTGRESQL),
         pytest.param("postgresql://{user}:{password}@{server}/todo_missing",
                      "postgresql+psycopg://{user}@{server}/todo_missing",
                      'database "todo_missing" does not exist', marks=NEEDS_POSTGRESQL),
@@ -369,7 +369,7 @@ def test_a_database_that_waiting_cannot_help_stops_start_up_at_once(tmp_path, ur
     result = start_uvicorn(tmp_path, {"DATABASE_URL": url, **SECRET})  # the default wait, 30 s
     password = make_url(url).password
     shown += " (password hidden)" if password else ""
-    assert_refused_at_start_up(result, f"Cannot connect to the database at {shown}: {cause}")
+    assert_refused_at_start_up(result, f"Cannot connect to the database at {shown}: ", cause)
     assert WAITING not in result.stderr
     assert password is None or password not in result.stderr
 
