@@ -13,7 +13,7 @@ import bcrypt
 import jwt
 from fastapi import Depends, HTTPException, status
 from fastapi.security import OAuth2PasswordBearer
-from sqlalchemy import bindparam, delete, exists
+from sqlalchemy import bindparam, exists
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
@@ -205,13 +205,10 @@ async def get_path_owner(user_id: UserIdPath, user: CurrentUser) -> User:
 OwnerDep = Annotated[User, Depends(get_path_owner)]
 
 
-def revoke_token(session: Session, claims: TokenClaims | BetterAuthClaims, now: datetime) -> None:
-    """Record the token as logged out (a Better Auth token by its hash), and forget tokens that
-    have expired anyway. The INSERT comes first, so this is a plain write transaction on SQLite."""
+def revoke_token(session: Session, claims: TokenClaims | BetterAuthClaims) -> None:
+    """Record the token as logged out (a Better Auth token by its hash) until it expires."""
     session.add(RevokedToken(jti=claims.token_id, expires_at=claims.expires_at))
     try:
-        session.flush()
+        session.commit()
     except IntegrityError:  # the same token logged out twice at once: it is revoked either way
         session.rollback()
-    session.execute(delete(RevokedToken).where(RevokedToken.expires_at <= now))
-    session.commit()

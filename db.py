@@ -7,6 +7,7 @@ import logging
 import math
 import re
 import sqlite3
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -21,13 +22,13 @@ from alembic.script import ScriptDirectory
 from anyio import CancelScope, CapacityLimiter, Semaphore, to_thread
 from anyio.lowlevel import RunVar
 from fastapi import Depends
-from sqlalchemy import URL, Connection, Engine, event, inspect, make_url, text
+from sqlalchemy import URL, Connection, Engine, delete, event, inspect, make_url, select, text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
-from sqlmodel import Session, create_engine
+from sqlmodel import Session, SQLModel, create_engine
 
 from config import settings
-from models import utc_now
+from models import RateLimitEvent, RefreshToken, RevokedToken, TokenFamily, utc_now
 
 SESSION_SLOTS = 40  # a connection for each of AnyIO's 40 worker threads, which run our sync handlers
 POOL_SIZE = SESSION_SLOTS + 1  # and one for /health, so it never queues behind requests
@@ -139,7 +140,7 @@ DRIVER_PREAMBLE = re.compile(
     r"^connection failed: |connection to server (at|on) .*? failed: |FATAL: +|\[Errno -?\d+\] "
 )
 WAIT_INTERVAL_SECONDS = 0.5
-start_up_log = logging.getLogger("uvicorn.error")  # where uvicorn writes its own start-up lines
+log = logging.getLogger("uvicorn.error")  # where uvicorn writes its own messages
 
 
 class StartupError(Exception):
@@ -185,7 +186,7 @@ def connect_waiting(target: Engine) -> Connection:
                 waiting = True
                 line = "Waiting up to %d s (DATABASE_WAIT_SECONDS) for the database at %s: %s"
                 seconds, database = settings.database_wait_seconds, shown_url(target.url)
-                start_up_log.info(line, seconds, database, cause)
+                log.info(line, seconds, database, cause)
             time.sleep(WAIT_INTERVAL_SECONDS)
 
 
@@ -354,6 +355,44 @@ async def check_database() -> bool:
     answers as fast under a burst of requests as on an idle server."""
     async with slots(health_check_slot, 1):
         return await to_thread.run_sync(database_answers, limiter=CapacityLimiter(1))
+
+
+# Refresh tokens before their families: a family expires after its tokens, so by its turn deleting
+# it cascades to none (one statement cascading to a million tokens would run out of time).
+EXPIRING_TABLES = (RefreshToken, TokenFamily, RevokedToken, RateLimitEvent)
+PRUNE_BATCH_ROWS = 5000  # per table and transaction: SQLite's write lock is held for milliseconds
+pruning = threading.Lock()  # one pruning run per process: a second would only queue for the same rows
+
+
+def delete_expired(session: Session, table: type[SQLModel], now: datetime) -> int:
+    """Delete up to PRUNE_BATCH_ROWS rows of `table` whose expires_at has passed; return how many."""
+    [key] = table.__table__.primary_key.columns
+    expired = select(key).where(table.expires_at <= now).limit(PRUNE_BATCH_ROWS)
+    if session.get_bind().dialect.name == "postgresql":
+        expired = expired.with_for_update(skip_locked=True)  # concurrent runs take other rows
+    return session.execute(delete(table).where(key.in_(expired.scalar_subquery()))).rowcount
+
+
+def prune_expired(session: Session, now: datetime) -> None:
+    """Delete the sessions, refresh tokens, logged-out tokens and limit events whose time is up,
+    in short batches until none is left. Run after a response: however large the backlog, it
+    slows no answer, and a failure here is logged, never answered."""
+    if not pruning.acquire(blocking=False):
+        return
+    # SQLite has one write lock, and a request waiting for it checks every 100 ms at most: a
+    # pause as long between batches lets it in. PostgreSQL's row locks need no pause.
+    pause = 0.1 if session.get_bind().dialect.name == "sqlite" else 0
+    try:
+        for table in EXPIRING_TABLES:
+            while delete_expired(session, table, now) == PRUNE_BATCH_ROWS:
+                session.commit()
+                time.sleep(pause)
+            session.commit()
+    except DBAPIError as error:  # the statement budget, a lost connection
+        session.rollback()
+        log.warning("Pruning expired rows failed; the next one tries again: %s", cause_of(error))
+    finally:
+        pruning.release()
 
 
 async def request_time() -> datetime:

@@ -51,7 +51,6 @@ def count_event(session: Session, bucket: str, limit: int, window: timedelta, no
     # RETURNING, not rowcount: psycopg reports -1 as the rowcount of an INSERT ... SELECT.
     insert_event = insert(RateLimitEvent).from_select(["bucket", "expires_at"], new_event)
     taken = session.execute(insert_event.returning(RateLimitEvent.id)).first()
-    session.execute(delete(RateLimitEvent).where(RateLimitEvent.expires_at <= now))
     session.commit()  # at once: no lock is held while the caller runs bcrypt
     if taken is None:  # full until the limit-th newest live event expires
         newest_first = select(RateLimitEvent.expires_at).where(*live).order_by(RateLimitEvent.expires_at.desc())

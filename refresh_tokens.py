@@ -44,8 +44,7 @@ def hash_refresh_token(token: str) -> str:
 def issue_refresh_token(
     session: Session, family_id: str, now: datetime, generation: int = 0
 ) -> IssuedRefreshToken:
-    """A refresh token of the family at `generation`, committed; expired families and tokens go,
-    so the tables stay small."""
+    """A refresh token of the family at `generation`, committed."""
     token = secrets.token_urlsafe(32)  # 256 random bits
     expires_at = now + timedelta(days=settings.refresh_token_expire_days)
     row = {
@@ -55,8 +54,6 @@ def issue_refresh_token(
         "generation": generation,
     }
     session.execute(insert(RefreshToken).values(row))
-    session.execute(delete(TokenFamily).where(TokenFamily.expires_at <= now))
-    session.execute(delete(RefreshToken).where(RefreshToken.expires_at <= now))
     session.commit()
     return IssuedRefreshToken(family_id, token)
 

@@ -3,6 +3,7 @@ logout, password change, account deletion, and what makes a token valid."""
 
 import json
 import re
+import sqlite3
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from collections import Counter
@@ -10,12 +11,15 @@ from datetime import datetime, timedelta, timezone
 
 import jwt
 import pytest
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, func, select
 
 import auth
 import db
+import refresh_tokens
 import routes.auth
 from config import settings
+from db import STATEMENT_TIMED_OUT
 from conftest import INCORRECT_PASSWORD, INVALID_TOKEN, LOGIN_FAILED, MAX_ID, NEW_PASSWORD, WRONG, empty_tables
 from models import RevokedToken, Task, TaskTag, User, utc_now
 
@@ -58,6 +62,23 @@ def test_signup_with_a_taken_email_in_any_case_is_409(client, alice, password):
     response = client.post("/api/auth/signup", json={"email": "ALICE@example.com", "password": password})
     assert response.status_code == 409
     assert response.json() == {"detail": "Email already registered"}
+
+
+def test_a_signup_that_fails_after_the_account_row_leaves_no_account(client, password, login, monkeypatch):
+    def statement_interrupted(*args):
+        interrupted = sqlite3.OperationalError("interrupted")
+        interrupted.sqlite_errorcode = sqlite3.SQLITE_INTERRUPT  # as the statement budget raises it
+        raise OperationalError("INSERT INTO refreshtoken ...", {}, interrupted)
+
+    body = {"email": "carol@example.com", "password": password}
+    with monkeypatch.context() as patch:
+        patch.setattr(refresh_tokens, "issue_refresh_token", statement_interrupted)
+        failed = client.post("/api/auth/signup", json=body)
+    assert (failed.status_code, failed.json()) == (503, {"detail": STATEMENT_TIMED_OUT})
+    unknown = login(body["email"], password)
+    assert (unknown.status_code, unknown.json()) == (401, LOGIN_FAILED)
+    retried = client.post("/api/auth/signup", json=body)
+    assert (retried.status_code, retried.json()["user"]["email"]) == (201, body["email"])
 
 
 @pytest.mark.parametrize(
@@ -401,22 +422,23 @@ def test_logging_out_twice_is_401(client, alice):
 
 
 def test_revoked_tokens_are_pruned_once_they_would_have_expired(client, engine, clock, alice, password, login, me, bearer):
-    second_session = access_token(login(alice.email, password))
     real_now = utc_now()
+    clock.now = real_now  # a token's expiry is checked on the real clock, so these sessions start on it
+    second_session = access_token(login(alice.email, password))
+    third_session = access_token(login(alice.email, password))
     short_lived_claims = {
         **fresh_claims(second_session), "iat": real_now, "exp": real_now + timedelta(minutes=10), "jti": "short-lived",
     }  # fmt: skip
-    clock.now = real_now
     short_logout = client.post("/api/auth/logout", headers=bearer(forge(short_lived_claims)))
     assert (short_logout.status_code, short_logout.content) == (204, b"")
 
     clock.now = real_now + timedelta(minutes=30)  # the short-lived token has expired by then
-    logout = client.post("/api/auth/logout", headers=alice.headers)
+    logout = client.post("/api/auth/logout", headers=bearer(third_session))
     assert (logout.status_code, logout.content) == (204, b"")
     with Session(engine) as session:
         remaining = session.exec(select(RevokedToken.jti)).all()
-    assert remaining == [jwt.decode(alice.token, options={"verify_signature": False})["jti"]]
-    ended = me(alice.token)
+    assert remaining == [jwt.decode(third_session, options={"verify_signature": False})["jti"]]
+    ended = me(third_session)
     assert (ended.status_code, ended.json()) == (401, INVALID_TOKEN)
 
 

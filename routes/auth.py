@@ -4,7 +4,7 @@ current user, log out, change the password and delete the account, within the ab
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Response, status
+from fastapi import APIRouter, BackgroundTasks, Depends, HTTPException, Response, status
 from fastapi.security import OAuth2PasswordRequestForm
 from sqlalchemy import delete, update
 from sqlalchemy.exc import IntegrityError
@@ -14,7 +14,7 @@ from auth import HASHING_BUSY, PASSWORD_IN_BETTER_AUTH, CurrentUser, PasswordChe
 from auth import create_access_token, get_current_user, hash_password, invalid_credentials, revoke_token
 from better_auth import KEY_SET_UNAVAILABLE
 from config import settings
-from db import Now, SessionDep
+from db import Now, SessionDep, prune_expired
 from limits import TOO_MANY_AUTH_REQUESTS, TOO_MANY_FAILED_LOGINS, limit_auth_requests
 from models import User, utc_now
 from refresh_tokens import INVALID_REFRESH_TOKEN, IssuedRefreshToken, end_every_family, end_family, rotate, start_family
@@ -55,8 +55,16 @@ CONCURRENT_CHANGE = {409: error_response(RACE_LOST, PASSWORD_CHANGED_CONCURRENTL
 FORM_EXAMPLE = {"username": "alice@example.com", "password": "correct horse battery"}
 FORM_BODY = {"requestBody": {"content": {"application/x-www-form-urlencoded": {"example": FORM_EXAMPLE}}}}
 OAuth2Form = Annotated[OAuth2PasswordRequestForm, Depends()]
-LIMITED = [Depends(limit_auth_requests)]
-LIMITED_SIGNED_IN = [Depends(get_current_user), LIMITED[0]]  # the token first: a bad one is not counted
+
+
+def prune_after_response(background: BackgroundTasks, session: SessionDep, now: Now) -> None:
+    """The routes that write expiring rows also delete the expired ones, once they have answered."""
+    background.add_task(prune_expired, session, now)
+
+
+PRUNED = Depends(prune_after_response)
+LIMITED = [Depends(limit_auth_requests), PRUNED]
+LIMITED_SIGNED_IN = [Depends(get_current_user), *LIMITED]  # the token first: a bad one is not counted
 
 
 def token_response(user: User, refresh: IssuedRefreshToken) -> TokenResponse:
@@ -84,10 +92,11 @@ def signup(body: UserCreate, session: SessionDep, now: Now) -> TokenResponse:
     user = User(email=body.email.lower(), name=body.name, password_hash=hash_password(body.password))
     session.add(user)
     try:
-        session.commit()
+        session.flush()
     except IntegrityError:  # the unique email index is the one source of truth, even under races
         session.rollback()
         raise HTTPException(status.HTTP_409_CONFLICT, detail=EMAIL_TAKEN) from None
+    # One transaction with the account: a signup that fails from here on leaves no account behind.
     return token_response(user, start_family(session, user, now))
 
 
@@ -118,14 +127,15 @@ def get_me(user: CurrentUser) -> User:
     return user
 
 
-@router.post("/logout", status_code=204, summary="Log out this session", responses=NOT_AUTHENTICATED)
-def logout(claims: TokenClaimsDep, user: CurrentUser, session: SessionDep, now: Now) -> Response:
+@router.post("/logout", status_code=204, summary="Log out this session", responses=NOT_AUTHENTICATED,
+             dependencies=[PRUNED])
+def logout(claims: TokenClaimsDep, user: CurrentUser, session: SessionDep) -> Response:
     """End the presented token's session at once, on every worker: its refresh token and
     every access token issued in it. The user's other sessions keep working."""
     # CurrentUser is asked for only to check the token: one already logged out is a 401.
     if claims.family_id is not None:
         end_family(session, claims.family_id)
-    revoke_token(session, claims, now)
+    revoke_token(session, claims)
     return Response(status_code=204)
 
 
