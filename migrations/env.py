@@ -5,7 +5,7 @@ that the whole upgrade runs in. The `alembic` command line (see README) uses the
 own engine, from DATABASE_URL, through the same locked transaction.
 """
 
-from logging.config import fileConfig
+import logging
 
 from alembic import context
 from sqlalchemy import Connection
@@ -36,7 +36,8 @@ given_connection = context.config.attributes.get("connection")
 if given_connection is not None:
     run_migrations(given_connection)
 else:
-    if context.config.config_file_name is not None:
-        fileConfig(context.config.config_file_name)
+    # The command line's own output: which revisions it runs.
+    logging.basicConfig(format="%(levelname)-5.5s [%(name)s] %(message)s")
+    logging.getLogger("alembic").setLevel(logging.INFO)
     with db.schema_transaction(db.engine) as connection:
         run_migrations(connection)

@@ -21,7 +21,7 @@ from fastapi import FastAPI
 import schemas
 from main import app, operation_id
 
-REPO_ROOT = Path(__file__).resolve().parent
+REPO_ROOT = Path(__file__).resolve().parent.parent
 API_MD = REPO_ROOT / "API.md"
 README = REPO_ROOT / "README.md"
 SECTIONS = [
@@ -183,7 +183,7 @@ def test_every_documented_status_is_named_under_its_endpoint(client):
 # --- the docs against the tree: files, requirements, cited tests, links ---
 
 README_ENDPOINT_ROW = re.compile(r"^\| `(GET|POST|PUT|PATCH|DELETE) (/\S*)` \|", re.M)
-CITED_TEST = re.compile(r"`(test_\w+\.py)::(test_\w+)`")
+CITED_TEST = re.compile(r"`(tests/test_\w+\.py)::(test_\w+)`")
 RELATIVE_LINK = re.compile(r"\]\((?!https?:)([^)#\s]*)(?:#([^)\s]*))?\)")
 DOCS = [README, API_MD, REPO_ROOT / "bench" / "README.md"]
 
@@ -193,9 +193,11 @@ def layout_names() -> list[str]:
 
 
 def requirement_names() -> list[str]:
-    """The distribution name of each line of requirements.txt: `PyJWT[crypto]==2.15.1` is PyJWT."""
-    lines = (line.split("#")[0].strip() for line in (REPO_ROOT / "requirements.txt").read_text().splitlines())
-    return [re.match(r"[A-Za-z0-9._-]+", line)[0] for line in lines if line]
+    """The distribution name of each requirement (`PyJWT[crypto]==2.15.1` is PyJWT), of both
+    files; requirements-dev.txt's `-r requirements.txt` names none."""
+    text = "".join((REPO_ROOT / name).read_text() for name in ("requirements.txt", "requirements-dev.txt"))
+    lines = (line.split("#")[0].strip() for line in text.splitlines())
+    return [re.match(r"[A-Za-z0-9._-]+", line)[0] for line in lines if line and not line.startswith("-r")]
 
 
 def headings(document: Path) -> list[str]:

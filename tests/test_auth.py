@@ -20,7 +20,7 @@ import refresh_tokens
 import routes.auth
 from config import settings
 from db import STATEMENT_TIMED_OUT
-from conftest import INCORRECT_PASSWORD, INVALID_TOKEN, LOGIN_FAILED, MAX_ID, NEW_PASSWORD, WRONG, empty_tables
+from helpers import INCORRECT_PASSWORD, INVALID_TOKEN, LOGIN_FAILED, MAX_ID, NEW_PASSWORD, WRONG, empty_tables
 from models import RevokedToken, Task, TaskTag, User, utc_now
 
 UTC_OFFSET = re.compile(r"(Z|\+00:00)$")

@@ -21,7 +21,7 @@ import auth
 import limits
 from config import Settings, settings
 from limits import TOO_MANY_AUTH_REQUESTS
-from conftest import INCORRECT_PASSWORD, INVALID_TOKEN, LOGIN_FAILED, NEW_PASSWORD, WRONG, LiveServer
+from helpers import INCORRECT_PASSWORD, INVALID_TOKEN, LOGIN_FAILED, NEW_PASSWORD, WRONG, LiveServer
 from main import app
 from models import RateLimitEvent, User
 

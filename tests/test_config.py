@@ -20,7 +20,7 @@ import httpx2
 import pytest
 from sqlalchemy import make_url
 
-from conftest import APP_SETTINGS, POLL_INTERVAL_SECONDS, REPO_ROOT, TEST_DATABASE_URL, free_port
+from helpers import APP_SETTINGS, POLL_INTERVAL_SECONDS, REPO_ROOT, TEST_DATABASE_URL, free_port
 
 # Signs up (first run) or reads /api/auth/me with the saved token (later runs), through HTTP.
 SIGN_UP_OR_LOG_BACK_IN = """

@@ -1,5 +1,5 @@
 """A typed TypeScript client, generated from a real server's /openapi.json, does a
-frontend's whole round trip against that server (e2e/typed-client/check.ts).
+frontend's whole round trip against that server (tests/e2e/typed-client/check.ts).
 
 The two generators a frontend developer would use read the live schema: openapi-typescript
 (types) and @hey-api/openapi-ts (an SDK whose functions are named by the operationIds). The
@@ -13,9 +13,9 @@ import subprocess
 
 import pytest
 
-from conftest import REPO_ROOT, require_tool
+from helpers import REPO_ROOT, require_tool
 
-CLIENT_DIR = REPO_ROOT / "e2e" / "typed-client"
+CLIENT_DIR = REPO_ROOT / "tests" / "e2e" / "typed-client"
 BIN = CLIENT_DIR / "node_modules" / ".bin"
 NPM_TIMEOUT_SECONDS = 300
 STEP_TIMEOUT_SECONDS = 120
@@ -52,7 +52,7 @@ def run(command: list[str], cwd=CLIENT_DIR, timeout: int = STEP_TIMEOUT_SECONDS)
 
 @pytest.fixture(scope="module")
 def node_packages() -> None:
-    """The pinned packages of e2e/typed-client, installed from its lock file if missing."""
+    """The pinned packages of tests/e2e/typed-client, installed from its lock file if missing."""
     require_tool(
         shutil.which("node") is not None and shutil.which("npm") is not None,
         "needs Node.js 18+ and npm (Debian: apt-get install nodejs npm)",

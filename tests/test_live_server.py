@@ -30,7 +30,7 @@ from alembic.script import ScriptDirectory
 from sqlmodel import SQLModel
 
 import db
-from conftest import INVALID_TOKEN, PASSWORD, REPO_ROOT, TEST_DATABASE_URL, LiveServer, free_port, require_tool
+from helpers import INVALID_TOKEN, PASSWORD, REPO_ROOT, TEST_DATABASE_URL, LiveServer, free_port, require_tool
 
 ACCESS_LINE = re.compile(r"todo\.access \[(\d+)\]: \w+ \S+ (\d{3}) [\d.]+ms request_id=(\S+)$", re.M)
 INVALID_REFRESH = {"detail": "Invalid or expired refresh token"}
@@ -269,11 +269,11 @@ BETTER_AUTH_FOLDER = Path(__file__).parent / "e2e" / "better-auth"
 @pytest.fixture
 def better_auth_server(tmp_path):
     """A real Better Auth 1.7.25 (jwt() plugin, in-memory database) on 127.0.0.1; needs
-    node and `npm ci` in e2e/better-auth (skipped without them, a failure in CI)."""
+    node and `npm ci` in tests/e2e/better-auth (skipped without them, a failure in CI)."""
     node = shutil.which("node")
     require_tool(
         node is not None and (BETTER_AUTH_FOLDER / "node_modules" / "better-auth").is_dir(),
-        "the Better Auth interop test needs Node.js 20+ and `npm ci` in e2e/better-auth"
+        "the Better Auth interop test needs Node.js 20+ and `npm ci` in tests/e2e/better-auth"
         + (" (node is not installed)" if node is None else " (its node_modules is missing)"),
     )
     port = free_port()

@@ -26,7 +26,7 @@ from sqlmodel import Session
 import db
 import routes.tasks
 from db import STATEMENT_TIMED_OUT
-from conftest import TEST_DATABASE_URL, LiveServer
+from helpers import TEST_DATABASE_URL, LiveServer
 from models import RateLimitEvent, RefreshToken, RevokedToken, Task, TokenFamily, User
 
 REQUEST_TIMEOUT_SECONDS = 60  # longer than the slowest answer a test accepts, so it measures it

@@ -28,7 +28,7 @@ import httpx2
 import pytest
 
 from config import DEFAULT_CORS_ORIGINS
-from conftest import PASSWORD, LiveServer, free_port, require_tool, send_body
+from helpers import PASSWORD, LiveServer, free_port, require_tool, send_body
 
 try:
     from playwright.sync_api import Browser, BrowserContext, Locator, Page, Request, expect, sync_playwright

@@ -29,11 +29,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import SQLModel
 
 import db
-from conftest import PASSWORD, REPO_ROOT, TEST_DATABASE_URL, free_port
+from helpers import PASSWORD, REPO_ROOT, TEST_DATABASE_URL, free_port
 
 HEAD = ScriptDirectory.from_config(db.alembic_config()).get_current_head()
 
-TEST_DATA = REPO_ROOT / "test_data"
+TEST_DATA = Path(__file__).resolve().parent / "test_data"
 
 
 def release_before_migrations(dialect: str) -> list[str]:

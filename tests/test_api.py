@@ -8,7 +8,7 @@ from sqlalchemy import event, text
 from sqlmodel import Session, select
 
 import db
-from conftest import MAX_ID, TEST_DATABASE_URL
+from helpers import MAX_ID, TEST_DATABASE_URL
 
 BEYOND_32_BITS = 2**31
 from models import TaskTag

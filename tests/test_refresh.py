@@ -27,7 +27,7 @@ import limits
 import refresh_tokens
 import routes.auth
 from config import Settings, settings
-from conftest import INVALID_TOKEN, NEW_PASSWORD, PASSWORD, TEST_DATABASE_URL, Account, sign_up
+from helpers import INVALID_TOKEN, NEW_PASSWORD, PASSWORD, TEST_DATABASE_URL, Account, sign_up
 from models import RefreshToken, TokenFamily, utc_now
 
 INVALID_REFRESH = {"detail": "Invalid or expired refresh token"}

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlmodel import Session, select
 
 import better_auth
-from conftest import INVALID_TOKEN, free_port, send_body
+from helpers import INVALID_TOKEN, free_port, send_body
 from main import app
 from models import RevokedToken, User
 
