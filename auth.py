@@ -6,7 +6,7 @@ import re
 import secrets
 import threading
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, NamedTuple
 
 import bcrypt
@@ -31,8 +31,10 @@ JWT_ALGORITHM = "HS256"
 CANONICAL_USER_ID = re.compile(r"[1-9][0-9]{0,18}")
 TOKEN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 FAMILY_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")  # the token family id column's size
-PASSWORD_IN_BETTER_AUTH = ("This account signs in with Better Auth, which keeps its password: "
-                           "change the password or delete the user there")
+PASSWORD_IN_BETTER_AUTH = (
+    "This account signs in with Better Auth, which keeps its password: "
+    "change the password or delete the user there"
+)
 # tokenUrl is where Swagger UI's Authorize button posts the OAuth2 password form.
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/api/auth/token")
 
@@ -51,8 +53,12 @@ class HashingBusy(HTTPException):
 
 def run_hash(function, *args):
     """Run a bcrypt function in this thread when a hash may run; HashingBusy when every slot is taken."""
-    if not hashing_slots.acquire(blocking=False):  # Retry-After 1: a hash takes about 0.25 s at the default 12 rounds
-        raise HashingBusy(status.HTTP_503_SERVICE_UNAVAILABLE, HASHING_BUSY, headers={"Retry-After": "1"})
+    if not hashing_slots.acquire(
+        blocking=False
+    ):  # Retry-After 1: a hash takes about 0.25 s at the default 12 rounds
+        raise HashingBusy(
+            status.HTTP_503_SERVICE_UNAVAILABLE, HASHING_BUSY, headers={"Retry-After": "1"}
+        )
     try:
         with hashes_running:
             return function(*args)
@@ -61,7 +67,9 @@ def run_hash(function, *args):
 
 
 def hash_password(password: str) -> str:
-    return run_hash(bcrypt.hashpw, password.encode(), bcrypt.gensalt(settings.bcrypt_rounds)).decode()
+    return run_hash(
+        bcrypt.hashpw, password.encode(), bcrypt.gensalt(settings.bcrypt_rounds)
+    ).decode()
 
 
 # Checked when the email is unknown, so a login's timing does not reveal which emails are registered.
@@ -72,12 +80,21 @@ def verify_password(password: str, password_hash: str | None) -> bool:
     """Constant-time check, one full bcrypt verification even with no hash (unknown user). Over
     bcrypt's limit is a mismatch, and so is a NUL: bcrypt stops there, so NULs would pass as ""."""
     candidate = password.encode(errors="surrogatepass")
-    matches = run_hash(bcrypt.checkpw, candidate[:BCRYPT_MAX_BYTES], (password_hash or DUMMY_HASH).encode())
-    return matches and password_hash is not None and len(candidate) <= BCRYPT_MAX_BYTES and b"\0" not in candidate
+    matches = run_hash(
+        bcrypt.checkpw, candidate[:BCRYPT_MAX_BYTES], (password_hash or DUMMY_HASH).encode()
+    )
+    return (
+        matches
+        and password_hash is not None
+        and len(candidate) <= BCRYPT_MAX_BYTES
+        and b"\0" not in candidate
+    )
 
 
 def invalid_credentials(detail: str = "Could not validate credentials") -> HTTPException:
-    return HTTPException(status.HTTP_401_UNAUTHORIZED, detail, headers={"WWW-Authenticate": "Bearer"})
+    return HTTPException(
+        status.HTTP_401_UNAUTHORIZED, detail, headers={"WWW-Authenticate": "Bearer"}
+    )
 
 
 @dataclass(frozen=True)
@@ -112,7 +129,9 @@ PasswordCheckDep = Annotated[PasswordCheck, Depends()]
 
 def account_stamp(user: User) -> int:
     """Creation time in microseconds (both databases keep them): with the id, it names one account, not a reused id."""
-    return (user.created_at - datetime(1970, 1, 1, tzinfo=timezone.utc)) // timedelta(microseconds=1)
+    return (user.created_at - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(
+        microseconds=1
+    )
 
 
 def create_access_token(user: User, now: datetime, family_id: str) -> str:
@@ -133,15 +152,21 @@ class TokenClaims(NamedTuple):
     token_id: str  # the jti
     generation: int
     account: int | None  # see account_stamp; None in a token without acct
-    family_id: str | None  # None: a token of no session, which logout, a password change or expiry ends
+    family_id: (
+        str | None
+    )  # None: a token of no session, which logout, a password change or expiry ends
     expires_at: datetime
 
 
-async def get_token_claims(token: Annotated[str, Depends(oauth2_scheme)]) -> TokenClaims | BetterAuthClaims:
+async def get_token_claims(
+    token: Annotated[str, Depends(oauth2_scheme)],
+) -> TokenClaims | BetterAuthClaims:
     """Our own token's claims, else (when configured) a Better Auth token's. async: decoding needs no thread."""
     try:
         required = ["exp", "iat", "sub", "jti", "gen"]
-        claims = jwt.decode(token, settings.jwt_secret, algorithms=[JWT_ALGORITHM], options={"require": required})
+        claims = jwt.decode(
+            token, settings.jwt_secret, algorithms=[JWT_ALGORITHM], options={"require": required}
+        )
         if not (
             CANONICAL_USER_ID.fullmatch(claims["sub"])
             and int(claims["sub"]) <= MAX_ID
@@ -151,9 +176,14 @@ async def get_token_claims(token: Annotated[str, Depends(oauth2_scheme)]) -> Tok
             and ("fam" not in claims or FAMILY_ID.fullmatch(claims["fam"]))
         ):
             raise ValueError("not a token this API issues")
-        expires_at = datetime.fromtimestamp(claims["exp"], timezone.utc)
+        expires_at = datetime.fromtimestamp(claims["exp"], UTC)
         return TokenClaims(
-            int(claims["sub"]), claims["jti"], claims["gen"], claims.get("acct"), claims.get("fam"), expires_at
+            int(claims["sub"]),
+            claims["jti"],
+            claims["gen"],
+            claims.get("acct"),
+            claims.get("fam"),
+            expires_at,
         )
     except (jwt.InvalidTokenError, ValueError, TypeError, OverflowError, OSError):
         if not better_auth.verifier.enabled:
@@ -169,7 +199,9 @@ TokenClaimsDep = Annotated[TokenClaims | BetterAuthClaims, Depends(get_token_cla
 
 # The user, this token's logout and its login session in one query; built once: building it cost more than running it.
 USER_AND_LOGOUT = select(
-    User, exists().where(RevokedToken.jti == bindparam("jti")), exists().where(TokenFamily.id == bindparam("family_id"))
+    User,
+    exists().where(RevokedToken.jti == bindparam("jti")),
+    exists().where(TokenFamily.id == bindparam("family_id")),
 ).where(User.id == bindparam("user_id"))
 
 
@@ -184,10 +216,14 @@ def get_current_user(claims: TokenClaimsDep, session: SessionDep) -> User:
     if row is None:  # deleted since the token was issued
         raise invalid_credentials()
     user, revoked, family_alive = row
-    session_ended = claims.family_id is not None and not family_alive  # logout, a replayed refresh token
+    session_ended = (
+        claims.family_id is not None and not family_alive
+    )  # logout, a replayed refresh token
     # Another account given the same id; a token without acct passes on id and generation alone.
     other_account = claims.account is not None and account_stamp(user) != claims.account
-    if revoked or session_ended or other_account or user.token_generation != claims.generation:  # or password changed
+    if (
+        revoked or session_ended or other_account or user.token_generation != claims.generation
+    ):  # or password changed
         raise invalid_credentials()
     return user
 

@@ -8,7 +8,7 @@ import logging
 import math
 import re
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import NamedTuple
 
 import jwt
@@ -50,7 +50,9 @@ def log_once(cause: str, message: str, *args: object) -> None:
 
 def key_set_unavailable(retry_after: int) -> HTTPException:
     """503: the key set could not be fetched; Retry-After says when it will be tried again."""
-    return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, KEY_SET_UNAVAILABLE, {"Retry-After": str(retry_after)})
+    return HTTPException(
+        status.HTTP_503_SERVICE_UNAVAILABLE, KEY_SET_UNAVAILABLE, {"Retry-After": str(retry_after)}
+    )
 
 
 class BetterAuthClaims(NamedTuple):
@@ -126,7 +128,10 @@ class KeySet:
         """The key named `kid`; None if the (fresh enough) key set has none; a 503 if it cannot be fetched."""
         if not isinstance(kid, str):
             return None
-        if self.fetched_at is not None and self.clock() - self.fetched_at >= KEY_SET_MAX_AGE_SECONDS:
+        if (
+            self.fetched_at is not None
+            and self.clock() - self.fetched_at >= KEY_SET_MAX_AGE_SECONDS
+        ):
             self.keys = {}
         # A loop: a fetch cut short (its request cancelled) leaves the next attempt to its waiters.
         while kid not in self.keys and self.fetching is not None:
@@ -136,7 +141,9 @@ class KeySet:
         now = self.clock()
         if self.attempted_at is not None and now - self.attempted_at < REFETCH_INTERVAL_SECONDS:
             if self.failing:
-                raise key_set_unavailable(math.ceil(REFETCH_INTERVAL_SECONDS - (now - self.attempted_at)))
+                raise key_set_unavailable(
+                    math.ceil(REFETCH_INTERVAL_SECONDS - (now - self.attempted_at))
+                )
             return None  # the key set is fresh and has no such key
         await self.fetch(now)
         if kid not in self.keys:
@@ -174,7 +181,9 @@ class KeySet:
 class BetterAuth:
     """Checks Better Auth tokens of the configured kinds."""
 
-    def __init__(self, url: str | None, jwks_url: str | None, secret: str | None, clock=time.monotonic) -> None:
+    def __init__(
+        self, url: str | None, jwks_url: str | None, secret: str | None, clock=time.monotonic
+    ) -> None:
         self.url = url
         self.secret = secret
         self.key_set = KeySet(jwks_url or f"{url}/api/auth/jwks", clock) if url else None
@@ -185,39 +194,69 @@ class BetterAuth:
         header = jwt.get_unverified_header(token)
         algorithm = header.get("alg")
         if algorithm == "HS256" and self.secret is not None:
-            key, issuer, checked = self.secret, SHARED_SECRET_ISSUER, []  # a frontend's own: no iss or aud
+            key, issuer, checked = (
+                self.secret,
+                SHARED_SECRET_ISSUER,
+                [],
+            )  # a frontend's own: no iss or aud
         elif algorithm in KEY_SET_ALGORITHMS and self.key_set is not None:
-            key, issuer, checked = await self.key_set.key_for(header.get("kid")), self.url, ["iss", "aud"]
+            key, issuer, checked = (
+                await self.key_set.key_for(header.get("kid")),
+                self.url,
+                ["iss", "aud"],
+            )
             if key is None:
                 raise jwt.InvalidTokenError("no key in the key set has this kid")
             algorithm = key.algorithm_name
         else:
             if algorithm in KEY_SET_ALGORITHMS:
-                log_once("no url", "it is signed with %.120r, which needs BETTER_AUTH_URL to be set", algorithm)
+                log_once(
+                    "no url",
+                    "it is signed with %.120r, which needs BETTER_AUTH_URL to be set",
+                    algorithm,
+                )
             raise jwt.InvalidAlgorithmError("not an algorithm of a configured kind")
         # iss and aud are checked after the signature, so that a mismatch can be logged.
         options = {"require": ["exp", "sub", *checked], "verify_iss": False, "verify_aud": False}
-        claims = jwt.decode(token, key, algorithms=[algorithm], leeway=CLOCK_SKEW_SECONDS, options=options)
-        if checked:  # a key of our key set, but another URL: usually BETTER_AUTH_URL spelt unlike baseURL
+        claims = jwt.decode(
+            token, key, algorithms=[algorithm], leeway=CLOCK_SKEW_SECONDS, options=options
+        )
+        if (
+            checked
+        ):  # a key of our key set, but another URL: usually BETTER_AUTH_URL spelt unlike baseURL
             iss, aud, url = claims["iss"], claims["aud"], self.url
             if iss != url:
-                log_once("iss", "its iss is %.120r, but BETTER_AUTH_URL is %.120r: they must be equal", iss, url)
+                log_once(
+                    "iss",
+                    "its iss is %.120r, but BETTER_AUTH_URL is %.120r: they must be equal",
+                    iss,
+                    url,
+                )
                 raise jwt.InvalidIssuerError("wrong iss")
             audiences = [aud] if isinstance(aud, str) else aud
             if not isinstance(audiences, list) or url not in audiences:
-                log_once("aud", "its aud is %.120r, but BETTER_AUTH_URL is %.120r: it must be one of them", aud, url)
+                log_once(
+                    "aud",
+                    "its aud is %.120r, but BETTER_AUTH_URL is %.120r: it must be one of them",
+                    aud,
+                    url,
+                )
                 raise jwt.InvalidAudienceError("wrong aud")
         subject = claims["sub"]
-        if not isinstance(subject, str) or not re.fullmatch(USER_ID_PATTERN, subject):  # it names accounts in paths
+        if not isinstance(subject, str) or not re.fullmatch(
+            USER_ID_PATTERN, subject
+        ):  # it names accounts in paths
             raise jwt.InvalidTokenError("sub must be 1 to 255 characters of [A-Za-z0-9._~-]")
         # The signed part only: PyJWT accepts a signature with padding appended, and ECDSA has a second
         # valid signature per token, so the whole string would let a logged-out token back in.
         token_id = hashlib.sha256(token.rsplit(".", 1)[0].encode()).hexdigest()
-        expires_at = datetime.fromtimestamp(claims["exp"] + CLOCK_SKEW_SECONDS, timezone.utc)
+        expires_at = datetime.fromtimestamp(claims["exp"] + CLOCK_SKEW_SECONDS, UTC)
         return BetterAuthClaims(issuer, subject, token_id, expires_at)
 
 
-verifier = BetterAuth(settings.better_auth_url, settings.better_auth_jwks_url, settings.better_auth_secret)
+verifier = BetterAuth(
+    settings.better_auth_url, settings.better_auth_jwks_url, settings.better_auth_secret
+)
 
 
 def find_or_create_user(session: Session, claims: BetterAuthClaims) -> tuple[User, bool]:

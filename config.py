@@ -5,10 +5,11 @@ import os
 import re
 import secrets
 import tempfile
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 from sqlalchemy.engine import make_url
@@ -16,28 +17,40 @@ from sqlalchemy.exc import ArgumentError
 
 MIN_SECRET_BYTES = 32
 MAX_URL_LENGTH = 255  # BETTER_AUTH_URL is stored as the issuer of its accounts
-DATABASE_URL_FORMS = "sqlite:///PATH, sqlite:///:memory: or postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
-DEFAULT_CORS_ORIGINS = "http://localhost:3000,http://127.0.0.1:3000,http://localhost:5173,http://127.0.0.1:5173"
+DATABASE_URL_FORMS = (
+    "sqlite:///PATH, sqlite:///:memory: or postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
+)
+DEFAULT_CORS_ORIGINS = (
+    "http://localhost:3000,http://127.0.0.1:3000,http://localhost:5173,http://127.0.0.1:5173"
+)
 
 
 def load_or_create_secret(path: Path) -> str:
     """The secret kept in `path`, created if missing: written to a private temporary file, then
     hard-linked into place. link() fails if the file exists, so workers starting together agree."""
     if not path.exists():
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp") as file:  # mode 0o600, gone on close
+        with tempfile.NamedTemporaryFile(
+            "w", dir=path.parent, suffix=".tmp"
+        ) as file:  # mode 0o600, gone on close
             file.write(secrets.token_urlsafe(48))
             file.flush()
             os.fsync(file.fileno())
-            with suppress(FileExistsError):  # another worker won the race; its secret is the one to use
+            with suppress(
+                FileExistsError
+            ):  # another worker won the race; its secret is the one to use
                 os.link(file.name, path)
     return path.read_text().strip()
 
 
 def strong_secret(source: str, secret: str) -> str:
-    secret = secret.strip()  # surrounding whitespace (a pasted newline, a secret of spaces) adds no secrecy
+    secret = (
+        secret.strip()
+    )  # surrounding whitespace (a pasted newline, a secret of spaces) adds no secrecy
     if len(secret.encode()) < MIN_SECRET_BYTES:
-        raise SystemExit(f"{source} must be at least {MIN_SECRET_BYTES} bytes long, not counting surrounding "
-                         'whitespace. Generate one with: python -c "import secrets; print(secrets.token_urlsafe(48))"')
+        raise SystemExit(
+            f"{source} must be at least {MIN_SECRET_BYTES} bytes long, not counting surrounding "
+            'whitespace. Generate one with: python -c "import secrets; print(secrets.token_urlsafe(48))"'
+        )
     return secret
 
 
@@ -48,9 +61,13 @@ def jwt_secret_setting() -> str:
     try:
         return strong_secret(str(path), load_or_create_secret(path))
     except (OSError, UnicodeDecodeError) as error:
-        reason = error.strerror if isinstance(error, OSError) and error.strerror else "not a text file"
-        raise SystemExit(f"JWT_SECRET_FILE: cannot read or create {path} ({reason}). Point it at a file in an "
-                         "existing folder that this user can write, or set JWT_SECRET") from None
+        reason = (
+            error.strerror if isinstance(error, OSError) and error.strerror else "not a text file"
+        )
+        raise SystemExit(
+            f"JWT_SECRET_FILE: cannot read or create {path} ({reason}). Point it at a file in an "
+            "existing folder that this user can write, or set JWT_SECRET"
+        ) from None
 
 
 def database_url_setting() -> str:
@@ -63,7 +80,9 @@ def database_url_setting() -> str:
     except ArgumentError:
         raise SystemExit(f"DATABASE_URL is not a database URL; use {DATABASE_URL_FORMS}") from None
     if url.drivername not in ("sqlite", "sqlite+pysqlite", "postgresql+psycopg"):
-        raise SystemExit(f"DATABASE_URL: {url.drivername}:// is not supported; use {DATABASE_URL_FORMS}")
+        raise SystemExit(
+            f"DATABASE_URL: {url.drivername}:// is not supported; use {DATABASE_URL_FORMS}"
+        )
     if url.drivername == "postgresql+psycopg" or url.database in (None, "", ":memory:"):
         return raw
     path = Path(url.database)
@@ -73,11 +92,15 @@ def database_url_setting() -> str:
         problem = f"{path} is a folder, not a database file;"
     elif path.exists() and not os.access(path, os.R_OK | os.W_OK):
         problem = f"{path} is read-only for this user; make it writable, or"
-    elif not os.access(path.parent, os.W_OK | os.X_OK):  # SQLite makes the file, and its -wal and -shm, there
+    elif not os.access(
+        path.parent, os.W_OK | os.X_OK
+    ):  # SQLite makes the file, and its -wal and -shm, there
         problem = f"the folder {path.parent} is read-only for this user; make it writable, or"
     else:
         return raw
-    raise SystemExit(f"DATABASE_URL: {problem} point DATABASE_URL at a file in a folder that this user can write")
+    raise SystemExit(
+        f"DATABASE_URL: {problem} point DATABASE_URL at a file in a folder that this user can write"
+    )
 
 
 def int_setting(name: str, default: int, low: int, high: int) -> int:
@@ -98,7 +121,9 @@ def url_setting(name: str) -> str | None:
         return None
     is_http = url.startswith(("http://", "https://"))
     if not is_http or len(url) > MAX_URL_LENGTH or not url.isascii():
-        raise SystemExit(f"{name} must be an http:// or https:// URL of at most {MAX_URL_LENGTH} characters")
+        raise SystemExit(
+            f"{name} must be an http:// or https:// URL of at most {MAX_URL_LENGTH} characters"
+        )
     # Each request to Better Auth would fail on such a URL: stop now, not with a 503 per request.
     try:
         parts = urlsplit(url)
@@ -121,7 +146,9 @@ def sqlite_synchronous_setting() -> str:
 def jwks_url_setting() -> str | None:
     better_auth_url, jwks_url = url_setting("BETTER_AUTH_URL"), url_setting("BETTER_AUTH_JWKS_URL")
     if jwks_url and not better_auth_url:
-        raise SystemExit("BETTER_AUTH_JWKS_URL needs BETTER_AUTH_URL, which its tokens' iss and aud must equal")
+        raise SystemExit(
+            "BETTER_AUTH_JWKS_URL needs BETTER_AUTH_URL, which its tokens' iss and aud must equal"
+        )
     return jwks_url or (better_auth_url and f"{better_auth_url}/api/auth/jwks")
 
 
@@ -141,23 +168,33 @@ def from_env(read: Callable[..., Any], *args: Any) -> Any:
 @dataclass(frozen=True)
 class Settings:
     jwt_secret: str = from_env(jwt_secret_setting)
-    better_auth_url: str | None = from_env(url_setting, "BETTER_AUTH_URL")  # None turns Better Auth tokens off
+    better_auth_url: str | None = from_env(
+        url_setting, "BETTER_AUTH_URL"
+    )  # None turns Better Auth tokens off
     better_auth_jwks_url: str | None = from_env(jwks_url_setting)
     better_auth_secret: str | None = from_env(optional_secret, "BETTER_AUTH_SECRET")
     database_url: str = from_env(database_url_setting)
     # How long start-up waits for a database that is not there yet (PostgreSQL still starting, a
     # SQLite file another process holds locked): long enough for a database started beside the app.
     database_wait_seconds: int = from_env(int_setting, "DATABASE_WAIT_SECONDS", 30, 0, 600)
-    access_token_expire_minutes: int = from_env(int_setting, "ACCESS_TOKEN_EXPIRE_MINUTES", 60, 1, 60 * 24 * 30)
+    access_token_expire_minutes: int = from_env(
+        int_setting, "ACCESS_TOKEN_EXPIRE_MINUTES", 60, 1, 60 * 24 * 30
+    )
     refresh_token_expire_days: int = from_env(int_setting, "REFRESH_TOKEN_EXPIRE_DAYS", 30, 1, 365)
-    refresh_token_grace_seconds: int = from_env(int_setting, "REFRESH_TOKEN_GRACE_SECONDS", 10, 0, 60)
+    refresh_token_grace_seconds: int = from_env(
+        int_setting, "REFRESH_TOKEN_GRACE_SECONDS", 10, 0, 60
+    )
     bcrypt_rounds: int = from_env(int_setting, "BCRYPT_ROUNDS", 12, 4, 31)  # bcrypt's own range
     cors_origins: list[str] = from_env(list_setting, "CORS_ORIGINS", DEFAULT_CORS_ORIGINS)
     # Abuse limits: 0 turns one off (benchmarks, suites that create many users).
     login_failure_limit: int = from_env(int_setting, "LOGIN_FAILURE_LIMIT", 5, 0, 1_000_000)
     # A window of 0 would count nothing: LOGIN_FAILURE_LIMIT=0 is what turns the limit off.
-    login_failure_window_minutes: int = from_env(int_setting, "LOGIN_FAILURE_WINDOW_MINUTES", 15, 1, 60 * 24 * 30)
-    auth_requests_per_minute: int = from_env(int_setting, "AUTH_REQUESTS_PER_MINUTE", 20, 0, 1_000_000)
+    login_failure_window_minutes: int = from_env(
+        int_setting, "LOGIN_FAILURE_WINDOW_MINUTES", 15, 1, 60 * 24 * 30
+    )
+    auth_requests_per_minute: int = from_env(
+        int_setting, "AUTH_REQUESTS_PER_MINUTE", 20, 0, 1_000_000
+    )
     sqlite_synchronous: str = from_env(sqlite_synchronous_setting)
     max_tasks_per_user: int = from_env(int_setting, "MAX_TASKS_PER_USER", 10_000, 1, 100_000_000)
     # Enough for any ordinary query on a busy machine; short enough that a backtracking LIKE answers in seconds.

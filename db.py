@@ -30,10 +30,14 @@ from sqlmodel import Session, SQLModel, create_engine
 from config import settings
 from models import RateLimitEvent, RefreshToken, RevokedToken, TokenFamily, utc_now
 
-SESSION_SLOTS = 40  # a connection for each of AnyIO's 40 worker threads, which run our sync handlers
+SESSION_SLOTS = (
+    40  # a connection for each of AnyIO's 40 worker threads, which run our sync handlers
+)
 POOL_SIZE = SESSION_SLOTS + 1  # and one for /health, so it never queues behind requests
 SCHEMA_LOCK_KEY = 0x70D0_5C4E  # any fixed number: the same in every process of this app
-STATEMENT_TIMED_OUT = "The query took too long; narrow it down (a shorter search, a filter) and try again"
+STATEMENT_TIMED_OUT = (
+    "The query took too long; narrow it down (a shorter search, a filter) and try again"
+)
 BUSY_TIMEOUT_MS = 30_000  # how long a SQLite writer waits for the one write lock
 
 
@@ -54,7 +58,9 @@ class StatementBudget:
 
 def make_engine(url: str, statement_timeout_ms: int | None = None) -> Engine:
     """An engine whose statements have a time budget: STATEMENT_TIMEOUT_MS unless given."""
-    budget_ms = settings.statement_timeout_ms if statement_timeout_ms is None else statement_timeout_ms
+    budget_ms = (
+        settings.statement_timeout_ms if statement_timeout_ms is None else statement_timeout_ms
+    )
     # hide_parameters keeps bound values (password hashes among them) out of error logs.
     options = {"hide_parameters": True, "execution_options": {"statement_budget_ms": budget_ms}}
     if not url.startswith("sqlite"):  # pool_pre_ping: a connection the server closed is replaced
@@ -62,11 +68,18 @@ def make_engine(url: str, statement_timeout_ms: int | None = None) -> Engine:
         # transaction mode (PgBouncer, hosted pooled URLs) the next transaction may get another server.
         unprepared = {"prepare_threshold": None}
         return create_engine(
-            url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=0, connect_args=unprepared, **options
+            url,
+            pool_pre_ping=True,
+            pool_size=POOL_SIZE,
+            max_overflow=0,
+            connect_args=unprepared,
+            **options,
         )
     # Each connection to :memory: is a database of its own: requests take turns on one.
     in_memory = make_url(url).database in (None, "", ":memory:")
-    pooling = {"poolclass": StaticPool} if in_memory else {"pool_size": POOL_SIZE, "max_overflow": 0}
+    pooling = (
+        {"poolclass": StaticPool} if in_memory else {"pool_size": POOL_SIZE, "max_overflow": 0}
+    )
     engine = create_engine(url, connect_args={"check_same_thread": False}, **pooling, **options)
 
     @event.listens_for(engine, "connect")
@@ -79,10 +92,14 @@ def make_engine(url: str, statement_timeout_ms: int | None = None) -> Engine:
         dbapi_connection.execute(f"PRAGMA busy_timeout={settings.database_wait_seconds * 1000}")
         dbapi_connection.execute("PRAGMA journal_mode=WAL")  # readers run beside the one writer
         dbapi_connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        dbapi_connection.execute("PRAGMA foreign_keys=ON")  # SQLite ignores ON DELETE CASCADE without it
+        dbapi_connection.execute(
+            "PRAGMA foreign_keys=ON"
+        )  # SQLite ignores ON DELETE CASCADE without it
         dbapi_connection.execute(f"PRAGMA synchronous={settings.sqlite_synchronous}")
         connection_record.info["statement_budget"] = budget = StatementBudget(budget_ms / 1000)
-        dbapi_connection.set_progress_handler(budget.exceeded, 1000)  # every 1000 VM steps: cheap, yet prompt
+        dbapi_connection.set_progress_handler(
+            budget.exceeded, 1000
+        )  # every 1000 VM steps: cheap, yet prompt
 
     @event.listens_for(engine, "before_cursor_execute")
     def restart_statement_budget(connection, *_) -> None:
@@ -197,7 +214,9 @@ def schema_transaction(target: Engine) -> Iterator[Connection]:
     with connect_waiting(target) as connection:
         if connection.dialect.name == "postgresql":
             with connection.begin():
-                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+                connection.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY}
+                )
                 yield connection
             return
         budget = connection.info["statement_budget"]
@@ -212,12 +231,20 @@ def schema_transaction(target: Engine) -> Iterator[Connection]:
         try:
             # IMMEDIATE takes the write lock before the version is read, so other workers wait here.
             connection.exec_driver_sql("BEGIN IMMEDIATE")
-            has_counters = connection.dialect.has_table(connection, "sqlite_sequence")  # AUTOINCREMENT's
-            counters = connection.exec_driver_sql("SELECT name, seq FROM sqlite_sequence").all() if has_counters else []
+            has_counters = connection.dialect.has_table(
+                connection, "sqlite_sequence"
+            )  # AUTOINCREMENT's
+            counters = (
+                connection.exec_driver_sql("SELECT name, seq FROM sqlite_sequence").all()
+                if has_counters
+                else []
+            )
             yield connection
             # A rebuilt table loses its counter, and a deleted account's id would go to the next signup.
             for name, seq in counters:
-                connection.exec_driver_sql("UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = ?", (seq, name))
+                connection.exec_driver_sql(
+                    "UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = ?", (seq, name)
+                )
                 connection.exec_driver_sql(RESTORE_COUNTER, (name, seq))
             if connection.exec_driver_sql("PRAGMA foreign_key_check").first() is not None:
                 raise StartupError(
@@ -331,7 +358,9 @@ async def get_session() -> AsyncIterator[Session]:
     # returns its connection to the pool, so that runs in a thread: shielded, so a client that hangs
     # up cannot leak it, and outside the threadpool's limit, so it never waits for a thread.
     async with slots(session_slots, SESSION_SLOTS):
-        session = Session(engine, expire_on_commit=False)  # a handler returns the rows it wrote without a re-read
+        session = Session(
+            engine, expire_on_commit=False
+        )  # a handler returns the rows it wrote without a re-read
         try:
             yield session
         finally:
@@ -361,7 +390,9 @@ async def check_database() -> bool:
 # it cascades to none (one statement cascading to a million tokens would run out of time).
 EXPIRING_TABLES = (RefreshToken, TokenFamily, RevokedToken, RateLimitEvent)
 PRUNE_BATCH_ROWS = 5000  # per table and transaction: SQLite's write lock is held for milliseconds
-pruning = threading.Lock()  # one pruning run per process: a second would only queue for the same rows
+pruning = (
+    threading.Lock()
+)  # one pruning run per process: a second would only queue for the same rows
 
 
 def delete_expired(session: Session, table: type[SQLModel], now: datetime) -> int:

@@ -16,7 +16,9 @@ from db import Now, SessionDep
 from models import RateLimitEvent
 
 TOO_MANY_FAILED_LOGINS = "Too many failed logins for this email; try again later"
-TOO_MANY_AUTH_REQUESTS = "Too many signups, logins, refreshes and password checks from your address; try again later"
+TOO_MANY_AUTH_REQUESTS = (
+    "Too many signups, logins, refreshes and password checks from your address; try again later"
+)
 
 
 def client_address(request: Request) -> str:
@@ -28,7 +30,11 @@ def client_address(request: Request) -> str:
     except ValueError:  # an IPv4 address, or none at all
         return host
     mapped = address.ipv4_mapped  # an IPv4 client on a dual-stack socket: ::ffff:a.b.c.d
-    return str(mapped) if mapped is not None else str(ipaddress.IPv6Network((address, 64), strict=False))
+    return (
+        str(mapped)
+        if mapped is not None
+        else str(ipaddress.IPv6Network((address, 64), strict=False))
+    )
 
 
 ClientAddress = Annotated[str, Depends(client_address)]
@@ -39,11 +45,15 @@ def bucket_key(*parts: str) -> str:
     return hashlib.sha256("\n".join(parts).encode(errors="surrogatepass")).hexdigest()
 
 
-def count_event(session: Session, bucket: str, limit: int, window: timedelta, now: datetime, refusal: str) -> str:
+def count_event(
+    session: Session, bucket: str, limit: int, window: timedelta, now: datetime, refusal: str
+) -> str:
     """Count one event in `bucket`, or 429 with `refusal` at `limit` live ones. One INSERT writes first, so SQLite
     locks before counting (no SQLITE_BUSY_SNAPSHOT); PostgreSQL's READ COMMITTED needs the advisory lock."""
     if session.get_bind().dialect.name == "postgresql":
-        session.execute(select(func.pg_advisory_xact_lock(int(bucket[:15], 16))))  # 60 bits fit a bigint
+        session.execute(
+            select(func.pg_advisory_xact_lock(int(bucket[:15], 16)))
+        )  # 60 bits fit a bigint
     live = (RateLimitEvent.bucket == bucket, RateLimitEvent.expires_at > now)
     live_events = select(func.count()).select_from(RateLimitEvent).where(*live).scalar_subquery()
     expires_at = literal(now + window, RateLimitEvent.__table__.c.expires_at.type)
@@ -53,10 +63,16 @@ def count_event(session: Session, bucket: str, limit: int, window: timedelta, no
     taken = session.execute(insert_event.returning(RateLimitEvent.id)).first()
     session.commit()  # at once: no lock is held while the caller runs bcrypt
     if taken is None:  # full until the limit-th newest live event expires
-        newest_first = select(RateLimitEvent.expires_at).where(*live).order_by(RateLimitEvent.expires_at.desc())
+        newest_first = (
+            select(RateLimitEvent.expires_at)
+            .where(*live)
+            .order_by(RateLimitEvent.expires_at.desc())
+        )
         frees_at = session.exec(newest_first.offset(limit - 1).limit(1)).first()
         retry_after = max(1, math.ceil((frees_at - now).total_seconds())) if frees_at else 1
-        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, refusal, headers={"Retry-After": str(retry_after)})
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS, refusal, headers={"Retry-After": str(retry_after)}
+        )
     return bucket
 
 
@@ -87,6 +103,10 @@ def clear_login_failures(session: Session, bucket: str | None) -> None:
 def withdraw_login_attempt(session: Session, bucket: str | None) -> None:
     """Uncount an attempt whose password was never checked (the pair's events are alike: the newest goes)."""
     if bucket is not None:
-        newest = select(func.max(RateLimitEvent.id)).where(RateLimitEvent.bucket == bucket).scalar_subquery()
+        newest = (
+            select(func.max(RateLimitEvent.id))
+            .where(RateLimitEvent.bucket == bucket)
+            .scalar_subquery()
+        )
         session.execute(delete(RateLimitEvent).where(RateLimitEvent.id == newest))
         session.commit()

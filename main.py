@@ -16,8 +16,15 @@ from starlette.routing import Match
 
 from config import settings
 from db import STATEMENT_TIMED_OUT, check_database, engine, migrate, statement_ran_out_of_time
-from middleware import AccessLog, BodySizeLimit, CORSMiddleware, HeadAsGet, InternalErrorAsJson, StartupRefusal
-from middleware import error_log
+from middleware import (
+    AccessLog,
+    BodySizeLimit,
+    CORSMiddleware,
+    HeadAsGet,
+    InternalErrorAsJson,
+    StartupRefusal,
+    error_log,
+)
 from routes import auth, docs, tasks
 from schemas import HealthStatus, error_response
 
@@ -26,7 +33,11 @@ from schemas import HealthStatus, error_response
 async def lifespan(app: FastAPI):
     before, now = await to_thread.run_sync(migrate, engine)  # blocking I/O stays off the event loop
     if before != now:
-        error_log.info("Upgraded the database schema from revision %s to %s", before or "none (new database)", now)
+        error_log.info(
+            "Upgraded the database schema from revision %s to %s",
+            before or "none (new database)",
+            now,
+        )
     yield
     engine.dispose()
 
@@ -43,7 +54,8 @@ app = FastAPI(
     summary="A multi-user todo backend: sign up, log in, and manage your own tasks.",
     lifespan=lifespan,
     generate_unique_id_function=operation_id,
-    docs_url=None, redoc_url=None,  # routes/docs.py serves both from local files instead of a CDN
+    docs_url=None,
+    redoc_url=None,  # routes/docs.py serves both from local files instead of a CDN
 )
 # Each wraps those above it, so CORS adds its headers to the 500 and 413, and the access log sees the final status.
 app.add_middleware(HeadAsGet)
@@ -68,7 +80,9 @@ app.mount(docs.ASSETS_URL, docs.assets, name="docs-assets")
 @app.exception_handler(RequestValidationError)
 async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     # FastAPI's format minus the echoed "input", which could be a password; an exception in "ctx" as its message.
-    errors = [{key: value for key, value in error.items() if key != "input"} for error in exc.errors()]
+    errors = [
+        {key: value for key, value in error.items() if key != "input"} for error in exc.errors()
+    ]
     detail = jsonable_encoder(errors, custom_encoder={Exception: str})
     return JSONResponse({"detail": detail}, status.HTTP_422_UNPROCESSABLE_CONTENT)
 
@@ -82,12 +96,20 @@ async def statement_timed_out(request: Request, exc: OperationalError) -> JSONRe
 
 @app.exception_handler(StarletteHTTPException)
 async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-    if exc.status_code == status.HTTP_400_BAD_REQUEST and isinstance(exc.__context__, MultiPartException):
+    if exc.status_code == status.HTTP_400_BAD_REQUEST and isinstance(
+        exc.__context__, MultiPartException
+    ):
         # Starlette's 400 for a form it cannot parse (too many fields, no multipart boundary): malformed, so 422.
-        error = {"type": "form_invalid", "loc": ("body",), "msg": "Form body could not be parsed",
-                 "ctx": {"error": exc.detail}}
+        error = {
+            "type": "form_invalid",
+            "loc": ("body",),
+            "msg": "Form body could not be parsed",
+            "ctx": {"error": exc.detail},
+        }
         return await validation_error(request, RequestValidationError([error]))
-    if exc.status_code == status.HTTP_400_BAD_REQUEST and isinstance(exc.__cause__, (ValueError, RecursionError)):
+    if exc.status_code == status.HTTP_400_BAD_REQUEST and isinstance(
+        exc.__cause__, (ValueError, RecursionError)
+    ):
         # FastAPI's bare 400 when its JSON parser fails (not UTF-8, too deep, too many digits): malformed JSON, so 422.
         location = ("body", getattr(exc.__cause__, "start", 0))
         reason = {"error": "The body is not JSON that can be parsed, in UTF-8"}
@@ -96,7 +118,11 @@ async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
     if exc.status_code == status.HTTP_405_METHOD_NOT_ALLOWED:
         # Starlette names only the methods of the first route that matched; each method here is its own route.
         def served(method: str) -> bool:
-            return any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in app.routes)
+            return any(
+                route.matches({**request.scope, "method": method})[0] == Match.FULL
+                for route in app.routes
+            )
+
         methods = list(filter(served, ("GET", "POST", "PUT", "PATCH", "DELETE")))
         if "GET" in methods:
             methods.insert(1, "HEAD")  # HeadAsGet answers it

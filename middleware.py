@@ -23,19 +23,31 @@ SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 def escape_controls(text: str) -> str:
     """Control characters as Python escapes (\\n, \\x1b), so the text stays on its line."""
-    return CONTROL_CHARACTERS.sub(lambda match: match.group().encode("unicode_escape").decode(), text)
+    return CONTROL_CHARACTERS.sub(
+        lambda match: match.group().encode("unicode_escape").decode(), text
+    )
 
 
 def escaped_traceback(error: BaseException) -> str:
     """Python's traceback with each exception's own text, which a client can fill, escaped onto one line."""
     blocks, link = [], traceback.TracebackException.from_exception(error)
     while link is not None:  # from the last exception back to the first, which Python prints first
-        frames = ["Traceback (most recent call last):\n", *link.stack.format()] if link.stack else []
-        message = [escape_controls(line.rstrip("\n")) + "\n" for line in link.format_exception_only()]
+        frames = (
+            ["Traceback (most recent call last):\n", *link.stack.format()] if link.stack else []
+        )
+        message = [
+            escape_controls(line.rstrip("\n")) + "\n" for line in link.format_exception_only()
+        ]
         if link.__cause__ is not None:
-            joint, link = "\nThe above exception was the direct cause of the following exception:\n\n", link.__cause__
+            joint, link = (
+                "\nThe above exception was the direct cause of the following exception:\n\n",
+                link.__cause__,
+            )
         elif link.__context__ is not None and not link.__suppress_context__:
-            joint, link = "\nDuring handling of the above exception, another exception occurred:\n\n", link.__context__
+            joint, link = (
+                "\nDuring handling of the above exception, another exception occurred:\n\n",
+                link.__context__,
+            )
         else:
             joint, link = "", None
         blocks.append(joint + "".join(frames + message))
@@ -49,19 +61,29 @@ class EscapeControlCharacters(logging.Filter):
         if isinstance(record.msg, str):
             record.msg = escape_controls(record.msg)
         if isinstance(record.args, tuple):
-            record.args = tuple(escape_controls(arg) if isinstance(arg, str) else arg for arg in record.args)
+            record.args = tuple(
+                escape_controls(arg) if isinstance(arg, str) else arg for arg in record.args
+            )
         if record.exc_info and record.exc_info[1] is not None and not record.exc_text:
             record.exc_text = escaped_traceback(record.exc_info[1])  # formatters use it as it is
         return True
 
 
 access_log = logging.getLogger("todo.access")
-if not access_log.handlers:  # uvicorn sets up only its own loggers; ours still propagates (to pytest's caplog)
+if (
+    not access_log.handlers
+):  # uvicorn sets up only its own loggers; ours still propagates (to pytest's caplog)
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(process)d]: %(message)s"))
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(process)d]: %(message)s")
+    )
     access_log.addHandler(handler)
-    access_log.setLevel(logging.getLogger("uvicorn.access").getEffectiveLevel())  # follows --log-level
-logging.getLogger("uvicorn.access").disabled = True  # it repeats ours with the query string, which may hold a token
+    access_log.setLevel(
+        logging.getLogger("uvicorn.access").getEffectiveLevel()
+    )  # follows --log-level
+logging.getLogger(
+    "uvicorn.access"
+).disabled = True  # it repeats ours with the query string, which may hold a token
 error_log = logging.getLogger("uvicorn.error")  # where uvicorn writes its own tracebacks
 for logger in (access_log, error_log):
     logger.addFilter(EscapeControlCharacters())
@@ -93,20 +115,31 @@ class AccessLog(PureASGIMiddleware):
         started = time.perf_counter()
         sent_id = Headers(scope=scope).get("x-request-id", "")
         request_id = sent_id if SANE_REQUEST_ID.fullmatch(sent_id) else secrets.token_hex(8)
-        status_code, logged = 500, False  # 500: what the client gets if the app fails before it answers
+        status_code, logged = (
+            500,
+            False,
+        )  # 500: what the client gets if the app fails before it answers
 
         def log_line() -> None:
             nonlocal logged
             logged = True
             elapsed_ms = (time.perf_counter() - started) * 1000
             line = "%s %s %d %.1fms request_id=%s"
-            access_log.info(line, scope["method"], logged_path(scope), status_code, elapsed_ms, request_id)
+            access_log.info(
+                line, scope["method"], logged_path(scope), status_code, elapsed_ms, request_id
+            )
 
         async def send_with_request_id(message: Message) -> None:
             nonlocal status_code
             if message["type"] == "http.response.start":
                 status_code = message["status"]
-                message = {**message, "headers": [*message.get("headers", ()), (b"x-request-id", request_id.encode())]}
+                message = {
+                    **message,
+                    "headers": [
+                        *message.get("headers", ()),
+                        (b"x-request-id", request_id.encode()),
+                    ],
+                }
             elif message["type"] == "http.response.body" and not message.get("more_body", False):
                 log_line()  # before the last bytes, so the line is written once the client has the response
             await send(message)
@@ -201,5 +234,11 @@ class CORSMiddleware(StarletteCORSMiddleware):
         response = super().preflight_response(request_headers)
         if response.status_code < 400:
             return response
-        headers = {name: value for name, value in response.headers.items() if not name.startswith("content-")}
-        return JSONResponse({"detail": bytes(response.body).decode()}, response.status_code, headers)
+        headers = {
+            name: value
+            for name, value in response.headers.items()
+            if not name.startswith("content-")
+        }
+        return JSONResponse(
+            {"detail": bytes(response.body).decode()}, response.status_code, headers
+        )

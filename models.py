@@ -1,19 +1,25 @@
 """Database tables; what clients send and receive lives in schemas.py. SQLModel stores
 datetimes as aware UTC on every database, so each timestamp here comes from utc_now()."""
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import BigInteger, CheckConstraint, Index, Integer, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
-Id = BigInteger().with_variant(Integer(), "sqlite")  # 64-bit, as the API promises; AUTOINCREMENT needs INTEGER
-NEVER_REUSE_IDS = {"sqlite_autoincrement": True}  # else SQLite gives a deleted row's id to the next insert
-SHARED_SECRET_ISSUER = "shared-secret"  # of shared-secret Better Auth accounts; a key set's issuer is a URL
+Id = BigInteger().with_variant(
+    Integer(), "sqlite"
+)  # 64-bit, as the API promises; AUTOINCREMENT needs INTEGER
+NEVER_REUSE_IDS = {
+    "sqlite_autoincrement": True
+}  # else SQLite gives a deleted row's id to the next insert
+SHARED_SECRET_ISSUER = (
+    "shared-secret"  # of shared-secret Better Auth accounts; a key set's issuer is a URL
+)
 
 
 class User(SQLModel, table=True):
@@ -38,14 +44,18 @@ class User(SQLModel, table=True):
     better_auth_issuer: str | None = Field(default=None, max_length=255)
     better_auth_id: str | None = Field(default=None, max_length=255)  # the token's sub
     created_at: datetime = Field(default_factory=utc_now)
-    token_generation: int = 0  # in every token; a password change bumps it (iat's seconds cannot order changes)
+    token_generation: int = (
+        0  # in every token; a password change bumps it (iat's seconds cannot order changes)
+    )
 
 
 class Task(SQLModel, table=True):
     __table_args__ = (
         Index("ix_task_user_created", "user_id", "created_at", "id"),  # the default list's order
         # Checked on the row itself, so two concurrent updates cannot break it between them.
-        CheckConstraint("recurrence = 'none' OR due_date IS NOT NULL", name="recurring_task_has_due_date"),
+        CheckConstraint(
+            "recurrence = 'none' OR due_date IS NOT NULL", name="recurring_task_has_due_date"
+        ),
         NEVER_REUSE_IDS,
     )
 
@@ -96,7 +106,9 @@ class RefreshToken(SQLModel, table=True):
     """A refresh token, by its SHA-256; a used one stays until it expires, so a replay is recognised."""
 
     token_hash: str = Field(primary_key=True, max_length=64)
-    family_id: str = Field(foreign_key="tokenfamily.id", ondelete="CASCADE", index=True, max_length=32)
+    family_id: str = Field(
+        foreign_key="tokenfamily.id", ondelete="CASCADE", index=True, max_length=32
+    )
     expires_at: datetime = Field(index=True)
     used_at: datetime | None = None
     # Its depth in the family's chain: the family's first token is 0, the one rotated from it 1.

@@ -38,7 +38,9 @@ def family_lifetime() -> timedelta:
 
 
 def hash_refresh_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()  # the body's validation refused lone surrogates
+    return hashlib.sha256(
+        token.encode()
+    ).hexdigest()  # the body's validation refused lone surrogates
 
 
 def issue_refresh_token(
@@ -66,7 +68,9 @@ def start_family(session: Session, user: User, now: datetime) -> IssuedRefreshTo
     same_user = select(literal(family_id), User.id, expires_at).where(
         User.id == user.id, User.token_generation == user.token_generation
     )
-    family = insert(TokenFamily).from_select(["id", "user_id", "expires_at"], same_user.with_for_update(read=True))
+    family = insert(TokenFamily).from_select(
+        ["id", "user_id", "expires_at"], same_user.with_for_update(read=True)
+    )
     # RETURNING, not rowcount: psycopg reports -1 as the rowcount of an INSERT ... SELECT.
     if session.execute(family.returning(TokenFamily.id)).first() is None:
         session.rollback()
@@ -115,6 +119,8 @@ def rotate(session: Session, presented: str, now: datetime) -> tuple[User, Issue
     if opened is not None and (moved or not grace or now >= opened + grace):
         end_family(session, family.id)
         raise invalid_credentials(INVALID_REFRESH_TOKEN)
-    session.execute(update(RefreshToken).where(is_presented, RefreshToken.used_at.is_(None)).values(used_at=now))
+    session.execute(
+        update(RefreshToken).where(is_presented, RefreshToken.used_at.is_(None)).values(used_at=now)
+    )
     user = session.get(User, family.user_id)
     return user, issue_refresh_token(session, family.id, now, token.generation + 1)

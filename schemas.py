@@ -2,20 +2,30 @@
 fields a client may set (unknown fields are ignored), so id, user_id and timestamps are never written."""
 
 import unicodedata
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from fastapi import Path
-from pydantic import AfterValidator, BeforeValidator, ConfigDict, EmailStr, StrictBool, StringConstraints
-from pydantic import TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    ConfigDict,
+    EmailStr,
+    StrictBool,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.json_schema import SkipJsonSchema
 from sqlmodel import Field, SQLModel
 
 BCRYPT_MAX_BYTES = 72  # bcrypt refuses longer passwords
 PASSWORD_MIN_BYTES = 8
 MAX_ID = 2**63 - 1  # the largest id a 64-bit integer column can hold
-EARLIEST_DATE = datetime(1900, 1, 1, tzinfo=timezone.utc)
-LATEST_DATE = datetime(9999, 1, 1, tzinfo=timezone.utc)  # leaves room to advance by a month
+EARLIEST_DATE = datetime(1900, 1, 1, tzinfo=UTC)
+LATEST_DATE = datetime(9999, 1, 1, tzinfo=UTC)  # leaves room to advance by a month
 TAG_MAX_LENGTH = 30
 RECURRENCE_NEEDS_DUE_DATE = "A recurring task needs a due_date"
 EXAMPLE_TIME = "2026-03-01T12:00:00Z"
@@ -26,8 +36,14 @@ Priority = Literal["low", "medium", "high"]
 Recurrence = Literal["none", "daily", "weekly", "monthly"]
 IdPath = Annotated[int, Path(ge=1, le=MAX_ID)]
 USER_ID_PATTERN = r"^[A-Za-z0-9._~-]{1,255}$"  # a numeric id, or a Better Auth user id (URL-safe)
-UserIdPath = Annotated[str, Path(pattern=USER_ID_PATTERN, examples=["1"],
-                                 description="Your numeric id, or, for a Better Auth account, its Better Auth user id")]
+UserIdPath = Annotated[
+    str,
+    Path(
+        pattern=USER_ID_PATTERN,
+        examples=["1"],
+        description="Your numeric id, or, for a Better Auth account, its Better Auth user id",
+    ),
+]
 
 
 def plain_text(value: str) -> str:
@@ -47,13 +63,15 @@ def utc_date_time(value: object) -> datetime:
         try:
             value = datetime.fromisoformat(value)
         except ValueError:
-            raise ValueError("must be an ISO 8601 date-time, such as 2026-03-01T12:00:00Z") from None
+            raise ValueError(
+                "must be an ISO 8601 date-time, such as 2026-03-01T12:00:00Z"
+            ) from None
     if not isinstance(value, datetime):
         raise ValueError("must be an ISO 8601 date-time string")
-    value = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    value = value if value.tzinfo else value.replace(tzinfo=UTC)
     if not EARLIEST_DATE <= value < LATEST_DATE:
         raise ValueError("must be between the years 1900 and 9998")
-    return value.astimezone(timezone.utc)
+    return value.astimezone(UTC)
 
 
 def stored_tag(tag: str) -> str:
@@ -73,8 +91,10 @@ def password_within_bcrypt_limits(password: str) -> str:
     if "\x00" in password:  # bcrypt stops reading at a NUL: eight NULs would be the empty password
         raise ValueError("Password must not contain NUL characters")
     if not PASSWORD_MIN_BYTES <= size <= BCRYPT_MAX_BYTES:
-        raise ValueError(f"Password must be {PASSWORD_MIN_BYTES} to {BCRYPT_MAX_BYTES} bytes in UTF-8 "
-                         f"(this one is {size}); bcrypt cannot use more than {BCRYPT_MAX_BYTES}")
+        raise ValueError(
+            f"Password must be {PASSWORD_MIN_BYTES} to {BCRYPT_MAX_BYTES} bytes in UTF-8 "
+            f"(this one is {size}); bcrypt cannot use more than {BCRYPT_MAX_BYTES}"
+        )
     return password
 
 
@@ -91,12 +111,20 @@ def as_email(text: str) -> str:
 
 
 PlainText = AfterValidator(plain_text)  # after the length checks, which must see stripped text
-Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), PlainText]
+Title = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), PlainText
+]
 Description = Annotated[str, StringConstraints(max_length=1000), PlainText]
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), PlainText]
-TagText = StringConstraints(strip_whitespace=True, to_lower=True, min_length=1, max_length=TAG_MAX_LENGTH)
+Name = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), PlainText
+]
+TagText = StringConstraints(
+    strip_whitespace=True, to_lower=True, min_length=1, max_length=TAG_MAX_LENGTH
+)
 TagName = Annotated[str, TagText, AfterValidator(stored_tag), PlainText]
-Tags = Annotated[list[TagName], Field(max_length=10), AfterValidator(lambda tags: list(dict.fromkeys(tags)))]
+Tags = Annotated[
+    list[TagName], Field(max_length=10), AfterValidator(lambda tags: list(dict.fromkeys(tags)))
+]
 UtcDateTime = Annotated[datetime, BeforeValidator(utc_date_time)]
 NewPassword = Annotated[str, AfterValidator(password_within_bcrypt_limits)]
 
@@ -120,13 +148,27 @@ class FieldError(SQLModel):
 
 class ValidationErrorMessage(SQLModel):
     """What a 422 carries: FastAPI's list of errors, without the echoed input (it could be a password)."""
-    model_config = example(detail=[{"type": "string_too_short", "loc": ["body", "title"],
-                                    "msg": "String should have at least 1 character", "ctx": {"min_length": 1}}])
+
+    model_config = example(
+        detail=[
+            {
+                "type": "string_too_short",
+                "loc": ["body", "title"],
+                "msg": "String should have at least 1 character",
+                "ctx": {"min_length": 1},
+            }
+        ]
+    )
     detail: list[FieldError]
 
 
 VALIDATION_ERROR = {422: {"model": ValidationErrorMessage, "description": "Validation Error"}}
-RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before trying again", "schema": {"type": "integer"}}}
+RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds to wait before trying again",
+        "schema": {"type": "integer"},
+    }
+}
 
 
 def error_response(description: str, detail: str, *, retry_after: bool = False) -> dict:
@@ -142,7 +184,9 @@ class HealthStatus(SQLModel):
 
 
 class UserCreate(SQLModel):
-    model_config = example(email="alice@example.com", password="correct horse battery", name="Alice")
+    model_config = example(
+        email="alice@example.com", password="correct horse battery", name="Alice"
+    )
     email: EmailStr
     password: NewPassword
     name: Name | None = None
@@ -155,7 +199,9 @@ class UserLogin(SQLModel):
 
 
 class PasswordChange(SQLModel):
-    model_config = example(current_password="correct horse battery", new_password="a brand new passphrase")
+    model_config = example(
+        current_password="correct horse battery", new_password="a brand new passphrase"
+    )
     current_password: str  # any length: a wrong one is simply a 401
     new_password: NewPassword  # the same rules as at signup
 
@@ -175,10 +221,15 @@ class UserPublic(SQLModel):
 
 
 class TokenResponse(SQLModel):
-    model_config = example(access_token="eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9"
-                           ".eyJzdWIiOiIxIiwiaWF0IjoxNzcyMzY2NDAwLCJleHAiOjE3NzIzNzAwMDB9.c2lnbmF0dXJl",
-                           token_type="bearer", expires_in=3600, refresh_token=EXAMPLE_REFRESH_TOKEN,
-                           refresh_expires_in=2592000, user=EXAMPLE_USER)
+    model_config = example(
+        access_token="eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9"
+        ".eyJzdWIiOiIxIiwiaWF0IjoxNzcyMzY2NDAwLCJleHAiOjE3NzIzNzAwMDB9.c2lnbmF0dXJl",
+        token_type="bearer",
+        expires_in=3600,
+        refresh_token=EXAMPLE_REFRESH_TOKEN,
+        refresh_expires_in=2592000,
+        user=EXAMPLE_USER,
+    )
     access_token: str
     token_type: Literal["bearer"] = "bearer"
     expires_in: int  # seconds
@@ -193,8 +244,14 @@ class RefreshRequest(SQLModel):
 
 
 class TaskCreate(SQLModel):
-    model_config = example(title="Pay rent", description="Transfer to the landlord", priority="high",
-                           due_date="2026-04-01T09:00:00Z", tags=["home", "money"], recurrence="monthly")
+    model_config = example(
+        title="Pay rent",
+        description="Transfer to the landlord",
+        priority="high",
+        due_date="2026-04-01T09:00:00Z",
+        tags=["home", "money"],
+        recurrence="monthly",
+    )
     title: Title
     description: Description | None = None
     priority: Priority = "medium"
@@ -212,7 +269,10 @@ class TaskCreate(SQLModel):
 
 class TaskUpdate(SQLModel):
     """Every field optional: PUT and PATCH change only the fields present in the body."""
-    model_config = example(title="Pay rent and bills", priority="medium", tags=["home", "money", "bills"])
+
+    model_config = example(
+        title="Pay rent and bills", priority="medium", tags=["home", "money", "bills"]
+    )
     # SkipJsonSchema: for these, None only means "absent", so the schema offers no null and
     # reject_null answers an explicit one with 422. description and due_date: null clears them.
     title: Title | SkipJsonSchema[None] = None
@@ -237,10 +297,20 @@ class CompletionUpdate(SQLModel):
 
 
 class TaskPublic(SQLModel):
-    model_config = example(id=42, user_id=1, title="Pay rent", description="Transfer to the landlord", completed=True,
-                           priority="high", due_date="2026-04-01T09:00:00Z", tags=["home", "money"],
-                           recurrence="monthly", created_at=EXAMPLE_TIME, updated_at="2026-03-30T18:15:00Z",
-                           completed_at="2026-03-30T18:15:00Z")
+    model_config = example(
+        id=42,
+        user_id=1,
+        title="Pay rent",
+        description="Transfer to the landlord",
+        completed=True,
+        priority="high",
+        due_date="2026-04-01T09:00:00Z",
+        tags=["home", "money"],
+        recurrence="monthly",
+        created_at=EXAMPLE_TIME,
+        updated_at="2026-03-30T18:15:00Z",
+        completed_at="2026-03-30T18:15:00Z",
+    )
     id: int
     user_id: int
     title: str

@@ -10,16 +10,44 @@ from sqlalchemy import delete, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
-from auth import HASHING_BUSY, PASSWORD_IN_BETTER_AUTH, CurrentUser, PasswordCheck, PasswordCheckDep, TokenClaimsDep
-from auth import create_access_token, get_current_user, hash_password, invalid_credentials, revoke_token
+from auth import (
+    HASHING_BUSY,
+    PASSWORD_IN_BETTER_AUTH,
+    CurrentUser,
+    PasswordCheck,
+    PasswordCheckDep,
+    TokenClaimsDep,
+    create_access_token,
+    get_current_user,
+    hash_password,
+    invalid_credentials,
+    revoke_token,
+)
 from better_auth import KEY_SET_UNAVAILABLE
 from config import settings
 from db import Now, SessionDep, prune_expired
 from limits import TOO_MANY_AUTH_REQUESTS, TOO_MANY_FAILED_LOGINS, limit_auth_requests
 from models import User, utc_now
-from refresh_tokens import INVALID_REFRESH_TOKEN, IssuedRefreshToken, end_every_family, end_family, rotate, start_family
-from schemas import VALIDATION_ERROR, PasswordChange, PasswordConfirmation, RefreshRequest, TokenResponse
-from schemas import UserCreate, UserLogin, UserPublic, as_email, error_response
+from refresh_tokens import (
+    INVALID_REFRESH_TOKEN,
+    IssuedRefreshToken,
+    end_every_family,
+    end_family,
+    rotate,
+    start_family,
+)
+from schemas import (
+    VALIDATION_ERROR,
+    PasswordChange,
+    PasswordConfirmation,
+    RefreshRequest,
+    TokenResponse,
+    UserCreate,
+    UserLogin,
+    UserPublic,
+    as_email,
+    error_response,
+)
 
 router = APIRouter(prefix="/api/auth", tags=["auth"])
 
@@ -29,31 +57,51 @@ NOT_AUTHENTICATED = {
     503: error_response(KEY_SET_DOWN, KEY_SET_UNAVAILABLE, retry_after=True),
 }
 AUTH_REQUESTS = "Too many signups, logins, refreshes and password checks from this address"
-LIMITED_AUTH_REQUESTS = {429: error_response(AUTH_REQUESTS, TOO_MANY_AUTH_REQUESTS, retry_after=True)}
+LIMITED_AUTH_REQUESTS = {
+    429: error_response(AUTH_REQUESTS, TOO_MANY_AUTH_REQUESTS, retry_after=True)
+}
 HASHES = "Too many password hashes already running or waiting"
-HASHING_BUSY_RESPONSE = {503: error_response(HASHES, HASHING_BUSY, retry_after=True)}  # every route that hashes
-FAILED_LOGINS = ("Too many failed logins for this email from this address, "
-                 "or too many signups, logins and password checks from this address")
+HASHING_BUSY_RESPONSE = {
+    503: error_response(HASHES, HASHING_BUSY, retry_after=True)
+}  # every route that hashes
+FAILED_LOGINS = (
+    "Too many failed logins for this email from this address, "
+    "or too many signups, logins and password checks from this address"
+)
 LOCKED_OUT = {429: error_response(FAILED_LOGINS, TOO_MANY_FAILED_LOGINS, retry_after=True)}
-COUNTED_PASSWORD_ERRORS = LOCKED_OUT | HASHING_BUSY_RESPONSE | VALIDATION_ERROR  # every route that checks a password
+COUNTED_PASSWORD_ERRORS = (
+    LOCKED_OUT | HASHING_BUSY_RESPONSE | VALIDATION_ERROR
+)  # every route that checks a password
 EMAIL_TAKEN = "Email already registered"
-SIGNUP_ERRORS = {409: error_response(EMAIL_TAKEN, EMAIL_TAKEN), **LIMITED_AUTH_REQUESTS, **HASHING_BUSY_RESPONSE,
-                 **VALIDATION_ERROR}
-REFRESH_FAILED = {401: error_response("Unknown, expired, used or ended refresh token", INVALID_REFRESH_TOKEN)}
+SIGNUP_ERRORS = {
+    409: error_response(EMAIL_TAKEN, EMAIL_TAKEN),
+    **LIMITED_AUTH_REQUESTS,
+    **HASHING_BUSY_RESPONSE,
+    **VALIDATION_ERROR,
+}
+REFRESH_FAILED = {
+    401: error_response("Unknown, expired, used or ended refresh token", INVALID_REFRESH_TOKEN)
+}
 REFRESH_ERRORS = REFRESH_FAILED | LIMITED_AUTH_REQUESTS | VALIDATION_ERROR
 LOGIN_FAILED = "Incorrect email or password"
 LOGIN_ERRORS = {401: error_response(LOGIN_FAILED, LOGIN_FAILED), **COUNTED_PASSWORD_ERRORS}
 PASSWORD_CHECK_ERRORS = {
-    401: error_response("Missing, invalid or expired token, or incorrect password", "Incorrect password"),
+    401: error_response(
+        "Missing, invalid or expired token, or incorrect password", "Incorrect password"
+    ),
     403: error_response("A Better Auth account: it has no password here", PASSWORD_IN_BETTER_AUTH),
     **COUNTED_PASSWORD_ERRORS,
 }
-PASSWORD_CHANGED_CONCURRENTLY = "The password was changed by another request at the same time; log in again"
+PASSWORD_CHANGED_CONCURRENTLY = (
+    "The password was changed by another request at the same time; log in again"
+)
 RACE_LOST = "Another password change for this account won the race"
 CONCURRENT_CHANGE = {409: error_response(RACE_LOST, PASSWORD_CHANGED_CONCURRENTLY)}
 # The OAuth2 form has no model of our own, so its example sits on the request body itself.
 FORM_EXAMPLE = {"username": "alice@example.com", "password": "correct horse battery"}
-FORM_BODY = {"requestBody": {"content": {"application/x-www-form-urlencoded": {"example": FORM_EXAMPLE}}}}
+FORM_BODY = {
+    "requestBody": {"content": {"application/x-www-form-urlencoded": {"example": FORM_EXAMPLE}}}
+}
 OAuth2Form = Annotated[OAuth2PasswordRequestForm, Depends()]
 
 
@@ -64,7 +112,10 @@ def prune_after_response(background: BackgroundTasks, session: SessionDep, now: 
 
 PRUNED = Depends(prune_after_response)
 LIMITED = [Depends(limit_auth_requests), PRUNED]
-LIMITED_SIGNED_IN = [Depends(get_current_user), *LIMITED]  # the token first: a bad one is not counted
+LIMITED_SIGNED_IN = [
+    Depends(get_current_user),
+    *LIMITED,
+]  # the token first: a bad one is not counted
 
 
 def token_response(user: User, refresh: IssuedRefreshToken) -> TokenResponse:
@@ -78,18 +129,32 @@ def token_response(user: User, refresh: IssuedRefreshToken) -> TokenResponse:
     )
 
 
-def authenticate(session: Session, check: PasswordCheck, email: str, password: str, now: datetime) -> TokenResponse:
+def authenticate(
+    session: Session, check: PasswordCheck, email: str, password: str, now: datetime
+) -> TokenResponse:
     # The form's username is no EmailStr, and PostgreSQL refuses a NUL in text: no email has one, so the login fails.
-    user = None if "\x00" in email else session.exec(select(User).where(User.email == email.lower())).first()
+    user = (
+        None
+        if "\x00" in email
+        else session.exec(select(User).where(User.email == email.lower())).first()
+    )
     if not check.matches(email, password, user.password_hash if user else None):
         raise invalid_credentials(LOGIN_FAILED)
     return token_response(user, start_family(session, user, now))
 
 
-@router.post("/signup", status_code=201, summary="Create an account", responses=SIGNUP_ERRORS, dependencies=LIMITED)
+@router.post(
+    "/signup",
+    status_code=201,
+    summary="Create an account",
+    responses=SIGNUP_ERRORS,
+    dependencies=LIMITED,
+)
 def signup(body: UserCreate, session: SessionDep, now: Now) -> TokenResponse:
     """Create a user and return a bearer token for it, so the client is logged in at once."""
-    user = User(email=body.email.lower(), name=body.name, password_hash=hash_password(body.password))
+    user = User(
+        email=body.email.lower(), name=body.name, password_hash=hash_password(body.password)
+    )
     session.add(user)
     try:
         session.flush()
@@ -106,14 +171,28 @@ def login(body: UserLogin, session: SessionDep, check: PasswordCheckDep, now: No
     return authenticate(session, check, body.email, body.password, now)
 
 
-@router.post("/token", summary="Log in (OAuth2 form)", responses=LOGIN_ERRORS, openapi_extra=FORM_BODY,
-             dependencies=LIMITED)
-def login_form(form: OAuth2Form, session: SessionDep, check: PasswordCheckDep, now: Now) -> TokenResponse:
+@router.post(
+    "/token",
+    summary="Log in (OAuth2 form)",
+    responses=LOGIN_ERRORS,
+    openapi_extra=FORM_BODY,
+    dependencies=LIMITED,
+)
+def login_form(
+    form: OAuth2Form, session: SessionDep, check: PasswordCheckDep, now: Now
+) -> TokenResponse:
     """The OAuth2 password flow (username is your email): the tokenUrl of Swagger UI's Authorize button."""
-    return authenticate(session, check, as_email(form.username), form.password, now)  # as the JSON login reads it
+    return authenticate(
+        session, check, as_email(form.username), form.password, now
+    )  # as the JSON login reads it
 
 
-@router.post("/refresh", summary="Trade a refresh token for new tokens", responses=REFRESH_ERRORS, dependencies=LIMITED)
+@router.post(
+    "/refresh",
+    summary="Trade a refresh token for new tokens",
+    responses=REFRESH_ERRORS,
+    dependencies=LIMITED,
+)
 def refresh(body: RefreshRequest, session: SessionDep, now: Now) -> TokenResponse:
     """Use up the refresh token for a new pair in the same session. Presented again within its grace
     period (10 seconds by default), it gives another tab refreshing at once a pair of its own;
@@ -121,14 +200,21 @@ def refresh(body: RefreshRequest, session: SessionDep, now: Now) -> TokenRespons
     return token_response(*rotate(session, body.refresh_token, now))
 
 
-@router.get("/me", response_model=UserPublic, summary="The current user", responses=NOT_AUTHENTICATED)
+@router.get(
+    "/me", response_model=UserPublic, summary="The current user", responses=NOT_AUTHENTICATED
+)
 def get_me(user: CurrentUser) -> User:
     """Return the account that the bearer token belongs to."""
     return user
 
 
-@router.post("/logout", status_code=204, summary="Log out this session", responses=NOT_AUTHENTICATED,
-             dependencies=[PRUNED])
+@router.post(
+    "/logout",
+    status_code=204,
+    summary="Log out this session",
+    responses=NOT_AUTHENTICATED,
+    dependencies=[PRUNED],
+)
 def logout(claims: TokenClaimsDep, user: CurrentUser, session: SessionDep) -> Response:
     """End the presented token's session at once, on every worker: its refresh token and
     every access token issued in it. The user's other sessions keep working."""
@@ -139,17 +225,30 @@ def logout(claims: TokenClaimsDep, user: CurrentUser, session: SessionDep) -> Re
     return Response(status_code=204)
 
 
-@router.put("/password", status_code=204, summary="Change the password",
-            responses=PASSWORD_CHECK_ERRORS | CONCURRENT_CHANGE, dependencies=LIMITED_SIGNED_IN)
-def change_password(body: PasswordChange, user: CurrentUser, session: SessionDep, check: PasswordCheckDep) -> Response:
+@router.put(
+    "/password",
+    status_code=204,
+    summary="Change the password",
+    responses=PASSWORD_CHECK_ERRORS | CONCURRENT_CHANGE,
+    dependencies=LIMITED_SIGNED_IN,
+)
+def change_password(
+    body: PasswordChange, user: CurrentUser, session: SessionDep, check: PasswordCheckDep
+) -> Response:
     """Set a new password (signup's rules). Every token issued before it, this one too, stops working: log in again."""
     check.confirm(user, body.current_password)
     new_hash = hash_password(body.new_password)
     # Compare-and-set on the generation this request's token was checked against: of concurrent
     # changes one finds it, the others would overwrite the winner's password with an ended token.
-    same_generation = update(User).where(User.id == user.id, User.token_generation == user.token_generation)
-    bump = same_generation.values(password_hash=new_hash, token_generation=User.token_generation + 1)
-    if session.execute(bump).rowcount != 1:  # another change won, or the account was deleted meanwhile
+    same_generation = update(User).where(
+        User.id == user.id, User.token_generation == user.token_generation
+    )
+    bump = same_generation.values(
+        password_hash=new_hash, token_generation=User.token_generation + 1
+    )
+    if (
+        session.execute(bump).rowcount != 1
+    ):  # another change won, or the account was deleted meanwhile
         deleted = session.exec(select(User.id).where(User.id == user.id)).first() is None
         session.rollback()
         if deleted:
@@ -160,9 +259,16 @@ def change_password(body: PasswordChange, user: CurrentUser, session: SessionDep
     return Response(status_code=204)
 
 
-@router.delete("/me", status_code=204, summary="Delete the account", responses=PASSWORD_CHECK_ERRORS,
-               dependencies=LIMITED_SIGNED_IN)
-def delete_me(body: PasswordConfirmation, user: CurrentUser, session: SessionDep, check: PasswordCheckDep) -> Response:
+@router.delete(
+    "/me",
+    status_code=204,
+    summary="Delete the account",
+    responses=PASSWORD_CHECK_ERRORS,
+    dependencies=LIMITED_SIGNED_IN,
+)
+def delete_me(
+    body: PasswordConfirmation, user: CurrentUser, session: SessionDep, check: PasswordCheckDep
+) -> Response:
     """Delete the account, its tasks and their tags at once. Its tokens stop working; the email can sign up again."""
     check.confirm(user, body.password)
     session.execute(delete(User).where(User.id == user.id))

@@ -7,7 +7,21 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Response
 from fastapi.exceptions import RequestValidationError
-from sqlalchemy import Boolean, asc, bindparam, case, delete, desc, exists, false, func, literal, not_, or_, update
+from sqlalchemy import (
+    Boolean,
+    asc,
+    bindparam,
+    case,
+    delete,
+    desc,
+    exists,
+    false,
+    func,
+    literal,
+    not_,
+    or_,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.exc import StaleDataError
@@ -17,26 +31,48 @@ from auth import OwnerDep, invalid_credentials
 from config import settings
 from db import STATEMENT_TIMED_OUT, Now, SessionDep, limit_statement_time
 from models import Task, TaskCount, TaskTag, User
-from schemas import LATEST_DATE, RECURRENCE_NEEDS_DUE_DATE, VALIDATION_ERROR, CompletionUpdate, IdPath, TaskCreate
-from schemas import TaskListQuery, TaskPublic, TaskUpdate, UserIdPath, error_response
+from schemas import (
+    LATEST_DATE,
+    RECURRENCE_NEEDS_DUE_DATE,
+    VALIDATION_ERROR,
+    CompletionUpdate,
+    IdPath,
+    TaskCreate,
+    TaskListQuery,
+    TaskPublic,
+    TaskUpdate,
+    UserIdPath,
+    error_response,
+)
 
 
 def too_many_tasks() -> HTTPException:
     limit = settings.max_tasks_per_user
-    return HTTPException(409, f"Task limit reached: an account holds at most {limit} tasks; delete some first")
+    return HTTPException(
+        409, f"Task limit reached: an account holds at most {limit} tasks; delete some first"
+    )
 
 
 # Every route takes the path's user_id (422) and runs statements under the time budget (503).
 OWNER_ERRORS = {
     401: error_response("Missing, invalid or expired token", "Could not validate credentials"),
-    403: error_response("The path's user_id is not the token's user", "You can only access your own tasks"),
-    503: error_response("A statement ran past STATEMENT_TIMEOUT_MS, or Better Auth's key set cannot be fetched",
-                        STATEMENT_TIMED_OUT, retry_after=True),
+    403: error_response(
+        "The path's user_id is not the token's user", "You can only access your own tasks"
+    ),
+    503: error_response(
+        "A statement ran past STATEMENT_TIMEOUT_MS, or Better Auth's key set cannot be fetched",
+        STATEMENT_TIMED_OUT,
+        retry_after=True,
+    ),
     **VALIDATION_ERROR,
 }
 TASK_NOT_FOUND = "Task not found"
 TASK_ERRORS = {404: error_response(TASK_NOT_FOUND, TASK_NOT_FOUND)}
-CREATE_ERRORS = {409: error_response("The account already holds MAX_TASKS_PER_USER tasks", too_many_tasks().detail)}
+CREATE_ERRORS = {
+    409: error_response(
+        "The account already holds MAX_TASKS_PER_USER tasks", too_many_tasks().detail
+    )
+}
 AT_LIMIT = "Completing a recurring task whose next occurrence would pass MAX_TASKS_PER_USER; nothing changes"
 COMPLETION_ERRORS = TASK_ERRORS | {409: error_response(AT_LIMIT, too_many_tasks().detail)}
 router = APIRouter(prefix="/api/{user_id}/tasks", tags=["tasks"], responses=OWNER_ERRORS)
@@ -49,7 +85,9 @@ SORT_KEYS = {
     "due_date": (Task.due_date, "asc"),
     "priority": (case({"low": 0, "medium": 1, "high": 2}, value=Task.priority), "desc"),
 }
-PUBLIC_COLUMNS = [column for column in Task.__table__.columns if column.name in TaskPublic.model_fields]
+PUBLIC_COLUMNS = [
+    column for column in Task.__table__.columns if column.name in TaskPublic.model_fields
+]
 PUBLIC_NAMES = [column.name for column in PUBLIC_COLUMNS]
 
 
@@ -70,11 +108,17 @@ def load_tags(session: Session, task_ids: list[int]) -> dict[int, list[str]]:
 
 
 def to_public(session: Session, task: Task) -> dict:
-    return task.model_dump() | {"tags": load_tags(session, [task.id])[task.id]}  # the response model filters it
+    return task.model_dump() | {
+        "tags": load_tags(session, [task.id])[task.id]
+    }  # the response model filters it
 
 
 def recurring_without_due_date() -> RequestValidationError:
-    error = {"type": "value_error", "loc": ("body",), "msg": f"Value error, {RECURRENCE_NEEDS_DUE_DATE}"}
+    error = {
+        "type": "value_error",
+        "loc": ("body",),
+        "msg": f"Value error, {RECURRENCE_NEEDS_DUE_DATE}",
+    }
     return RequestValidationError([error])  # as TaskCreate's own check answers
 
 
@@ -98,7 +142,9 @@ def lock_owner(session: Session, owner_id: int) -> None:
     tasks and counter, so taking the user row first here too means waiting, never a deadlock. FOR KEY SHARE,
     as a task insert takes anyway, waits only for a deletion. SQLite has one write lock, so needs none."""
     if session.get_bind().dialect.name == "postgresql":
-        owner = select(User.id).where(User.id == owner_id).with_for_update(read=True, key_share=True)
+        owner = (
+            select(User.id).where(User.id == owner_id).with_for_update(read=True, key_share=True)
+        )
         if session.exec(owner).first() is None:
             raise invalid_credentials()  # the account was deleted since the token was checked
 
@@ -111,8 +157,12 @@ def count_new_task(session: Session, owner_id: int) -> None:
         return
     # No counter yet (the account's tasks are counted once, here), or the limit is reached.
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    tasks_of_owner = select(literal(owner_id), func.count()).select_from(Task).where(Task.user_id == owner_id)
-    session.execute(insert(TaskCount).from_select(["user_id", "tasks"], tasks_of_owner).on_conflict_do_nothing())
+    tasks_of_owner = (
+        select(literal(owner_id), func.count()).select_from(Task).where(Task.user_id == owner_id)
+    )
+    session.execute(
+        insert(TaskCount).from_select(["user_id", "tasks"], tasks_of_owner).on_conflict_do_nothing()
+    )
     if session.execute(COUNT_ONE_MORE_TASK, params).rowcount != 1:
         raise too_many_tasks()
 
@@ -132,7 +182,10 @@ def create_next_occurrence(session: Session, task: Task, now: datetime) -> None:
     next_due = next_due_date(task.due_date, task.recurrence)
     claim = update(Task).where(Task.id == task.id, Task.next_occurrence_created == false())
     # A series ends before its dates leave the storable years.
-    if next_due >= LATEST_DATE or session.execute(claim.values(next_occurrence_created=True)).rowcount != 1:
+    if (
+        next_due >= LATEST_DATE
+        or session.execute(claim.values(next_occurrence_created=True)).rowcount != 1
+    ):
         return
     count_new_task(session, task.user_id)  # at the limit: 409, and the completion is undone
     tags = load_tags(session, [task.id])[task.id]
@@ -143,7 +196,9 @@ def create_next_occurrence(session: Session, task: Task, now: datetime) -> None:
     session.add_all(TaskTag(task_id=next_task.id, name=name) for name in tags)
 
 
-def set_completed(session: Session, owner_id: int, task_id: int, completed: bool | None, now: datetime) -> Task | None:
+def set_completed(
+    session: Session, owner_id: int, task_id: int, completed: bool | None, now: datetime
+) -> Task | None:
     """Set (None: toggle) completion in one atomic UPDATE; None if the task is missing or already in that state."""
     new_state = not_(Task.completed) if completed is None else literal(completed, Boolean)
     statement = update(Task).where(Task.id == task_id, Task.user_id == owner_id)
@@ -159,8 +214,12 @@ def set_completed(session: Session, owner_id: int, task_id: int, completed: bool
 
 
 @router.get("", response_model=list[TaskPublic], summary="List tasks")
-def list_tasks(owner: OwnerDep, session: SessionDep, query: Annotated[TaskListQuery, Query()],
-               response: Response) -> list[dict]:
+def list_tasks(
+    owner: OwnerDep,
+    session: SessionDep,
+    query: Annotated[TaskListQuery, Query()],
+    response: Response,
+) -> list[dict]:
     """Filter, search, sort and page the user's tasks. X-Total-Count counts the matches before limit and offset."""
     limit_statement_time(session)
     filters = [Task.user_id == owner.id]
@@ -171,7 +230,14 @@ def list_tasks(owner: OwnerDep, session: SessionDep, query: Annotated[TaskListQu
     if query.tag is not None:
         filters.append(exists().where(TaskTag.task_id == Task.id, TaskTag.name == query.tag))
     if query.q is not None:  # autoescape: %, _ and the escape character match themselves
-        filters.append(or_(*(text.icontains(query.q, autoescape=True) for text in (Task.title, Task.description))))
+        filters.append(
+            or_(
+                *(
+                    text.icontains(query.q, autoescape=True)
+                    for text in (Task.title, Task.description)
+                )
+            )
+        )
     if query.due_before is not None:
         filters.append(Task.due_date <= query.due_before)
     if query.due_after is not None:
@@ -179,7 +245,11 @@ def list_tasks(owner: OwnerDep, session: SessionDep, query: Annotated[TaskListQu
     key, natural_order = SORT_KEYS[query.sort]
     direction = asc if (query.order or natural_order) == "asc" else desc
     undated_last = [Task.due_date.is_(None)] if query.sort == "due_date" else []
-    ordering = [*undated_last, direction(key), direction(Task.id)]  # the id breaks ties: pages never overlap
+    ordering = [
+        *undated_last,
+        direction(key),
+        direction(Task.id),
+    ]  # the id breaks ties: pages never overlap
     # Plain rows zipped into dicts, not Task objects: no identity map or change tracking per row.
     page = select(*PUBLIC_COLUMNS).where(*filters).order_by(*ordering)
     rows = session.exec(page.offset(query.offset).limit(query.limit)).all()
@@ -193,12 +263,22 @@ def list_tasks(owner: OwnerDep, session: SessionDep, query: Annotated[TaskListQu
     return [dict(zip(PUBLIC_NAMES, row), tags=tags[row.id]) for row in rows]
 
 
-@router.post("", status_code=201, response_model=TaskPublic, summary="Create a task", responses=CREATE_ERRORS)
-def create_task(user_id: UserIdPath, body: TaskCreate, owner: OwnerDep, session: SessionDep, now: Now,
-                response: Response) -> dict:
+@router.post(
+    "", status_code=201, response_model=TaskPublic, summary="Create a task", responses=CREATE_ERRORS
+)
+def create_task(
+    user_id: UserIdPath,
+    body: TaskCreate,
+    owner: OwnerDep,
+    session: SessionDep,
+    now: Now,
+    response: Response,
+) -> dict:
     """Create a task; Location is its URL. A task created completed is treated as if completed just after."""
     times = {"created_at": now, "updated_at": now, "completed_at": now if body.completed else None}
-    task = Task.model_validate(body.model_dump(exclude={"tags"}), update={"user_id": owner.id, **times})
+    task = Task.model_validate(
+        body.model_dump(exclude={"tags"}), update={"user_id": owner.id, **times}
+    )
     try:
         lock_owner(session, owner.id)
         count_new_task(session, owner.id)
@@ -221,10 +301,19 @@ def get_task(task_id: IdPath, owner: OwnerDep, session: SessionDep) -> dict:
     return to_public(session, get_owned_task(session, owner.id, task_id))
 
 
-@router.put("/{task_id}", response_model=TaskPublic, summary="Update a task", responses=COMPLETION_ERRORS)
-@router.patch("/{task_id}", name="patch_task", response_model=TaskPublic, summary="Update a task (same as PUT)",
-              responses=COMPLETION_ERRORS)  # name: its own operationId, as the function serves PUT too
-def update_task(task_id: IdPath, body: TaskUpdate, owner: OwnerDep, session: SessionDep, now: Now) -> dict:
+@router.put(
+    "/{task_id}", response_model=TaskPublic, summary="Update a task", responses=COMPLETION_ERRORS
+)
+@router.patch(
+    "/{task_id}",
+    name="patch_task",
+    response_model=TaskPublic,
+    summary="Update a task (same as PUT)",
+    responses=COMPLETION_ERRORS,
+)  # name: its own operationId, as the function serves PUT too
+def update_task(
+    task_id: IdPath, body: TaskUpdate, owner: OwnerDep, session: SessionDep, now: Now
+) -> dict:
     """Change the fields present in the body; an explicit null clears description or due_date."""
     lock_owner(session, owner.id)
     task = get_owned_task(session, owner.id, task_id)
@@ -255,17 +344,31 @@ def delete_task(task_id: IdPath, owner: OwnerDep, session: SessionDep) -> Respon
     """Delete a task and its tags. Its id is never given to another task."""
     lock_owner(session, owner.id)
     # One DELETE, not a read and a delete: of two concurrent deletions only one counts the task off.
-    if session.execute(delete(Task).where(Task.id == task_id, Task.user_id == owner.id)).rowcount == 0:
+    if (
+        session.execute(delete(Task).where(Task.id == task_id, Task.user_id == owner.id)).rowcount
+        == 0
+    ):
         raise HTTPException(404, TASK_NOT_FOUND)
-    session.execute(update(TaskCount).where(TaskCount.user_id == owner.id).values(tasks=TaskCount.tasks - 1))
+    session.execute(
+        update(TaskCount).where(TaskCount.user_id == owner.id).values(tasks=TaskCount.tasks - 1)
+    )
     session.commit()
     return Response(status_code=204)
 
 
-@router.patch("/{task_id}/complete", response_model=TaskPublic, summary="Complete, reopen or toggle a task",
-              responses=COMPLETION_ERRORS)
-def complete_task(task_id: IdPath, owner: OwnerDep, session: SessionDep, now: Now,
-                  body: CompletionUpdate | None = None) -> dict:
+@router.patch(
+    "/{task_id}/complete",
+    response_model=TaskPublic,
+    summary="Complete, reopen or toggle a task",
+    responses=COMPLETION_ERRORS,
+)
+def complete_task(
+    task_id: IdPath,
+    owner: OwnerDep,
+    session: SessionDep,
+    now: Now,
+    body: CompletionUpdate | None = None,
+) -> dict:
     """No body toggles; {"completed": true|false} sets it. Completing a recurring task creates its next one, once."""
     lock_owner(session, owner.id)
     task = set_completed(session, owner.id, task_id, body.completed if body else None, now)

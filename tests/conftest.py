@@ -13,11 +13,21 @@ import os
 import secrets
 import shutil
 import tempfile
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from helpers import MAX_ID, PASSWORD, TEST_DATABASE_URL, LiveServer, bearer_header, create_database
-from helpers import Account, drop_database, empty_tables, sign_up
+from helpers import (
+    MAX_ID,
+    PASSWORD,
+    TEST_DATABASE_URL,
+    Account,
+    LiveServer,
+    bearer_header,
+    create_database,
+    drop_database,
+    empty_tables,
+    sign_up,
+)
 
 os.environ["BCRYPT_ROUNDS"] = "4"
 os.environ["JWT_SECRET"] = secrets.token_urlsafe(48)
@@ -34,7 +44,9 @@ os.environ["LOGIN_FAILURE_LIMIT"] = "0"
 os.environ["AUTH_REQUESTS_PER_MINUTE"] = "0"
 os.environ.pop("LOGIN_FAILURE_WINDOW_MINUTES", None)
 if TEST_DATABASE_URL is not None and not TEST_DATABASE_URL.startswith("postgresql"):
-    raise SystemExit("TEST_DATABASE_URL must be a postgresql+psycopg:// URL; leave it unset for SQLite")
+    raise SystemExit(
+        "TEST_DATABASE_URL must be a postgresql+psycopg:// URL; leave it unset for SQLite"
+    )
 # The app's own engine only serves start-up here: each test overrides the session.
 os.environ["DATABASE_URL"] = (
     TEST_DATABASE_URL or f"sqlite:///{tempfile.mkdtemp(prefix='todo-tests-')}/startup.db"
@@ -86,7 +98,9 @@ def create(client):
     """create(account, **fields) -> the new task; the title defaults to "Task"."""
 
     def create_task(account: Account, **fields) -> dict:
-        response = client.post(account.tasks_url, json={"title": "Task", **fields}, headers=account.headers)
+        response = client.post(
+            account.tasks_url, json={"title": "Task", **fields}, headers=account.headers
+        )
         assert response.status_code == 201, response.text
         return response.json()
 
@@ -102,13 +116,17 @@ def me(client):
 @pytest.fixture
 def login(client):
     """login(email, password) -> the response of the JSON login."""
-    return lambda email, password: client.post("/api/auth/login", json={"email": email, "password": password})
+    return lambda email, password: client.post(
+        "/api/auth/login", json={"email": email, "password": password}
+    )
 
 
 @pytest.fixture
 def form_login(client):
     """form_login(email, password) -> the response of the OAuth2 form login at /api/auth/token."""
-    return lambda email, password: client.post("/api/auth/token", data={"username": email, "password": password})
+    return lambda email, password: client.post(
+        "/api/auth/token", data={"username": email, "password": password}
+    )
 
 
 @pytest.fixture
@@ -128,7 +146,6 @@ def delete_me(client):
     return lambda token, password: client.request(
         "DELETE", "/api/auth/me", headers=bearer_header(token), json={"password": password}
     )
-
 
 
 @pytest.fixture(scope="session")
@@ -153,7 +170,6 @@ def migrated_sqlite_file(tmp_path_factory) -> Path:
     db.migrate(template_engine)
     template_engine.dispose()  # the last connection to close checkpoints the WAL into the file
     return template
-
 
 
 @pytest.fixture
@@ -208,7 +224,7 @@ class Clock:
     """Stands in for the request clock, so tests move time instead of sleeping."""
 
     def __init__(self) -> None:
-        self.now = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
+        self.now = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
     def advance(self, **delta: float) -> datetime:
         self.now += timedelta(**delta)
@@ -226,7 +242,6 @@ def clock(client):
     return fake
 
 
-
 @pytest.fixture
 def alice(client) -> Account:
     return sign_up(client, "alice@example.com")
@@ -237,14 +252,15 @@ def bob(client) -> Account:
     return sign_up(client, "bob@example.com")
 
 
-
 @pytest.fixture
 def live_server(tmp_path):
     """Starts servers: live_server(workers=..., env=..., directory=...) returns a started
     LiveServer, in tmp_path unless a directory is given. Every one is stopped at teardown."""
     started: list[LiveServer] = []
 
-    def start(workers: int = 1, env: dict[str, str] | None = None, directory: Path | None = None) -> LiveServer:
+    def start(
+        workers: int = 1, env: dict[str, str] | None = None, directory: Path | None = None
+    ) -> LiveServer:
         server = LiveServer(directory or tmp_path, workers, env)
         started.append(server)
         return server.start()

@@ -34,7 +34,6 @@ def bearer_header(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-
 def send_body(handler: BaseHTTPRequestHandler, body: bytes, content_type: str) -> None:
     """A 200 with this body, from one of the tests' own small HTTP servers."""
     handler.send_response(200)
@@ -53,7 +52,6 @@ def require_tool(available: bool, reason: str) -> None:
     if os.environ.get("CI"):
         pytest.fail(f"CI is set, so this is a failure: {reason}")
     pytest.skip(reason)
-
 
 
 def empty_tables(target: Engine) -> None:
@@ -84,7 +82,6 @@ def drop_database(server_engine: Engine, url: str) -> None:
         connection.execute(text(f"DROP DATABASE {make_url(url).database} WITH (FORCE)"))
 
 
-
 class Account(NamedTuple):
     id: int
     email: str
@@ -104,7 +101,6 @@ def sign_up(client: TestClient, email: str, password: str = PASSWORD) -> Account
     assert response.status_code == 201, response.text
     body = response.json()
     return Account(body["user"]["id"], body["user"]["email"], body["access_token"])
-
 
 
 # --- a real `uvicorn main:app` in a subprocess, for what needs a real server ---
@@ -139,7 +135,9 @@ class LiveServer:
     the server generates .jwt_secret in its directory.
     """
 
-    def __init__(self, directory: Path, workers: int = 1, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, directory: Path, workers: int = 1, env: dict[str, str] | None = None
+    ) -> None:
         self.directory = directory
         self.workers = workers
         self.port = free_port()
@@ -147,7 +145,9 @@ class LiveServer:
         self.log_path = directory / "server.log"
         self.env = {name: value for name, value in os.environ.items() if name not in APP_SETTINGS}
         self.env.update(
-            DATABASE_URL=f"sqlite:///{directory / 'todo.db'}", BCRYPT_ROUNDS="4", PYTHONUNBUFFERED="1"
+            DATABASE_URL=f"sqlite:///{directory / 'todo.db'}",
+            BCRYPT_ROUNDS="4",
+            PYTHONUNBUFFERED="1",
         )
         self.env.update(env or {})
         self.process: subprocess.Popen | None = None
@@ -188,10 +188,14 @@ class LiveServer:
                     except httpx2.TransportError:
                         pass
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"server not ready after {START_TIMEOUT_SECONDS}s:\n{self.log()}")
+                    raise RuntimeError(
+                        f"server not ready after {START_TIMEOUT_SECONDS}s:\n{self.log()}"
+                    )
                 try:  # waits for the next poll, and notices at once if the server died
                     self.process.wait(timeout=POLL_INTERVAL_SECONDS)
-                    raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
+                    raise RuntimeError(
+                        f"server exited with {self.process.returncode}:\n{self.log()}"
+                    )
                 except subprocess.TimeoutExpired:
                     pass
 
@@ -225,4 +229,3 @@ class LiveServer:
             self.stop()
         finally:
             self.kill()
-

@@ -4,11 +4,11 @@ delete, complete, tags, recurrence, and ownership (another user's path 403, thei
 import re
 
 import pytest
+from helpers import MAX_ID, TEST_DATABASE_URL
 from sqlalchemy import event, text
 from sqlmodel import Session, select
 
 import db
-from helpers import MAX_ID, TEST_DATABASE_URL
 
 BEYOND_32_BITS = 2**31
 from models import TaskTag
@@ -60,7 +60,9 @@ def test_another_users_path_is_403(client, alice, bob, create, method, suffix, b
 @pytest.mark.parametrize("task_id", ["abc", "1.5", "0", "-1", str(2**63), str(2**64)])
 def test_bad_task_ids_are_422(client, alice, task_id):
     for method in ("GET", "DELETE", "PUT"):
-        response = client.request(method, f"{alice.tasks_url}/{task_id}", json={}, headers=alice.headers)
+        response = client.request(
+            method, f"{alice.tasks_url}/{task_id}", json={}, headers=alice.headers
+        )
         assert response.status_code == 422
         assert response.json()["detail"][0]["loc"] == ["path", "task_id"]
 
@@ -122,14 +124,18 @@ def test_tags_are_stripped_lower_cased_and_merged(client, alice, create):
 
 
 def test_a_tag_is_one_tag_however_its_accents_are_typed(client, alice, create):
-    task = create(alice, tags=["e\u0301te\u0301", "été"])  # a combining accent, and the accented letter
+    task = create(
+        alice, tags=["e\u0301te\u0301", "été"]
+    )  # a combining accent, and the accented letter
     assert task["tags"] == ["été"]
     listing = client.get(alice.tasks_url, params={"tag": "E\u0301TE\u0301"}, headers=alice.headers)
     assert (listing.status_code, listing.json()) == (200, [task])
 
 
 def test_a_tag_that_lengthens_when_lower_cased_is_measured_after(client, alice, create):
-    response = client.post(alice.tasks_url, json={"title": "x", "tags": ["İ" * 30]}, headers=alice.headers)
+    response = client.post(
+        alice.tasks_url, json={"title": "x", "tags": ["İ" * 30]}, headers=alice.headers
+    )
     assert response.status_code == 422
     assert "at most 30 characters once lower-cased" in response.json()["detail"][0]["msg"]
     assert create(alice, tags=["İ" * 15])["tags"] == ["i̇" * 15]
@@ -156,7 +162,9 @@ def test_iso_due_dates_are_stored_and_returned_in_utc(client, alice, create, sen
 
 def test_a_number_is_not_a_due_date(client, alice):
     for due_date in (0, 1700000000, "1700000000", "0.5", True):
-        response = client.post(alice.tasks_url, json={"title": "t", "due_date": due_date}, headers=alice.headers)
+        response = client.post(
+            alice.tasks_url, json={"title": "t", "due_date": due_date}, headers=alice.headers
+        )
         assert response.status_code == 422, due_date
         assert response.json()["detail"][0]["loc"] == ["body", "due_date"]
     listing = client.get(alice.tasks_url, headers=alice.headers)
@@ -238,8 +246,18 @@ def test_boundary_lengths_are_accepted(alice, create):
 def varied_tasks(client, alice, clock, create):
     """Five tasks created a minute apart, with every field varied."""
     specs = [
-        {"title": "Pay rent", "priority": "high", "due_date": "2026-03-05T00:00:00Z", "tags": ["home"]},
-        {"title": "buy milk", "description": "2% fat, 'organic'", "priority": "low", "tags": ["errand"]},
+        {
+            "title": "Pay rent",
+            "priority": "high",
+            "due_date": "2026-03-05T00:00:00Z",
+            "tags": ["home"],
+        },
+        {
+            "title": "buy milk",
+            "description": "2% fat, 'organic'",
+            "priority": "low",
+            "tags": ["errand"],
+        },
         {"title": "Call mum", "due_date": "2026-03-02T00:00:00Z", "tags": ["home", "family"]},
         {"title": "Ship_it", "description": "100% done", "priority": "high"},
         {"title": "apply patch", "due_date": "2026-03-10T00:00:00Z"},
@@ -272,7 +290,10 @@ def varied_tasks(client, alice, clock, create):
         ({"q": "2% f"}, ["buy milk"]),
         ({"due_before": "2026-03-05T00:00:00Z"}, ["Call mum", "Pay rent"]),
         ({"due_after": "2026-03-05T00:00:00Z"}, ["apply patch", "Pay rent"]),
-        ({"due_after": "2026-03-02T00:00:00", "due_before": "2026-03-05T00:00:00"}, ["Call mum", "Pay rent"]),
+        (
+            {"due_after": "2026-03-02T00:00:00", "due_before": "2026-03-05T00:00:00"},
+            ["Call mum", "Pay rent"],
+        ),
         ({"status": "pending", "priority": "high", "q": "rent"}, ["Pay rent"]),
     ],
 )
@@ -286,14 +307,26 @@ def test_list_filters(client, alice, varied_tasks, params, expected):
     "params, expected",
     [
         ({"sort": "created"}, ["apply patch", "Ship_it", "Call mum", "buy milk", "Pay rent"]),
-        ({"sort": "created", "order": "asc"}, ["Pay rent", "buy milk", "Call mum", "Ship_it", "apply patch"]),
+        (
+            {"sort": "created", "order": "asc"},
+            ["Pay rent", "buy milk", "Call mum", "Ship_it", "apply patch"],
+        ),
         ({"sort": "updated"}, ["buy milk", "apply patch", "Ship_it", "Call mum", "Pay rent"]),
         ({"sort": "title"}, ["apply patch", "buy milk", "Call mum", "Pay rent", "Ship_it"]),
-        ({"sort": "title", "order": "desc"}, ["Ship_it", "Pay rent", "Call mum", "buy milk", "apply patch"]),
+        (
+            {"sort": "title", "order": "desc"},
+            ["Ship_it", "Pay rent", "Call mum", "buy milk", "apply patch"],
+        ),
         ({"sort": "due_date"}, ["Call mum", "Pay rent", "apply patch", "buy milk", "Ship_it"]),
-        ({"sort": "due_date", "order": "desc"}, ["apply patch", "Pay rent", "Call mum", "Ship_it", "buy milk"]),
+        (
+            {"sort": "due_date", "order": "desc"},
+            ["apply patch", "Pay rent", "Call mum", "Ship_it", "buy milk"],
+        ),
         ({"sort": "priority"}, ["Ship_it", "Pay rent", "apply patch", "Call mum", "buy milk"]),
-        ({"sort": "priority", "order": "asc"}, ["buy milk", "Call mum", "apply patch", "Pay rent", "Ship_it"]),
+        (
+            {"sort": "priority", "order": "asc"},
+            ["buy milk", "Call mum", "apply patch", "Pay rent", "Ship_it"],
+        ),
     ],
 )
 def test_list_sorting(client, alice, varied_tasks, params, expected):
@@ -315,7 +348,10 @@ def test_paging_is_stable_when_sort_keys_tie(client, alice, clock, create):
                 assert page.headers["x-total-count"] == "7"
                 seen += [task["id"] for task in page.json()]
             if sort != "title":  # equal keys: the id decides, in the requested direction
-                assert seen == (sorted(ids) if order == "asc" else sorted(ids, reverse=True)), (sort, order)
+                assert seen == (sorted(ids) if order == "asc" else sorted(ids, reverse=True)), (
+                    sort,
+                    order,
+                )
             assert sorted(seen) == sorted(ids), (sort, order)
 
 
@@ -369,7 +405,9 @@ def test_lists_never_include_other_users_tasks(client, alice, bob, create):
 def test_put_changes_only_the_fields_present(client, alice, clock, create):
     task = create(alice, title="Old", description="keep me", priority="low", tags=["a"])
     clock.advance(minutes=5)
-    response = client.put(f"{alice.tasks_url}/{task['id']}", json={"title": "New"}, headers=alice.headers)
+    response = client.put(
+        f"{alice.tasks_url}/{task['id']}", json={"title": "New"}, headers=alice.headers
+    )
     assert response.status_code == 200
     assert response.json() == {**task, "title": "New", "updated_at": "2026-03-01T12:05:00Z"}
 
@@ -399,7 +437,9 @@ def test_patch_is_the_same_as_put(client, alice, clock, create):
 def test_explicit_null_clears_description_and_due_date(client, alice, create):
     task = create(alice, description="text", due_date="2026-04-01T00:00:00Z")
     response = client.put(
-        f"{alice.tasks_url}/{task['id']}", json={"description": None, "due_date": None}, headers=alice.headers
+        f"{alice.tasks_url}/{task['id']}",
+        json={"description": None, "due_date": None},
+        headers=alice.headers,
     )
     assert response.status_code == 200
     assert response.json()["description"] is None and response.json()["due_date"] is None
@@ -409,7 +449,9 @@ def test_the_update_schema_offers_null_only_where_null_clears(client):
     response = client.get("/openapi.json")
     assert response.status_code == 200
     update = response.json()["components"]["schemas"]["TaskUpdate"]["properties"]
-    nullable = {name for name, field in update.items() if {"type": "null"} in field.get("anyOf", [])}
+    nullable = {
+        name for name, field in update.items() if {"type": "null"} in field.get("anyOf", [])
+    }
     assert nullable == {"description", "due_date"}
 
 
@@ -443,7 +485,9 @@ def test_invalid_updates_are_422_and_change_nothing(client, alice, create, chang
     # A rule between fields (a recurrence needs a due_date) is an error of the whole body.
     where = ["body"] if changes == {"recurrence": "daily"} else ["body", *changes]
     for method in ("PUT", "PATCH"):
-        response = client.request(method, f"{alice.tasks_url}/{task['id']}", json=changes, headers=alice.headers)
+        response = client.request(
+            method, f"{alice.tasks_url}/{task['id']}", json=changes, headers=alice.headers
+        )
         assert response.status_code == 422
         [error, *_] = response.json()["detail"]
         assert error["msg"] and error["loc"][:2] == where, error
@@ -453,7 +497,9 @@ def test_invalid_updates_are_422_and_change_nothing(client, alice, create, chang
 
 def test_clearing_the_due_date_of_a_recurring_task_is_422(client, alice, create):
     task = create(alice, due_date="2026-04-01T00:00:00Z", recurrence="daily")
-    response = client.put(f"{alice.tasks_url}/{task['id']}", json={"due_date": None}, headers=alice.headers)
+    response = client.put(
+        f"{alice.tasks_url}/{task['id']}", json={"due_date": None}, headers=alice.headers
+    )
     assert response.status_code == 422
     assert response.json()["detail"][0]["msg"] == "Value error, A recurring task needs a due_date"
     unchanged = client.get(f"{alice.tasks_url}/{task['id']}", headers=alice.headers)
@@ -524,7 +570,9 @@ def test_complete_with_a_body_sets_and_repeating_changes_nothing(client, alice, 
 def test_completing_through_put_sets_completed_at(client, alice, clock, create):
     task = create(alice)
     clock.advance(hours=2)
-    response = client.put(f"{alice.tasks_url}/{task['id']}", json={"completed": True}, headers=alice.headers)
+    response = client.put(
+        f"{alice.tasks_url}/{task['id']}", json={"completed": True}, headers=alice.headers
+    )
     assert response.status_code == 200
     assert response.json()["completed"] is True
     assert response.json()["completed_at"] == "2026-03-01T14:00:00Z"
@@ -533,7 +581,9 @@ def test_completing_through_put_sets_completed_at(client, alice, clock, create):
 @pytest.mark.parametrize("body", [{"completed": "maybe"}, {"completed": None}, {}, [True]])
 def test_complete_with_a_bad_body_is_422(client, alice, create, body):
     task = create(alice)
-    response = client.patch(f"{alice.tasks_url}/{task['id']}/complete", json=body, headers=alice.headers)
+    response = client.patch(
+        f"{alice.tasks_url}/{task['id']}/complete", json=body, headers=alice.headers
+    )
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"][0] == "body"
 
@@ -545,7 +595,12 @@ NOT_JSON_BOOLEANS = ["yes", "on", "true", 1, "1", 0, 0.0, "false", "off"]
 def test_completed_is_only_json_true_or_false_on_every_route(client, alice, create, value):
     task = create(alice)
     url = f"{alice.tasks_url}/{task['id']}"
-    for method, target in [("PATCH", f"{url}/complete"), ("PUT", url), ("PATCH", url), ("POST", alice.tasks_url)]:
+    for method, target in [
+        ("PATCH", f"{url}/complete"),
+        ("PUT", url),
+        ("PATCH", url),
+        ("POST", alice.tasks_url),
+    ]:
         body = {"title": "Task", "completed": value} if method == "POST" else {"completed": value}
         response = client.request(method, target, json=body, headers=alice.headers)
         assert response.status_code == 422, (method, target)
@@ -556,7 +611,9 @@ def test_completed_is_only_json_true_or_false_on_every_route(client, alice, crea
 
 
 def test_a_task_can_be_created_completed(client, alice, clock, create):
-    response = client.post(alice.tasks_url, json={"title": "Imported", "completed": True}, headers=alice.headers)
+    response = client.post(
+        alice.tasks_url, json={"title": "Imported", "completed": True}, headers=alice.headers
+    )
     assert response.status_code == 201
     assert response.json()["completed"] is True
     assert response.json()["completed_at"] == "2026-03-01T12:00:00Z"
@@ -580,7 +637,9 @@ def test_a_task_can_be_created_completed(client, alice, clock, create):
         ("monthly", "2026-12-31T23:30:00Z", "2027-01-31T23:30:00Z"),
     ],
 )
-def test_completing_a_recurring_task_creates_the_next_occurrence(client, alice, create, recurrence, due, next_due):
+def test_completing_a_recurring_task_creates_the_next_occurrence(
+    client, alice, create, recurrence, due, next_due
+):
     task = create(
         alice, title="Water plants", description="all of them", priority="high",
         tags=["home"], due_date=due, recurrence=recurrence,
@@ -599,7 +658,9 @@ def test_completing_a_recurring_task_creates_the_next_occurrence(client, alice, 
     assert follower["completed"] is False and follower["completed_at"] is None
 
 
-def test_a_recurring_task_created_completed_spawns_its_next_occurrence_once(client, alice, clock, create):
+def test_a_recurring_task_created_completed_spawns_its_next_occurrence_once(
+    client, alice, clock, create
+):
     done = create(
         alice, title="Water plants", description="all of them", priority="high", tags=["home"],
         due_date="2026-01-31T09:00:00Z", recurrence="monthly", completed=True,
@@ -611,7 +672,10 @@ def test_a_recurring_task_created_completed_spawns_its_next_occurrence_once(clie
         **done, "id": follower["id"], "completed": False, "completed_at": None, "due_date": "2026-02-28T09:00:00Z",
     }  # fmt: skip
     url = f"{alice.tasks_url}/{done['id']}/complete"
-    for body in ({"completed": False}, {"completed": True}):  # reopening and completing again: no second one
+    for body in (
+        {"completed": False},
+        {"completed": True},
+    ):  # reopening and completing again: no second one
         response = client.patch(url, json=body, headers=alice.headers)
         assert (response.status_code, response.json()["completed"]) == (200, body["completed"])
     listing = client.get(alice.tasks_url, headers=alice.headers)
@@ -638,9 +702,13 @@ def test_completing_through_put_spawns_and_plain_tasks_never_do(client, alice, c
     recurring = create(alice, title="r", due_date="2026-03-01T09:00:00Z", recurrence="weekly")
     plain = create(alice, title="p", due_date="2026-03-01T09:00:00Z")
     for task in (recurring, plain):
-        response = client.put(f"{alice.tasks_url}/{task['id']}", json={"completed": True}, headers=alice.headers)
+        response = client.put(
+            f"{alice.tasks_url}/{task['id']}", json={"completed": True}, headers=alice.headers
+        )
         assert (response.status_code, response.json()["completed"]) == (200, True)
-    assert titles(client.get(alice.tasks_url, params={"status": "pending"}, headers=alice.headers)) == ["r"]
+    assert titles(
+        client.get(alice.tasks_url, params={"status": "pending"}, headers=alice.headers)
+    ) == ["r"]
 
 
 def test_a_recurring_series_ends_before_the_year_9999(client, alice, create):
@@ -713,7 +781,9 @@ def new_york_engine(engine):
     new_york.dispose()
 
 
-def test_date_times_are_utc_whatever_the_database_time_zone(client, alice, create, new_york_engine, monkeypatch):
+def test_date_times_are_utc_whatever_the_database_time_zone(
+    client, alice, create, new_york_engine, monkeypatch
+):
     monkeypatch.setattr(db, "engine", new_york_engine)
     # 23:30 in New York on 1 March is 04:30 UTC on 2 March; an input without offset is UTC.
     late = create(alice, title="late call", due_date="2026-03-01T23:30:00-05:00")
@@ -726,10 +796,15 @@ def test_date_times_are_utc_whatever_the_database_time_zone(client, alice, creat
     assert naive["due_date"] == late["due_date"]
     for task in (late, naive, completed.json(), *listing.json()):
         for field in ("created_at", "updated_at", "due_date", "completed_at"):
-            assert task[field] is None or task[field].endswith(("Z", "+00:00")), (field, task[field])
+            assert task[field] is None or task[field].endswith(("Z", "+00:00")), (
+                field,
+                task[field],
+            )
     assert completed.json()["completed_at"] is not None
     # Bounds are inclusive and compare instants, not New York wall-clock times.
-    both = listed(client, alice, due_after="2026-03-02T04:30:00Z", due_before="2026-03-01T23:30:00-05:00")
+    both = listed(
+        client, alice, due_after="2026-03-02T04:30:00Z", due_before="2026-03-01T23:30:00-05:00"
+    )
     assert (sorted(both[0]), both[1]) == (["late call", "naive"], 2)
     assert listed(client, alice, due_before="2026-03-02T04:29:59Z") == ([], 0)
     assert listed(client, alice, due_after="2026-03-01T23:30:01-05:00") == ([], 0)
@@ -737,8 +812,13 @@ def test_date_times_are_utc_whatever_the_database_time_zone(client, alice, creat
 
 @pytest.mark.parametrize(
     ("method", "suffix", "body"),
-    [("GET", "", None), ("PUT", "", {"title": "x"}), ("PATCH", "", {"title": "x"}), ("DELETE", "", None),
-     ("PATCH", "/complete", None)],
+    [
+        ("GET", "", None),
+        ("PUT", "", {"title": "x"}),
+        ("PATCH", "", {"title": "x"}),
+        ("DELETE", "", None),
+        ("PATCH", "/complete", None),
+    ],
 )
 def test_ids_past_32_bits_are_404_on_every_task_route(client, alice, method, suffix, body):
     for task_id in (BEYOND_32_BITS, MAX_ID):

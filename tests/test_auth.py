@@ -5,12 +5,21 @@ import json
 import re
 import sqlite3
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 
 import jwt
 import pytest
+from helpers import (
+    INCORRECT_PASSWORD,
+    INVALID_TOKEN,
+    LOGIN_FAILED,
+    MAX_ID,
+    NEW_PASSWORD,
+    WRONG,
+    empty_tables,
+)
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, func, select
 
@@ -20,7 +29,6 @@ import refresh_tokens
 import routes.auth
 from config import settings
 from db import STATEMENT_TIMED_OUT
-from helpers import INCORRECT_PASSWORD, INVALID_TOKEN, LOGIN_FAILED, MAX_ID, NEW_PASSWORD, WRONG, empty_tables
 from models import RevokedToken, Task, TaskTag, User, utc_now
 
 UTC_OFFSET = re.compile(r"(Z|\+00:00)$")
@@ -59,12 +67,16 @@ def test_signup_returns_token_and_public_user(client, password, me):
 
 
 def test_signup_with_a_taken_email_in_any_case_is_409(client, alice, password):
-    response = client.post("/api/auth/signup", json={"email": "ALICE@example.com", "password": password})
+    response = client.post(
+        "/api/auth/signup", json={"email": "ALICE@example.com", "password": password}
+    )
     assert response.status_code == 409
     assert response.json() == {"detail": "Email already registered"}
 
 
-def test_a_signup_that_fails_after_the_account_row_leaves_no_account(client, password, login, monkeypatch):
+def test_a_signup_that_fails_after_the_account_row_leaves_no_account(
+    client, password, login, monkeypatch
+):
     def statement_interrupted(*args):
         interrupted = sqlite3.OperationalError("interrupted")
         interrupted.sqlite_errorcode = sqlite3.SQLITE_INTERRUPT  # as the statement budget raises it
@@ -116,7 +128,9 @@ def test_passwords_of_8_to_72_utf8_bytes_work_at_signup_and_login(new_account, l
     ids=["73-ascii", "73-two-byte", "73-three-byte", "74-two-byte", "7-ascii", "6-three-byte"],
 )
 def test_signup_rejects_passwords_outside_8_to_72_bytes(client, password):
-    response = client.post("/api/auth/signup", json={"email": "a@example.com", "password": password})
+    response = client.post(
+        "/api/auth/signup", json={"email": "a@example.com", "password": password}
+    )
     assert response.status_code == 422
     message = response.json()["detail"][0]["msg"]
     assert "8 to 72 bytes" in message
@@ -126,10 +140,15 @@ def test_signup_rejects_passwords_outside_8_to_72_bytes(client, password):
 # bcrypt stops reading at the first NUL, so a password with one is refused or never matches.
 @pytest.mark.parametrize("password", ["\x00" * 8, "abc\x00defghijk", "correct horse battery\x00"])
 def test_a_password_with_nul_is_422_at_signup(client, login, password):
-    response = client.post("/api/auth/signup", json={"email": "carol@example.com", "password": password})
+    response = client.post(
+        "/api/auth/signup", json={"email": "carol@example.com", "password": password}
+    )
     assert response.status_code == 422
     [error] = response.json()["detail"]
-    assert (error["loc"], error["msg"]) == (["body", "password"], "Value error, Password must not contain NUL characters")
+    assert (error["loc"], error["msg"]) == (
+        ["body", "password"],
+        "Value error, Password must not contain NUL characters",
+    )
     nobody = login("carol@example.com", "")
     assert (nobody.status_code, nobody.json()) == (401, LOGIN_FAILED)
 
@@ -151,7 +170,9 @@ def test_login_with_json_and_with_the_oauth2_form_at_the_token_url(client, alice
 
     openapi = client.get("/openapi.json")
     assert openapi.status_code == 200
-    token_url = openapi.json()["components"]["securitySchemes"]["OAuth2PasswordBearer"]["flows"]["password"]["tokenUrl"]
+    token_url = openapi.json()["components"]["securitySchemes"]["OAuth2PasswordBearer"]["flows"][
+        "password"
+    ]["tokenUrl"]
     form = client.post(token_url, data={"username": "alice@example.com", "password": password})
     assert form.status_code == 200
     token = form.json()["access_token"]
@@ -161,18 +182,26 @@ def test_login_with_json_and_with_the_oauth2_form_at_the_token_url(client, alice
     assert tasks.json() == []
 
 
-@pytest.mark.parametrize("padded", [" alice@example.com", "alice@example.com ", "\tALICE@example.com "])
+@pytest.mark.parametrize(
+    "padded", [" alice@example.com", "alice@example.com ", "\tALICE@example.com "]
+)
 def test_both_logins_ignore_whitespace_around_the_email(alice, password, login, form_login, padded):
     for response in (form_login(padded, password), login(padded, password)):
         assert response.status_code == 200, response.text
         assert response.json()["user"]["id"] == alice.id
 
 
-def test_both_logins_read_an_international_email_as_signup_stored_it(new_account, password, login, form_login):
+def test_both_logins_read_an_international_email_as_signup_stored_it(
+    new_account, password, login, form_login
+):
     account = new_account("amélie@bücher.example")  # composed é, and the domain in Unicode
-    spelt_otherwise = "Ame\u0301lie@xn--bcher-kva.example"  # a combining accent, and the domain in punycode
+    spelt_otherwise = (
+        "Ame\u0301lie@xn--bcher-kva.example"  # a combining accent, and the domain in punycode
+    )
     for response in (form_login(spelt_otherwise, password), login(spelt_otherwise, password)):
-        assert (response.status_code, response.json()["user"]["id"]) == (200, account.id), response.text
+        assert (response.status_code, response.json()["user"]["id"]) == (200, account.id), (
+            response.text
+        )
 
 
 @pytest.mark.parametrize(
@@ -185,7 +214,14 @@ def test_both_logins_read_an_international_email_as_signup_stored_it(new_account
         ("alice@example.com", "{password}\x00"),  # bcrypt would stop reading at the NUL
         ("alice@example.com", "{password}\x00anything"),
     ],
-    ids=["wrong-password", "unknown-email", "too-long", "too-long-multibyte", "nul", "nul-then-more"],
+    ids=[
+        "wrong-password",
+        "unknown-email",
+        "too-long",
+        "too-long-multibyte",
+        "nul",
+        "nul-then-more",
+    ],
 )
 def test_failed_logins_get_one_message(alice, password, login, form_login, email, typed):
     typed = typed.format(password=password)
@@ -206,7 +242,9 @@ def test_a_73_byte_password_does_not_log_in_as_its_first_72_bytes(new_account, l
 def test_unknown_email_still_costs_one_bcrypt_verification(alice, login, monkeypatch):
     checked = []
     real_checkpw = auth.bcrypt.checkpw
-    monkeypatch.setattr(auth.bcrypt, "checkpw", lambda *args: checked.append(1) or real_checkpw(*args))
+    monkeypatch.setattr(
+        auth.bcrypt, "checkpw", lambda *args: checked.append(1) or real_checkpw(*args)
+    )
     for email in ("nobody@example.com", "alice@example.com"):
         response = login(email, "wrong password")
         assert response.status_code == 401
@@ -265,7 +303,9 @@ FORGERIES = {
     "tampered-sub": lambda alice, bob: tampered_sub_token(alice.token, bob.id),
     "garbage": lambda alice, bob: "not.a.token",
     **{
-        f"missing-{claim}": lambda alice, bob, claim=claim: forge(without(fresh_claims(bob.token), claim))
+        f"missing-{claim}": lambda alice, bob, claim=claim: forge(
+            without(fresh_claims(bob.token), claim)
+        )
         for claim in ("exp", "iat", "sub", "jti", "gen")
     },
 }
@@ -307,7 +347,11 @@ def test_a_token_without_an_account_stamp_works_until_it_expires(alice, me):
     claims = without(fresh_claims(alice.token), "acct")
     response = me(forge(claims))
     assert (response.status_code, response.json()["id"]) == (200, alice.id)
-    expired = {**claims, "iat": utc_now() - timedelta(hours=2), "exp": utc_now() - timedelta(hours=1)}
+    expired = {
+        **claims,
+        "iat": utc_now() - timedelta(hours=2),
+        "exp": utc_now() - timedelta(hours=1),
+    }
     response = me(forge(expired))
     assert (response.status_code, response.json()) == (401, INVALID_TOKEN)
 
@@ -325,7 +369,11 @@ def test_missing_token_is_401_not_authenticated(client, alice):
         ("GET", "/api/auth/me"), ("GET", alice.tasks_url), ("GET", f"{alice.tasks_url}/1"),
         ("POST", "/api/auth/logout"), ("PUT", "/api/auth/password"),
     ]:  # fmt: skip
-        body = {"current_password": "long enough", "new_password": NEW_PASSWORD} if method == "PUT" else None
+        body = (
+            {"current_password": "long enough", "new_password": NEW_PASSWORD}
+            if method == "PUT"
+            else None
+        )
         response = client.request(method, path, json=body)
         assert response.status_code == 401
         assert response.json() == {"detail": "Not authenticated"}
@@ -421,9 +469,13 @@ def test_logging_out_twice_is_401(client, alice):
     assert (again.status_code, again.json()) == (401, INVALID_TOKEN)
 
 
-def test_revoked_tokens_are_pruned_once_they_would_have_expired(client, engine, clock, alice, password, login, me, bearer):
+def test_revoked_tokens_are_pruned_once_they_would_have_expired(
+    client, engine, clock, alice, password, login, me, bearer
+):
     real_now = utc_now()
-    clock.now = real_now  # a token's expiry is checked on the real clock, so these sessions start on it
+    clock.now = (
+        real_now  # a token's expiry is checked on the real clock, so these sessions start on it
+    )
     second_session = access_token(login(alice.email, password))
     third_session = access_token(login(alice.email, password))
     short_lived_claims = {
@@ -481,7 +533,9 @@ def test_a_token_issued_in_the_same_second_as_the_change_tells_before_from_after
     assert (accepted.status_code, accepted.json()["id"]) == (200, alice.id)
 
 
-def test_password_change_with_a_wrong_current_password_is_401(alice, password, login, me, change_password):
+def test_password_change_with_a_wrong_current_password_is_401(
+    alice, password, login, me, change_password
+):
     response = change_password(alice.token, WRONG, NEW_PASSWORD)
     assert (response.status_code, response.json()) == (401, INCORRECT_PASSWORD)
     mine = me(alice.token)
@@ -500,7 +554,9 @@ def test_password_change_with_a_wrong_current_password_is_401(alice, password, l
     ],
     ids=["7 bytes", "73 bytes", "NUL"],
 )
-def test_new_password_follows_the_signup_rules(alice, password, login, me, change_password, new_password, message):
+def test_new_password_follows_the_signup_rules(
+    alice, password, login, me, change_password, new_password, message
+):
     response = change_password(alice.token, password, new_password)
     assert response.status_code == 422
     [error] = response.json()["detail"]
@@ -522,9 +578,14 @@ def test_a_72_byte_new_password_is_accepted(alice, password, login, change_passw
 
 
 @pytest.mark.parametrize("suffix", ["\x00", "\x00anything"])
-def test_a_current_password_with_nul_never_matches(engine, alice, password, login, change_password, delete_me, suffix):
+def test_a_current_password_with_nul_never_matches(
+    engine, alice, password, login, change_password, delete_me, suffix
+):
     typed = password + suffix
-    for response in (change_password(alice.token, typed, NEW_PASSWORD), delete_me(alice.token, typed)):
+    for response in (
+        change_password(alice.token, typed, NEW_PASSWORD),
+        delete_me(alice.token, typed),
+    ):
         assert (response.status_code, response.json()) == (401, INCORRECT_PASSWORD)
     assert count_rows(engine, User) == 1
     unchanged = login(alice.email, password)
@@ -534,8 +595,9 @@ def test_a_current_password_with_nul_never_matches(engine, alice, password, logi
 CONCURRENT_CHANGES = 8
 
 
-def test_a_password_change_overtaken_by_the_accounts_deletion_is_401(alice, password, change_password, delete_me,
-                                                                       monkeypatch):
+def test_a_password_change_overtaken_by_the_accounts_deletion_is_401(
+    alice, password, change_password, delete_me, monkeypatch
+):
     hash_new_password = routes.auth.hash_password
 
     def delete_the_account_then_hash(new_password: str) -> str:
@@ -548,7 +610,9 @@ def test_a_password_change_overtaken_by_the_accounts_deletion_is_401(alice, pass
     assert (response.status_code, response.json()) == (401, INVALID_TOKEN)
 
 
-def test_of_concurrent_password_changes_exactly_one_succeeds(alice, password, login, change_password, monkeypatch):
+def test_of_concurrent_password_changes_exactly_one_succeeds(
+    alice, password, login, change_password, monkeypatch
+):
     # Every request has checked its token and the current password before any of them
     # writes: the barrier holds each one between hashing its new password and the UPDATE.
     everyone_hashed = threading.Barrier(CONCURRENT_CHANGES)
@@ -562,11 +626,17 @@ def test_of_concurrent_password_changes_exactly_one_succeeds(alice, password, lo
     monkeypatch.setattr(routes.auth, "hash_password", hash_then_wait)
     new_passwords = [f"new passphrase {number}" for number in range(CONCURRENT_CHANGES)]
     with ThreadPoolExecutor(CONCURRENT_CHANGES) as pool:
-        responses = list(pool.map(lambda new: change_password(alice.token, password, new), new_passwords))
+        responses = list(
+            pool.map(lambda new: change_password(alice.token, password, new), new_passwords)
+        )
     statuses = [response.status_code for response in responses]
     assert statuses.count(204) == 1, statuses
-    conflict = {"detail": "The password was changed by another request at the same time; log in again"}
-    assert all((r.status_code, r.json()) == (409, conflict) for r in responses if r.status_code != 204)
+    conflict = {
+        "detail": "The password was changed by another request at the same time; log in again"
+    }
+    assert all(
+        (r.status_code, r.json()) == (409, conflict) for r in responses if r.status_code != 204
+    )
     winner = new_passwords[statuses.index(204)]
     monkeypatch.setattr(routes.auth, "hash_password", real_hash)
     for tried in [password, *new_passwords]:
@@ -589,9 +659,13 @@ def test_a_change_whose_token_is_already_outdated_is_401(alice, password, login,
 # --- account deletion ---
 
 
-def test_delete_me_removes_the_user_tasks_and_tags(client, engine, alice, bob, password, me, delete_me):
+def test_delete_me_removes_the_user_tasks_and_tags(
+    client, engine, alice, bob, password, me, delete_me
+):
     for title in ("one", "two"):
-        created = client.post(alice.tasks_url, headers=alice.headers, json={"title": title, "tags": ["a", "b"]})
+        created = client.post(
+            alice.tasks_url, headers=alice.headers, json={"title": title, "tags": ["a", "b"]}
+        )
         assert created.status_code == 201, created.text
     bobs = client.post(bob.tasks_url, headers=bob.headers, json={"title": "bob's", "tags": ["a"]})
     assert bobs.status_code == 201, bobs.text
@@ -609,7 +683,9 @@ def test_delete_me_removes_the_user_tasks_and_tags(client, engine, alice, bob, p
     assert (still_there.status_code, still_there.json()["tags"]) == (200, ["a"])
 
 
-def test_a_deleted_email_can_sign_up_again_and_old_tokens_stay_dead(alice, password, new_account, me, delete_me):
+def test_a_deleted_email_can_sign_up_again_and_old_tokens_stay_dead(
+    alice, password, new_account, me, delete_me
+):
     deleted = delete_me(alice.token, password)
     assert (deleted.status_code, deleted.content) == (204, b"")
     again = new_account(alice.email, NEW_PASSWORD)
@@ -620,7 +696,9 @@ def test_a_deleted_email_can_sign_up_again_and_old_tokens_stay_dead(alice, passw
     assert (mine.status_code, mine.json()["email"]) == (200, alice.email)
 
 
-def test_delete_me_with_a_wrong_password_is_401_and_deletes_nothing(client, engine, alice, me, delete_me):
+def test_delete_me_with_a_wrong_password_is_401_and_deletes_nothing(
+    client, engine, alice, me, delete_me
+):
     created = client.post(alice.tasks_url, headers=alice.headers, json={"title": "keep me"})
     assert created.status_code == 201, created.text
     response = delete_me(alice.token, WRONG)
@@ -642,14 +720,19 @@ def test_delete_me_needs_the_password(client, alice, me):
 
 
 def test_a_token_for_a_user_id_past_32_bits_is_401(client, alice):
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     token = jwt.encode(
-        {"sub": str(MAX_ID), "iat": now, "exp": now + timedelta(minutes=5)}, settings.jwt_secret, "HS256"
+        {"sub": str(MAX_ID), "iat": now, "exp": now + timedelta(minutes=5)},
+        settings.jwt_secret,
+        "HS256",
     )
 
     response = client.get("/api/auth/me", headers={"Authorization": f"Bearer {token}"})
 
-    assert (response.status_code, response.json()) == (401, {"detail": "Could not validate credentials"})
+    assert (response.status_code, response.json()) == (
+        401,
+        {"detail": "Could not validate credentials"},
+    )
 
 
 def test_form_login_with_a_nul_byte_is_a_failed_login(client, alice):
@@ -657,7 +740,10 @@ def test_form_login_with_a_nul_byte_is_a_failed_login(client, alice):
 
     response = client.post("/api/auth/token", data=form)
 
-    assert (response.status_code, response.json()) == (401, {"detail": "Incorrect email or password"})
+    assert (response.status_code, response.json()) == (
+        401,
+        {"detail": "Incorrect email or password"},
+    )
 
 
 def test_racing_signups_of_one_email_give_one_201_and_409s(client):
@@ -666,7 +752,9 @@ def test_racing_signups_of_one_email_give_one_201_and_409s(client):
 
     def sign_up(_: int):
         start.wait()
-        return client.post("/api/auth/signup", json={"email": "race@example.com", "password": "long enough"})
+        return client.post(
+            "/api/auth/signup", json={"email": "race@example.com", "password": "long enough"}
+        )
 
     with ThreadPoolExecutor(max_workers=racers) as pool:
         responses = list(pool.map(sign_up, range(racers)))

@@ -14,7 +14,7 @@ import secrets
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import anyio
@@ -22,10 +22,10 @@ import httpx2
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from helpers import INVALID_TOKEN, free_port, send_body
 from sqlmodel import Session, select
 
 import better_auth
-from helpers import INVALID_TOKEN, free_port, send_body
 from main import app
 from models import RevokedToken, User
 
@@ -46,10 +46,12 @@ class SigningKey:
         return {**jwk, "alg": "EdDSA", "kid": self.kid}
 
 
-def better_auth_claims(sub: str, email: str = "ada@example.com", issued: datetime | None = None) -> dict:
+def better_auth_claims(
+    sub: str, email: str = "ada@example.com", issued: datetime | None = None
+) -> dict:
     """Exactly the claims of a jwt() plugin token (1.7.25): the user's fields, sub, iat,
     exp (15 minutes), iss and aud. No jti."""
-    issued = issued or datetime.now(timezone.utc)
+    issued = issued or datetime.now(UTC)
     return {
         "iat": int(issued.timestamp()),
         "name": "Ada",
@@ -67,7 +69,9 @@ def better_auth_claims(sub: str, email: str = "ada@example.com", issued: datetim
 
 def sign(claims: dict, key: SigningKey, kid: str | None = None) -> str:
     # The plugin's header is {"alg": "EdDSA", "kid": ...}, without "typ".
-    return jwt.encode(claims, key.private, algorithm="EdDSA", headers={"kid": kid or key.kid, "typ": None})
+    return jwt.encode(
+        claims, key.private, algorithm="EdDSA", headers={"kid": kid or key.kid, "typ": None}
+    )
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -177,18 +181,39 @@ def count_users(engine) -> int:
 
 
 def test_the_first_token_creates_the_account_and_me_shows_both_ids(client, signing_key, engine):
-    sub = secrets.token_urlsafe(24).replace("-", "a").replace("_", "b")[:32]  # Better Auth's default form
-    response = client.get("/api/auth/me", headers=bearer(sign(better_auth_claims(sub), signing_key)))
+    sub = (
+        secrets.token_urlsafe(24).replace("-", "a").replace("_", "b")[:32]
+    )  # Better Auth's default form
+    response = client.get(
+        "/api/auth/me", headers=bearer(sign(better_auth_claims(sub), signing_key))
+    )
     assert response.status_code == 200
     body = response.json()
-    assert body == {"id": body["id"], "email": None, "name": None, "created_at": body["created_at"], "better_auth_id": sub}
+    assert body == {
+        "id": body["id"],
+        "email": None,
+        "name": None,
+        "created_at": body["created_at"],
+        "better_auth_id": sub,
+    }
     assert type(body["id"]) is int
     # Later tokens of the same sub are the same account.
-    assert me(client, sign(better_auth_claims(sub, issued=datetime.now(timezone.utc) - timedelta(minutes=1)), signing_key))["id"] == body["id"]
+    assert (
+        me(
+            client,
+            sign(
+                better_auth_claims(sub, issued=datetime.now(UTC) - timedelta(minutes=1)),
+                signing_key,
+            ),
+        )["id"]
+        == body["id"]
+    )
     assert count_users(engine) == 1
 
 
-@pytest.mark.parametrize("sub", ["user_2f9c", "550e8400-e29b-41d4-a716-446655440000", "42", "a.b~c-d_e", "x" * 255])
+@pytest.mark.parametrize(
+    "sub", ["user_2f9c", "550e8400-e29b-41d4-a716-446655440000", "42", "a.b~c-d_e", "x" * 255]
+)
 def test_every_form_of_better_auth_id_reaches_its_tasks_by_that_id(client, signing_key, sub):
     token = sign(better_auth_claims(sub), signing_key)
     created = client.post(f"/api/{sub}/tasks", json={"title": "Buy milk"}, headers=bearer(token))
@@ -204,10 +229,14 @@ def test_every_form_of_better_auth_id_reaches_its_tasks_by_that_id(client, signi
 def test_the_numeric_id_of_a_better_auth_account_works_for_its_owner(client, signing_key):
     token = sign(better_auth_claims("ba-user"), signing_key)
     numeric_id = me(client, token)["id"]
-    created = client.post(f"/api/{numeric_id}/tasks", json={"title": "Buy milk"}, headers=bearer(token))
+    created = client.post(
+        f"/api/{numeric_id}/tasks", json={"title": "Buy milk"}, headers=bearer(token)
+    )
     assert created.status_code == 201
     assert created.headers["location"] == f"/api/{numeric_id}/tasks/{created.json()['id']}"
-    by_better_auth_id = client.get(f"/api/ba-user/tasks/{created.json()['id']}", headers=bearer(token))
+    by_better_auth_id = client.get(
+        f"/api/ba-user/tasks/{created.json()['id']}", headers=bearer(token)
+    )
     assert by_better_auth_id.status_code == 200
     assert by_better_auth_id.json() == created.json()
 
@@ -249,7 +278,12 @@ def test_another_better_auth_users_path_is_403_by_either_form(client, signing_ke
 
 def test_two_first_requests_of_a_new_user_at_once_create_one_account(client, signing_key, engine):
     tokens = [
-        sign(better_auth_claims("newcomer", issued=datetime.now(timezone.utc) - timedelta(seconds=n)), signing_key)
+        sign(
+            better_auth_claims(
+                "newcomer", issued=datetime.now(UTC) - timedelta(seconds=n)
+            ),
+            signing_key,
+        )
         for n in range(8)
     ]
     start = threading.Barrier(len(tokens))
@@ -268,7 +302,11 @@ def test_two_first_requests_of_a_new_user_at_once_create_one_account(client, sig
 
 def test_the_shared_secret_kind_is_another_account_than_the_key_set_kind(client, signing_key):
     hs256 = jwt.encode(
-        {"sub": "ada", "email": "ada@example.com", "exp": datetime.now(timezone.utc) + timedelta(minutes=5)},
+        {
+            "sub": "ada",
+            "email": "ada@example.com",
+            "exp": datetime.now(UTC) + timedelta(minutes=5),
+        },
         SHARED_SECRET,
         algorithm="HS256",
     )
@@ -276,7 +314,9 @@ def test_the_shared_secret_kind_is_another_account_than_the_key_set_kind(client,
     shared, key_set = me(client, hs256), me(client, eddsa)
     assert shared["better_auth_id"] == key_set["better_auth_id"] == "ada"
     assert shared["id"] != key_set["id"]
-    task = client.post("/api/ada/tasks", json={"title": "From the shared-secret token"}, headers=bearer(hs256))
+    task = client.post(
+        "/api/ada/tasks", json={"title": "From the shared-secret token"}, headers=bearer(hs256)
+    )
     assert task.status_code == 201
     key_set_accounts = client.get("/api/ada/tasks", headers=bearer(eddsa))
     assert (key_set_accounts.status_code, key_set_accounts.json()) == (200, [])
@@ -291,11 +331,15 @@ def test_an_account_without_a_password_here_cannot_change_or_delete_it_here(clie
         "change the password or delete the user there"
     )
     change = client.put(
-        "/api/auth/password", json={"current_password": "anything", "new_password": "a brand new one"}, headers=bearer(token)
+        "/api/auth/password",
+        json={"current_password": "anything", "new_password": "a brand new one"},
+        headers=bearer(token),
     )
     assert change.status_code == 403
     assert change.json() == {"detail": detail}
-    deletion = client.request("DELETE", "/api/auth/me", json={"password": "anything"}, headers=bearer(token))
+    deletion = client.request(
+        "DELETE", "/api/auth/me", json={"password": "anything"}, headers=bearer(token)
+    )
     assert deletion.status_code == 403
     assert deletion.json() == {"detail": detail}
     listing = client.get("/api/ada/tasks", headers=bearer(token))
@@ -304,11 +348,18 @@ def test_an_account_without_a_password_here_cannot_change_or_delete_it_here(clie
 
 def test_logout_revokes_a_better_auth_token_by_its_hash(client, signing_key, engine):
     token = sign(better_auth_claims("ada"), signing_key)
-    other = sign(better_auth_claims("ada", issued=datetime.now(timezone.utc) - timedelta(seconds=5)), signing_key)
+    other = sign(
+        better_auth_claims("ada", issued=datetime.now(UTC) - timedelta(seconds=5)),
+        signing_key,
+    )
     response = client.post("/api/auth/logout", headers=bearer(token))
     assert response.status_code == 204
     assert response.content == b""
-    for method, path in (("GET", "/api/auth/me"), ("GET", "/api/ada/tasks"), ("POST", "/api/auth/logout")):
+    for method, path in (
+        ("GET", "/api/auth/me"),
+        ("GET", "/api/ada/tasks"),
+        ("POST", "/api/auth/logout"),
+    ):
         refused = client.request(method, path, headers=bearer(token))
         assert refused.status_code == 401
         assert refused.json() == INVALID_TOKEN
@@ -320,14 +371,22 @@ def test_logout_revokes_a_better_auth_token_by_its_hash(client, signing_key, eng
     assert me(client, other)["better_auth_id"] == "ada"  # her other tokens keep working
     signed_part = token.rsplit(".", 1)[0]
     with Session(engine) as session:
-        assert session.exec(select(RevokedToken.jti)).all() == [hashlib.sha256(signed_part.encode()).hexdigest()]
+        assert session.exec(select(RevokedToken.jti)).all() == [
+            hashlib.sha256(signed_part.encode()).hexdigest()
+        ]
 
 
-def test_a_logged_out_token_stays_out_while_the_clock_skew_allowance_still_accepts_it(client, signing_key):
+def test_a_logged_out_token_stays_out_while_the_clock_skew_allowance_still_accepts_it(
+    client, signing_key
+):
     just_expired = int(time.time()) - better_auth.CLOCK_SKEW_SECONDS // 2
     token = jwt.encode({"sub": "ada", "exp": just_expired}, SHARED_SECRET, algorithm="HS256")
-    assert me(client, token)["better_auth_id"] == "ada"  # another machine's clock may be behind ours
-    response = client.post("/api/auth/logout", headers=bearer(token))  # it also forgets tokens past their expiry
+    assert (
+        me(client, token)["better_auth_id"] == "ada"
+    )  # another machine's clock may be behind ours
+    response = client.post(
+        "/api/auth/logout", headers=bearer(token)
+    )  # it also forgets tokens past their expiry
     assert (response.status_code, response.content) == (204, b"")
     refused = client.get("/api/auth/me", headers=bearer(token))
     assert (refused.status_code, refused.json()) == (401, INVALID_TOKEN)
@@ -346,7 +405,11 @@ def normalised(response, task_ids: dict, path_user: str) -> tuple:
     def rewrite(value):
         if isinstance(value, dict):
             return {
-                key: task_number(item) if key == "id" else "<me>" if key == "user_id" else rewrite(item)
+                key: task_number(item)
+                if key == "id"
+                else "<me>"
+                if key == "user_id"
+                else rewrite(item)
                 for key, item in value.items()
             }
         if isinstance(value, list):
@@ -373,7 +436,13 @@ def exercise_task_routes(client, path_user: str, headers: dict, other_path: str)
         return response.json() if response.content else None
 
     specs = [
-        {"title": "Pay rent", "priority": "high", "due_date": "2026-03-05T00:00:00Z", "tags": ["Home"], "recurrence": "monthly"},
+        {
+            "title": "Pay rent",
+            "priority": "high",
+            "due_date": "2026-03-05T00:00:00Z",
+            "tags": ["Home"],
+            "recurrence": "monthly",
+        },
         {"title": "buy milk", "description": "2% fat", "priority": "low", "tags": ["errand"]},
         {"title": "Call mum", "due_date": "2026-03-02T00:00:00Z", "tags": ["home", "family"]},
         {"title": "Ship_it", "description": "100% done", "priority": "high"},
@@ -406,13 +475,17 @@ def exercise_task_routes(client, path_user: str, headers: dict, other_path: str)
     return seen
 
 
-def test_every_task_route_answers_a_better_auth_caller_as_a_local_one(client, signing_key, clock, alice, bob):
+def test_every_task_route_answers_a_better_auth_caller_as_a_local_one(
+    client, signing_key, clock, alice, bob
+):
     local = exercise_task_routes(client, str(alice.id), alice.headers, bob.tasks_url)
     token = sign(better_auth_claims("ada"), signing_key)
     numeric_id = me(client, token)["id"]
     by_better_auth_id = exercise_task_routes(client, "ada", bearer(token), bob.tasks_url)
     token_2 = sign(better_auth_claims("grace"), signing_key)
-    by_numeric_id = exercise_task_routes(client, str(me(client, token_2)["id"]), bearer(token_2), "/api/ada/tasks")
+    by_numeric_id = exercise_task_routes(
+        client, str(me(client, token_2)["id"]), bearer(token_2), "/api/ada/tasks"
+    )
     assert by_better_auth_id == local
     assert by_numeric_id == local
     assert [status for status, *_ in local].count(201) == 4  # the script did reach the handlers
@@ -423,14 +496,17 @@ def test_every_task_route_answers_a_better_auth_caller_as_a_local_one(client, si
 
 
 def test_the_key_set_is_fetched_on_first_use_and_then_cached(client, signing_key, key_set_server):
-    assert key_set_server.fetches == 0  # nothing fetched at start-up: Better Auth may start after us
+    assert (
+        key_set_server.fetches == 0
+    )  # nothing fetched at start-up: Better Auth may start after us
     for n in range(5):
         me(client, sign(better_auth_claims(f"user{n}"), signing_key))
     assert key_set_server.fetches == 1
 
 
-def test_a_key_removed_from_the_key_set_is_trusted_until_the_key_set_is_max_age_old(client, signing_key,
-                                                                                       key_set_server, monotonic):
+def test_a_key_removed_from_the_key_set_is_trusted_until_the_key_set_is_max_age_old(
+    client, signing_key, key_set_server, monotonic
+):
     token = sign(better_auth_claims("ada"), signing_key)
     me(client, token)
     rotated = SigningKey()
@@ -439,15 +515,24 @@ def test_a_key_removed_from_the_key_set_is_trusted_until_the_key_set_is_max_age_
     assert (me(client, token)["better_auth_id"], key_set_server.fetches) == ("ada", 1)
     monotonic.now += 1
     response = client.get("/api/auth/me", headers=bearer(token))
-    assert (response.status_code, response.json(), key_set_server.fetches) == (401, INVALID_TOKEN, 2)
+    assert (response.status_code, response.json(), key_set_server.fetches) == (
+        401,
+        INVALID_TOKEN,
+        2,
+    )
     assert me(client, sign(better_auth_claims("ada"), rotated))["better_auth_id"] == "ada"
     assert key_set_server.fetches == 2
 
 
-def test_a_rotated_key_is_fetched_when_a_token_names_it(client, signing_key, key_set_server, monotonic):
+def test_a_rotated_key_is_fetched_when_a_token_names_it(
+    client, signing_key, key_set_server, monotonic
+):
     me(client, sign(better_auth_claims("ada"), signing_key))
     rotated = SigningKey()
-    key_set_server.keys = [rotated.public_jwk(), signing_key.public_jwk()]  # Better Auth keeps the old key a while
+    key_set_server.keys = [
+        rotated.public_jwk(),
+        signing_key.public_jwk(),
+    ]  # Better Auth keeps the old key a while
     monotonic.now += better_auth.REFETCH_INTERVAL_SECONDS
     assert me(client, sign(better_auth_claims("ada"), rotated))["better_auth_id"] == "ada"
     assert key_set_server.fetches == 2
@@ -455,7 +540,9 @@ def test_a_rotated_key_is_fetched_when_a_token_names_it(client, signing_key, key
     assert key_set_server.fetches == 2
 
 
-def test_made_up_key_ids_refetch_the_key_set_at_most_once_per_interval(client, signing_key, key_set_server, monotonic):
+def test_made_up_key_ids_refetch_the_key_set_at_most_once_per_interval(
+    client, signing_key, key_set_server, monotonic
+):
     me(client, sign(better_auth_claims("ada"), signing_key))
     impostor = SigningKey()
     for round_number in range(3):
@@ -467,10 +554,14 @@ def test_made_up_key_ids_refetch_the_key_set_at_most_once_per_interval(client, s
         # The first made-up kid of each interval refetches; the other 29 do not.
         assert key_set_server.fetches == 1 + round_number
         monotonic.now += better_auth.REFETCH_INTERVAL_SECONDS
-    assert me(client, sign(better_auth_claims("ada"), signing_key))["better_auth_id"] == "ada"  # still cached
+    assert (
+        me(client, sign(better_auth_claims("ada"), signing_key))["better_auth_id"] == "ada"
+    )  # still cached
 
 
-def test_an_unreachable_key_set_is_503_while_local_tokens_and_health_are_served(client, monotonic, monkeypatch, alice):
+def test_an_unreachable_key_set_is_503_while_local_tokens_and_health_are_served(
+    client, monotonic, monkeypatch, alice
+):
     refused_url = f"http://127.0.0.1:{free_port()}/api/auth/jwks"  # nothing listens there
     configure(monkeypatch, monotonic, ISSUER, refused_url)
     token = sign(better_auth_claims("ada"), SigningKey())
@@ -485,15 +576,21 @@ def test_an_unreachable_key_set_is_503_while_local_tokens_and_health_are_served(
     assert (local.status_code, local.json()) == (200, [])
 
 
-@pytest.mark.parametrize("body", [b"not json", b'{"keys": 5}', b"[" * 50_000], ids=["text", "no list", "deep"])
+@pytest.mark.parametrize(
+    "body", [b"not json", b'{"keys": 5}', b"[" * 50_000], ids=["text", "no list", "deep"]
+)
 def test_a_key_set_that_cannot_be_read_is_503(client, monotonic, monkeypatch, key_set_server, body):
     configure(monkeypatch, monotonic, ISSUER, key_set_server.url)
     key_set_server.body = body
-    response = client.get("/api/auth/me", headers=bearer(sign(better_auth_claims("ada"), SigningKey())))
+    response = client.get(
+        "/api/auth/me", headers=bearer(sign(better_auth_claims("ada"), SigningKey()))
+    )
     assert (response.status_code, response.json()) == (503, KEY_SET_UNAVAILABLE)
 
 
-def test_a_key_set_that_appears_later_is_fetched_after_the_retry_interval(client, monotonic, monkeypatch, key_set_server):
+def test_a_key_set_that_appears_later_is_fetched_after_the_retry_interval(
+    client, monotonic, monkeypatch, key_set_server
+):
     key = SigningKey()
     configure(monkeypatch, monotonic, ISSUER, key_set_server.url)
     key_set_server.stall = "silent"  # Better Auth is not answering yet
@@ -613,7 +710,9 @@ def test_a_request_waiting_for_a_cancelled_fetch_fetches_the_key_set_itself(
 def hs256_signed_with_the_public_key(key: SigningKey) -> str:
     """The classic confusion: HS256 with the public key (its JWK's x) as the secret."""
     public = key.public_jwk()["x"].encode()
-    return jwt.encode(better_auth_claims("ada"), public, algorithm="HS256", headers={"kid": key.kid})
+    return jwt.encode(
+        better_auth_claims("ada"), public, algorithm="HS256", headers={"kid": key.kid}
+    )
 
 
 def alg_none(key: SigningKey) -> str:
@@ -628,7 +727,9 @@ def tampered(key: SigningKey) -> str:
 
 
 def expired(key: SigningKey) -> str:
-    return sign(better_auth_claims("ada", issued=datetime.now(timezone.utc) - timedelta(hours=1)), key)
+    return sign(
+        better_auth_claims("ada", issued=datetime.now(UTC) - timedelta(hours=1)), key
+    )
 
 
 def claims_with(**changes) -> dict:
@@ -639,7 +740,9 @@ def claims_with(**changes) -> dict:
 
 WRONG_TOKENS = {
     "bad signature": tampered,
-    "another server's key under our kid": lambda key: sign(better_auth_claims("ada"), SigningKey(), kid=key.kid),
+    "another server's key under our kid": lambda key: sign(
+        better_auth_claims("ada"), SigningKey(), kid=key.kid
+    ),
     "another server's key and kid": lambda key: sign(better_auth_claims("ada"), SigningKey()),
     "wrong iss": lambda key: sign(claims_with(iss="http://127.0.0.1:4000"), key),
     "wrong aud": lambda key: sign(claims_with(aud="http://127.0.0.1:4000"), key),
@@ -660,12 +763,20 @@ WRONG_TOKENS = {
 
 
 @pytest.mark.parametrize("make_token", WRONG_TOKENS.values(), ids=WRONG_TOKENS.keys())
-def test_wrong_better_auth_tokens_are_401(client, monotonic, monkeypatch, key_set_server, make_token):
+def test_wrong_better_auth_tokens_are_401(
+    client, monotonic, monkeypatch, key_set_server, make_token
+):
     key = SigningKey()
     key_set_server.keys = [key.public_jwk()]
-    configure(monkeypatch, monotonic, ISSUER, key_set_server.url)  # no shared secret: HS256 is never accepted
+    configure(
+        monkeypatch, monotonic, ISSUER, key_set_server.url
+    )  # no shared secret: HS256 is never accepted
     token = make_token(key)
-    for method, path in (("GET", "/api/auth/me"), ("GET", "/api/ada/tasks"), ("POST", "/api/auth/logout")):
+    for method, path in (
+        ("GET", "/api/auth/me"),
+        ("GET", "/api/ada/tasks"),
+        ("POST", "/api/auth/logout"),
+    ):
         response = client.request(method, path, headers=bearer(token))
         assert response.status_code == 401
         assert response.json() == INVALID_TOKEN
@@ -673,8 +784,12 @@ def test_wrong_better_auth_tokens_are_401(client, monotonic, monkeypatch, key_se
 
 
 SHARED_SECRET_TOKENS = {
-    "another secret": lambda claims: jwt.encode(claims, secrets.token_urlsafe(48), algorithm="HS256"),
-    "expired": lambda claims: jwt.encode({**claims, "exp": 1_700_000_000}, SHARED_SECRET, algorithm="HS256"),
+    "another secret": lambda claims: jwt.encode(
+        claims, secrets.token_urlsafe(48), algorithm="HS256"
+    ),
+    "expired": lambda claims: jwt.encode(
+        {**claims, "exp": 1_700_000_000}, SHARED_SECRET, algorithm="HS256"
+    ),
     "no exp": lambda claims: jwt.encode({"sub": "ada"}, SHARED_SECRET, algorithm="HS256"),
     "no sub": lambda claims: jwt.encode({"exp": claims["exp"]}, SHARED_SECRET, algorithm="HS256"),
     "empty sub": lambda claims: jwt.encode({**claims, "sub": ""}, SHARED_SECRET, algorithm="HS256"),
@@ -682,37 +797,52 @@ SHARED_SECRET_TOKENS = {
 }
 
 
-@pytest.mark.parametrize("make_token", SHARED_SECRET_TOKENS.values(), ids=SHARED_SECRET_TOKENS.keys())
+@pytest.mark.parametrize(
+    "make_token", SHARED_SECRET_TOKENS.values(), ids=SHARED_SECRET_TOKENS.keys()
+)
 def test_wrong_shared_secret_tokens_are_401(client, monotonic, monkeypatch, make_token):
     configure(monkeypatch, monotonic, secret=SHARED_SECRET)
     claims = {"sub": "ada", "email": "ada@example.com", "exp": int(time.time()) + 300}
-    assert me(client, jwt.encode(claims, SHARED_SECRET, algorithm="HS256"))["better_auth_id"] == "ada"
+    assert (
+        me(client, jwt.encode(claims, SHARED_SECRET, algorithm="HS256"))["better_auth_id"] == "ada"
+    )
     response = client.get("/api/ada/tasks", headers=bearer(make_token(claims)))
     assert response.status_code == 401
     assert response.json() == INVALID_TOKEN
     assert response.headers["www-authenticate"] == "Bearer"
 
 
-def test_a_better_auth_token_is_refused_when_better_auth_is_not_configured(client, key_set_server, signing_key, monkeypatch, monotonic):
+def test_a_better_auth_token_is_refused_when_better_auth_is_not_configured(
+    client, key_set_server, signing_key, monkeypatch, monotonic
+):
     configure(monkeypatch, monotonic)  # as with no BETTER_AUTH_* variable set
-    for token in (sign(better_auth_claims("ada"), signing_key), jwt.encode({"sub": "ada", "exp": int(time.time()) + 60}, SHARED_SECRET)):
+    for token in (
+        sign(better_auth_claims("ada"), signing_key),
+        jwt.encode({"sub": "ada", "exp": int(time.time()) + 60}, SHARED_SECRET),
+    ):
         response = client.get("/api/ada/tasks", headers=bearer(token))
         assert response.status_code == 401
         assert response.json() == INVALID_TOKEN
     assert key_set_server.fetches == 0
 
 
-def test_an_issuer_spelt_differently_is_logged_once_without_the_token(client, monotonic, monkeypatch, key_set_server, caplog):
+def test_an_issuer_spelt_differently_is_logged_once_without_the_token(
+    client, monotonic, monkeypatch, key_set_server, caplog
+):
     key = SigningKey()
     key_set_server.keys = [key.public_jwk()]
     configure(monkeypatch, monotonic, "http://localhost:3000", key_set_server.url)
-    tokens = [sign(better_auth_claims(f"user{n}"), key) for n in range(3)]  # iss http://127.0.0.1:3000
+    tokens = [
+        sign(better_auth_claims(f"user{n}"), key) for n in range(3)
+    ]  # iss http://127.0.0.1:3000
     with caplog.at_level(logging.WARNING):
         for token in tokens:
             response = client.get("/api/auth/me", headers=bearer(token))
             assert response.status_code == 401
             assert response.json() == INVALID_TOKEN
-    warnings = [record.getMessage() for record in caplog.records if "Better Auth" in record.getMessage()]
+    warnings = [
+        record.getMessage() for record in caplog.records if "Better Auth" in record.getMessage()
+    ]
     assert len(warnings) == 1
     assert "'http://127.0.0.1:3000'" in warnings[0] and "'http://localhost:3000'" in warnings[0]
     assert not any(token in caplog.text for token in tokens)

@@ -26,12 +26,20 @@ from urllib.parse import urlsplit
 
 import httpx2
 import pytest
-
-from config import DEFAULT_CORS_ORIGINS
 from helpers import PASSWORD, LiveServer, free_port, require_tool, send_body
 
+from config import DEFAULT_CORS_ORIGINS
+
 try:
-    from playwright.sync_api import Browser, BrowserContext, Locator, Page, Request, expect, sync_playwright
+    from playwright.sync_api import (
+        Browser,
+        BrowserContext,
+        Locator,
+        Page,
+        Request,
+        expect,
+        sync_playwright,
+    )
 except ImportError:  # the suite still runs without it; the fixture below says what is missing
     sync_playwright = None
 
@@ -48,7 +56,9 @@ CHROMIUM_ARGS = [
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 TIMEOUT_MS = 20_000
 VITE_PORT = 5173  # http://localhost:5173 is in the default CORS_ORIGINS
-FRONTEND_PAGE = "<!doctype html><html><head><title>frontend</title></head><body>frontend</body></html>"
+FRONTEND_PAGE = (
+    "<!doctype html><html><head><title>frontend</title></head><body>frontend</body></html>"
+)
 
 # Run inside a page: what became of one fetch. A browser that refuses the request (CORS,
 # no network) rejects it with a TypeError.
@@ -66,10 +76,15 @@ async ({ url, init }) => {
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator["Browser"]:
-    require_tool(sync_playwright is not None, "needs the playwright package (pip install -r requirements.txt)")
+    require_tool(
+        sync_playwright is not None,
+        "needs the playwright package (pip install -r requirements.txt)",
+    )
     require_tool(Path(CHROMIUM).exists(), "needs Chromium (Debian: apt-get install chromium)")
     with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        launched = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
+        )
         yield launched
         launched.close()
 
@@ -148,11 +163,15 @@ def test_swagger_ui_signs_up_authorizes_creates_and_lists_with_no_internet(offli
     expect(page.locator(".swagger-ui .info .title")).to_contain_text("Todo API")
 
     signup = try_it_out(page, "signup", "auth")
-    signup.locator("textarea.body-param__text").fill(json.dumps({"email": email, "password": PASSWORD}))
+    signup.locator("textarea.body-param__text").fill(
+        json.dumps({"email": email, "password": PASSWORD})
+    )
     signed_up = execute(page, signup, "**/api/auth/signup")
     assert signed_up.status == 201
     user_id = signed_up.json()["user"]["id"]
-    expect(signup.locator(".live-responses-table tbody .response-col_status").first).to_contain_text("201")
+    expect(
+        signup.locator(".live-responses-table tbody .response-col_status").first
+    ).to_contain_text("201")
 
     page.locator(".auth-wrapper button.authorize").click()
     dialog = page.locator(".modal-ux")
@@ -186,7 +205,9 @@ def test_redoc_renders_with_no_internet(offline, api):
     page.goto(f"{api.url}/redoc")
     expect(page.locator("h1").first).to_contain_text("Todo API")
     # ReDoc anchors each operation by its operationId.
-    expect(page.locator('h2:has(a[href="#tag/tasks/operation/listTasks"])')).to_contain_text("List tasks")
+    expect(page.locator('h2:has(a[href="#tag/tasks/operation/listTasks"])')).to_contain_text(
+        "List tasks"
+    )
     assert offline.blocked == [] and offline.script_errors == []
 
 
@@ -277,7 +298,9 @@ def frontend_page(offline: OfflineContext, origin: str) -> "Page":
     return page
 
 
-def test_a_page_from_an_allowed_origin_calls_the_api_with_a_preflight(offline, allowed_frontend, live_server):
+def test_a_page_from_an_allowed_origin_calls_the_api_with_a_preflight(
+    offline, allowed_frontend, live_server
+):
     origin, settings = allowed_frontend
     server = live_server(env=settings)
     page = frontend_page(offline, origin)
@@ -304,7 +327,11 @@ def test_a_page_from_an_allowed_origin_calls_the_api_with_a_preflight(offline, a
     "init",
     [
         {},  # a simple GET: sent, but the browser hides the answer
-        {"method": "POST", "headers": {"Content-Type": "application/json"}, "body": "{}"},  # preflighted
+        {
+            "method": "POST",
+            "headers": {"Content-Type": "application/json"},
+            "body": "{}",
+        },  # preflighted
     ],
     ids=["simple-get", "preflighted-post"],
 )
@@ -320,16 +347,23 @@ def test_a_page_from_another_origin_is_blocked_by_the_browser(offline, other_fro
     assert offline.blocked == [] and offline.script_errors == []
 
 
-def test_cors_origins_star_lets_a_page_from_any_origin_call_the_api(offline, other_frontend, live_server):
+def test_cors_origins_star_lets_a_page_from_any_origin_call_the_api(
+    offline, other_frontend, live_server
+):
     server = live_server(env={"CORS_ORIGINS": "*"})
     page = frontend_page(offline, other_frontend)
     result = page.evaluate(
-        FRONTEND_ROUND_TRIP, {"api": server.url, "email": "anywhere@example.com", "password": PASSWORD}
+        FRONTEND_ROUND_TRIP,
+        {"api": server.url, "email": "anywhere@example.com", "password": PASSWORD},
     )
     preflight = httpx2.options(
         f"{server.url}/api/auth/signup",
         headers={"Origin": "https://any.example", "Access-Control-Request-Method": "POST"},
     )
-    assert (result["created"], result["totalCount"], result["titles"]) == (201, "1", ["From the frontend"])
+    assert (result["created"], result["totalCount"], result["titles"]) == (
+        201,
+        "1",
+        ["From the frontend"],
+    )
     assert preflight.status_code == 200 and preflight.headers["access-control-allow-origin"] == "*"
     assert offline.blocked == [] and offline.script_errors == []

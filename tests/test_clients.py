@@ -12,7 +12,6 @@ import shutil
 import subprocess
 
 import pytest
-
 from helpers import REPO_ROOT, require_tool
 
 CLIENT_DIR = REPO_ROOT / "tests" / "e2e" / "typed-client"
@@ -41,12 +40,16 @@ EXPECTED_OUTPUT = [
 ]
 
 
-def run(command: list[str], cwd=CLIENT_DIR, timeout: int = STEP_TIMEOUT_SECONDS) -> subprocess.CompletedProcess:
+def run(
+    command: list[str], cwd=CLIENT_DIR, timeout: int = STEP_TIMEOUT_SECONDS
+) -> subprocess.CompletedProcess:
     result = subprocess.run(
         command, cwd=cwd, capture_output=True, text=True, timeout=timeout,
         env={**os.environ, "NO_COLOR": "1"},
     )  # fmt: skip
-    assert result.returncode == 0, f"{' '.join(command)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+    assert result.returncode == 0, (
+        f"{' '.join(command)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+    )
     return result
 
 
@@ -61,8 +64,9 @@ def node_packages() -> None:
         run(["npm", "ci", "--no-audit", "--no-fund"], timeout=NPM_TIMEOUT_SECONDS)
 
 
-def test_a_generated_typescript_client_compiles_strictly_and_runs_against_the_server(node_packages, live_server,
-                                                                                    tmp_path):
+def test_a_generated_typescript_client_compiles_strictly_and_runs_against_the_server(
+    node_packages, live_server, tmp_path
+):
     # A project folder of its own, as the SQLite and PostgreSQL suites may run this test at the same time.
     for name in ("check.ts", "tsconfig.json", "package.json"):
         shutil.copy(CLIENT_DIR / name, tmp_path)

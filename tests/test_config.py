@@ -18,9 +18,8 @@ from pathlib import Path
 
 import httpx2
 import pytest
-from sqlalchemy import make_url
-
 from helpers import APP_SETTINGS, POLL_INTERVAL_SECONDS, REPO_ROOT, TEST_DATABASE_URL, free_port
+from sqlalchemy import make_url
 
 # Signs up (first run) or reads /api/auth/me with the saved token (later runs), through HTTP.
 SIGN_UP_OR_LOG_BACK_IN = """
@@ -46,12 +45,21 @@ def run_python(code: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
     }
     environment.update({"PYTHONPATH": str(REPO_ROOT), "BCRYPT_ROUNDS": "4", **env})
     return subprocess.run(
-        [sys.executable, "-c", code], cwd=cwd, env=environment, capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", code],
+        cwd=cwd,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
-def test_without_jwt_secret_a_private_secret_file_is_made_once_and_tokens_survive_restarts(tmp_path):
-    first = run_python(SIGN_UP_OR_LOG_BACK_IN, tmp_path, DATABASE_URL=f"sqlite:///{tmp_path}/todo.db")
+def test_without_jwt_secret_a_private_secret_file_is_made_once_and_tokens_survive_restarts(
+    tmp_path,
+):
+    first = run_python(
+        SIGN_UP_OR_LOG_BACK_IN, tmp_path, DATABASE_URL=f"sqlite:///{tmp_path}/todo.db"
+    )
     assert first.returncode == 0, first.stderr
     assert first.stdout.split() == ["201"]
     secret_file = tmp_path / ".jwt_secret"
@@ -62,7 +70,9 @@ def test_without_jwt_secret_a_private_secret_file_is_made_once_and_tokens_surviv
     secret = secret_file.read_text()
     assert len(secret.encode()) >= 32
 
-    restarted = run_python(SIGN_UP_OR_LOG_BACK_IN, tmp_path, DATABASE_URL=f"sqlite:///{tmp_path}/todo.db")
+    restarted = run_python(
+        SIGN_UP_OR_LOG_BACK_IN, tmp_path, DATABASE_URL=f"sqlite:///{tmp_path}/todo.db"
+    )
     assert restarted.returncode == 0, restarted.stderr
     assert restarted.stdout.split() == ["200"]
     assert secret_file.read_text() == secret
@@ -77,12 +87,20 @@ def test_workers_starting_together_agree_on_one_secret(tmp_path):
     )
     environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "JWT_SECRET": "s" * 32}
     starts = [
-        subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, env=environment, stdout=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", code],
+            cwd=tmp_path,
+            env=environment,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(6)
     ]
     digests = {process.communicate(timeout=60)[0].strip() for process in starts}
     assert all(process.returncode == 0 for process in starts)
-    assert digests == {hashlib.sha256((tmp_path / "shared.secret").read_text().strip().encode()).hexdigest()}
+    assert digests == {
+        hashlib.sha256((tmp_path / "shared.secret").read_text().strip().encode()).hexdigest()
+    }
 
 
 def test_jwt_secret_file_setting_picks_the_path(tmp_path):
@@ -100,19 +118,32 @@ OUT_OF_RANGE = [  # name, value, lowest, highest
     ("MAX_TASKS_PER_USER", 0, 1, 100_000_000),
     ("STATEMENT_TIMEOUT_MS", 50, 100, 600_000),
 ]
-NOT_A_NUMBER = {"ACCESS_TOKEN_EXPIRE_MINUTES": "soon", "MAX_TASKS_PER_USER": "many", "STATEMENT_TIMEOUT_MS": "2s"}
+NOT_A_NUMBER = {
+    "ACCESS_TOKEN_EXPIRE_MINUTES": "soon",
+    "MAX_TASKS_PER_USER": "many",
+    "STATEMENT_TIMEOUT_MS": "2s",
+}
 BAD_SETTINGS = [
     ({"JWT_SECRET": "too-short"}, "JWT_SECRET must be at least 32 bytes long"),
     ({"JWT_SECRET": ""}, "JWT_SECRET must be at least 32 bytes long"),
     ({"BETTER_AUTH_SECRET": "too-short"}, "BETTER_AUTH_SECRET must be at least 32 bytes long"),
-    ({"JWT_SECRET": "k" * 40, "BETTER_AUTH_SECRET": "k" * 40}, "BETTER_AUTH_SECRET must differ from JWT_SECRET"),
+    (
+        {"JWT_SECRET": "k" * 40, "BETTER_AUTH_SECRET": "k" * 40},
+        "BETTER_AUTH_SECRET must differ from JWT_SECRET",
+    ),
     ({"BETTER_AUTH_URL": "localhost:3000"}, "BETTER_AUTH_URL must be an http:// or https:// URL"),
-    ({"BETTER_AUTH_JWKS_URL": "http://127.0.0.1:3000/api/auth/jwks"}, "BETTER_AUTH_JWKS_URL needs BETTER_AUTH_URL"),
+    (
+        {"BETTER_AUTH_JWKS_URL": "http://127.0.0.1:3000/api/auth/jwks"},
+        "BETTER_AUTH_JWKS_URL needs BETTER_AUTH_URL",
+    ),
     *(
         ({name: str(value)}, f"{name} must be between {low} and {high}, not {value}")
         for name, value, low, high in OUT_OF_RANGE
     ),
-    *(({name: value}, f"{name} must be a whole number, not {value!r}") for name, value in NOT_A_NUMBER.items()),
+    *(
+        ({name: value}, f"{name} must be a whole number, not {value!r}")
+        for name, value in NOT_A_NUMBER.items()
+    ),
 ]
 
 
@@ -150,9 +181,15 @@ print(allowed.headers.get("access-control-allow-origin"), default.status_code, s
     "env, expected",
     [
         ({}, ["None", "None", "False"]),
-        ({"BETTER_AUTH_URL": "http://localhost:3000/"}, ["http://localhost:3000", "http://localhost:3000/api/auth/jwks", "False"]),
         (
-            {"BETTER_AUTH_URL": "https://auth.example", "BETTER_AUTH_JWKS_URL": "http://10.0.0.2:3000/api/auth/jwks"},
+            {"BETTER_AUTH_URL": "http://localhost:3000/"},
+            ["http://localhost:3000", "http://localhost:3000/api/auth/jwks", "False"],
+        ),
+        (
+            {
+                "BETTER_AUTH_URL": "https://auth.example",
+                "BETTER_AUTH_JWKS_URL": "http://10.0.0.2:3000/api/auth/jwks",
+            },
             ["https://auth.example", "http://10.0.0.2:3000/api/auth/jwks", "False"],
         ),
         ({"BETTER_AUTH_SECRET": "b" * 32}, ["None", "None", "True"]),
@@ -179,18 +216,35 @@ def test_better_auth_secret_is_used_without_the_whitespace_around_it(tmp_path):
 # Root may write to any file whatever its mode. To see what a plain user sees, a test
 # starts the server without that privilege (setpriv is part of util-linux).
 AS_A_PLAIN_USER = (
-    ("setpriv", "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-dac_override,-dac_read_search")
+    (
+        "setpriv",
+        "--bounding-set=-dac_override,-dac_read_search",
+        "--inh-caps=-dac_override,-dac_read_search",
+    )
     if os.geteuid() == 0
     else ()
 )
 
 
-def start_uvicorn(cwd: Path, env: dict[str, str], prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+def start_uvicorn(
+    cwd: Path, env: dict[str, str], prefix: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess:
     """`uvicorn main:app` as a user runs it; each case here must stop it at start-up."""
     environment = {key: value for key, value in os.environ.items() if key not in APP_SETTINGS}
     environment.update({"BCRYPT_ROUNDS": "4", **env})
-    command = [sys.executable, "-m", "uvicorn", "main:app", "--app-dir", str(REPO_ROOT), "--port", str(free_port())]
-    return subprocess.run([*prefix, *command], cwd=cwd, env=environment, capture_output=True, text=True, timeout=60)
+    command = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "main:app",
+        "--app-dir",
+        str(REPO_ROOT),
+        "--port",
+        str(free_port()),
+    ]
+    return subprocess.run(
+        [*prefix, *command], cwd=cwd, env=environment, capture_output=True, text=True, timeout=60
+    )
 
 
 def assert_one_line(result: subprocess.CompletedProcess, *expected: str) -> None:
@@ -246,14 +300,20 @@ def test_a_configuration_mistake_stops_uvicorn_with_one_line(tmp_path, env, expe
 def test_a_read_only_database_file_stops_start_up_with_one_line(tmp_path):
     database = tmp_path / "todo.db"
     database.touch(mode=0o444)
-    result = start_uvicorn(tmp_path, {"DATABASE_URL": f"sqlite:///{database}", **SECRET}, AS_A_PLAIN_USER)
-    assert_one_line(result, f"DATABASE_URL: {database} is read-only for this user; make it writable")
+    result = start_uvicorn(
+        tmp_path, {"DATABASE_URL": f"sqlite:///{database}", **SECRET}, AS_A_PLAIN_USER
+    )
+    assert_one_line(
+        result, f"DATABASE_URL: {database} is read-only for this user; make it writable"
+    )
 
 
 def test_a_read_only_database_folder_stops_start_up_with_one_line(tmp_path):
     folder = tmp_path / "data"
     folder.mkdir(mode=0o555)
-    result = start_uvicorn(folder, {"DATABASE_URL": f"sqlite:///{folder}/todo.db", **SECRET}, AS_A_PLAIN_USER)
+    result = start_uvicorn(
+        folder, {"DATABASE_URL": f"sqlite:///{folder}/todo.db", **SECRET}, AS_A_PLAIN_USER
+    )
     assert_one_line(result, f"DATABASE_URL: the folder {folder} is read-only for this user")
     folder.chmod(0o755)  # so that pytest can remove it
 
@@ -262,7 +322,9 @@ def test_a_read_only_database_folder_stops_start_up_with_one_line(tmp_path):
 def test_in_memory_sqlite_serves(live_server, tmp_path, url):
     server = live_server(env={"DATABASE_URL": url, **SECRET})
     with httpx2.Client(base_url=server.url, timeout=30) as client:
-        signup = client.post("/api/auth/signup", json={"email": "demo@example.com", "password": "long enough"})
+        signup = client.post(
+            "/api/auth/signup", json={"email": "demo@example.com", "password": "long enough"}
+        )
         assert signup.status_code == 201, signup.text
         headers = {"Authorization": f"Bearer {signup.json()['access_token']}"}
         tasks_url = f"/api/{signup.json()['user']['id']}/tasks"
@@ -279,7 +341,9 @@ def test_in_memory_sqlite_serves(live_server, tmp_path, url):
 @pytest.mark.parametrize("scheme", ["postgres://", "postgresql://"])
 def test_postgres_urls_without_a_driver_use_psycopg(tmp_path, scheme):
     code = "import config; print(config.settings.database_url)"
-    result = run_python(code, tmp_path, DATABASE_URL=f"{scheme}todo:secret@db.example:5432/todo", **SECRET)
+    result = run_python(
+        code, tmp_path, DATABASE_URL=f"{scheme}todo:secret@db.example:5432/todo", **SECRET
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["postgresql+psycopg://todo:secret@db.example:5432/todo"]
     if TEST_DATABASE_URL is not None:  # and such a URL reaches a real server
@@ -302,7 +366,11 @@ print(preflight.status_code, preflight.headers["access-control-allow-origin"],
       preflight.headers.get("access-control-allow-credentials"), health.headers["access-control-allow-origin"])
 """
     result = run_python(
-        code, tmp_path, JWT_SECRET="k" * 40, DATABASE_URL=f"sqlite:///{tmp_path}/todo.db", CORS_ORIGINS="*"
+        code,
+        tmp_path,
+        JWT_SECRET="k" * 40,
+        DATABASE_URL=f"sqlite:///{tmp_path}/todo.db",
+        CORS_ORIGINS="*",
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["200", "*", "None", "*"]

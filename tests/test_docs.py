@@ -99,7 +99,9 @@ def documented_endpoints() -> dict[tuple[str, str], str]:
             assert current not in endpoints, f"{current} is documented twice"
             endpoints[current] = ""
         elif line.startswith("#"):
-            assert not LOOSE_ENDPOINT_HEADING.match(line), f"write it as #### `METHOD /path`: {line}"
+            assert not LOOSE_ENDPOINT_HEADING.match(line), (
+                f"write it as #### `METHOD /path`: {line}"
+            )
             current = None
         elif current is not None:
             endpoints[current] += line + "\n"
@@ -195,9 +197,15 @@ def layout_names() -> list[str]:
 def requirement_names() -> list[str]:
     """The distribution name of each requirement (`PyJWT[crypto]==2.15.1` is PyJWT), of both
     files; requirements-dev.txt's `-r requirements.txt` names none."""
-    text = "".join((REPO_ROOT / name).read_text() for name in ("requirements.txt", "requirements-dev.txt"))
+    text = "".join(
+        (REPO_ROOT / name).read_text() for name in ("requirements.txt", "requirements-dev.txt")
+    )
     lines = (line.split("#")[0].strip() for line in text.splitlines())
-    return [re.match(r"[A-Za-z0-9._-]+", line)[0] for line in lines if line and not line.startswith("-r")]
+    return [
+        re.match(r"[A-Za-z0-9._-]+", line)[0]
+        for line in lines
+        if line and not line.startswith("-r")
+    ]
 
 
 def headings(document: Path) -> list[str]:
@@ -244,14 +252,18 @@ def test_readme_names_every_requirement_in_its_dependency_list():
 def test_every_test_that_readme_cites_exists():
     cited = CITED_TEST.findall(README.read_text(encoding="utf-8"))
     assert cited, "README cites no test"
-    missing = [f"{file}::{name}" for file, name in cited if name not in defined_functions(REPO_ROOT / file)]
+    missing = [
+        f"{file}::{name}" for file, name in cited if name not in defined_functions(REPO_ROOT / file)
+    ]
     assert not missing, f"README cites tests that do not exist: {missing}"
 
 
 def test_readme_endpoint_table_lists_every_operation_once(client):
     listed = sorted(README_ENDPOINT_ROW.findall(markdown_sections(README)["Endpoints"]))
     published = sorted(schema_operations(fetch_openapi(client)))
-    assert listed == published, f"README's endpoint table differs in {sorted(set(listed) ^ set(published))}"
+    assert listed == published, (
+        f"README's endpoint table differs in {sorted(set(listed) ^ set(published))}"
+    )
 
 
 def test_links_between_the_docs_reach_a_file_and_a_heading_that_exist():
@@ -267,7 +279,9 @@ def test_links_between_the_docs_reach_a_file_and_a_heading_that_exist():
 
 
 def test_the_readme_curl_walkthrough_works_when_pasted_into_a_shell(tmp_path, live_server):
-    walkthrough = re.search(r"## Try it with curl.*?```bash\n(.*?)```", README.read_text(), re.S).group(1)
+    walkthrough = re.search(
+        r"## Try it with curl.*?```bash\n(.*?)```", README.read_text(), re.S
+    ).group(1)
     server = live_server()
     shell = subprocess.run(
         ["bash", "-e", "-o", "pipefail", "-c", walkthrough.replace("http://127.0.0.1:8000", server.url)],
@@ -318,7 +332,9 @@ def test_each_operation_has_the_operation_id_a_person_would_write_and_its_tag(cl
 
 
 def test_operation_ids_are_unique_short_camel_case_words(client):
-    ids = [operation["operationId"] for operation in schema_operations(fetch_openapi(client)).values()]
+    ids = [
+        operation["operationId"] for operation in schema_operations(fetch_openapi(client)).values()
+    ]
     assert len(ids) == len(set(ids)), sorted(ids)
     for each_id in ids:
         assert re.fullmatch(r"[a-z]+(?:[A-Z][a-z]+)*", each_id), each_id
@@ -331,7 +347,9 @@ def test_a_new_route_gets_its_operation_id_from_its_function_name():
     @probe.post("/api/auth/refresh")
     def refresh_access_token() -> None: ...
 
-    assert probe.openapi()["paths"]["/api/auth/refresh"]["post"]["operationId"] == "refreshAccessToken"
+    assert (
+        probe.openapi()["paths"]["/api/auth/refresh"]["post"]["operationId"] == "refreshAccessToken"
+    )
 
 
 # --- examples in /openapi.json ---

@@ -11,7 +11,7 @@ so a schema-valid request can rightly get 422.
 
 import os
 import secrets
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import jwt
 import pytest
@@ -96,7 +96,7 @@ def better_auth_caller(client, monkeypatch) -> dict[str, str]:
     """A caller with a shared-secret Better Auth token."""
     secret = secrets.token_urlsafe(48)
     monkeypatch.setattr(better_auth, "verifier", better_auth.BetterAuth(None, None, secret))
-    claims = {"sub": "fuzz-user", "exp": datetime.now(timezone.utc) + timedelta(hours=1)}
+    claims = {"sub": "fuzz-user", "exp": datetime.now(UTC) + timedelta(hours=1)}
     return {"Authorization": f"Bearer {jwt.encode(claims, secret, algorithm='HS256')}"}
 
 

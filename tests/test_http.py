@@ -30,7 +30,9 @@ def test_an_unknown_path_is_404_json(client):
     ],
     ids=["health", "a-task", "a-docs-asset"],
 )
-def test_a_method_the_path_lacks_is_405_naming_every_method_it_has(client, alice, method, path, allowed):
+def test_a_method_the_path_lacks_is_405_naming_every_method_it_has(
+    client, alice, method, path, allowed
+):
     response = client.request(method, path.format(tasks_url=alice.tasks_url), headers=alice.headers)
     assert response.status_code == 405
     assert response.json() == {"detail": "Method Not Allowed"}
@@ -79,10 +81,21 @@ def test_a_value_error_422_names_its_message_in_ctx_not_an_empty_object(client, 
         (b"[1, 2]", "application/json", "model_attributes_type"),
         (b"title=x", "text/plain", "model_attributes_type"),
     ],
-    ids=["malformed", "not-utf-8", "nested-too-deep", "integer-too-long", "not-an-object", "not-json"],
+    ids=[
+        "malformed",
+        "not-utf-8",
+        "nested-too-deep",
+        "integer-too-long",
+        "not-an-object",
+        "not-json",
+    ],
 )
-def test_a_body_that_is_not_a_json_object_is_422_and_stores_nothing(client, alice, raw, content_type, error):
-    response = client.post(alice.tasks_url, content=raw, headers={**alice.headers, "Content-Type": content_type})
+def test_a_body_that_is_not_a_json_object_is_422_and_stores_nothing(
+    client, alice, raw, content_type, error
+):
+    response = client.post(
+        alice.tasks_url, content=raw, headers={**alice.headers, "Content-Type": content_type}
+    )
     assert response.status_code == 422
     assert response.json()["detail"][0]["type"] == error
     listing = client.get(alice.tasks_url, headers=alice.headers)
@@ -99,7 +112,9 @@ def test_a_body_that_is_not_a_json_object_is_422_and_stores_nothing(client, alic
     ids=["too-many-fields", "multipart-without-boundary"],
 )  # fmt: skip
 def test_a_form_that_cannot_be_parsed_is_422(client, content, content_type, reason):
-    response = client.post("/api/auth/token", content=content, headers={"Content-Type": content_type})
+    response = client.post(
+        "/api/auth/token", content=content, headers={"Content-Type": content_type}
+    )
     assert response.status_code == 422
     assert response.json() == {
         "detail": [{"type": "form_invalid", "loc": ["body"], "msg": "Form body could not be parsed",
@@ -112,7 +127,9 @@ def test_bodies_over_64_kib_are_413_and_store_nothing(client, alice, chunked):
     body = b'{"title": "big", "description": "' + b"x" * (64 * 1024) + b'"}'
     content = iter([body[:1000], body[1000:]]) if chunked else body
     response = client.post(
-        alice.tasks_url, content=content, headers={**alice.headers, "Content-Type": "application/json"}
+        alice.tasks_url,
+        content=content,
+        headers={**alice.headers, "Content-Type": "application/json"},
     )
     assert response.status_code == 413
     assert response.json() == {"detail": "Request body too large: the limit is 65536 bytes"}
@@ -169,7 +186,11 @@ def test_openapi_documents_every_route_and_its_errors(client):
         assert set(operation["responses"]) == statuses, (method, path)
         for retry_later in {"429", "503"} & statuses:
             assert "Retry-After" in operation["responses"][retry_later]["headers"], (method, path)
-    for method, path in [("post", "/api/auth/logout"), ("put", "/api/auth/password"), ("delete", "/api/auth/me")]:
+    for method, path in [
+        ("post", "/api/auth/logout"),
+        ("put", "/api/auth/password"),
+        ("delete", "/api/auth/me"),
+    ]:
         assert schema["paths"][path][method]["security"] == [{"OAuth2PasswordBearer": []}]
 
 
@@ -188,9 +209,13 @@ def test_cors_allows_configured_origins_without_credentials(client, alice):
     assert preflight.status_code == 200
     assert preflight.headers["access-control-allow-origin"] == "http://localhost:5173"
     assert "access-control-allow-credentials" not in preflight.headers
-    listing = client.get(alice.tasks_url, headers={**alice.headers, "Origin": "http://localhost:3000"})
+    listing = client.get(
+        alice.tasks_url, headers={**alice.headers, "Origin": "http://localhost:3000"}
+    )
     assert listing.status_code == 200
-    exposed = {h.strip().lower() for h in listing.headers["access-control-expose-headers"].split(",")}
+    exposed = {
+        h.strip().lower() for h in listing.headers["access-control-expose-headers"].split(",")
+    }
     assert {"x-total-count", "location", "x-request-id"} <= exposed
 
 
@@ -203,7 +228,9 @@ def test_cors_ignores_other_origins(client, alice):
     assert preflight.headers["content-type"] == "application/json"
     assert preflight.json() == {"detail": "Disallowed CORS origin"}
     assert "access-control-allow-origin" not in preflight.headers
-    listing = client.get(alice.tasks_url, headers={**alice.headers, "Origin": "https://evil.example"})
+    listing = client.get(
+        alice.tasks_url, headers={**alice.headers, "Origin": "https://evil.example"}
+    )
     assert listing.status_code == 200 and "access-control-allow-origin" not in listing.headers
 
 
@@ -216,7 +243,9 @@ def access_lines(caplog) -> list[str]:
 
 def test_one_access_line_per_request_with_method_path_status_duration_and_id(client, alice, caplog):
     caplog.set_level(logging.INFO, logger="todo.access")
-    response = client.get(alice.tasks_url, params={"q": "milk"}, headers={**alice.headers, "X-Request-ID": "req-42"})
+    response = client.get(
+        alice.tasks_url, params={"q": "milk"}, headers={**alice.headers, "X-Request-ID": "req-42"}
+    )
     assert response.status_code == 200
     assert response.json() == []
     assert response.headers["x-request-id"] == "req-42"
@@ -260,7 +289,9 @@ def test_client_text_never_writes_control_characters_into_the_log(client, alice,
 
     app.dependency_overrides[db.get_session] = broken_database
     note = "note\x1b]0;owned\x07"
-    failed = client.get(f"/api/{FORGED_PATH_SEGMENT}/tasks", headers={**alice.headers, "X-Note": note})
+    failed = client.get(
+        f"/api/{FORGED_PATH_SEGMENT}/tasks", headers={**alice.headers, "X-Note": note}
+    )
     assert (failed.status_code, failed.json()) == (500, {"detail": "Internal server error"})
     app.dependency_overrides.clear()
     missing = client.get(f"/{FORGED_PATH_SEGMENT}")
@@ -269,8 +300,12 @@ def test_client_text_never_writes_control_characters_into_the_log(client, alice,
     lines = formatted_log(caplog, "todo.access", "uvicorn.error").split("\n")
     assert [line for line in lines if RAW_CONTROLS.search(line)] == []
     assert [line for line in lines if line.startswith("CRITICAL")] == []
-    error_lines = [line for line in lines if line.startswith("ERROR uvicorn.error: Unexpected error in GET")]
-    assert error_lines == [f"ERROR uvicorn.error: Unexpected error in GET /api/{FORGED_PATH_SEGMENT}/tasks"]
+    error_lines = [
+        line for line in lines if line.startswith("ERROR uvicorn.error: Unexpected error in GET")
+    ]
+    assert error_lines == [
+        f"ERROR uvicorn.error: Unexpected error in GET /api/{FORGED_PATH_SEGMENT}/tasks"
+    ]
     decoded = "1\\r\\nCRITICAL admin login succeeded\\x1b[2J"
     message = f"RuntimeError: no database for /api/{decoded}/tasks (note\\x1b]0;owned\\x07)"
     assert message in lines  # the exception's message, escaped on one line of the traceback
@@ -296,7 +331,9 @@ def test_control_characters_in_any_logged_text_are_escaped(caplog):
     assert "ValueError: inner\\nCRITICAL forged" in lines
     assert "KeyError: 'outer\\r\\x1b[2J'" in lines
     assert "The above exception was the direct cause of the following exception:" in lines
-    assert lines.index("ValueError: inner\\nCRITICAL forged") < lines.index("KeyError: 'outer\\r\\x1b[2J'")
+    assert lines.index("ValueError: inner\\nCRITICAL forged") < lines.index(
+        "KeyError: 'outer\\r\\x1b[2J'"
+    )
     assert not any(RAW_CONTROLS.search(line) or "\u2028" in line for line in lines)
 
 
@@ -304,28 +341,48 @@ def test_no_password_token_or_authorization_in_any_log_line(client, bearer, capl
     caplog.set_level(logging.DEBUG)  # every logger, every level
     caplog.set_level(logging.DEBUG, logger="todo.access")  # it has a level of its own
     password = "hunter2-" + secrets.token_urlsafe(12)
-    signup = client.post("/api/auth/signup", json={"email": "carol@example.com", "password": password})
+    signup = client.post(
+        "/api/auth/signup", json={"email": "carol@example.com", "password": password}
+    )
     assert signup.status_code == 201
     token = signup.json()["access_token"]
     user_id = signup.json()["user"]["id"]
-    login = client.post("/api/auth/login", json={"email": "carol@example.com", "password": password})
+    login = client.post(
+        "/api/auth/login", json={"email": "carol@example.com", "password": password}
+    )
     assert login.status_code == 200
-    form = client.post("/api/auth/token", data={"username": "carol@example.com", "password": password})
+    form = client.post(
+        "/api/auth/token", data={"username": "carol@example.com", "password": password}
+    )
     assert form.status_code == 200
-    wrong = client.post("/api/auth/login", json={"email": "carol@example.com", "password": password + "x"})
+    wrong = client.post(
+        "/api/auth/login", json={"email": "carol@example.com", "password": password + "x"}
+    )
     assert wrong.status_code == 401
     short = client.post("/api/auth/signup", json={"email": "dave@example.com", "password": "pw"})
     assert short.status_code == 422
     me = client.get("/api/auth/me", headers=bearer(token))
     assert me.status_code == 200
     # A careless client that puts the token in the query string: the path alone is logged.
-    listed = client.get(f"/api/{user_id}/tasks", params={"access_token": token, "q": password}, headers=bearer(token))
+    listed = client.get(
+        f"/api/{user_id}/tasks",
+        params={"access_token": token, "q": password},
+        headers=bearer(token),
+    )
     assert listed.status_code == 200
     forged = client.get("/api/auth/me", headers=bearer(f"{token}x"))
     assert forged.status_code == 401
-    secrets_sent = [password, "pw", token, login.json()["access_token"], form.json()["access_token"]]
+    secrets_sent = [
+        password,
+        "pw",
+        token,
+        login.json()["access_token"],
+        form.json()["access_token"],
+    ]
     # Every server-side logger; httpx2 is the test's own client, which logs the URL it asked for.
-    lines = [record.getMessage() for record in caplog.records if not record.name.startswith("httpx")]
+    lines = [
+        record.getMessage() for record in caplog.records if not record.name.startswith("httpx")
+    ]
     assert len(access_lines(caplog)) == 8
     for line in lines:
         assert "Bearer" not in line and "Authorization" not in line.title(), line
@@ -344,7 +401,9 @@ def test_health_checks_the_database(client):
 
 
 def test_health_is_503_when_the_database_does_not_answer(client, tmp_path, monkeypatch):
-    monkeypatch.setattr(db, "engine", db.make_engine(f"sqlite:///{tmp_path}/missing-dir/nothing.db"))
+    monkeypatch.setattr(
+        db, "engine", db.make_engine(f"sqlite:///{tmp_path}/missing-dir/nothing.db")
+    )
     response = client.get("/health")
     assert response.status_code == 503
     assert response.json() == {"detail": "Database unavailable"}

@@ -15,13 +15,13 @@ from dataclasses import replace
 import httpx2
 import pytest
 from fastapi.testclient import TestClient
+from helpers import INCORRECT_PASSWORD, INVALID_TOKEN, LOGIN_FAILED, NEW_PASSWORD, WRONG, LiveServer
 from sqlmodel import Session, func, select
 
 import auth
 import limits
 from config import Settings, settings
 from limits import TOO_MANY_AUTH_REQUESTS
-from helpers import INCORRECT_PASSWORD, INVALID_TOKEN, LOGIN_FAILED, NEW_PASSWORD, WRONG, LiveServer
 from main import app
 from models import RateLimitEvent, User
 
@@ -35,8 +35,12 @@ def set_limits(monkeypatch):
     """Put limits in force for this test (monkeypatch restores the settings)."""
 
     def put_in_force(login_failures=0, window_minutes=15, auth_requests_per_minute=0) -> None:
-        in_force = replace(settings, login_failure_limit=login_failures, login_failure_window_minutes=window_minutes,
-                           auth_requests_per_minute=auth_requests_per_minute)
+        in_force = replace(
+            settings,
+            login_failure_limit=login_failures,
+            login_failure_window_minutes=window_minutes,
+            auth_requests_per_minute=auth_requests_per_minute,
+        )
         monkeypatch.setattr(limits, "settings", in_force)
 
     return put_in_force
@@ -72,7 +76,9 @@ def other_address(client_address):
 
 
 def login_from(client_address, email, password):
-    return other_address(client_address).post("/api/auth/login", json={"email": email, "password": password})
+    return other_address(client_address).post(
+        "/api/auth/login", json={"email": email, "password": password}
+    )
 
 
 def count_rows(engine, table) -> int:
@@ -87,7 +93,14 @@ def count_rows(engine, table) -> int:
     "env, expected",
     [
         ({}, (5, 15, 20)),  # the defaults
-        ({"LOGIN_FAILURE_LIMIT": "3", "LOGIN_FAILURE_WINDOW_MINUTES": "7", "AUTH_REQUESTS_PER_MINUTE": "0"}, (3, 7, 0)),
+        (
+            {
+                "LOGIN_FAILURE_LIMIT": "3",
+                "LOGIN_FAILURE_WINDOW_MINUTES": "7",
+                "AUTH_REQUESTS_PER_MINUTE": "0",
+            },
+            (3, 7, 0),
+        ),
     ],
 )
 def test_limit_settings_have_defaults_and_come_from_the_environment(monkeypatch, env, expected):
@@ -113,13 +126,17 @@ def test_the_suite_runs_with_the_limits_off():
 # --- failed logins per (email, client address) ---
 
 
-def test_sixth_login_after_five_failures_is_429_with_retry_after(clock, alice, login, fail_logins, set_limits):
+def test_sixth_login_after_five_failures_is_429_with_retry_after(
+    clock, alice, login, fail_logins, set_limits
+):
     set_limits(login_failures=5, window_minutes=15)
     fail_logins(alice.email, 5)
     assert_locked(login(alice.email, WRONG), retry_after=15 * 60)
 
 
-def test_locked_pair_gets_429_even_with_the_right_password(clock, alice, password, login, form_login, fail_logins, set_limits):
+def test_locked_pair_gets_429_even_with_the_right_password(
+    clock, alice, password, login, form_login, fail_logins, set_limits
+):
     set_limits(login_failures=5)
     fail_logins(alice.email, 5)
     clock.advance(minutes=10)
@@ -151,14 +168,18 @@ def test_the_failure_window_slides(clock, alice, password, login, fail_logins, s
     assert response.json()["user"]["email"] == alice.email
 
 
-def test_retry_after_counts_up_to_the_next_whole_second(clock, alice, password, login, fail_logins, set_limits):
+def test_retry_after_counts_up_to_the_next_whole_second(
+    clock, alice, password, login, fail_logins, set_limits
+):
     set_limits(login_failures=1, window_minutes=1)
     fail_logins(alice.email, 1)
     clock.advance(seconds=59.5)
     assert_locked(login(alice.email, password), retry_after=1)
 
 
-def test_successful_login_clears_the_failures(clock, alice, password, login, fail_logins, set_limits):
+def test_successful_login_clears_the_failures(
+    clock, alice, password, login, fail_logins, set_limits
+):
     set_limits(login_failures=5)
     fail_logins(alice.email, 4)
     assert_logged_in(login(alice.email, password), alice)
@@ -166,7 +187,9 @@ def test_successful_login_clears_the_failures(clock, alice, password, login, fai
     assert_locked(login(alice.email, WRONG), retry_after=15 * 60)
 
 
-def test_json_and_form_logins_share_one_count(clock, alice, password, login, form_login, fail_logins, set_limits):
+def test_json_and_form_logins_share_one_count(
+    clock, alice, password, login, form_login, fail_logins, set_limits
+):
     set_limits(login_failures=4)
     fail_logins(alice.email.upper(), 2)  # emails compare case-insensitively
     for _ in range(2):
@@ -177,7 +200,9 @@ def test_json_and_form_logins_share_one_count(clock, alice, password, login, for
     assert_locked(login(alice.email, password), retry_after=15 * 60)
 
 
-def test_the_lock_is_per_email_and_client_address(clock, alice, bob, password, login, fail_logins, set_limits):
+def test_the_lock_is_per_email_and_client_address(
+    clock, alice, bob, password, login, fail_logins, set_limits
+):
     set_limits(login_failures=2)
     fail_logins(alice.email, 2)
     assert_locked(login(alice.email, password), retry_after=15 * 60)
@@ -196,7 +221,9 @@ def test_concurrent_guesses_reach_bcrypt_at_most_limit_times(alice, login, set_l
     }
 
 
-def test_login_failure_limit_zero_turns_it_off(clock, alice, password, login, fail_logins, set_limits):
+def test_login_failure_limit_zero_turns_it_off(
+    clock, alice, password, login, fail_logins, set_limits
+):
     set_limits(login_failures=0, auth_requests_per_minute=0)
     fail_logins(alice.email, 30)
     assert_logged_in(login(alice.email, password), alice)
@@ -284,7 +311,9 @@ def test_the_auth_request_window_slides(clock, alice, password, login, set_limit
     assert_logged_in(login(alice.email, password), alice)  # at 0:30
     assert_locked(login(alice.email, password), retry_after=30, body=TOO_MANY_REQUESTS)
     clock.advance(seconds=30)
-    assert_logged_in(login(alice.email, password), alice)  # at 1:00 the first one has left the window
+    assert_logged_in(
+        login(alice.email, password), alice
+    )  # at 1:00 the first one has left the window
     assert_locked(login(alice.email, password), retry_after=30, body=TOO_MANY_REQUESTS)
 
 
@@ -307,7 +336,9 @@ def test_password_change_and_account_deletion_count_as_auth_requests(
     assert (wrong_change.status_code, wrong_change.json()) == (401, INCORRECT_PASSWORD)
     wrong_delete = delete_me(alice.token, WRONG)
     assert (wrong_delete.status_code, wrong_delete.json()) == (401, INCORRECT_PASSWORD)
-    assert_locked(change_password(alice.token, password, NEW_PASSWORD), retry_after=60, body=TOO_MANY_REQUESTS)
+    assert_locked(
+        change_password(alice.token, password, NEW_PASSWORD), retry_after=60, body=TOO_MANY_REQUESTS
+    )
     assert_locked(delete_me(alice.token, password), retry_after=60, body=TOO_MANY_REQUESTS)
     assert_locked(login(alice.email, password), retry_after=60, body=TOO_MANY_REQUESTS)
 
@@ -343,15 +374,21 @@ def test_ipv6_clients_are_counted_by_their_64_network(clock, alice, password, se
     for same_network in one_network:
         assert_logged_in(login_from(same_network, alice.email, password), alice)
     for same_network in one_network:
-        assert_locked(login_from(same_network, alice.email, password), retry_after=60, body=TOO_MANY_REQUESTS)
+        assert_locked(
+            login_from(same_network, alice.email, password), retry_after=60, body=TOO_MANY_REQUESTS
+        )
     assert_logged_in(login_from("2001:db8:0:2::1", alice.email, password), alice)
 
 
-def test_ipv4_clients_on_an_ipv6_socket_are_still_counted_per_address(clock, alice, password, set_limits):
+def test_ipv4_clients_on_an_ipv6_socket_are_still_counted_per_address(
+    clock, alice, password, set_limits
+):
     """A dual-stack server sees IPv4 clients as ::ffff:a.b.c.d, all in one /64."""
     set_limits(auth_requests_per_minute=1)
     assert_logged_in(login_from("::ffff:192.0.2.1", alice.email, password), alice)
-    assert_locked(login_from("192.0.2.1", alice.email, password), retry_after=60, body=TOO_MANY_REQUESTS)
+    assert_locked(
+        login_from("192.0.2.1", alice.email, password), retry_after=60, body=TOO_MANY_REQUESTS
+    )
     assert_logged_in(login_from("::ffff:192.0.2.2", alice.email, password), alice)
 
 
@@ -386,7 +423,9 @@ def test_routes_that_hash_are_503_while_hashing_is_full_and_change_nothing(
     client, engine, alice, password, login, form_login, me, change_password, delete_me, hashing_full
 ):
     hashing_routes = {
-        "signup": client.post("/api/auth/signup", json={"email": "new@example.com", "password": password}),
+        "signup": client.post(
+            "/api/auth/signup", json={"email": "new@example.com", "password": password}
+        ),
         "login": login(alice.email, password),
         "login of an unknown email": login("nobody@example.com", password),
         "token form": form_login(alice.email, password),
@@ -430,7 +469,9 @@ def test_requests_refused_for_lack_of_hashing_capacity_still_count(
     with hashing_slots_taken():
         assert_hashing_busy(login(alice.email, password))
         assert_hashing_busy(change_password(alice.token, password, NEW_PASSWORD))
-        assert_hashing_busy(client.post("/api/auth/signup", json={"email": "new@example.com", "password": password}))
+        assert_hashing_busy(
+            client.post("/api/auth/signup", json={"email": "new@example.com", "password": password})
+        )
     assert_locked(login(alice.email, password), retry_after=60, body=TOO_MANY_REQUESTS)
 
 
@@ -461,13 +502,18 @@ def from_address(server: LiveServer, address: str) -> httpx2.Client:
     return httpx2.Client(base_url=server.url, transport=transport, timeout=REQUEST_TIMEOUT_SECONDS)
 
 
-def test_one_address_retrying_password_checks_cannot_starve_other_logins(tmp_path, password, new_account):
+def test_one_address_retrying_password_checks_cannot_starve_other_logins(
+    tmp_path, password, new_account
+):
     """From one address: 20 signups, then 12 threads that send a password change with a
     wrong current password, over and over, and retry every 503 at once. Meanwhile other
     addresses log in: at least 90% of them get their token at the first try."""
     with LiveServer(tmp_path, env={"BCRYPT_ROUNDS": "12"}) as server:
         with from_address(server, ATTACKER) as attacker:
-            attackers = [new_account(f"attacker{number}@example.com", via=attacker) for number in range(ATTACKER_SIGNUPS)]
+            attackers = [
+                new_account(f"attacker{number}@example.com", via=attacker)
+                for number in range(ATTACKER_SIGNUPS)
+            ]
         victims = {}
         for address in VICTIMS:
             with from_address(server, address) as victim:
@@ -484,7 +530,9 @@ def test_one_address_retrying_password_checks_cannot_starve_other_logins(tmp_pat
                 attack_started.wait(timeout=REQUEST_TIMEOUT_SECONDS)
                 for attempt in range(MAX_ATTACK_REQUESTS_PER_THREAD):
                     account = attackers[(number + attempt) % ATTACKER_SIGNUPS]
-                    response = attacker.put("/api/auth/password", json=body, headers=account.headers)
+                    response = attacker.put(
+                        "/api/auth/password", json=body, headers=account.headers
+                    )
                     answers[response.status_code] += 1
                     if victims_done.is_set() or response.json() == TOO_MANY_REQUESTS:
                         break
@@ -495,7 +543,9 @@ def test_one_address_retrying_password_checks_cannot_starve_other_logins(tmp_pat
             statuses = []
             with from_address(server, address) as victim:
                 for _ in range(LOGINS_PER_VICTIM):
-                    response = victim.post("/api/auth/login", json={"email": account.email, "password": password})
+                    response = victim.post(
+                        "/api/auth/login", json={"email": account.email, "password": password}
+                    )
                     statuses.append(response.status_code)
                     if response.status_code == 200:
                         assert response.json()["user"]["id"] == account.id
@@ -515,8 +565,12 @@ def test_one_address_retrying_password_checks_cannot_starve_other_logins(tmp_pat
     assert set(attack_answers) <= {401, 429, 503}, attack_answers
     # The attacker's signups used up its address's auth requests for the minute: it
     # reaches bcrypt no more than that, however often it retries.
-    assert attack_answers[429] > 0 and attack_answers[401] + attack_answers[503] <= ATTACKER_SIGNUPS, attack_answers
+    assert (
+        attack_answers[429] > 0 and attack_answers[401] + attack_answers[503] <= ATTACKER_SIGNUPS
+    ), attack_answers
     succeeded = victim_statuses.count(200)
     assert len(victim_statuses) == len(VICTIMS) * LOGINS_PER_VICTIM
-    assert succeeded >= 0.9 * len(victim_statuses), f"logins from other addresses: {Counter(victim_statuses)}"
+    assert succeeded >= 0.9 * len(victim_statuses), (
+        f"logins from other addresses: {Counter(victim_statuses)}"
+    )
     assert "Traceback" not in log

@@ -27,12 +27,22 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from helpers import (
+    INVALID_TOKEN,
+    PASSWORD,
+    REPO_ROOT,
+    TEST_DATABASE_URL,
+    LiveServer,
+    free_port,
+    require_tool,
+)
 from sqlmodel import SQLModel
 
 import db
-from helpers import INVALID_TOKEN, PASSWORD, REPO_ROOT, TEST_DATABASE_URL, LiveServer, free_port, require_tool
 
-ACCESS_LINE = re.compile(r"todo\.access \[(\d+)\]: \w+ \S+ (\d{3}) [\d.]+ms request_id=(\S+)$", re.M)
+ACCESS_LINE = re.compile(
+    r"todo\.access \[(\d+)\]: \w+ \S+ (\d{3}) [\d.]+ms request_id=(\S+)$", re.M
+)
 INVALID_REFRESH = {"detail": "Invalid or expired refresh token"}
 REFRESH_URL = "/api/auth/refresh"
 
@@ -69,7 +79,9 @@ def two_workers(request, tmp_path_factory):
 def sign_up(base_url: str, email: str, probe: str) -> dict:
     with httpx2.Client(base_url=base_url, timeout=30) as http:
         response = http.post(
-            "/api/auth/signup", json={"email": email, "password": PASSWORD}, headers={"X-Request-ID": probe}
+            "/api/auth/signup",
+            json={"email": email, "password": PASSWORD},
+            headers={"X-Request-ID": probe},
         )
     assert response.status_code == 201, response.text
     return response.json()
@@ -80,7 +92,9 @@ def sign_up(base_url: str, email: str, probe: str) -> dict:
 
 def test_both_workers_start_as_children_of_uvicorn_and_one_migrates_the_new_database(two_workers):
     with httpx2.Client(base_url=two_workers.url, timeout=30) as http:
-        signup = http.post("/api/auth/signup", json={"email": "first@example.com", "password": PASSWORD})
+        signup = http.post(
+            "/api/auth/signup", json={"email": "first@example.com", "password": PASSWORD}
+        )
         health = [http.get("/health", headers={"Connection": "close"}) for _ in range(8)]
     workers = started_workers(two_workers)
     server_log = two_workers.log()
@@ -94,7 +108,9 @@ def test_both_workers_start_as_children_of_uvicorn_and_one_migrates_the_new_data
         engine.dispose()
 
     assert (signup.status_code, signup.json()["user"]["email"]) == (201, "first@example.com")
-    assert [(response.status_code, response.json()) for response in health] == [(200, {"status": "ok"})] * 8
+    assert [(response.status_code, response.json()) for response in health] == [
+        (200, {"status": "ok"})
+    ] * 8
     assert len(workers) == 2 and two_workers.process.pid not in workers
     for pid in workers:
         parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
@@ -144,12 +160,16 @@ class PinnedClient:
 
     def __init__(self, server: LiveServer, name: str) -> None:
         self.server, self.name, self.sent = server, name, 0
-        self.http = httpx2.Client(base_url=server.url, timeout=30, limits=httpx2.Limits(max_connections=1))
+        self.http = httpx2.Client(
+            base_url=server.url, timeout=30, limits=httpx2.Limits(max_connections=1)
+        )
         probe = self.send("GET", "/health")
         assert probe.status_code == 200, probe.text
         self.worker = served_by(server, self.last_request_id)
 
-    def send(self, method: str, path: str, headers: dict[str, str] | None = None, **kwargs) -> httpx2.Response:
+    def send(
+        self, method: str, path: str, headers: dict[str, str] | None = None, **kwargs
+    ) -> httpx2.Response:
         self.sent += 1
         self.last_request_id = f"{self.name}-{self.sent}"
         headers = {"X-Request-ID": self.last_request_id, **(headers or {})}
@@ -178,29 +198,45 @@ def one_client_per_worker(server: LiveServer) -> list[PinnedClient]:
 def test_refresh_on_one_worker_use_on_the_other_and_replays_are_caught_by_both(two_workers):
     first, second = one_client_per_worker(two_workers)
     try:
-        signup = first.request("POST", "/api/auth/signup", json={"email": "w@example.com", "password": PASSWORD})
+        signup = first.request(
+            "POST", "/api/auth/signup", json={"email": "w@example.com", "password": PASSWORD}
+        )
         assert signup.status_code == 201, signup.text
         user_id = signup.json()["user"]["id"]
-        other_session = second.request("POST", "/api/auth/login", json={"email": "w@example.com", "password": PASSWORD})
+        other_session = second.request(
+            "POST", "/api/auth/login", json={"email": "w@example.com", "password": PASSWORD}
+        )
         assert other_session.status_code == 200, other_session.text
 
-        on_first = first.request("POST", REFRESH_URL, json={"refresh_token": signup.json()["refresh_token"]})
+        on_first = first.request(
+            "POST", REFRESH_URL, json={"refresh_token": signup.json()["refresh_token"]}
+        )
         assert on_first.status_code == 200, on_first.text
-        used_on_second = second.request("GET", "/api/auth/me", headers=bearer(on_first.json()["access_token"]))
+        used_on_second = second.request(
+            "GET", "/api/auth/me", headers=bearer(on_first.json()["access_token"])
+        )
         assert (used_on_second.status_code, used_on_second.json()["id"]) == (200, user_id)
-        on_second = second.request("POST", REFRESH_URL, json={"refresh_token": on_first.json()["refresh_token"]})
+        on_second = second.request(
+            "POST", REFRESH_URL, json={"refresh_token": on_first.json()["refresh_token"]}
+        )
         assert on_second.status_code == 200, on_second.text
 
-        replay = first.request("POST", REFRESH_URL, json={"refresh_token": on_first.json()["refresh_token"]})
+        replay = first.request(
+            "POST", REFRESH_URL, json={"refresh_token": on_first.json()["refresh_token"]}
+        )
         assert (replay.status_code, replay.json()) == (401, INVALID_REFRESH)
         for client in (first, second):
-            refused = client.request("POST", REFRESH_URL, json={"refresh_token": on_second.json()["refresh_token"]})
+            refused = client.request(
+                "POST", REFRESH_URL, json={"refresh_token": on_second.json()["refresh_token"]}
+            )
             assert (refused.status_code, refused.json()) == (401, INVALID_REFRESH)
             for access in (signup.json()["access_token"], on_second.json()["access_token"]):
                 response = client.request("GET", "/api/auth/me", headers=bearer(access))
                 assert (response.status_code, response.json()) == (401, INVALID_TOKEN)
             # The other login is another session, on both workers.
-            response = client.request("GET", "/api/auth/me", headers=bearer(other_session.json()["access_token"]))
+            response = client.request(
+                "GET", "/api/auth/me", headers=bearer(other_session.json()["access_token"])
+            )
             assert (response.status_code, response.json()["id"]) == (200, user_id)
         issued = [signup.json()["refresh_token"], other_session.json()["refresh_token"]]
         issued += [on_first.json()["refresh_token"], on_second.json()["refresh_token"]]
@@ -217,7 +253,9 @@ def test_refresh_on_one_worker_use_on_the_other_and_replays_are_caught_by_both(t
 
 
 def test_200_parallel_creates_from_several_clients_all_land(two_workers):
-    users = [sign_up(two_workers.url, f"load{n}@example.com", probe=f"signup-{n}") for n in range(4)]
+    users = [
+        sign_up(two_workers.url, f"load{n}@example.com", probe=f"signup-{n}") for n in range(4)
+    ]
     clients = [
         httpx2.Client(
             base_url=two_workers.url,
@@ -232,7 +270,9 @@ def test_200_parallel_creates_from_several_clients_all_land(two_workers):
         owner = number % len(users)
         url = f"/api/{users[owner]['user']['id']}/tasks"
         response = clients[owner].post(
-            url, json={"title": f"task {number}", "tags": ["load"]}, headers={"X-Request-ID": f"load-{number}"}
+            url,
+            json={"title": f"task {number}", "tags": ["load"]},
+            headers={"X-Request-ID": f"load-{number}"},
         )
         assert response.status_code == 201, response.text
         return owner, response.json()["id"], response.json()["user_id"]
@@ -281,7 +321,11 @@ def better_auth_server(tmp_path):
     environment = {**os.environ, "PORT": str(port), "BETTER_AUTH_SECRET": secrets.token_urlsafe(48)}
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [node, "server.mjs"], cwd=BETTER_AUTH_FOLDER, env=environment, stdout=log, stderr=subprocess.STDOUT
+            [node, "server.mjs"],
+            cwd=BETTER_AUTH_FOLDER,
+            env=environment,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -294,7 +338,9 @@ def better_auth_server(tmp_path):
                 except httpx2.TransportError:
                     pass
                 if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError(f"Better Auth did not start:\n{log_path.read_text(errors='replace')}")
+                    raise RuntimeError(
+                        f"Better Auth did not start:\n{log_path.read_text(errors='replace')}"
+                    )
                 try:  # waits for the next poll, and notices at once if node died
                     process.wait(timeout=0.1)
                 except subprocess.TimeoutExpired:
@@ -311,8 +357,12 @@ def better_auth_server(tmp_path):
 
 def better_auth_user(better_auth_url: str, email: str) -> tuple[str, str]:
     """Sign a user up through Better Auth as a browser would; their id and their JWT."""
-    with httpx2.Client(base_url=better_auth_url, timeout=10, headers={"Origin": better_auth_url}) as browser:
-        signup = browser.post("/api/auth/sign-up/email", json={"email": email, "password": PASSWORD, "name": "Ada"})
+    with httpx2.Client(
+        base_url=better_auth_url, timeout=10, headers={"Origin": better_auth_url}
+    ) as browser:
+        signup = browser.post(
+            "/api/auth/sign-up/email", json={"email": email, "password": PASSWORD, "name": "Ada"}
+        )
         assert signup.status_code == 200, signup.text
         session_cookie = signup.headers["set-cookie"].split(";", 1)[0]
         token = browser.get("/api/auth/token", headers={"Cookie": session_cookie})
@@ -320,23 +370,31 @@ def better_auth_user(better_auth_url: str, email: str) -> tuple[str, str]:
         return signup.json()["user"]["id"], token.json()["token"]
 
 
-def test_a_real_better_auth_servers_tokens_drive_the_task_routes_on_both_workers(better_auth_server, live_server):
+def test_a_real_better_auth_servers_tokens_drive_the_task_routes_on_both_workers(
+    better_auth_server, live_server
+):
     ada_id, ada_token = better_auth_user(better_auth_server, "ada@example.com")
     grace_id, grace_token = better_auth_user(better_auth_server, "grace@example.com")
     assert jwt.get_unverified_header(ada_token)["alg"] == "EdDSA"
     server = live_server(workers=2, env={"BETTER_AUTH_URL": better_auth_server})
     with httpx2.Client(base_url=server.url, timeout=10) as api:
         ada = bearer(ada_token)
-        created = api.post(f"/api/{ada_id}/tasks", json={"title": "Buy milk", "tags": ["home"]}, headers=ada)
+        created = api.post(
+            f"/api/{ada_id}/tasks", json={"title": "Buy milk", "tags": ["home"]}, headers=ada
+        )
         assert created.status_code == 201, created.text
         task = created.json()
         assert created.headers["location"] == f"/api/{ada_id}/tasks/{task['id']}"
         account = api.get("/api/auth/me", headers=ada)
         assert account.status_code == 200
-        assert account.json()["better_auth_id"] == ada_id and account.json()["id"] == task["user_id"]
+        assert (
+            account.json()["better_auth_id"] == ada_id and account.json()["id"] == task["user_id"]
+        )
         done = api.patch(f"/api/{ada_id}/tasks/{task['id']}/complete", headers=ada)
         assert done.status_code == 200 and done.json()["completed"] is True
-        listing = api.get(f"/api/{task['user_id']}/tasks", params={"status": "completed"}, headers=ada)
+        listing = api.get(
+            f"/api/{task['user_id']}/tasks", params={"status": "completed"}, headers=ada
+        )
         assert listing.status_code == 200
         assert [item["title"] for item in listing.json()] == ["Buy milk"]
         assert listing.headers["x-total-count"] == "1"
@@ -366,7 +424,9 @@ KILL_AFTER_ACKNOWLEDGED = 150
 def list_all_tasks(client: httpx2.Client, account) -> list[dict]:
     tasks, offset = [], 0
     while True:
-        page = client.get(account.tasks_url, params={"limit": 100, "offset": offset, "sort": "created"})
+        page = client.get(
+            account.tasks_url, params={"limit": 100, "offset": offset, "sort": "created"}
+        )
         assert page.status_code == 200, page.text
         tasks += page.json()
         offset += 100
@@ -375,7 +435,9 @@ def list_all_tasks(client: httpx2.Client, account) -> list[dict]:
 
 
 @pytest.mark.parametrize("synchronous", ["NORMAL", "FULL"])
-def test_no_acknowledged_create_is_lost_when_the_server_is_killed(tmp_path, new_account, synchronous):
+def test_no_acknowledged_create_is_lost_when_the_server_is_killed(
+    tmp_path, new_account, synchronous
+):
     acknowledged: dict[int, dict] = {}  # task id -> the body the 201 carried
     sent_titles: set[str] = set()
     lock = threading.Lock()
@@ -406,7 +468,9 @@ def test_no_acknowledged_create_is_lost_when_the_server_is_killed(tmp_path, new_
                         if len(acknowledged) >= KILL_AFTER_ACKNOWLEDGED:
                             enough_acknowledged.set()
 
-        writers = [threading.Thread(target=write, args=(thread,)) for thread in range(WRITER_THREADS)]
+        writers = [
+            threading.Thread(target=write, args=(thread,)) for thread in range(WRITER_THREADS)
+        ]
         for writer in writers:
             writer.start()
         assert enough_acknowledged.wait(timeout=120), "the writers stalled"
@@ -447,7 +511,9 @@ def read_synchronous_setting(tmp_path, setting: str | None) -> subprocess.Comple
     if setting is not None:
         env["SQLITE_SYNCHRONOUS"] = setting
     probe = "import db; print(db.engine.connect().exec_driver_sql('PRAGMA synchronous').scalar())"
-    return subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO_ROOT, env=env, capture_output=True, text=True
+    )
 
 
 @pytest.mark.parametrize(("setting", "level"), [(None, "1"), ("normal", "1"), ("FULL", "2")])
@@ -480,15 +546,27 @@ def client_at(server: LiveServer, address: str = "127.0.0.1") -> httpx2.Client:
     any worker. Any 127.x.y.z source address reaches the server over loopback, and the
     rate limits count per client address, so each check can have an address of its own."""
     transport = httpx2.HTTPTransport(local_address=address)
-    return httpx2.Client(base_url=server.url, transport=transport, timeout=30, headers={"Connection": "close"})
+    return httpx2.Client(
+        base_url=server.url, transport=transport, timeout=30, headers={"Connection": "close"}
+    )
 
 
-def send(http: httpx2.Client, method: str, path: str, request_id: str, headers=None, **kwargs) -> httpx2.Response:
-    return http.request(method, path, headers={"X-Request-ID": request_id, **(headers or {})}, **kwargs)
+def send(
+    http: httpx2.Client, method: str, path: str, request_id: str, headers=None, **kwargs
+) -> httpx2.Response:
+    return http.request(
+        method, path, headers={"X-Request-ID": request_id, **(headers or {})}, **kwargs
+    )
 
 
 def send_in_parallel(
-    http: httpx2.Client, method: str, path: str, prefix: str, count: int = REQUESTS_PER_CHECK, json_for=None, **kwargs
+    http: httpx2.Client,
+    method: str,
+    path: str,
+    prefix: str,
+    count: int = REQUESTS_PER_CHECK,
+    json_for=None,
+    **kwargs,
 ) -> list[httpx2.Response]:
     """`count` requests at once, 8 at a time, with request ids prefix-0, prefix-1, ...;
     json_for(number) gives each its own body."""
@@ -528,7 +606,9 @@ def test_four_workers_in_a_fresh_directory_share_one_secret_and_every_logout(tmp
             assert response.status_code == 401, response.text
             assert response.json() == {"detail": "Could not validate credentials"}
             assert response.headers["www-authenticate"] == "Bearer"
-        for response in send_in_parallel(http, "GET", "/api/auth/me", "other-session", headers=second):
+        for response in send_in_parallel(
+            http, "GET", "/api/auth/me", "other-session", headers=second
+        ):
             assert response.status_code == 200, response.text
             assert response.json() == user
 
@@ -537,7 +617,9 @@ def test_four_workers_in_a_fresh_directory_share_one_secret_and_every_logout(tmp
 
     served_by = worker_of_each_request(server_log)
     assert server_log.count("Application startup complete") == WORKERS
-    assert server_log.count("Upgraded the database schema from revision none (new database)") == 1  # one migrated
+    assert (
+        server_log.count("Upgraded the database schema from revision none (new database)") == 1
+    )  # one migrated
     # The token was signed by one worker and accepted, then refused after the logout, by
     # other worker processes: several distinct children of the master, typically all four.
     for prefix in ("before", "revoked", "other-session"):
@@ -549,8 +631,12 @@ def test_four_workers_in_a_fresh_directory_share_one_secret_and_every_logout(tmp
     # One secret, created once, private, with no temporary file left behind.
     secret_file = tmp_path / ".jwt_secret"
     assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
-    assert sorted(path.name for path in tmp_path.iterdir() if "jwt_secret" in path.name) == [".jwt_secret"]
-    claims = jwt.decode(signup.json()["access_token"], secret_file.read_text().strip(), algorithms=["HS256"])
+    assert sorted(path.name for path in tmp_path.iterdir() if "jwt_secret" in path.name) == [
+        ".jwt_secret"
+    ]
+    claims = jwt.decode(
+        signup.json()["access_token"], secret_file.read_text().strip(), algorithms=["HS256"]
+    )
     assert claims["sub"] == str(user["id"])
 
     # Nothing secret in any line the server wrote, uvicorn's included.
@@ -570,18 +656,29 @@ def test_rate_limits_count_across_workers(tmp_path, password):
             address = f"127.0.0.{10 + round_number}"  # a loopback address of its own per round
             account = {"email": f"victim{round_number}@example.com", "password": password}
             with client_at(server, address) as http:
-                signup = send(http, "POST", "/api/auth/signup", f"victim-{round_number}", json=account)
+                signup = send(
+                    http, "POST", "/api/auth/signup", f"victim-{round_number}", json=account
+                )
                 assert signup.status_code == 201, signup.text
                 wrong = {**account, "password": "a wrong guess"}
                 guesses = send_in_parallel(
-                    http, "POST", "/api/auth/login", f"guess{round_number}", count=5, json_for=lambda _: wrong
+                    http,
+                    "POST",
+                    "/api/auth/login",
+                    f"guess{round_number}",
+                    count=5,
+                    json_for=lambda _: wrong,
                 )
                 for failed in guesses:
                     assert failed.status_code == 401, failed.text
                     assert failed.json() == {"detail": "Incorrect email or password"}
-                blocked = send(http, "POST", "/api/auth/login", f"right-{round_number}", json=account)
+                blocked = send(
+                    http, "POST", "/api/auth/login", f"right-{round_number}", json=account
+                )
             assert blocked.status_code == 429, blocked.text
-            assert blocked.json() == {"detail": "Too many failed logins for this email; try again later"}
+            assert blocked.json() == {
+                "detail": "Too many failed logins for this email; try again later"
+            }
             assert int(blocked.headers["retry-after"]) > 0
 
         # 20 signups from one address in a minute, then a 21st: 429; another address: 201.
@@ -595,14 +692,25 @@ def test_rate_limits_count_across_workers(tmp_path, password):
             body = {"email": "bot20@example.com", "password": password}
             refused = send(scripter, "POST", "/api/auth/signup", "bot-over", json=body)
         assert refused.status_code == 429, refused.text
-        assert refused.json() == {"detail": "Too many signups, logins, refreshes and password checks from your address; try again later"}
+        assert refused.json() == {
+            "detail": "Too many signups, logins, refreshes and password checks from your address; try again later"
+        }
         assert int(refused.headers["retry-after"]) > 0
         with client_at(server) as elsewhere:
-            human = send(elsewhere, "POST", "/api/auth/signup", "elsewhere", json={**body, "email": "human@example.com"})
+            human = send(
+                elsewhere,
+                "POST",
+                "/api/auth/signup",
+                "elsewhere",
+                json={**body, "email": "human@example.com"},
+            )
         assert human.status_code == 201, human.text
         server_log = server.log()
 
     served_by = worker_of_each_request(server_log)
-    spread = [len(workers_that_served(served_by, f"guess{round_number}")) for round_number in range(rounds)]
+    spread = [
+        len(workers_that_served(served_by, f"guess{round_number}"))
+        for round_number in range(rounds)
+    ]
     assert max(spread) >= 2, served_by
     assert len(workers_that_served(served_by, "bot")) >= 2, served_by

@@ -14,19 +14,19 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import httpx2
 import pytest
-from sqlalchemy import delete as sql_delete
+from helpers import TEST_DATABASE_URL, LiveServer
 from sqlalchemy import String, cast, func, insert, literal, select, text
+from sqlalchemy import delete as sql_delete
 from sqlalchemy import update as sql_update
 from sqlmodel import Session
 
 import db
 import routes.tasks
 from db import STATEMENT_TIMED_OUT
-from helpers import TEST_DATABASE_URL, LiveServer
 from models import RateLimitEvent, RefreshToken, RevokedToken, Task, TokenFamily, User
 
 REQUEST_TIMEOUT_SECONDS = 60  # longer than the slowest answer a test accepts, so it measures it
@@ -68,11 +68,17 @@ class RawClient:
     def __init__(self, url: str) -> None:
         host, port = url.removeprefix("http://").split(":")
         self.host = f"{host}:{port}"
-        self.connection = socket.create_connection((host, int(port)), timeout=REQUEST_TIMEOUT_SECONDS)
+        self.connection = socket.create_connection(
+            (host, int(port)), timeout=REQUEST_TIMEOUT_SECONDS
+        )
         self.received = b""
 
     def get(self, path: str, headers: dict[str, str]) -> tuple[int, object]:
-        lines = [f"GET {path} HTTP/1.1", f"Host: {self.host}", *(f"{name}: {value}" for name, value in headers.items())]
+        lines = [
+            f"GET {path} HTTP/1.1",
+            f"Host: {self.host}",
+            *(f"{name}: {value}" for name, value in headers.items()),
+        ]
         self.connection.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
         head = self.read_until_blank_line()
         status = int(head.split(b" ", 2)[1])
@@ -109,7 +115,10 @@ def test_150_clients_at_once_get_no_5xx_and_health_stays_fast(tmp_path, engine, 
     database = {"DATABASE_URL": TEST_DATABASE_URL} if TEST_DATABASE_URL is not None else {}
     with LiveServer(tmp_path, env=database) as server:
         with httpx2.Client(base_url=server.url, timeout=REQUEST_TIMEOUT_SECONDS) as http:
-            accounts = [new_account(f"burst{number}@example.com", via=http) for number in range(BURST_ACCOUNTS)]
+            accounts = [
+                new_account(f"burst{number}@example.com", via=http)
+                for number in range(BURST_ACCOUNTS)
+            ]
         everyone_ready = threading.Barrier(BURST_CLIENTS)
         probe = HealthProbe(server.url)
 
@@ -124,7 +133,9 @@ def test_150_clients_at_once_get_no_5xx_and_health_stays_fast(tmp_path, engine, 
                     status, body = client.get(path, account.headers)
                     answers.append((path, status, time.monotonic() - started))
                     if status == 200:
-                        assert body == [] if path.endswith("/tasks") else body["id"] == account.id, body
+                        assert (
+                            body == [] if path.endswith("/tasks") else body["id"] == account.id
+                        ), body
             finally:
                 client.close()
             return answers
@@ -154,7 +165,9 @@ def test_150_clients_at_once_get_no_5xx_and_health_stays_fast(tmp_path, engine, 
 
 def test_100_parallel_toggles_lose_no_update(client, alice, create):
     plain = create(alice, title="plain")
-    recurring = create(alice, title="recurring", due_date="2026-03-01T00:00:00Z", recurrence="daily")
+    recurring = create(
+        alice, title="recurring", due_date="2026-03-01T00:00:00Z", recurrence="daily"
+    )
 
     def toggle(task_id: int) -> bool:
         response = client.patch(f"{alice.tasks_url}/{task_id}/complete", headers=alice.headers)
@@ -176,14 +189,18 @@ def test_100_parallel_toggles_lose_no_update(client, alice, create):
 
 def test_200_parallel_creates_all_land(client, alice):
     def create_one(i: int) -> int:
-        response = client.post(alice.tasks_url, json={"title": f"t{i}", "tags": ["load"]}, headers=alice.headers)
+        response = client.post(
+            alice.tasks_url, json={"title": f"t{i}", "tags": ["load"]}, headers=alice.headers
+        )
         assert response.status_code == 201, response.text
         return response.json()["id"]
 
     with ThreadPoolExecutor(max_workers=32) as pool:
         ids = list(pool.map(create_one, range(200)))
     assert len(set(ids)) == 200
-    listing = client.get(alice.tasks_url, params={"tag": "load", "limit": 100}, headers=alice.headers)
+    listing = client.get(
+        alice.tasks_url, params={"tag": "load", "limit": 100}, headers=alice.headers
+    )
     assert (listing.status_code, listing.headers["x-total-count"]) == (200, "200")
 
 
@@ -194,11 +211,17 @@ def test_mixed_parallel_traffic_never_reports_a_locked_database(client, alice, c
     def one_request(i: int) -> int:
         kind = i % 4
         if kind == 0:
-            response = client.put(url, json={"title": f"edit {i}", "tags": [f"tag{i}"]}, headers=alice.headers)
+            response = client.put(
+                url, json={"title": f"edit {i}", "tags": [f"tag{i}"]}, headers=alice.headers
+            )
         elif kind == 1:
-            response = client.post(alice.tasks_url, json={"title": f"new {i}"}, headers=alice.headers)
+            response = client.post(
+                alice.tasks_url, json={"title": f"new {i}"}, headers=alice.headers
+            )
         elif kind == 2:
-            response = client.patch(f"{url}/complete", json={"completed": i % 8 == 2}, headers=alice.headers)
+            response = client.patch(
+                f"{url}/complete", json={"completed": i % 8 == 2}, headers=alice.headers
+            )
         else:
             response = client.get(alice.tasks_url, headers=alice.headers)
         assert response.status_code < 300, response.text
@@ -212,7 +235,9 @@ def test_mixed_parallel_traffic_never_reports_a_locked_database(client, alice, c
     assert (listing.status_code, listing.headers["x-total-count"]) == (200, "102")
 
 
-def test_creating_while_the_account_is_deleted_never_fails_with_500(client, alice, password, delete_me):
+def test_creating_while_the_account_is_deleted_never_fails_with_500(
+    client, alice, password, delete_me
+):
     def create_one(_: int) -> int:
         response = client.post(alice.tasks_url, json={"title": "racing"}, headers=alice.headers)
         return response.status_code
@@ -242,8 +267,13 @@ COMPLETIONS = {
 }
 
 
-@pytest.mark.skipif(TEST_DATABASE_URL is None, reason="PostgreSQL locks rows, and so can deadlock; SQLite has one lock")
-@pytest.mark.parametrize(("method", "suffix", "body", "pause_in"), COMPLETIONS.values(), ids=COMPLETIONS)
+@pytest.mark.skipif(
+    TEST_DATABASE_URL is None,
+    reason="PostgreSQL locks rows, and so can deadlock; SQLite has one lock",
+)
+@pytest.mark.parametrize(
+    ("method", "suffix", "body", "pause_in"), COMPLETIONS.values(), ids=COMPLETIONS
+)
 def test_completing_a_recurring_task_while_its_account_is_deleted_never_deadlocks(
     client, engine, alice, create, password, delete_me, monkeypatch, method, suffix, body, pause_in
 ):
@@ -300,20 +330,31 @@ def test_concurrent_updates_cannot_leave_a_recurring_task_without_a_due_date(
     another_request_commits_after_the_read(
         lambda task_id: sql_update(Task).where(Task.id == task_id).values(recurrence="daily")
     )
-    response = client.put(f"{alice.tasks_url}/{task['id']}", json={"due_date": None}, headers=alice.headers)
+    response = client.put(
+        f"{alice.tasks_url}/{task['id']}", json={"due_date": None}, headers=alice.headers
+    )
     assert response.status_code == 422
     assert response.json()["detail"][0]["msg"] == "Value error, A recurring task needs a due_date"
     stored = client.get(f"{alice.tasks_url}/{task['id']}", headers=alice.headers)
     assert stored.status_code == 200
-    assert stored.json()["recurrence"] == "daily" and stored.json()["due_date"] == "2026-04-01T00:00:00Z"
+    assert (
+        stored.json()["recurrence"] == "daily"
+        and stored.json()["due_date"] == "2026-04-01T00:00:00Z"
+    )
     done = client.patch(f"{alice.tasks_url}/{task['id']}/complete", headers=alice.headers)
     assert done.status_code == 200 and done.json()["completed"] is True
 
 
-def test_updating_a_task_deleted_meanwhile_is_404(client, alice, create, another_request_commits_after_the_read):
+def test_updating_a_task_deleted_meanwhile_is_404(
+    client, alice, create, another_request_commits_after_the_read
+):
     task = create(alice, tags=["home"])
-    another_request_commits_after_the_read(lambda task_id: sql_delete(Task).where(Task.id == task_id))
-    response = client.put(f"{alice.tasks_url}/{task['id']}", json={"tags": ["work"]}, headers=alice.headers)
+    another_request_commits_after_the_read(
+        lambda task_id: sql_delete(Task).where(Task.id == task_id)
+    )
+    response = client.put(
+        f"{alice.tasks_url}/{task['id']}", json={"tags": ["work"]}, headers=alice.headers
+    )
     assert response.status_code == 404
     assert response.json() == {"detail": "Task not found"}
 
@@ -323,13 +364,21 @@ def test_updating_a_task_deleted_meanwhile_is_404(client, alice, create, another
 
 def limit_tasks_to(monkeypatch, limit: int) -> dict:
     """MAX_TASKS_PER_USER for this test; returns the 409 body at that limit."""
-    monkeypatch.setattr(routes.tasks, "settings", dataclasses.replace(routes.tasks.settings, max_tasks_per_user=limit))
-    return {"detail": f"Task limit reached: an account holds at most {limit} tasks; delete some first"}
+    monkeypatch.setattr(
+        routes.tasks,
+        "settings",
+        dataclasses.replace(routes.tasks.settings, max_tasks_per_user=limit),
+    )
+    return {
+        "detail": f"Task limit reached: an account holds at most {limit} tasks; delete some first"
+    }
 
 
 def try_create(client, account, **fields):
     """A create that may be refused: the response, whatever its status."""
-    return client.post(account.tasks_url, headers=account.headers, json={"title": "a task", **fields})
+    return client.post(
+        account.tasks_url, headers=account.headers, json={"title": "a task", **fields}
+    )
 
 
 def total(client, account) -> int:
@@ -342,7 +391,9 @@ def test_max_tasks_per_user_defaults_to_10000():
     assert routes.tasks.settings.max_tasks_per_user == 10_000
 
 
-def test_a_create_beyond_the_task_limit_is_409_until_a_task_is_deleted(client, alice, bob, create, monkeypatch):
+def test_a_create_beyond_the_task_limit_is_409_until_a_task_is_deleted(
+    client, alice, bob, create, monkeypatch
+):
     too_many = limit_tasks_to(monkeypatch, 3)
     created = [create(alice)["id"] for _ in range(3)]
     refused = try_create(client, alice)
@@ -360,7 +411,9 @@ def test_a_create_beyond_the_task_limit_is_409_until_a_task_is_deleted(client, a
 def test_concurrent_creates_never_pass_the_task_limit(client, alice, monkeypatch):
     too_many = limit_tasks_to(monkeypatch, 5)
     with ThreadPoolExecutor(max_workers=10) as pool:
-        responses = list(pool.map(lambda number: try_create(client, alice, title=f"task {number}"), range(30)))
+        responses = list(
+            pool.map(lambda number: try_create(client, alice, title=f"task {number}"), range(30))
+        )
     assert Counter(response.status_code for response in responses) == {201: 5, 409: 25}
     assert all(response.json() == too_many for response in responses if response.status_code == 409)
     assert total(client, alice) == 5
@@ -376,7 +429,9 @@ def test_tasks_already_stored_count_towards_the_limit(client, engine, alice, mon
     assert total(client, alice) == 3
 
 
-def test_completing_a_recurring_task_at_the_limit_is_409_and_changes_nothing(client, alice, create, monkeypatch):
+def test_completing_a_recurring_task_at_the_limit_is_409_and_changes_nothing(
+    client, alice, create, monkeypatch
+):
     """Its next occurrence would be one task too many; ending the series silently would
     break the promise of exactly one next occurrence."""
     too_many = limit_tasks_to(monkeypatch, 2)
@@ -410,7 +465,7 @@ WORST_CASE_QUERY = "a" * 199 + "b"  # LIKE backtracks: text length times pattern
 
 def insert_tasks(engine, owner_id: int, count: int, title: str, description: str | None) -> None:
     """Rows straight into the table: thousands of them in well under a second."""
-    moment = datetime(2026, 3, 1, tzinfo=timezone.utc)
+    moment = datetime(2026, 3, 1, tzinfo=UTC)
     row = {
         "user_id": owner_id, "title": title, "description": description, "completed": False,
         "priority": "medium", "recurrence": "none", "next_occurrence_created": False,
@@ -423,7 +478,9 @@ def insert_tasks(engine, owner_id: int, count: int, title: str, description: str
 def worst_case_search(client, engine, account) -> tuple[httpx2.Response, float]:
     insert_tasks(engine, account.id, WORST_CASE_TASKS, title="a" * 200, description="a" * 1000)
     started = time.monotonic()
-    response = client.get(account.tasks_url, headers=account.headers, params={"q": WORST_CASE_QUERY})
+    response = client.get(
+        account.tasks_url, headers=account.headers, params={"q": WORST_CASE_QUERY}
+    )
     return response, time.monotonic() - started
 
 
@@ -436,10 +493,14 @@ def test_the_worst_case_search_is_answered_within_4_seconds(client, engine, alic
         assert (response.status_code, response.json()) == (503, {"detail": STATEMENT_TIMED_OUT})
 
 
-def test_a_statement_over_its_budget_is_503_and_the_server_goes_on(client, engine, alice, me, monkeypatch):
+def test_a_statement_over_its_budget_is_503_and_the_server_goes_on(
+    client, engine, alice, me, monkeypatch
+):
     """SQLite's "interrupted", PostgreSQL's query_canceled: either way a clear 503."""
     # Far below the search's seconds, far above a primary-key lookup's fraction of a millisecond.
-    strict = db.make_engine(engine.url.render_as_string(hide_password=False), statement_timeout_ms=50)
+    strict = db.make_engine(
+        engine.url.render_as_string(hide_password=False), statement_timeout_ms=50
+    )
     monkeypatch.setattr(db, "engine", strict)
     try:
         response, seconds = worst_case_search(client, engine, alice)
@@ -462,7 +523,7 @@ AUTH_ANSWER_SECONDS = 1.0
 def seed_expired_rows(url: str) -> None:
     """An account with an expired session holding BACKLOG_ROWS expired refresh tokens, and
     expired logged-out tokens and limit events, as a long downtime leaves them."""
-    expired = datetime.now(timezone.utc) - timedelta(days=1)
+    expired = datetime.now(UTC) - timedelta(days=1)
     seeding = db.make_engine(url, statement_timeout_ms=600_000)
     numbers = select(literal(1).label("number")).cte("numbers", recursive=True)
     numbers = numbers.union_all(select(numbers.c.number + 1).where(numbers.c.number < BACKLOG_ROWS))
@@ -471,11 +532,19 @@ def seed_expired_rows(url: str) -> None:
     try:
         db.migrate(seeding)
         with seeding.begin() as connection:
-            owner = insert(User).values(email="owner@example.com", password_hash="unused").returning(User.id)
+            owner = (
+                insert(User)
+                .values(email="owner@example.com", password_hash="unused")
+                .returning(User.id)
+            )
             owner_id = connection.execute(owner).scalar_one()
-            connection.execute(insert(TokenFamily).values(id="expired", user_id=owner_id, expires_at=expired))
+            connection.execute(
+                insert(TokenFamily).values(id="expired", user_id=owner_id, expires_at=expired)
+            )
             tokens = select(row_id, literal("expired"), expired_at).select_from(numbers)
-            connection.execute(insert(RefreshToken).from_select(["token_hash", "family_id", "expires_at"], tokens))
+            connection.execute(
+                insert(RefreshToken).from_select(["token_hash", "family_id", "expires_at"], tokens)
+            )
             few = select(row_id, expired_at).select_from(numbers).limit(10_000)
             connection.execute(insert(RevokedToken).from_select(["jti", "expires_at"], few))
             connection.execute(insert(RateLimitEvent).from_select(["bucket", "expires_at"], few))
@@ -485,11 +554,13 @@ def seed_expired_rows(url: str) -> None:
 
 def expired_rows(url: str) -> int:
     counting = db.make_engine(url, statement_timeout_ms=600_000)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     try:
         with counting.connect() as connection:
             return sum(
-                connection.execute(select(func.count()).select_from(table).where(table.expires_at <= now)).scalar()
+                connection.execute(
+                    select(func.count()).select_from(table).where(table.expires_at <= now)
+                ).scalar()
                 for table in db.EXPIRING_TABLES
             )
     finally:
@@ -506,7 +577,10 @@ def test_a_backlog_of_a_million_expired_rows_slows_no_answer_and_drains(tmp_path
         with httpx2.Client(base_url=server.url, timeout=REQUEST_TIMEOUT_SECONDS) as http:
             answers = []
             for number in range(5):
-                account = {"email": f"user{number}@example.com", "password": "correct horse battery"}
+                account = {
+                    "email": f"user{number}@example.com",
+                    "password": "correct horse battery",
+                }
                 for path, expected in [("/api/auth/signup", 201), ("/api/auth/login", 200)]:
                     started = time.monotonic()
                     response = http.post(path, json=account)

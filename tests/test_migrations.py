@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import bcrypt
@@ -24,12 +24,12 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from helpers import PASSWORD, REPO_ROOT, TEST_DATABASE_URL, free_port
 from sqlalchemy import Column, DateTime, Engine, MetaData, String, bindparam, inspect, text
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import SQLModel
 
 import db
-from helpers import PASSWORD, REPO_ROOT, TEST_DATABASE_URL, free_port
 
 HEAD = ScriptDirectory.from_config(db.alembic_config()).get_current_head()
 
@@ -41,7 +41,8 @@ def release_before_migrations(dialect: str) -> list[str]:
     statement for statement."""
     return (TEST_DATA / f"release-before-migrations.{dialect}.sql").read_text().split(";")
 
-MARCH_1 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
+
+MARCH_1 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -96,7 +97,15 @@ def schema_of(engine: Engine) -> list[tuple]:
             # match; so must a table's name, which SQLite quotes in the statement of a table
             # that a batch migration rebuilt and renamed into place.
             return sorted(
-                (kind, name, table, sql and " ".join(sql.replace(f'CREATE TABLE "{name}"', f"CREATE TABLE {name}").split()))
+                (
+                    kind,
+                    name,
+                    table,
+                    sql
+                    and " ".join(
+                        sql.replace(f'CREATE TABLE "{name}"', f"CREATE TABLE {name}").split()
+                    ),
+                )
                 for kind, name, table, sql in rows
             )
         # A column's place among the table's columns, not its ordinal_position: PostgreSQL
@@ -149,23 +158,35 @@ def test_a_column_in_models_py_that_no_migration_makes_is_a_difference(database)
     models_with_a_new_column = MetaData()
     for table in SQLModel.metadata.tables.values():
         table.to_metadata(models_with_a_new_column)
-    models_with_a_new_column.tables["user"].append_column(Column("nickname", String(50), nullable=True))
+    models_with_a_new_column.tables["user"].append_column(
+        Column("nickname", String(50), nullable=True)
+    )
 
-    [(operation, schema, table, column)] = differences_from_models(database, models_with_a_new_column)
+    [(operation, schema, table, column)] = differences_from_models(
+        database, models_with_a_new_column
+    )
 
     assert (operation, schema, table, column.name) == ("add_column", None, "user", "nickname")
 
 
-@pytest.mark.skipif(TEST_DATABASE_URL is not None, reason="AUTOINCREMENT is SQLite's; PostgreSQL never reuses ids")
+@pytest.mark.skipif(
+    TEST_DATABASE_URL is not None, reason="AUTOINCREMENT is SQLite's; PostgreSQL never reuses ids"
+)
 def test_every_table_that_never_reuses_ids_is_autoincrement_at_head(database):
     """The comparison above cannot see this table option: a migration that rebuilds a table
     without restating it would let SQLite hand a deleted row's id to the next insert."""
     db.migrate(database)
     with database.connect() as connection:
-        rows = connection.exec_driver_sql("SELECT name FROM sqlite_master WHERE sql LIKE '%AUTOINCREMENT%'")
+        rows = connection.exec_driver_sql(
+            "SELECT name FROM sqlite_master WHERE sql LIKE '%AUTOINCREMENT%'"
+        )
         autoincrement = set(rows.scalars())
 
-    never_reuse = {table.name for table in SQLModel.metadata.tables.values() if table.dialect_kwargs.get("sqlite_autoincrement")}
+    never_reuse = {
+        table.name
+        for table in SQLModel.metadata.tables.values()
+        if table.dialect_kwargs.get("sqlite_autoincrement")
+    }
     assert {"user", "task"} <= never_reuse
     assert autoincrement == never_reuse
 
@@ -197,7 +218,7 @@ def fill_like_the_release_before_migrations(engine: Engine) -> dict:
     as that release wrote them (ids from the database; times in UTC)."""
     password_hash = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(4)).decode()
     revoked_jti = secrets.token_urlsafe(16)
-    in_a_year = datetime.now(timezone.utc) + timedelta(days=365)
+    in_a_year = datetime.now(UTC) + timedelta(days=365)
     with engine.begin() as connection:
 
         def insert(table: str, **values) -> int | None:
@@ -237,55 +258,84 @@ def fill_like_the_release_before_migrations(engine: Engine) -> dict:
 TABLES = ("user", "task", "tasktag", "revokedtoken", "ratelimitevent")
 
 
-def with_columns_of(rows: dict[str, set[tuple]], before: dict[str, set[tuple]]) -> dict[str, set[tuple]]:
+def with_columns_of(
+    rows: dict[str, set[tuple]], before: dict[str, set[tuple]]
+) -> dict[str, set[tuple]]:
     """`rows`, each cut to as many columns as the same table's rows had `before`: later
     revisions add their columns after the old ones (Better Auth's to user, for one)."""
-    return {table: {row[: len(next(iter(before[table]), row))] for row in table_rows} for table, table_rows in rows.items()}
+    return {
+        table: {row[: len(next(iter(before[table]), row))] for row in table_rows}
+        for table, table_rows in rows.items()
+    }
 
 
 def rows_of(engine: Engine) -> dict[str, set[tuple]]:
     with engine.connect() as connection:
-        return {table: set(map(tuple, connection.execute(text(f'SELECT * FROM "{table}"')))) for table in TABLES}
+        return {
+            table: set(map(tuple, connection.execute(text(f'SELECT * FROM "{table}"'))))
+            for table in TABLES
+        }
 
 
 def token_for(user_id: int, generation: int, jwt_secret: str, jti: str | None = None) -> str:
     """An access token as the release before migrations issued it."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     claims = {"sub": str(user_id), "iat": now, "exp": now + timedelta(minutes=30),
               "jti": jti or secrets.token_urlsafe(16), "gen": generation}  # fmt: skip
     return jwt.encode(claims, jwt_secret, algorithm="HS256")
 
 
-def test_a_database_of_the_release_before_migrations_is_upgraded_in_place_by_uvicorn(live_server, database_url):
+def test_a_database_of_the_release_before_migrations_is_upgraded_in_place_by_uvicorn(
+    live_server, database_url
+):
     engine = db.make_engine(database_url)
     build_release_before_migrations(engine)
     made = fill_like_the_release_before_migrations(engine)
     rows_before = rows_of(engine)
     jwt_secret = secrets.token_urlsafe(48)
     issued_before = {"Authorization": f"Bearer {token_for(made['ada'], 0, jwt_secret)}"}
-    logged_out = {"Authorization": f"Bearer {token_for(made['ada'], 0, jwt_secret, made['revoked_jti'])}"}
-    from_before_a_password_change = {"Authorization": f"Bearer {token_for(made['bo'], 1, jwt_secret)}"}
+    logged_out = {
+        "Authorization": f"Bearer {token_for(made['ada'], 0, jwt_secret, made['revoked_jti'])}"
+    }
+    from_before_a_password_change = {
+        "Authorization": f"Bearer {token_for(made['bo'], 1, jwt_secret)}"
+    }
 
     server = live_server(env={"DATABASE_URL": database_url, "JWT_SECRET": jwt_secret})
     with httpx2.Client(base_url=server.url, timeout=30) as http:
         me = http.get("/api/auth/me", headers=issued_before)
         refused = http.get("/api/auth/me", headers=logged_out)
         outdated = http.get("/api/auth/me", headers=from_before_a_password_change)
-        listing = http.get(f"/api/{made['ada']}/tasks", headers=issued_before, params={"sort": "title", "order": "asc"})
+        listing = http.get(
+            f"/api/{made['ada']}/tasks",
+            headers=issued_before,
+            params={"sort": "title", "order": "asc"},
+        )
         login = http.post("/api/auth/login", json={"email": "bo@example.com", "password": PASSWORD})
         created = http.post(f"/api/{made['ada']}/tasks", headers=issued_before,
                             json={"title": "After the upgrade", "tags": ["new"], "due_date": "2026-04-01T00:00:00Z"})  # fmt: skip
-        signup = http.post("/api/auth/signup", json={"email": "new@example.com", "password": PASSWORD})
+        signup = http.post(
+            "/api/auth/signup", json={"email": "new@example.com", "password": PASSWORD}
+        )
     server_log = server.log()
     server.stop()
 
     assert me.status_code == 200, me.text
     assert me.json() == {"id": made["ada"], "email": "ada@example.com", "name": "Ada",
                          "created_at": "2026-03-01T12:00:00Z", "better_auth_id": None}  # fmt: skip
-    assert (refused.status_code, refused.json()) == (401, {"detail": "Could not validate credentials"})
-    assert (outdated.status_code, outdated.json()) == (401, {"detail": "Could not validate credentials"})
+    assert (refused.status_code, refused.json()) == (
+        401,
+        {"detail": "Could not validate credentials"},
+    )
+    assert (outdated.status_code, outdated.json()) == (
+        401,
+        {"detail": "Could not validate credentials"},
+    )
     assert listing.status_code == 200, listing.text
-    assert [(task["title"], task["due_date"], task["tags"], task["completed"]) for task in listing.json()] == [
+    assert [
+        (task["title"], task["due_date"], task["tags"], task["completed"])
+        for task in listing.json()
+    ] == [
         ("Call mum", None, [], True),
         ("Pay rent", "2026-03-05T12:00:00Z", ["home", "money"], False),
     ]
@@ -294,8 +344,9 @@ def test_a_database_of_the_release_before_migrations_is_upgraded_in_place_by_uvi
     assert created.json()["tags"] == ["new"] and created.json()["id"] > made["rent"] + 1
     assert signup.status_code == 201, signup.text
     assert signup.json()["user"]["id"] > made["bo"]
-    assert f"Upgraded the database schema from revision {db.FIRST_REVISION} to {HEAD}" in server_log or (
-        HEAD == db.FIRST_REVISION and "Upgraded the database schema" not in server_log
+    assert (
+        f"Upgraded the database schema from revision {db.FIRST_REVISION} to {HEAD}" in server_log
+        or (HEAD == db.FIRST_REVISION and "Upgraded the database schema" not in server_log)
     )
     assert "Traceback" not in server_log
 
@@ -303,11 +354,15 @@ def test_a_database_of_the_release_before_migrations_is_upgraded_in_place_by_uvi
     engine.dispose()
     for table in TABLES:
         assert rows_before[table] <= rows_after[table], table  # every row is there, unchanged
-    new_rows = {table: len(rows_after[table] - rows_before[table]) for table in ("user", "task", "tasktag")}
+    new_rows = {
+        table: len(rows_after[table] - rows_before[table]) for table in ("user", "task", "tasktag")
+    }
     assert new_rows == {"user": 1, "task": 1, "tasktag": 1}
 
 
-def test_a_database_at_0001_upgrades_to_refresh_tokens_keeping_its_rows_and_tokens(live_server, database_url):
+def test_a_database_at_0001_upgrades_to_refresh_tokens_keeping_its_rows_and_tokens(
+    live_server, database_url
+):
     """0002_refresh_tokens only adds its two tables: every row stays, an access token issued
     before it keeps working (it belongs to no session), and a login starts a session."""
     engine = db.make_engine(database_url)
@@ -320,8 +375,12 @@ def test_a_database_at_0001_upgrades_to_refresh_tokens_keeping_its_rows_and_toke
     server = live_server(env={"DATABASE_URL": database_url, "JWT_SECRET": jwt_secret})
     with httpx2.Client(base_url=server.url, timeout=30) as http:
         me = http.get("/api/auth/me", headers=issued_before)
-        login = http.post("/api/auth/login", json={"email": "ada@example.com", "password": PASSWORD})
-        refreshed = http.post("/api/auth/refresh", json={"refresh_token": login.json()["refresh_token"]})
+        login = http.post(
+            "/api/auth/login", json={"email": "ada@example.com", "password": PASSWORD}
+        )
+        refreshed = http.post(
+            "/api/auth/refresh", json={"refresh_token": login.json()["refresh_token"]}
+        )
         logout = http.post("/api/auth/logout", headers=issued_before)
         after_logout = http.get("/api/auth/me", headers=issued_before)
     server_log = server.log()
@@ -346,9 +405,11 @@ def test_a_database_at_0001_upgrades_to_refresh_tokens_keeping_its_rows_and_toke
 
     downgrade_to(engine, db.FIRST_REVISION)  # and back: the sessions go, the accounts stay
     assert current_revisions(engine) == (db.FIRST_REVISION,)
-    assert {table: rows for table, rows in rows_of(engine).items() if table in ("user", "task", "tasktag")} == {
-        table: rows_before[table] for table in ("user", "task", "tasktag")
-    }
+    assert {
+        table: rows
+        for table, rows in rows_of(engine).items()
+        if table in ("user", "task", "tasktag")
+    } == {table: rows_before[table] for table in ("user", "task", "tasktag")}
     engine.dispose()
 
 
@@ -398,7 +459,10 @@ UNKNOWN_REVISION = "9999_from_a_newer_release"
 def stamp_unknown_revision(engine: Engine) -> None:
     db.migrate(engine)
     with engine.begin() as connection:
-        connection.execute(text("UPDATE alembic_version SET version_num = :revision"), {"revision": UNKNOWN_REVISION})
+        connection.execute(
+            text("UPDATE alembic_version SET version_num = :revision"),
+            {"revision": UNKNOWN_REVISION},
+        )
 
 
 def test_a_database_at_an_unknown_revision_is_not_touched(database):
@@ -416,16 +480,26 @@ def test_a_database_at_an_unknown_revision_is_not_touched(database):
     assert schema_of(database) == schema
 
 
-def run_uvicorn_until_it_exits(directory: Path, database_url: str, workers: int = 1) -> subprocess.CompletedProcess:
-    environment = {name: value for name, value in os.environ.items() if name not in ("DATABASE_URL", "JWT_SECRET")}
+def run_uvicorn_until_it_exits(
+    directory: Path, database_url: str, workers: int = 1
+) -> subprocess.CompletedProcess:
+    environment = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in ("DATABASE_URL", "JWT_SECRET")
+    }
     environment.update(DATABASE_URL=database_url, JWT_SECRET=secrets.token_urlsafe(48))
     command_line = [sys.executable, "-m", "uvicorn", "main:app", "--app-dir", str(REPO_ROOT),
                     "--host", "127.0.0.1", "--port", str(free_port()), "--workers", str(workers)]  # fmt: skip
-    return subprocess.run(command_line, cwd=directory, env=environment, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        command_line, cwd=directory, env=environment, capture_output=True, text=True, timeout=60
+    )
 
 
 @pytest.mark.parametrize("workers", [1, 4])
-def test_uvicorn_refuses_to_start_on_a_database_at_an_unknown_revision(tmp_path, database_url, database, workers):
+def test_uvicorn_refuses_to_start_on_a_database_at_an_unknown_revision(
+    tmp_path, database_url, database, workers
+):
     stamp_unknown_revision(database)
 
     result = run_uvicorn_until_it_exits(tmp_path, database_url, workers)
@@ -435,7 +509,10 @@ def test_uvicorn_refuses_to_start_on_a_database_at_an_unknown_revision(tmp_path,
     assert result.returncode == (3 if workers == 1 else 0)
     assert (workers == 1) or "failed to start, stopping the parent process" in result.stderr
     assert result.stdout == ""
-    assert f"ERROR:    The database is at revision {UNKNOWN_REVISION}, which this release" in result.stderr
+    assert (
+        f"ERROR:    The database is at revision {UNKNOWN_REVISION}, which this release"
+        in result.stderr
+    )
     assert "Traceback" not in result.stderr
     assert "Application startup complete" not in result.stderr
     assert current_revisions(database) == (UNKNOWN_REVISION,)
@@ -498,12 +575,16 @@ def downgrade() -> None:
 def migrations_with_a_broken_revision(tmp_path) -> Path:
     migrations = tmp_path / "migrations"
     shutil.copytree(db.MIGRATIONS, migrations, ignore=shutil.ignore_patterns("__pycache__"))
-    (migrations / "versions" / "9000_broken.py").write_text(BROKEN_REVISION.replace("HEAD_REVISION", HEAD))
+    (migrations / "versions" / "9000_broken.py").write_text(
+        BROKEN_REVISION.replace("HEAD_REVISION", HEAD)
+    )
     return migrations
 
 
 @pytest.mark.parametrize("starting_point", ["new", "head", "release before migrations"])
-def test_a_failing_migration_leaves_the_database_as_it_was(database, migrations_with_a_broken_revision, starting_point):
+def test_a_failing_migration_leaves_the_database_as_it_was(
+    database, migrations_with_a_broken_revision, starting_point
+):
     if starting_point == "head":
         db.migrate(database)
     elif starting_point == "release before migrations":
@@ -515,11 +596,16 @@ def test_a_failing_migration_leaves_the_database_as_it_was(database, migrations_
     with pytest.raises(db.StartupError) as refusal:
         db.migrate(database, migrations_with_a_broken_revision)
 
-    before = {"new": "none (new database)", "head": HEAD, "release before migrations": db.FIRST_REVISION}
+    before = {
+        "new": "none (new database)",
+        "head": HEAD,
+        "release before migrations": db.FIRST_REVISION,
+    }
     message = str(refusal.value)
     assert message.startswith(
         f"Upgrading the database from revision {before[starting_point]} to 9000_broken failed, "
-        "and it was left as it was: (")
+        "and it was left as it was: ("
+    )
     assert "\n" not in message
     assert "UNIQUE constraint failed: scratch.id" in message or "duplicate key value" in message
     assert schema_of(database) == schema  # no new table, no new column: the DDL was rolled back too
@@ -557,24 +643,33 @@ def test_engines_migrating_a_new_database_at_once_make_each_table_once(database_
     assert tables == sorted([*SQLModel.metadata.tables, "alembic_version"])
 
 
-def test_several_workers_upgrading_a_database_of_the_release_before_migrations_migrate_once(live_server, database_url):
+def test_several_workers_upgrading_a_database_of_the_release_before_migrations_migrate_once(
+    live_server, database_url
+):
     engine = db.make_engine(database_url)
     build_release_before_migrations(engine)
     made = fill_like_the_release_before_migrations(engine)
     server = live_server(workers=2, env={"DATABASE_URL": database_url})
     with httpx2.Client(base_url=server.url, timeout=30) as http:
-        signup = http.post("/api/auth/signup", json={"email": "two@example.com", "password": PASSWORD})
+        signup = http.post(
+            "/api/auth/signup", json={"email": "two@example.com", "password": PASSWORD}
+        )
         health = [http.get("/health", headers={"Connection": "close"}) for _ in range(8)]
     server.stop()
     server_log = server.log()
 
     assert signup.status_code == 201, signup.text
     assert signup.json()["user"]["id"] > made["bo"]
-    assert [(response.status_code, response.json()) for response in health] == [(200, {"status": "ok"})] * 8
+    assert [(response.status_code, response.json()) for response in health] == [
+        (200, {"status": "ok"})
+    ] * 8
     assert server_log.count("Application startup complete") == 2
     if db.FIRST_REVISION != HEAD:
         assert server_log.count("Upgraded the database schema") == 1
-        assert f"Upgraded the database schema from revision {db.FIRST_REVISION} to {HEAD}" in server_log
+        assert (
+            f"Upgraded the database schema from revision {db.FIRST_REVISION} to {HEAD}"
+            in server_log
+        )
     assert "Traceback" not in server_log and "ERROR" not in server_log
     assert current_revisions(engine) == (HEAD,)
     assert differences_from_models(engine) == []
@@ -609,14 +704,19 @@ def downgrade() -> None:
 '''
 
 
-@pytest.mark.skipif(TEST_DATABASE_URL is not None, reason="PostgreSQL alters a table in place; only SQLite rebuilds it")
+@pytest.mark.skipif(
+    TEST_DATABASE_URL is not None,
+    reason="PostgreSQL alters a table in place; only SQLite rebuilds it",
+)
 def test_a_migration_that_rebuilds_the_user_table_keeps_every_task(tmp_path, database):
     """SQLite rebuilds a table to alter it: copy, drop, rename. Dropping `user` with foreign
     keys on would delete every task through ON DELETE CASCADE; db.migrate turns them off
     for the migration and checks them before it commits."""
     migrations = tmp_path / "migrations"
     shutil.copytree(db.MIGRATIONS, migrations, ignore=shutil.ignore_patterns("__pycache__"))
-    (migrations / "versions" / "9000_rebuild_user.py").write_text(REBUILDING_REVISION.replace("HEAD_REVISION", HEAD))
+    (migrations / "versions" / "9000_rebuild_user.py").write_text(
+        REBUILDING_REVISION.replace("HEAD_REVISION", HEAD)
+    )
     build_release_before_migrations(database)
     fill_like_the_release_before_migrations(database)
     rows = rows_of(database)
@@ -633,34 +733,53 @@ def test_a_migration_that_rebuilds_the_user_table_keeps_every_task(tmp_path, dat
     assert {value for row in rows_after["user"] for value in row[width:]} == {None}
     if database.dialect.name == "sqlite":
         with database.connect() as connection:
-            user_table = connection.exec_driver_sql("SELECT sql FROM sqlite_master WHERE name = 'user'").scalar_one()
+            user_table = connection.exec_driver_sql(
+                "SELECT sql FROM sqlite_master WHERE name = 'user'"
+            ).scalar_one()
         assert "AUTOINCREMENT" in user_table
 
 
 # --- 0004_better_auth ---
 
 
-def test_the_better_auth_revision_keeps_local_accounts_whole_and_better_auth_accounts_unique(database):
+def test_the_better_auth_revision_keeps_local_accounts_whole_and_better_auth_accounts_unique(
+    database,
+):
     upgrade_to(database, "0001_initial")
     insert_user = text(
         'INSERT INTO "user" (email, name, password_hash, created_at, token_generation) '
         "VALUES (:email, NULL, :password_hash, :created_at, 0)"
     )
-    now = datetime(2026, 3, 1, 12, tzinfo=timezone.utc)
+    now = datetime(2026, 3, 1, 12, tzinfo=UTC)
     with database.begin() as connection:
-        connection.execute(insert_user, {"email": "ada@example.com", "password_hash": "$2b$04$hash", "created_at": now})
+        connection.execute(
+            insert_user,
+            {"email": "ada@example.com", "password_hash": "$2b$04$hash", "created_at": now},
+        )
     upgrade_to(database, "0004_better_auth")
 
     insert_any = text(
         'INSERT INTO "user" (email, password_hash, better_auth_issuer, better_auth_id, created_at, token_generation) '
         "VALUES (:email, :password_hash, :issuer, :better_auth_id, :created_at, 0)"
     )
-    local = {"email": "bo@example.com", "password_hash": "$2b$04$hash", "issuer": None, "better_auth_id": None}
-    better_auth = {"email": None, "password_hash": None, "issuer": "http://localhost:3000", "better_auth_id": "ada"}
+    local = {
+        "email": "bo@example.com",
+        "password_hash": "$2b$04$hash",
+        "issuer": None,
+        "better_auth_id": None,
+    }
+    better_auth = {
+        "email": None,
+        "password_hash": None,
+        "issuer": "http://localhost:3000",
+        "better_auth_id": "ada",
+    }
     with database.begin() as connection:
         connection.execute(insert_any, {**local, "created_at": now})
         connection.execute(insert_any, {**better_auth, "created_at": now})
-        connection.execute(insert_any, {**better_auth, "issuer": "shared-secret", "created_at": now})
+        connection.execute(
+            insert_any, {**better_auth, "issuer": "shared-secret", "created_at": now}
+        )
         connection.execute(text("INSERT INTO task (user_id, title, completed, priority, recurrence, "
                                 "next_occurrence_created, created_at, updated_at) "
                                 "SELECT id, 'Theirs', false, 'medium', 'none', false, :now, :now FROM \"user\" "
@@ -669,10 +788,26 @@ def test_the_better_auth_revision_keeps_local_accounts_whole_and_better_auth_acc
         "the same Better Auth account twice": better_auth,
         "a local email twice": {**local, "email": "ada@example.com"},
         "a local account without an email": {**local, "email": None},
-        "a local account without a password hash": {**local, "email": "cy@example.com", "password_hash": None},
-        "a Better Auth account with an email": {**better_auth, "better_auth_id": "cy", "email": "cy@example.com"},
-        "a Better Auth account with a password hash": {**better_auth, "better_auth_id": "cy", "password_hash": "x"},
-        "a Better Auth id without an issuer": {**better_auth, "better_auth_id": "cy", "issuer": None},
+        "a local account without a password hash": {
+            **local,
+            "email": "cy@example.com",
+            "password_hash": None,
+        },
+        "a Better Auth account with an email": {
+            **better_auth,
+            "better_auth_id": "cy",
+            "email": "cy@example.com",
+        },
+        "a Better Auth account with a password hash": {
+            **better_auth,
+            "better_auth_id": "cy",
+            "password_hash": "x",
+        },
+        "a Better Auth id without an issuer": {
+            **better_auth,
+            "better_auth_id": "cy",
+            "issuer": None,
+        },
     }
     for case, values in refused.items():
         with pytest.raises(IntegrityError), database.begin() as connection:
@@ -687,7 +822,9 @@ def test_the_better_auth_revision_keeps_local_accounts_whole_and_better_auth_acc
     assert tasks == 0
 
 
-@pytest.mark.skipif(TEST_DATABASE_URL is not None, reason="PostgreSQL's sequences survive any ALTER TABLE")
+@pytest.mark.skipif(
+    TEST_DATABASE_URL is not None, reason="PostgreSQL's sequences survive any ALTER TABLE"
+)
 def test_a_migration_that_rebuilds_a_table_never_hands_out_a_deleted_accounts_id(database):
     """Rebuilding `user` drops its AUTOINCREMENT counter with the old table; migrate keeps it,
     so an old token of a deleted account can never pass to a new one."""
@@ -695,14 +832,18 @@ def test_a_migration_that_rebuilds_a_table_never_hands_out_a_deleted_accounts_id
     with database.begin() as connection:
         for number in (1, 2, 3):
             connection.execute(
-                text("INSERT INTO user (email, password_hash, created_at, token_generation) VALUES (:e, 'x', :t, 0)"),
+                text(
+                    "INSERT INTO user (email, password_hash, created_at, token_generation) VALUES (:e, 'x', :t, 0)"
+                ),
                 {"e": f"user{number}@example.com", "t": "2026-01-01 00:00:00.000000"},
             )
         connection.execute(text("DELETE FROM user WHERE id = 3"))
     db.migrate(database)
     with database.begin() as connection:
         connection.execute(
-            text("INSERT INTO user (email, password_hash, created_at, token_generation) VALUES ('new@example.com', 'x', :t, 0)"),
+            text(
+                "INSERT INTO user (email, password_hash, created_at, token_generation) VALUES ('new@example.com', 'x', :t, 0)"
+            ),
             {"t": "2026-01-02 00:00:00.000000"},
         )
         ids = connection.execute(text("SELECT id FROM user ORDER BY id")).scalars().all()

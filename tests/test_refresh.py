@@ -19,6 +19,7 @@ from typing import NamedTuple
 import httpx2
 import jwt
 import pytest
+from helpers import INVALID_TOKEN, NEW_PASSWORD, PASSWORD, TEST_DATABASE_URL, Account, sign_up
 from sqlalchemy import inspect, text
 from sqlmodel import Session, func, select
 
@@ -27,7 +28,6 @@ import limits
 import refresh_tokens
 import routes.auth
 from config import Settings, settings
-from helpers import INVALID_TOKEN, NEW_PASSWORD, PASSWORD, TEST_DATABASE_URL, Account, sign_up
 from models import RefreshToken, TokenFamily, utc_now
 
 INVALID_REFRESH = {"detail": "Invalid or expired refresh token"}
@@ -109,9 +109,13 @@ def count_rows(engine, table) -> int:
 @pytest.fixture
 def carol(client, clock) -> tuple[Account, Pair]:
     """An account signed up at the clock's time, with the pair that signup returned."""
-    response = client.post("/api/auth/signup", json={"email": "carol@example.com", "password": PASSWORD})
+    response = client.post(
+        "/api/auth/signup", json={"email": "carol@example.com", "password": PASSWORD}
+    )
     assert response.status_code == 201, response.text
-    account = Account(response.json()["user"]["id"], "carol@example.com", response.json()["access_token"])
+    account = Account(
+        response.json()["user"]["id"], "carol@example.com", response.json()["access_token"]
+    )
     return account, pair_of(response)
 
 
@@ -131,13 +135,26 @@ def set_settings(monkeypatch):
 
 
 def test_signup_login_and_the_oauth2_form_each_return_a_refresh_token(client):
-    signup = client.post("/api/auth/signup", json={"email": "dora@example.com", "password": PASSWORD})
-    login_response = client.post("/api/auth/login", json={"email": "dora@example.com", "password": PASSWORD})
-    form = client.post("/api/auth/token", data={"username": "dora@example.com", "password": PASSWORD})
+    signup = client.post(
+        "/api/auth/signup", json={"email": "dora@example.com", "password": PASSWORD}
+    )
+    login_response = client.post(
+        "/api/auth/login", json={"email": "dora@example.com", "password": PASSWORD}
+    )
+    form = client.post(
+        "/api/auth/token", data={"username": "dora@example.com", "password": PASSWORD}
+    )
     bodies = [signup.json(), login_response.json(), form.json()]
     assert [signup.status_code, login_response.status_code, form.status_code] == [201, 200, 200]
     for body in bodies:
-        assert set(body) == {"access_token", "token_type", "expires_in", "refresh_token", "refresh_expires_in", "user"}
+        assert set(body) == {
+            "access_token",
+            "token_type",
+            "expires_in",
+            "refresh_token",
+            "refresh_expires_in",
+            "user",
+        }
         assert body["refresh_expires_in"] == 30 * 24 * 60 * 60
         assert re.fullmatch(r"[A-Za-z0-9_-]{43}", body["refresh_token"])  # 32 random bytes
         assert body["refresh_token"].count(".") == 0  # opaque, not a JWT
@@ -155,7 +172,11 @@ def test_a_refresh_returns_a_new_pair_in_the_same_session(client, carol):
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["user"] == me(client, first.access).json()
-    assert (body["token_type"], body["expires_in"], body["refresh_expires_in"]) == ("bearer", 3600, 30 * 86400)
+    assert (body["token_type"], body["expires_in"], body["refresh_expires_in"]) == (
+        "bearer",
+        3600,
+        30 * 86400,
+    )
     second = pair_of(response)
     assert second.refresh != first.refresh and second.access != first.access
     assert family_of(second.access) == family_of(first.access)
@@ -205,7 +226,9 @@ def test_the_thief_who_refreshes_first_is_found_out_when_the_victim_refreshes(cl
     assert_access_refused(client, thief.access)
 
 
-def test_within_the_grace_period_the_used_token_gives_another_pair_in_its_session(client, carol, clock):
+def test_within_the_grace_period_the_used_token_gives_another_pair_in_its_session(
+    client, carol, clock
+):
     account, first = carol
     tab_one = refreshed(client, first.refresh)
     clock.advance(seconds=9)
@@ -225,7 +248,9 @@ def test_concurrent_refreshes_of_one_token_all_get_a_working_pair(client, carol)
     account, first = carol
     with ThreadPoolExecutor(max_workers=8) as pool:
         responses = list(pool.map(lambda _: refresh(client, first.refresh), range(8)))
-    assert [response.status_code for response in responses] == [200] * 8, [r.text for r in responses]
+    assert [response.status_code for response in responses] == [200] * 8, [
+        r.text for r in responses
+    ]
     pairs = [pair_of(response) for response in responses]
     assert len({pair.refresh for pair in pairs}) == 8
     for pair in pairs:
@@ -391,7 +416,9 @@ def test_deleting_the_account_removes_every_session_and_token(client, engine, ca
     other_session = login(client, account.email)
     refreshed(client, other_session.refresh)
     bobs_session = login(client, bob.email)
-    response = client.request("DELETE", "/api/auth/me", headers=bearer(first.access), json={"password": PASSWORD})
+    response = client.request(
+        "DELETE", "/api/auth/me", headers=bearer(first.access), json={"password": PASSWORD}
+    )
     assert (response.status_code, response.content) == (204, b"")
 
     assert_refresh_refused(client, first.refresh)
@@ -404,19 +431,28 @@ def test_deleting_the_account_removes_every_session_and_token(client, engine, ca
 
 
 SESSION_ENDING_REQUESTS = {
-    "password change": ("PUT", "/api/auth/password", {"current_password": PASSWORD, "new_password": NEW_PASSWORD}),
+    "password change": (
+        "PUT",
+        "/api/auth/password",
+        {"current_password": PASSWORD, "new_password": NEW_PASSWORD},
+    ),
     "account deletion": ("DELETE", "/api/auth/me", {"password": PASSWORD}),
 }
 
 
-@pytest.mark.parametrize(("method", "path", "body"), SESSION_ENDING_REQUESTS.values(), ids=SESSION_ENDING_REQUESTS)
-def test_a_login_overtaken_during_its_password_check_starts_no_session(client, engine, carol, monkeypatch,
-                                                                       method, path, body):
+@pytest.mark.parametrize(
+    ("method", "path", "body"), SESSION_ENDING_REQUESTS.values(), ids=SESSION_ENDING_REQUESTS
+)
+def test_a_login_overtaken_during_its_password_check_starts_no_session(
+    client, engine, carol, monkeypatch, method, path, body
+):
     account, first = carol
     check_password = auth.verify_password
 
     def check_then_end_every_session(password: str, password_hash: str | None) -> bool:
-        monkeypatch.setattr(auth, "verify_password", check_password)  # the request below checks its own
+        monkeypatch.setattr(
+            auth, "verify_password", check_password
+        )  # the request below checks its own
         matched = check_password(password, password_hash)
         ending = client.request(method, path, headers=bearer(first.access), json=body)
         assert (ending.status_code, ending.content) == (204, b"")
@@ -432,8 +468,16 @@ def forged_access(account: Account, **claims) -> str:
     """The account's own access token with claims changed, signed with the server's secret."""
     now = utc_now()
     original = jwt.decode(account.token, options={"verify_signature": False})
-    changed = {**original, "iat": now, "exp": now + timedelta(minutes=5), "jti": secrets.token_urlsafe(16), **claims}
-    return jwt.encode({name: value for name, value in changed.items() if value is not None}, settings.jwt_secret)
+    changed = {
+        **original,
+        "iat": now,
+        "exp": now + timedelta(minutes=5),
+        "jti": secrets.token_urlsafe(16),
+        **claims,
+    }
+    return jwt.encode(
+        {name: value for name, value in changed.items() if value is not None}, settings.jwt_secret
+    )
 
 
 def test_an_access_token_of_an_unknown_session_is_401(client, carol):
@@ -545,7 +589,9 @@ def test_a_login_prunes_too(client, engine, carol, clock):
 # --- errors ---
 
 
-@pytest.mark.parametrize("token", ["not-a-token", "x" * 256, "\x00", "Xq3V0m9rJ2kT8bYwL5nC1sD7fG4hP6aZ0eR2tU8iO3w"])
+@pytest.mark.parametrize(
+    "token", ["not-a-token", "x" * 256, "\x00", "Xq3V0m9rJ2kT8bYwL5nC1sD7fG4hP6aZ0eR2tU8iO3w"]
+)
 def test_an_unknown_refresh_token_is_401(client, token):
     assert_refresh_refused(client, token)
 
@@ -570,11 +616,15 @@ def test_malformed_json_is_422(client):
 def test_a_refresh_counts_against_the_auth_request_limit(client, carol, clock, monkeypatch):
     """A refused refresh does not use the token up: it works once the window has passed."""
     account, first = carol
-    monkeypatch.setattr(limits, "settings", dataclasses.replace(settings, auth_requests_per_minute=2))
+    monkeypatch.setattr(
+        limits, "settings", dataclasses.replace(settings, auth_requests_per_minute=2)
+    )
     third = refreshed(client, refreshed(client, first.refresh).refresh)
     refused = refresh(client, third.refresh)
     assert refused.status_code == 429
-    assert refused.json() == {"detail": "Too many signups, logins, refreshes and password checks from your address; try again later"}
+    assert refused.json() == {
+        "detail": "Too many signups, logins, refreshes and password checks from your address; try again later"
+    }
     assert int(refused.headers["Retry-After"]) > 0
     clock.advance(minutes=1)
     assert_access_works(client, refreshed(client, third.refresh).access, account.id)
@@ -604,9 +654,21 @@ def test_refresh_settings_default_to_30_days_and_10_seconds(monkeypatch):
 @pytest.mark.parametrize(
     ("name", "value", "message"),
     [
-        ("REFRESH_TOKEN_EXPIRE_DAYS", "0", "REFRESH_TOKEN_EXPIRE_DAYS must be between 1 and 365, not 0"),
-        ("REFRESH_TOKEN_EXPIRE_DAYS", "a month", "REFRESH_TOKEN_EXPIRE_DAYS must be a whole number, not 'a month'"),
-        ("REFRESH_TOKEN_GRACE_SECONDS", "61", "REFRESH_TOKEN_GRACE_SECONDS must be between 0 and 60, not 61"),
+        (
+            "REFRESH_TOKEN_EXPIRE_DAYS",
+            "0",
+            "REFRESH_TOKEN_EXPIRE_DAYS must be between 1 and 365, not 0",
+        ),
+        (
+            "REFRESH_TOKEN_EXPIRE_DAYS",
+            "a month",
+            "REFRESH_TOKEN_EXPIRE_DAYS must be a whole number, not 'a month'",
+        ),
+        (
+            "REFRESH_TOKEN_GRACE_SECONDS",
+            "61",
+            "REFRESH_TOKEN_GRACE_SECONDS must be between 0 and 60, not 61",
+        ),
     ],
 )
 def test_a_bad_refresh_setting_stops_start_up(monkeypatch, name, value, message):
@@ -629,13 +691,17 @@ def test_refresh_tokens_never_appear_in_the_log(client, carol, caplog, clock):
     assert_refresh_refused(client, second.refresh)
     other = login(client, account.email)
     # A careless client that also puts the token in the query string: the path alone is logged.
-    response = client.post(REFRESH_URL, params={"refresh_token": other.refresh}, json={"refresh_token": other.refresh})
+    response = client.post(
+        REFRESH_URL, params={"refresh_token": other.refresh}, json={"refresh_token": other.refresh}
+    )
     assert response.status_code == 200
 
-    server_lines = [record.getMessage() for record in caplog.records if not record.name.startswith("httpx")]
-    assert [line.split()[:3] for line in server_lines if line.startswith("POST /api/auth/refresh")] == [
-        ["POST", REFRESH_URL, status] for status in ("200", "200", "401", "401", "200")
+    server_lines = [
+        record.getMessage() for record in caplog.records if not record.name.startswith("httpx")
     ]
+    assert [
+        line.split()[:3] for line in server_lines if line.startswith("POST /api/auth/refresh")
+    ] == [["POST", REFRESH_URL, status] for status in ("200", "200", "401", "401", "200")]
     for token in (first.refresh, second.refresh, within_grace.refresh, other.refresh):
         for line in server_lines:
             assert token not in line, line

@@ -67,7 +67,9 @@ def upgrade() -> None:
         sa.Column("updated_at", Timestamp, nullable=False),
         sa.Column("completed_at", Timestamp, nullable=True),
         sa.PrimaryKeyConstraint("id"),
-        sa.CheckConstraint("recurrence = 'none' OR due_date IS NOT NULL", name="recurring_task_has_due_date"),
+        sa.CheckConstraint(
+            "recurrence = 'none' OR due_date IS NOT NULL", name="recurring_task_has_due_date"
+        ),
         sa.ForeignKeyConstraint(["user_id"], ["user.id"], ondelete="CASCADE"),
         sqlite_autoincrement=True,
     )

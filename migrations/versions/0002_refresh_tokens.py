@@ -19,14 +19,20 @@ def upgrade() -> None:
     op.create_table(
         "tokenfamily",
         sa.Column("id", sa.String(length=32), primary_key=True),
-        sa.Column("user_id", Id, sa.ForeignKey("user.id", ondelete="CASCADE"), nullable=False, index=True),
+        sa.Column(
+            "user_id", Id, sa.ForeignKey("user.id", ondelete="CASCADE"), nullable=False, index=True
+        ),
         sa.Column("expires_at", Timestamp, nullable=False, index=True),
     )
     op.create_table(
         "refreshtoken",
         sa.Column("token_hash", sa.String(length=64), primary_key=True),
         sa.Column(
-            "family_id", sa.String(length=32), sa.ForeignKey("tokenfamily.id", ondelete="CASCADE"), nullable=False, index=True
+            "family_id",
+            sa.String(length=32),
+            sa.ForeignKey("tokenfamily.id", ondelete="CASCADE"),
+            nullable=False,
+            index=True,
         ),
         sa.Column("expires_at", Timestamp, nullable=False, index=True),
         sa.Column("used_at", Timestamp, nullable=True),

@@ -26,7 +26,9 @@ def upgrade() -> None:
         batch.alter_column("password_hash", existing_type=sa.String(), nullable=True)
         batch.add_column(sa.Column("better_auth_issuer", sa.String(length=255), nullable=True))
         batch.add_column(sa.Column("better_auth_id", sa.String(length=255), nullable=True))
-        batch.create_unique_constraint("uq_user_better_auth", ["better_auth_issuer", "better_auth_id"])
+        batch.create_unique_constraint(
+            "uq_user_better_auth", ["better_auth_issuer", "better_auth_id"]
+        )
         batch.create_check_constraint("user_is_local_or_better_auth", LOCAL_OR_BETTER_AUTH)
 
 
@@ -34,12 +36,12 @@ def downgrade() -> None:
     # The older schema has no place for a Better Auth account (no email, no password), so
     # those accounts go, with their tasks, tags and task counts. Explicitly: foreign keys
     # are off on SQLite while migrating, so ON DELETE CASCADE would not run.
-    better_auth_users = "SELECT id FROM \"user\" WHERE better_auth_id IS NOT NULL"
+    better_auth_users = 'SELECT id FROM "user" WHERE better_auth_id IS NOT NULL'
     better_auth_tasks = f"SELECT id FROM task WHERE user_id IN ({better_auth_users})"
     op.execute(f"DELETE FROM tasktag WHERE task_id IN ({better_auth_tasks})")
     op.execute(f"DELETE FROM task WHERE user_id IN ({better_auth_users})")
     op.execute(f"DELETE FROM taskcount WHERE user_id IN ({better_auth_users})")
-    op.execute("DELETE FROM \"user\" WHERE better_auth_id IS NOT NULL")
+    op.execute('DELETE FROM "user" WHERE better_auth_id IS NOT NULL')
     with op.batch_alter_table("user", table_kwargs={"sqlite_autoincrement": True}) as batch:
         batch.drop_constraint("user_is_local_or_better_auth", type_="check")
         batch.drop_constraint("uq_user_better_auth", type_="unique")
