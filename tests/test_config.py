@@ -85,7 +85,8 @@ def test_without_jwt_secret_a_private_secret_file_is_made_once_and_tokens_surviv
 def test_workers_starting_together_agree_on_one_secret(tmp_path):
     code = (
         "import hashlib, pathlib, config; "
-        "print(hashlib.sha256(config.load_or_create_secret(pathlib.Path('shared.secret')).encode()).hexdigest())"
+        "secret = config.load_or_create_secret(pathlib.Path('shared.secret')); "
+        "print(hashlib.sha256(secret.encode()).hexdigest())"
     )
     environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "JWT_SECRET": "s" * 32}
     starts = [
