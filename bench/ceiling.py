@@ -11,7 +11,8 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root
+# schemas.py lives at the repository root, so it is importable only once the root is on the path.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from schemas import TaskPublic  # noqa: E402
 
 START = datetime(2026, 1, 1, tzinfo=UTC)

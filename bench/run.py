@@ -633,7 +633,8 @@ def run_postgres(
                         for part in runs[0]["cores"]
                     },
                     "worker_cores": [
-                        median(shares) for shares in zip(*[run["worker_cores"] for run in runs])
+                        median(shares)
+                        for shares in zip(*[run["worker_cores"] for run in runs], strict=False)
                     ],
                 }
             figures[f"postgres_{scenario}"] = figure

@@ -52,6 +52,7 @@ os.environ["DATABASE_URL"] = (
     TEST_DATABASE_URL or f"sqlite:///{tempfile.mkdtemp(prefix='todo-tests-')}/startup.db"
 )
 
+# After the settings above: the app reads them when it is imported.
 import pytest  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 from sqlalchemy import MetaData  # noqa: E402

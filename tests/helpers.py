@@ -113,12 +113,25 @@ POLL_INTERVAL_SECONDS = 0.05
 # Cleared from the test process's environment (conftest sets some), so the server runs
 # with the defaults a user gets, except what a test passes in `env`.
 APP_SETTINGS = {
-    "DATABASE_URL", "JWT_SECRET", "JWT_SECRET_FILE", "ACCESS_TOKEN_EXPIRE_MINUTES", "BCRYPT_ROUNDS",
-    "CORS_ORIGINS", "SQLITE_SYNCHRONOUS", "LOGIN_FAILURE_LIMIT", "LOGIN_FAILURE_WINDOW_MINUTES",
-    "AUTH_REQUESTS_PER_MINUTE", "REFRESH_TOKEN_EXPIRE_DAYS", "REFRESH_TOKEN_GRACE_SECONDS",
-    "BETTER_AUTH_URL", "BETTER_AUTH_JWKS_URL", "BETTER_AUTH_SECRET",
-    "MAX_TASKS_PER_USER", "STATEMENT_TIMEOUT_MS", "DATABASE_WAIT_SECONDS",
-}  # fmt: skip
+    "DATABASE_URL",
+    "JWT_SECRET",
+    "JWT_SECRET_FILE",
+    "ACCESS_TOKEN_EXPIRE_MINUTES",
+    "BCRYPT_ROUNDS",
+    "CORS_ORIGINS",
+    "SQLITE_SYNCHRONOUS",
+    "LOGIN_FAILURE_LIMIT",
+    "LOGIN_FAILURE_WINDOW_MINUTES",
+    "AUTH_REQUESTS_PER_MINUTE",
+    "REFRESH_TOKEN_EXPIRE_DAYS",
+    "REFRESH_TOKEN_GRACE_SECONDS",
+    "BETTER_AUTH_URL",
+    "BETTER_AUTH_JWKS_URL",
+    "BETTER_AUTH_SECRET",
+    "MAX_TASKS_PER_USER",
+    "STATEMENT_TIMEOUT_MS",
+    "DATABASE_WAIT_SECONDS",
+}
 
 
 def free_port() -> int:
@@ -166,9 +179,13 @@ class LiveServer:
         with open(self.log_path, "ab") as log:
             # A session of its own, so the master and all its workers can be killed together.
             self.process = subprocess.Popen(
-                command, cwd=self.directory, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                command,
+                cwd=self.directory,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
-            )  # fmt: skip
+            )
         self.wait_until_ready()
         return self
 

@@ -9,10 +9,9 @@ from sqlalchemy import event, text
 from sqlmodel import Session, select
 
 import db
-
-BEYOND_32_BITS = 2**31
 from models import TaskTag
 
+BEYOND_32_BITS = 2**31
 UTC_OFFSET = re.compile(r"(Z|\+00:00)$")
 
 
@@ -641,9 +640,14 @@ def test_completing_a_recurring_task_creates_the_next_occurrence(
     client, alice, create, recurrence, due, next_due
 ):
     task = create(
-        alice, title="Water plants", description="all of them", priority="high",
-        tags=["home"], due_date=due, recurrence=recurrence,
-    )  # fmt: skip
+        alice,
+        title="Water plants",
+        description="all of them",
+        priority="high",
+        tags=["home"],
+        due_date=due,
+        recurrence=recurrence,
+    )
     done = client.patch(f"{alice.tasks_url}/{task['id']}/complete", headers=alice.headers)
     assert done.status_code == 200 and done.json()["completed"] is True
     pending = client.get(alice.tasks_url, params={"status": "pending"}, headers=alice.headers)
@@ -651,9 +655,12 @@ def test_completing_a_recurring_task_creates_the_next_occurrence(
     [follower] = pending.json()
     assert follower["id"] > task["id"]
     assert {k: follower[k] for k in ("title", "description", "priority", "tags", "recurrence")} == {
-        "title": "Water plants", "description": "all of them", "priority": "high",
-        "tags": ["home"], "recurrence": recurrence,
-    }  # fmt: skip
+        "title": "Water plants",
+        "description": "all of them",
+        "priority": "high",
+        "tags": ["home"],
+        "recurrence": recurrence,
+    }
     assert follower["due_date"] == next_due
     assert follower["completed"] is False and follower["completed_at"] is None
 
@@ -662,15 +669,25 @@ def test_a_recurring_task_created_completed_spawns_its_next_occurrence_once(
     client, alice, clock, create
 ):
     done = create(
-        alice, title="Water plants", description="all of them", priority="high", tags=["home"],
-        due_date="2026-01-31T09:00:00Z", recurrence="monthly", completed=True,
-    )  # fmt: skip
+        alice,
+        title="Water plants",
+        description="all of them",
+        priority="high",
+        tags=["home"],
+        due_date="2026-01-31T09:00:00Z",
+        recurrence="monthly",
+        completed=True,
+    )
     assert (done["completed"], done["completed_at"]) == (True, "2026-03-01T12:00:00Z")
     pending = client.get(alice.tasks_url, params={"status": "pending"}, headers=alice.headers)
     [follower] = pending.json()
     assert follower == {
-        **done, "id": follower["id"], "completed": False, "completed_at": None, "due_date": "2026-02-28T09:00:00Z",
-    }  # fmt: skip
+        **done,
+        "id": follower["id"],
+        "completed": False,
+        "completed_at": None,
+        "due_date": "2026-02-28T09:00:00Z",
+    }
     url = f"{alice.tasks_url}/{done['id']}/complete"
     for body in (
         {"completed": False},
@@ -724,7 +741,7 @@ def test_a_recurring_series_ends_before_the_year_9999(client, alice, create):
     assert pending.json() == [] and pending.headers["x-total-count"] == "0"
 
 
-# --- what SQLite and PostgreSQL could answer differently: LIKE escapes, case folding, time zones, id widths ---
+# --- where SQLite and PostgreSQL may differ: LIKE escapes, case folding, time zones, id widths ---
 
 
 def listed(client, owner, **params) -> tuple[list[str], int]:

@@ -195,9 +195,8 @@ def test_both_logins_read_an_international_email_as_signup_stored_it(
     new_account, password, login, form_login
 ):
     account = new_account("amélie@bücher.example")  # composed é, and the domain in Unicode
-    spelt_otherwise = (
-        "Ame\u0301lie@xn--bcher-kva.example"  # a combining accent, and the domain in punycode
-    )
+    # A combining accent, and the domain in punycode.
+    spelt_otherwise = "Ame\u0301lie@xn--bcher-kva.example"
     for response in (form_login(spelt_otherwise, password), login(spelt_otherwise, password)):
         assert (response.status_code, response.json()["user"]["id"]) == (200, account.id), (
             response.text
@@ -366,9 +365,12 @@ def test_a_token_with_another_account_stamp_is_401(alice, me, stamp):
 
 def test_missing_token_is_401_not_authenticated(client, alice):
     for method, path in [
-        ("GET", "/api/auth/me"), ("GET", alice.tasks_url), ("GET", f"{alice.tasks_url}/1"),
-        ("POST", "/api/auth/logout"), ("PUT", "/api/auth/password"),
-    ]:  # fmt: skip
+        ("GET", "/api/auth/me"),
+        ("GET", alice.tasks_url),
+        ("GET", f"{alice.tasks_url}/1"),
+        ("POST", "/api/auth/logout"),
+        ("PUT", "/api/auth/password"),
+    ]:
         body = (
             {"current_password": "long enough", "new_password": NEW_PASSWORD}
             if method == "PUT"
@@ -473,14 +475,16 @@ def test_revoked_tokens_are_pruned_once_they_would_have_expired(
     client, engine, clock, alice, password, login, me, bearer
 ):
     real_now = utc_now()
-    clock.now = (
-        real_now  # a token's expiry is checked on the real clock, so these sessions start on it
-    )
+    # A token's expiry is checked on the real clock, so these sessions start on it.
+    clock.now = real_now
     second_session = access_token(login(alice.email, password))
     third_session = access_token(login(alice.email, password))
     short_lived_claims = {
-        **fresh_claims(second_session), "iat": real_now, "exp": real_now + timedelta(minutes=10), "jti": "short-lived",
-    }  # fmt: skip
+        **fresh_claims(second_session),
+        "iat": real_now,
+        "exp": real_now + timedelta(minutes=10),
+        "jti": "short-lived",
+    }
     short_logout = client.post("/api/auth/logout", headers=bearer(forge(short_lived_claims)))
     assert (short_logout.status_code, short_logout.content) == (204, b"")
 
@@ -716,7 +720,7 @@ def test_delete_me_needs_the_password(client, alice, me):
     assert (mine.status_code, mine.json()["id"]) == (200, alice.id)
 
 
-# --- what SQLite and PostgreSQL could answer differently: integer widths, NUL, unique-index races ---
+# --- where SQLite and PostgreSQL may differ: integer widths, NUL, unique-index races ---
 
 
 def test_a_token_for_a_user_id_past_32_bits_is_401(client, alice):

@@ -279,9 +279,7 @@ def test_another_better_auth_users_path_is_403_by_either_form(client, signing_ke
 def test_two_first_requests_of_a_new_user_at_once_create_one_account(client, signing_key, engine):
     tokens = [
         sign(
-            better_auth_claims(
-                "newcomer", issued=datetime.now(UTC) - timedelta(seconds=n)
-            ),
+            better_auth_claims("newcomer", issued=datetime.now(UTC) - timedelta(seconds=n)),
             signing_key,
         )
         for n in range(8)
@@ -449,11 +447,24 @@ def exercise_task_routes(client, path_user: str, headers: dict, other_path: str)
     ]
     created = [call("POST", url, json=spec) for spec in specs]
     for params in (
-        {}, {"status": "pending"}, {"priority": "high"}, {"tag": "home"}, {"q": "MILK"}, {"q": "%"},
-        {"due_before": "2026-03-03T00:00:00Z"}, {"due_after": "2026-03-03T00:00:00Z"},
-        {"sort": "title"}, {"sort": "due_date"}, {"sort": "priority", "order": "asc"}, {"sort": "updated"},
-        {"limit": 2}, {"limit": 2, "offset": 2}, {"offset": 10}, {"limit": 0}, {"sort": "colour"},
-    ):  # fmt: skip
+        {},
+        {"status": "pending"},
+        {"priority": "high"},
+        {"tag": "home"},
+        {"q": "MILK"},
+        {"q": "%"},
+        {"due_before": "2026-03-03T00:00:00Z"},
+        {"due_after": "2026-03-03T00:00:00Z"},
+        {"sort": "title"},
+        {"sort": "due_date"},
+        {"sort": "priority", "order": "asc"},
+        {"sort": "updated"},
+        {"limit": 2},
+        {"limit": 2, "offset": 2},
+        {"offset": 10},
+        {"limit": 0},
+        {"sort": "colour"},
+    ):
         call("GET", url, params=params)
     first, second = created[0]["id"], created[1]["id"]
     call("GET", f"{url}/{first}")
@@ -686,16 +697,18 @@ def test_a_request_waiting_for_a_cancelled_fetch_fetches_the_key_set_itself(
     async def hang_up_while_another_waits() -> bool:
         hung_up = anyio.CancelScope()
         transport = httpx2.ASGITransport(app=app)
-        async with httpx2.AsyncClient(transport=transport, base_url="http://test") as http:
-            async with anyio.create_task_group() as requests:
-                requests.start_soon(fetching_request, http, hung_up)
-                await anyio.to_thread.run_sync(key_set_server.received.wait, 10)
-                requests.start_soon(waiting_request, http)
-                with anyio.fail_after(2):  # within FETCH_TIMEOUT_SECONDS: the fetch is still stuck
-                    while key_set.fetching.statistics().tasks_waiting == 0:
-                        await anyio.sleep(0.01)
-                key_set_server.stall = None  # the next fetch is answered
-                hung_up.cancel()
+        async with (
+            httpx2.AsyncClient(transport=transport, base_url="http://test") as http,
+            anyio.create_task_group() as requests,
+        ):
+            requests.start_soon(fetching_request, http, hung_up)
+            await anyio.to_thread.run_sync(key_set_server.received.wait, 10)
+            requests.start_soon(waiting_request, http)
+            with anyio.fail_after(2):  # within FETCH_TIMEOUT_SECONDS: the fetch is still stuck
+                while key_set.fetching.statistics().tasks_waiting == 0:
+                    await anyio.sleep(0.01)
+            key_set_server.stall = None  # the next fetch is answered
+            hung_up.cancel()
         return hung_up.cancelled_caught
 
     assert client.portal.call(hang_up_while_another_waits)
@@ -727,9 +740,7 @@ def tampered(key: SigningKey) -> str:
 
 
 def expired(key: SigningKey) -> str:
-    return sign(
-        better_auth_claims("ada", issued=datetime.now(UTC) - timedelta(hours=1)), key
-    )
+    return sign(better_auth_claims("ada", issued=datetime.now(UTC) - timedelta(hours=1)), key)
 
 
 def claims_with(**changes) -> dict:

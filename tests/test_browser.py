@@ -49,10 +49,16 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # first-run pages.
 CHROMIUM_ARGS = [
     "--proxy-server=http://127.0.0.1:9",
-    "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-default-apps",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-default-apps",
     "--disable-features=Translate,OptimizationHints,MediaRouter",
-]  # fmt: skip
+]
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 TIMEOUT_MS = 20_000
 VITE_PORT = 5173  # http://localhost:5173 is in the default CORS_ORIGINS
@@ -105,9 +111,12 @@ class OfflineContext:
     def note(self, request: "Request") -> None:
         url = urlsplit(request.url)
         # One that the page's own Content-Security-Policy refused never left the browser.
-        if url.scheme in ("http", "https", "ws", "wss") and url.hostname not in LOCAL_HOSTS:
-            if request.failure != "csp":
-                self.blocked.append(f"{request.url} ({request.failure})")
+        if (
+            url.scheme in ("http", "https", "ws", "wss")
+            and url.hostname not in LOCAL_HOSTS
+            and request.failure != "csp"
+        ):
+            self.blocked.append(f"{request.url} ({request.failure})")
 
     def new_page(self) -> "Page":
         page = self.context.new_page()

@@ -44,9 +44,13 @@ def run(
     command: list[str], cwd=CLIENT_DIR, timeout: int = STEP_TIMEOUT_SECONDS
 ) -> subprocess.CompletedProcess:
     result = subprocess.run(
-        command, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        command,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         env={**os.environ, "NO_COLOR": "1"},
-    )  # fmt: skip
+    )
     assert result.returncode == 0, (
         f"{' '.join(command)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
     )
@@ -67,7 +71,7 @@ def node_packages() -> None:
 def test_a_generated_typescript_client_compiles_strictly_and_runs_against_the_server(
     node_packages, live_server, tmp_path
 ):
-    # A project folder of its own, as the SQLite and PostgreSQL suites may run this test at the same time.
+    # A project folder of its own: the SQLite and PostgreSQL suites may run this test at once.
     for name in ("check.ts", "tsconfig.json", "package.json"):
         shutil.copy(CLIENT_DIR / name, tmp_path)
     (tmp_path / "node_modules").symlink_to(CLIENT_DIR / "node_modules")
@@ -79,8 +83,11 @@ def test_a_generated_typescript_client_compiles_strictly_and_runs_against_the_se
     run([str(BIN / "tsc"), "--project", "tsconfig.json"], tmp_path)
     program = subprocess.run(
         ["node", "build/check.js", server.url],
-        cwd=tmp_path, capture_output=True, text=True, timeout=STEP_TIMEOUT_SECONDS,
-    )  # fmt: skip
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=STEP_TIMEOUT_SECONDS,
+    )
     assert program.returncode == 0, program.stdout + program.stderr
     assert program.stdout.splitlines() == EXPECTED_OUTPUT
     assert program.stderr == ""

@@ -29,9 +29,11 @@ from main import app
 saved = pathlib.Path("token.txt")
 with TestClient(app) as client:
     if saved.exists():
-        response = client.get("/api/auth/me", headers={"Authorization": "Bearer " + saved.read_text()})
+        token = saved.read_text()
+        response = client.get("/api/auth/me", headers={"Authorization": "Bearer " + token})
     else:
-        response = client.post("/api/auth/signup", json={"email": "a@example.com", "password": "long enough"})
+        account = {"email": "a@example.com", "password": "long enough"}
+        response = client.post("/api/auth/signup", json=account)
         saved.write_text(response.json()["access_token"])
 print(response.status_code)
 """
@@ -83,7 +85,8 @@ def test_without_jwt_secret_a_private_secret_file_is_made_once_and_tokens_surviv
 def test_workers_starting_together_agree_on_one_secret(tmp_path):
     code = (
         "import hashlib, pathlib, config; "
-        "print(hashlib.sha256(config.load_or_create_secret(pathlib.Path('shared.secret')).encode()).hexdigest())"
+        "secret = config.load_or_create_secret(pathlib.Path('shared.secret')); "
+        "print(hashlib.sha256(secret.encode()).hexdigest())"
     )
     environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "JWT_SECRET": "s" * 32}
     starts = [
@@ -159,11 +162,14 @@ def test_cors_origins_and_token_lifetime_come_from_the_environment(tmp_path):
     code = """
 from fastapi.testclient import TestClient
 from main import app
+preflight = {"Access-Control-Request-Method": "GET"}
 with TestClient(app) as client:
-    allowed = client.options("/health", headers={"Origin": "https://app.example", "Access-Control-Request-Method": "GET"})
-    default = client.options("/health", headers={"Origin": "http://localhost:3000", "Access-Control-Request-Method": "GET"})
-    signup = client.post("/api/auth/signup", json={"email": "a@example.com", "password": "long enough"})
-print(allowed.headers.get("access-control-allow-origin"), default.status_code, signup.json()["expires_in"])
+    allowed = client.options("/health", headers={"Origin": "https://app.example", **preflight})
+    default = client.options("/health", headers={"Origin": "http://localhost:3000", **preflight})
+    account = {"email": "a@example.com", "password": "long enough"}
+    signup = client.post("/api/auth/signup", json=account)
+origin = allowed.headers.get("access-control-allow-origin")
+print(origin, default.status_code, signup.json()["expires_in"])
 """
     result = run_python(
         code,
@@ -196,7 +202,10 @@ print(allowed.headers.get("access-control-allow-origin"), default.status_code, s
     ],
 )
 def test_better_auth_settings_come_from_the_environment(tmp_path, env, expected):
-    code = "from config import settings as s; print(s.better_auth_url, s.better_auth_jwks_url, s.better_auth_secret is not None)"
+    code = (
+        "from config import settings as s; "
+        "print(s.better_auth_url, s.better_auth_jwks_url, s.better_auth_secret is not None)"
+    )
     result = run_python(code, tmp_path, **env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == expected
@@ -263,15 +272,21 @@ SECRET = {"JWT_SECRET": "k" * 40}
     [
         ({"DATABASE_URL": "sqlite:///{tmp}/missing/todo.db", **SECRET},
          ["DATABASE_URL: the folder {tmp}/missing does not exist; create it"]),
-        ({"DATABASE_URL": "sqlite:///{tmp}", **SECRET}, ["DATABASE_URL: {tmp} is a folder, not a database file"]),
+        ({"DATABASE_URL": "sqlite:///{tmp}", **SECRET},
+         ["DATABASE_URL: {tmp} is a folder, not a database file"]),
         ({"DATABASE_URL": "mysql://todo:hunter2@db.example/todo", **SECRET},
          ["DATABASE_URL: mysql:// is not supported; use sqlite:///PATH"]),
-        ({"DATABASE_URL": "todo.db", **SECRET}, ["DATABASE_URL is not a database URL; use sqlite:///PATH"]),
+        ({"DATABASE_URL": "todo.db", **SECRET},
+         ["DATABASE_URL is not a database URL; use sqlite:///PATH"]),
         ({"JWT_SECRET_FILE": "{tmp}/missing/jwt"},
-         ["JWT_SECRET_FILE: cannot read or create {tmp}/missing/jwt (No such file or directory)", "set JWT_SECRET"]),
-        ({"JWT_SECRET_FILE": "{tmp}"}, ["JWT_SECRET_FILE: cannot read or create {tmp} (Is a directory)"]),
-        ({"JWT_SECRET": " " * 40}, ["JWT_SECRET must be at least 32 bytes long, not counting surrounding whitespace"]),
-        ({"LOGIN_FAILURE_WINDOW_MINUTES": "0", **SECRET}, ["LOGIN_FAILURE_WINDOW_MINUTES must be between 1 and"]),
+         ["JWT_SECRET_FILE: cannot read or create {tmp}/missing/jwt (No such file or directory)",
+          "set JWT_SECRET"]),
+        ({"JWT_SECRET_FILE": "{tmp}"},
+         ["JWT_SECRET_FILE: cannot read or create {tmp} (Is a directory)"]),
+        ({"JWT_SECRET": " " * 40},
+         ["JWT_SECRET must be at least 32 bytes long, not counting surrounding whitespace"]),
+        ({"LOGIN_FAILURE_WINDOW_MINUTES": "0", **SECRET},
+         ["LOGIN_FAILURE_WINDOW_MINUTES must be between 1 and"]),
         ({"DATABASE_WAIT_SECONDS": "-1", **SECRET},
          ["DATABASE_WAIT_SECONDS must be between 0 and 600, not -1"]),
         ({"BETTER_AUTH_URL": "http://[::1", **SECRET},
@@ -284,9 +299,9 @@ SECRET = {"JWT_SECRET": "k" * 40}
     ],
     ids=[
         "sqlite-in-missing-folder", "sqlite-path-is-a-folder", "unsupported-database", "not-a-url",
-        "secret-file-in-missing-folder", "secret-file-is-a-folder", "blank-secret", "zero-failure-window",
-        "negative-database-wait", "better-auth-url-unclosed-ipv6", "better-auth-url-with-a-space",
-        "jwks-url-with-a-word-for-port",
+        "secret-file-in-missing-folder", "secret-file-is-a-folder", "blank-secret",
+        "zero-failure-window", "negative-database-wait", "better-auth-url-unclosed-ipv6",
+        "better-auth-url-with-a-space", "jwks-url-with-a-word-for-port",
     ],
 )  # fmt: skip
 def test_a_configuration_mistake_stops_uvicorn_with_one_line(tmp_path, env, expected):
@@ -348,7 +363,10 @@ def test_postgres_urls_without_a_driver_use_psycopg(tmp_path, scheme):
     assert result.stdout.split() == ["postgresql+psycopg://todo:secret@db.example:5432/todo"]
     if TEST_DATABASE_URL is not None:  # and such a URL reaches a real server
         hosted = scheme + TEST_DATABASE_URL.split("://", 1)[1]
-        code = "import db, sqlalchemy; print(db.engine.connect().execute(sqlalchemy.text('SELECT 7')).scalar())"
+        code = (
+            "import db, sqlalchemy; "
+            "print(db.engine.connect().execute(sqlalchemy.text('SELECT 7')).scalar())"
+        )
         result = run_python(code, tmp_path, DATABASE_URL=hosted, **SECRET)
         assert (result.returncode, result.stdout.split()) == (0, ["7"]), result.stderr
 
@@ -363,7 +381,8 @@ with TestClient(app) as client:
         "Access-Control-Request-Headers": "Authorization, Content-Type"})
     health = client.get("/health", headers={"Origin": "http://localhost:8080"})
 print(preflight.status_code, preflight.headers["access-control-allow-origin"],
-      preflight.headers.get("access-control-allow-credentials"), health.headers["access-control-allow-origin"])
+      preflight.headers.get("access-control-allow-credentials"),
+      health.headers["access-control-allow-origin"])
 """
     result = run_python(
         code,
@@ -413,24 +432,37 @@ def test_a_postgresql_refusing_connections_is_waited_for_then_named_without_its_
 @pytest.mark.parametrize(
     "url, shown, cause",
     [
-        ("postgresql://app:hunter2@nohost.invalid/todo",
-         "postgresql+psycopg://app@nohost.invalid/todo", "failed to resolve host 'nohost.invalid'"),
+        (
+            "postgresql://app:hunter2@nohost.invalid/todo",
+            "postgresql+psycopg://app@nohost.invalid/todo",
+            "failed to resolve host 'nohost.invalid'",
+        ),
         ("sqlite:///{tmp}/todo.db", "sqlite:///{tmp}/todo.db", "file is not a database"),
-        pytest.param("postgresql://{user}:hunter2@{server}/{database}",
-                     "postgresql+psycopg://{user}@{server}/{database}",
-                     "authentication failed", marks=NEEDS_POSTGRESQL),
-        pytest.param("postgresql://{user}:{password}@{server}/todo_missing",
-                     "postgresql+psycopg://{user}@{server}/todo_missing",
-                     'database "todo_missing" does not exist', marks=NEEDS_POSTGRESQL),
+        pytest.param(
+            "postgresql://{user}:hunter2@{server}/{database}",
+            "postgresql+psycopg://{user}@{server}/{database}",
+            "authentication failed",
+            marks=NEEDS_POSTGRESQL,
+        ),
+        pytest.param(
+            "postgresql://{user}:{password}@{server}/todo_missing",
+            "postgresql+psycopg://{user}@{server}/todo_missing",
+            'database "todo_missing" does not exist',
+            marks=NEEDS_POSTGRESQL,
+        ),
     ],
     ids=["unknown-host", "not-a-sqlite-file", "wrong-password", "unknown-database"],
-)  # fmt: skip
+)
 def test_a_database_that_waiting_cannot_help_stops_start_up_at_once(tmp_path, url, shown, cause):
     parts = {"tmp": tmp_path}
     if TEST_DATABASE_URL is not None:
         server = make_url(TEST_DATABASE_URL)
-        parts.update(user=server.username, password=server.password, database=server.database,
-                     server=f"{server.host}:{server.port}")  # fmt: skip
+        parts.update(
+            user=server.username,
+            password=server.password,
+            database=server.database,
+            server=f"{server.host}:{server.port}",
+        )
     url, shown = url.format(**parts), shown.format(**parts)
     if url.startswith("sqlite"):
         (tmp_path / "todo.db").write_text("Notes, not a database.\n" * 100)

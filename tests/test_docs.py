@@ -282,11 +282,14 @@ def test_the_readme_curl_walkthrough_works_when_pasted_into_a_shell(tmp_path, li
     walkthrough = re.search(
         r"## Try it with curl.*?```bash\n(.*?)```", README.read_text(), re.S
     ).group(1)
-    server = live_server()
+    script = walkthrough.replace("http://127.0.0.1:8000", live_server().url)
     shell = subprocess.run(
-        ["bash", "-e", "-o", "pipefail", "-c", walkthrough.replace("http://127.0.0.1:8000", server.url)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        ["bash", "-e", "-o", "pipefail", "-c", script],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert shell.returncode == 0, shell.stderr
     statuses = re.findall(r"^HTTP/1.1 (\d{3})", shell.stdout, re.M)
     assert statuses == ["201", "200", "204"]

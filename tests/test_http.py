@@ -41,9 +41,19 @@ def test_a_method_the_path_lacks_is_405_naming_every_method_it_has(
 
 @pytest.mark.parametrize(
     "path",
-    ["/health", "/", "/docs", "/redoc", "/openapi.json", "/docs/assets/swagger-ui.css", "/api/auth/me",
-     "{tasks_url}", "{tasks_url}?status=pending&limit=1", "{tasks_url}/{task_id}"],
-)  # fmt: skip
+    [
+        "/health",
+        "/",
+        "/docs",
+        "/redoc",
+        "/openapi.json",
+        "/docs/assets/swagger-ui.css",
+        "/api/auth/me",
+        "{tasks_url}",
+        "{tasks_url}?status=pending&limit=1",
+        "{tasks_url}/{task_id}",
+    ],
+)
 def test_every_get_route_answers_head_with_its_headers_and_no_body(client, alice, create, path):
     path = path.format(tasks_url=alice.tasks_url, task_id=create(alice)["id"])
     get = client.get(path, headers=alice.headers)
@@ -105,21 +115,30 @@ def test_a_body_that_is_not_a_json_object_is_422_and_stores_nothing(
 @pytest.mark.parametrize(
     "content, content_type, reason",
     [
-        ("&".join(f"f{number}=x" for number in range(1001)), "application/x-www-form-urlencoded",
-         "Too many fields. Maximum number of fields is 1000."),
+        (
+            "&".join(f"f{number}=x" for number in range(1001)),
+            "application/x-www-form-urlencoded",
+            "Too many fields. Maximum number of fields is 1000.",
+        ),
         ("username=carol&password=x", "multipart/form-data", "Missing boundary in multipart."),
     ],
     ids=["too-many-fields", "multipart-without-boundary"],
-)  # fmt: skip
+)
 def test_a_form_that_cannot_be_parsed_is_422(client, content, content_type, reason):
     response = client.post(
         "/api/auth/token", content=content, headers={"Content-Type": content_type}
     )
     assert response.status_code == 422
     assert response.json() == {
-        "detail": [{"type": "form_invalid", "loc": ["body"], "msg": "Form body could not be parsed",
-                    "ctx": {"error": reason}}]
-    }  # fmt: skip
+        "detail": [
+            {
+                "type": "form_invalid",
+                "loc": ["body"],
+                "msg": "Form body could not be parsed",
+                "ctx": {"error": reason},
+            }
+        ]
+    }
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])

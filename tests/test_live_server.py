@@ -18,7 +18,7 @@ import threading
 import time
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing
+from contextlib import closing, suppress
 from pathlib import Path
 
 import httpx2
@@ -282,7 +282,7 @@ def test_200_parallel_creates_from_several_clients_all_land(two_workers):
             created = list(pool.map(create, range(200)))
         listings = [
             client.get(f"/api/{user['user']['id']}/tasks", params={"tag": "load", "limit": 100})
-            for client, user in zip(clients, users)
+            for client, user in zip(clients, users, strict=True)
         ]
     finally:
         for client in clients:
@@ -341,10 +341,9 @@ def better_auth_server(tmp_path):
                     raise RuntimeError(
                         f"Better Auth did not start:\n{log_path.read_text(errors='replace')}"
                     )
-                try:  # waits for the next poll, and notices at once if node died
+                # Waits for the next poll, and notices at once if node died.
+                with suppress(subprocess.TimeoutExpired):
                     process.wait(timeout=0.1)
-                except subprocess.TimeoutExpired:
-                    pass
         yield url
     finally:
         process.terminate()
@@ -662,12 +661,7 @@ def test_rate_limits_count_across_workers(tmp_path, password):
                 assert signup.status_code == 201, signup.text
                 wrong = {**account, "password": "a wrong guess"}
                 guesses = send_in_parallel(
-                    http,
-                    "POST",
-                    "/api/auth/login",
-                    f"guess{round_number}",
-                    count=5,
-                    json_for=lambda _: wrong,
+                    http, "POST", "/api/auth/login", f"guess{round_number}", count=5, json=wrong
                 )
                 for failed in guesses:
                     assert failed.status_code == 401, failed.text
@@ -682,18 +676,21 @@ def test_rate_limits_count_across_workers(tmp_path, password):
             assert int(blocked.headers["retry-after"]) > 0
 
         # 20 signups from one address in a minute, then a 21st: 429; another address: 201.
+        def bot(number: int) -> dict[str, str]:
+            return {"email": f"bot{number}@example.com", "password": password}
+
         with client_at(server, "127.0.0.3") as scripter:
             signups = send_in_parallel(
-                scripter, "POST", "/api/auth/signup", "bot", count=20,
-                json_for=lambda number: {"email": f"bot{number}@example.com", "password": password},
-            )  # fmt: skip
+                scripter, "POST", "/api/auth/signup", "bot", count=20, json_for=bot
+            )
             for created in signups:
                 assert created.status_code == 201, created.text
             body = {"email": "bot20@example.com", "password": password}
             refused = send(scripter, "POST", "/api/auth/signup", "bot-over", json=body)
         assert refused.status_code == 429, refused.text
         assert refused.json() == {
-            "detail": "Too many signups, logins, refreshes and password checks from your address; try again later"
+            "detail": "Too many signups, logins, refreshes and password checks from your address;"
+            " try again later"
         }
         assert int(refused.headers["retry-after"]) > 0
         with client_at(server) as elsewhere:

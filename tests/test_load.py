@@ -467,10 +467,16 @@ def insert_tasks(engine, owner_id: int, count: int, title: str, description: str
     """Rows straight into the table: thousands of them in well under a second."""
     moment = datetime(2026, 3, 1, tzinfo=UTC)
     row = {
-        "user_id": owner_id, "title": title, "description": description, "completed": False,
-        "priority": "medium", "recurrence": "none", "next_occurrence_created": False,
-        "created_at": moment, "updated_at": moment,
-    }  # fmt: skip
+        "user_id": owner_id,
+        "title": title,
+        "description": description,
+        "completed": False,
+        "priority": "medium",
+        "recurrence": "none",
+        "next_occurrence_created": False,
+        "created_at": moment,
+        "updated_at": moment,
+    }
     with engine.begin() as connection:
         connection.execute(insert(Task), [row] * count)
 

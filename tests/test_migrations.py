@@ -88,7 +88,7 @@ def schema_of(engine: Engine) -> list[tuple]:
     SQLite's own CREATE statements; PostgreSQL's catalog, in its own words."""
     with engine.connect() as connection:
         if engine.dialect.name == "sqlite":
-            # sqlite_sequence is SQLite's own: made with the first AUTOINCREMENT table, never dropped.
+            # sqlite_sequence is SQLite's: made with the first AUTOINCREMENT table, never dropped.
             rows = connection.exec_driver_sql(
                 "SELECT type, name, tbl_name, sql FROM sqlite_master "
                 "WHERE tbl_name NOT IN ('alembic_version', 'sqlite_sequence')"
@@ -112,32 +112,41 @@ def schema_of(engine: Engine) -> list[tuple]:
         # never reuses the position of a dropped column, so a column dropped by a downgrade
         # and added again by the upgrade comes back in the same place, at another number.
         columns = connection.exec_driver_sql(
-            "SELECT table_name, column_name, rank() OVER (PARTITION BY table_name ORDER BY ordinal_position), "
+            "SELECT table_name, column_name, "
+            "rank() OVER (PARTITION BY table_name ORDER BY ordinal_position), "
             "data_type, character_maximum_length, "
             "is_nullable, column_default FROM information_schema.columns "
             "WHERE table_schema = current_schema() AND table_name != 'alembic_version'"
         )
         constraints = connection.exec_driver_sql(
-            "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) FROM pg_constraint "
-            "WHERE connamespace = current_schema()::regnamespace AND conrelid::regclass::text != 'alembic_version'"
+            "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) "
+            "FROM pg_constraint WHERE connamespace = current_schema()::regnamespace "
+            "AND conrelid::regclass::text != 'alembic_version'"
         )
         indexes = connection.exec_driver_sql(
             "SELECT tablename, indexname, indexdef FROM pg_indexes "
             "WHERE schemaname = current_schema() AND tablename != 'alembic_version'"
         )
         sequences = connection.exec_driver_sql(
-            "SELECT sequence_name, data_type FROM information_schema.sequences WHERE sequence_schema = current_schema()"
+            "SELECT sequence_name, data_type FROM information_schema.sequences "
+            "WHERE sequence_schema = current_schema()"
         )
         schema = connection.exec_driver_sql("SELECT current_schema()").scalar_one()
+        # indexdef names the schema: without it, two schemas' descriptions compare equal.
         return sorted(
-            (kind, *(str(value).replace(f"{schema}.", "") for value in row))  # indexdef names the schema
-            for kind, rows in (("column", columns), ("constraint", constraints), ("index", indexes), ("sequence", sequences))
+            (kind, *(str(value).replace(f"{schema}.", "") for value in row))
+            for kind, rows in (
+                ("column", columns),
+                ("constraint", constraints),
+                ("index", indexes),
+                ("sequence", sequences),
+            )
             for row in rows
-        )  # fmt: skip
+        )
 
 
 def differences_from_models(engine: Engine, metadata: MetaData = SQLModel.metadata) -> list:
-    """What `alembic revision --autogenerate` would write: the models' schema against the database's."""
+    """What `alembic revision --autogenerate` would write: the models against the database."""
     with engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
         return compare_metadata(context, metadata)
@@ -222,37 +231,64 @@ def fill_like_the_release_before_migrations(engine: Engine) -> dict:
     with engine.begin() as connection:
 
         def insert(table: str, **values) -> int | None:
+            placeholders = ", ".join(f":{name}" for name in values)
+            returning = " RETURNING id" if table in ("user", "task") else ""
             statement = text(
-                f'INSERT INTO "{table}" ({", ".join(values)}) VALUES ({", ".join(f":{name}" for name in values)})'
-                + (" RETURNING id" if table in ("user", "task") else "")
+                f'INSERT INTO "{table}" ({", ".join(values)}) VALUES ({placeholders}){returning}'
             ).bindparams(
                 # Stored as that release stored them: SQLite gets SQLAlchemy's DATETIME text.
-                *(bindparam(name, type_=DateTime(timezone=True)) for name, value in values.items()
-                  if isinstance(value, datetime))
-            )  # fmt: skip
+                *(
+                    bindparam(name, type_=DateTime(timezone=True))
+                    for name, value in values.items()
+                    if isinstance(value, datetime)
+                )
+            )
             result = connection.execute(statement, values)
             return result.scalar_one() if table in ("user", "task") else None
 
-        users = {
-            email: insert("user", email=email, name=name, password_hash=password_hash, created_at=MARCH_1,
-                          token_generation=generation)
-            for email, name, generation in (("ada@example.com", "Ada", 0), ("bo@example.com", None, 2))
-        }  # fmt: skip
-        ada = users["ada@example.com"]
-        task_values = {"description": None, "completed": False, "priority": "medium", "due_date": None,
-                       "recurrence": "none", "next_occurrence_created": False, "created_at": MARCH_1,
-                       "updated_at": MARCH_1, "completed_at": None}  # fmt: skip
-        rent = insert("task", **{**task_values, "user_id": ada, "title": "Pay rent", "priority": "high",
-                                 "due_date": MARCH_1 + timedelta(days=4), "recurrence": "monthly"})  # fmt: skip
-        insert("task", **{**task_values, "user_id": ada, "title": "Call mum", "description": "Sunday",
-                          "completed": True, "completed_at": MARCH_1 + timedelta(hours=1)})  # fmt: skip
-        insert("task", **{**task_values, "user_id": users["bo@example.com"], "title": "Bo's own"})
+        account = {"password_hash": password_hash, "created_at": MARCH_1}
+        ada = insert("user", email="ada@example.com", name="Ada", token_generation=0, **account)
+        bo = insert("user", email="bo@example.com", name=None, token_generation=2, **account)
+        task_values = {
+            "description": None,
+            "completed": False,
+            "priority": "medium",
+            "due_date": None,
+            "recurrence": "none",
+            "next_occurrence_created": False,
+            "created_at": MARCH_1,
+            "updated_at": MARCH_1,
+            "completed_at": None,
+        }
+        rent = insert(
+            "task",
+            **{
+                **task_values,
+                "user_id": ada,
+                "title": "Pay rent",
+                "priority": "high",
+                "due_date": MARCH_1 + timedelta(days=4),
+                "recurrence": "monthly",
+            },
+        )
+        insert(
+            "task",
+            **{
+                **task_values,
+                "user_id": ada,
+                "title": "Call mum",
+                "description": "Sunday",
+                "completed": True,
+                "completed_at": MARCH_1 + timedelta(hours=1),
+            },
+        )
+        insert("task", **{**task_values, "user_id": bo, "title": "Bo's own"})
         for tag in ("home", "money"):
             insert("tasktag", task_id=rent, name=tag)
         insert("revokedtoken", jti=revoked_jti, expires_at=in_a_year)
         for number in range(3):
             insert("ratelimitevent", bucket=f"{number:064x}", expires_at=in_a_year)
-    return {"ada": ada, "bo": users["bo@example.com"], "rent": rent, "revoked_jti": revoked_jti}
+    return {"ada": ada, "bo": bo, "rent": rent, "revoked_jti": revoked_jti}
 
 
 TABLES = ("user", "task", "tasktag", "revokedtoken", "ratelimitevent")
@@ -280,8 +316,13 @@ def rows_of(engine: Engine) -> dict[str, set[tuple]]:
 def token_for(user_id: int, generation: int, jwt_secret: str, jti: str | None = None) -> str:
     """An access token as the release before migrations issued it."""
     now = datetime.now(UTC)
-    claims = {"sub": str(user_id), "iat": now, "exp": now + timedelta(minutes=30),
-              "jti": jti or secrets.token_urlsafe(16), "gen": generation}  # fmt: skip
+    claims = {
+        "sub": str(user_id),
+        "iat": now,
+        "exp": now + timedelta(minutes=30),
+        "jti": jti or secrets.token_urlsafe(16),
+        "gen": generation,
+    }
     return jwt.encode(claims, jwt_secret, algorithm="HS256")
 
 
@@ -312,8 +353,15 @@ def test_a_database_of_the_release_before_migrations_is_upgraded_in_place_by_uvi
             params={"sort": "title", "order": "asc"},
         )
         login = http.post("/api/auth/login", json={"email": "bo@example.com", "password": PASSWORD})
-        created = http.post(f"/api/{made['ada']}/tasks", headers=issued_before,
-                            json={"title": "After the upgrade", "tags": ["new"], "due_date": "2026-04-01T00:00:00Z"})  # fmt: skip
+        created = http.post(
+            f"/api/{made['ada']}/tasks",
+            headers=issued_before,
+            json={
+                "title": "After the upgrade",
+                "tags": ["new"],
+                "due_date": "2026-04-01T00:00:00Z",
+            },
+        )
         signup = http.post(
             "/api/auth/signup", json={"email": "new@example.com", "password": PASSWORD}
         )
@@ -321,8 +369,13 @@ def test_a_database_of_the_release_before_migrations_is_upgraded_in_place_by_uvi
     server.stop()
 
     assert me.status_code == 200, me.text
-    assert me.json() == {"id": made["ada"], "email": "ada@example.com", "name": "Ada",
-                         "created_at": "2026-03-01T12:00:00Z", "better_auth_id": None}  # fmt: skip
+    assert me.json() == {
+        "id": made["ada"],
+        "email": "ada@example.com",
+        "name": "Ada",
+        "created_at": "2026-03-01T12:00:00Z",
+        "better_auth_id": None,
+    }
     assert (refused.status_code, refused.json()) == (
         401,
         {"detail": "Could not validate credentials"},
@@ -421,8 +474,9 @@ def test_a_database_with_only_some_of_the_tables_is_left_alone(database):
         db.migrate(database)
 
     assert str(refusal.value) == (
-        "The database has some of the Todo API's tables but not all they need (missing: user, task, tasktag, "
-        "revokedtoken.expires_at, ratelimitevent), so it is left alone: it was not made by this app"
+        "The database has some of the Todo API's tables but not all they need (missing: user, "
+        "task, tasktag, revokedtoken.expires_at, ratelimitevent), so it is left alone: it was "
+        "not made by this app"
     )
     assert current_revisions(database) == ()
 
@@ -473,8 +527,8 @@ def test_a_database_at_an_unknown_revision_is_not_touched(database):
         db.migrate(database)
 
     assert str(refusal.value) == (
-        f"The database is at revision {UNKNOWN_REVISION}, which this release of the Todo API does not know: "
-        "a newer release made it. Run that release or a newer one on it"
+        f"The database is at revision {UNKNOWN_REVISION}, which this release of the Todo API "
+        "does not know: a newer release made it. Run that release or a newer one on it"
     )
     assert current_revisions(database) == (UNKNOWN_REVISION,)
     assert schema_of(database) == schema
@@ -489,8 +543,12 @@ def run_uvicorn_until_it_exits(
         if name not in ("DATABASE_URL", "JWT_SECRET")
     }
     environment.update(DATABASE_URL=database_url, JWT_SECRET=secrets.token_urlsafe(48))
-    command_line = [sys.executable, "-m", "uvicorn", "main:app", "--app-dir", str(REPO_ROOT),
-                    "--host", "127.0.0.1", "--port", str(free_port()), "--workers", str(workers)]  # fmt: skip
+    command_line = [
+        sys.executable, "-m", "uvicorn", "main:app",
+        "--app-dir", str(REPO_ROOT),
+        "--host", "127.0.0.1", "--port", str(free_port()),
+        "--workers", str(workers),
+    ]  # fmt: skip
     return subprocess.run(
         command_line, cwd=directory, env=environment, capture_output=True, text=True, timeout=60
     )
@@ -759,7 +817,8 @@ def test_the_better_auth_revision_keeps_local_accounts_whole_and_better_auth_acc
     upgrade_to(database, "0004_better_auth")
 
     insert_any = text(
-        'INSERT INTO "user" (email, password_hash, better_auth_issuer, better_auth_id, created_at, token_generation) '
+        'INSERT INTO "user" (email, password_hash, better_auth_issuer, better_auth_id, '
+        "created_at, token_generation) "
         "VALUES (:email, :password_hash, :issuer, :better_auth_id, :created_at, 0)"
     )
     local = {
@@ -780,10 +839,15 @@ def test_the_better_auth_revision_keeps_local_accounts_whole_and_better_auth_acc
         connection.execute(
             insert_any, {**better_auth, "issuer": "shared-secret", "created_at": now}
         )
-        connection.execute(text("INSERT INTO task (user_id, title, completed, priority, recurrence, "
-                                "next_occurrence_created, created_at, updated_at) "
-                                "SELECT id, 'Theirs', false, 'medium', 'none', false, :now, :now FROM \"user\" "
-                                "WHERE better_auth_id IS NOT NULL"), {"now": now})  # fmt: skip
+        connection.execute(
+            text(
+                "INSERT INTO task (user_id, title, completed, priority, recurrence, "
+                "next_occurrence_created, created_at, updated_at) "
+                "SELECT id, 'Theirs', false, 'medium', 'none', false, :now, :now "
+                'FROM "user" WHERE better_auth_id IS NOT NULL'
+            ),
+            {"now": now},
+        )
     refused = {
         "the same Better Auth account twice": better_auth,
         "a local email twice": {**local, "email": "ada@example.com"},
@@ -833,7 +897,8 @@ def test_a_migration_that_rebuilds_a_table_never_hands_out_a_deleted_accounts_id
         for number in (1, 2, 3):
             connection.execute(
                 text(
-                    "INSERT INTO user (email, password_hash, created_at, token_generation) VALUES (:e, 'x', :t, 0)"
+                    "INSERT INTO user (email, password_hash, created_at, token_generation) "
+                    "VALUES (:e, 'x', :t, 0)"
                 ),
                 {"e": f"user{number}@example.com", "t": "2026-01-01 00:00:00.000000"},
             )
@@ -842,7 +907,8 @@ def test_a_migration_that_rebuilds_a_table_never_hands_out_a_deleted_accounts_id
     with database.begin() as connection:
         connection.execute(
             text(
-                "INSERT INTO user (email, password_hash, created_at, token_generation) VALUES ('new@example.com', 'x', :t, 0)"
+                "INSERT INTO user (email, password_hash, created_at, token_generation) "
+                "VALUES ('new@example.com', 'x', :t, 0)"
             ),
             {"t": "2026-01-02 00:00:00.000000"},
         )

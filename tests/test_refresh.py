@@ -598,9 +598,16 @@ def test_an_unknown_refresh_token_is_401(client, token):
 
 @pytest.mark.parametrize(
     "body",
-    [None, {}, {"refresh_token": None}, {"refresh_token": 42}, {"refresh_token": ""}, {"refresh_token": "x" * 257},
-     {"refresh_token": "\ud800"}],
-)  # fmt: skip
+    [
+        None,
+        {},
+        {"refresh_token": None},
+        {"refresh_token": 42},
+        {"refresh_token": ""},
+        {"refresh_token": "x" * 257},
+        {"refresh_token": "\ud800"},
+    ],
+)
 def test_a_missing_or_malformed_body_is_422(client, body):
     # json.dumps writes a lone surrogate as the escape that a JSON body may carry.
     response = client.post(REFRESH_URL, content=json.dumps(body), headers=JSON)
@@ -623,7 +630,8 @@ def test_a_refresh_counts_against_the_auth_request_limit(client, carol, clock, m
     refused = refresh(client, third.refresh)
     assert refused.status_code == 429
     assert refused.json() == {
-        "detail": "Too many signups, logins, refreshes and password checks from your address; try again later"
+        "detail": "Too many signups, logins, refreshes and password checks from your address;"
+        " try again later"
     }
     assert int(refused.headers["Retry-After"]) > 0
     clock.advance(minutes=1)
