@@ -35,6 +35,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPOSITORY = BENCH_DIR.parent
 RESULTS_FILE = BENCH_DIR / "results.json"
 POSTGRES_RESULTS_FILE = BENCH_DIR / "results-postgres.json"
+COMPARE_RESULTS_FILE = BENCH_DIR / "results-compare.json"
 SERVER_CPU = "0"
 LOAD_CPU = "1"
 CONNECTIONS = 16
@@ -128,6 +129,7 @@ class Server:
         log_path: Path,
         cpus: str | None = SERVER_CPU,
         workers: int = 1,
+        code: Path = REPOSITORY,
     ) -> None:
         self.port = free_port()
         self.log_path = log_path
@@ -150,7 +152,7 @@ class Server:
         with open(log_path, "wb") as log:
             # taskset execs uvicorn, so this pid is the server's own.
             self.process = subprocess.Popen(
-                command, cwd=REPOSITORY, env=environment, stdout=log, stderr=subprocess.STDOUT
+                command, cwd=code, env=environment, stdout=log, stderr=subprocess.STDOUT
             )
 
     def url(self, path: str) -> str:
@@ -664,6 +666,80 @@ def run_postgres(
             server.stop()
 
 
+def run_compare(plan: Plan, workdir: Path, baseline: Path) -> tuple[dict, list[str]]:
+    """This code against the code in `baseline` (a checkout of an earlier commit): list and
+    create on each, in alternating rounds, one server under load at a time, both on CPU 0."""
+    failures: list[str] = []
+    environment = server_environment(workdir)
+    servers = {
+        name: Server(
+            "main:app",
+            {**environment, "DATABASE_URL": f"sqlite:///{workdir / name}.db"},
+            workdir / f"{name}.log",
+            code=code,
+        )
+        for name, code in (("current", REPOSITORY), ("baseline", baseline))
+    }
+    try:
+        urls = {}
+        for name, server in servers.items():
+            server.wait_until_serving("/health")
+            list_user, list_token = sign_up(server, f"list-{name}@bench.example")
+            add_tasks_over_http(server, list_user, list_token, 20)
+            create_user, create_token = sign_up(server, f"create-{name}@bench.example")
+            urls[name] = {
+                "list": (server.url(f"/api/{list_user}/tasks"), list_token),
+                "create": (server.url(f"/api/{create_user}/tasks"), create_token),
+            }
+            load(urls[name]["list"][0], 1, token=list_token)  # warm-up
+        figures: dict = {}
+        for scenario, method, body in (("list", "GET", None), ("create", "POST", NEW_TASK)):
+            print(f"{scenario}...", flush=True)
+            runs = []
+            for number in range(plan.rounds):
+                # Each round runs both; which goes first alternates, so neither always
+                # meets the machine as the other left it.
+                order = ["current", "baseline"] if number % 2 == 0 else ["baseline", "current"]
+                stats = {}
+                for name in order:
+                    url, token = urls[name][scenario]
+                    stats[name] = load(
+                        url,
+                        plan.seconds,
+                        method=method,
+                        token=token,
+                        body=body,
+                        server=servers[name],
+                    )
+                    check(stats[name]["errors"] == 0, f"{scenario} ({name}): no errors", failures)
+                runs.append((stats["current"], stats["baseline"]))
+            figures[scenario] = summarise(runs, "rps", "rps")
+            figures[f"{scenario}_cpu_ms"] = summarise(runs, "cpu_ms", "cpu_ms")
+        figures["memory"] = {name: server.peak_memory_mb() for name, server in servers.items()}
+        return figures, failures
+    finally:
+        for server in servers.values():
+            server.stop()
+
+
+def report_compare(figures: dict, reference: str) -> None:
+    print(f"\n{'this code against ' + reference:34} {'this':>9} {'before':>10} {'ratio':>7}")
+    for scenario in ("list", "create"):
+        figure = figures[scenario]
+        rounds = ", ".join(f"{ratio:.2f}" for ratio in figure["ratios"])
+        print(
+            f"{scenario + ': req/s':34} {figure['project']:9.1f} {figure['reference']:10.1f} "
+            f"{figure['ratio']:7.2f}  (rounds: {rounds})"
+        )
+        cpu = figures[f"{scenario}_cpu_ms"]
+        print(
+            f"{scenario + ': CPU ms per request':34} {cpu['project']:9.2f} "
+            f"{cpu['reference']:10.2f} {cpu['ratio']:7.2f}"
+        )
+    memory = figures["memory"]
+    print(f"{'peak RSS (MB)':34} {memory['current']:9.1f} {memory['baseline']:10.1f}")
+
+
 def summarise(runs: list[tuple[dict, dict]], figure: str, reference_figure: str) -> dict:
     """Medians of a figure and of its reference, and the median of their round-by-round
     ratios (not the ratio of the medians: each round's pair ran under the same noise)."""
@@ -829,6 +905,12 @@ def main() -> None:
         "$BENCH_DATABASE_URL (postgresql+psycopg://...) if set, which gets "
         "a few users and tasks",
     )
+    parser.add_argument(
+        "--compare",
+        metavar="COMMIT",
+        help="instead: list and create of this code against COMMIT's, in alternating rounds "
+        "(default 5), on SQLite; writes bench/results-compare.json",
+    )
     arguments = parser.parse_args()
     plan = SMOKE if arguments.smoke else FULL
     if arguments.rounds:
@@ -844,6 +926,9 @@ def main() -> None:
     if len(os.sched_getaffinity(0)) < 2:
         raise SystemExit("the benchmark needs two CPUs: one for the server, one for wrk")
     started = datetime.now(UTC)
+    if arguments.compare:
+        compare(arguments.compare, arguments.rounds or (1 if arguments.smoke else 5), plan)
+        return
     with tempfile.TemporaryDirectory(prefix="todo-bench-") as workdir:
         if not arguments.postgres:
             figures, failures = run(plan, Path(workdir))
@@ -881,6 +966,37 @@ def main() -> None:
         raise SystemExit(f"{len(failures)} check(s) failed: {failures}")
     if missed and not arguments.smoke:
         raise SystemExit(f"targets not met: {', '.join(missed)}")
+
+
+def compare(reference: str, rounds: int, plan: Plan) -> None:
+    """Check out `reference` beside this code, run both, print and keep the comparison."""
+    plan = Plan(rounds, plan.seconds, 0, 0, 0)
+    started = datetime.now(UTC)
+    with tempfile.TemporaryDirectory(prefix="todo-bench-") as workdir:
+        baseline = Path(workdir) / "baseline"
+        git = ["git", "-C", str(REPOSITORY)]
+        subprocess.run([*git, "worktree", "add", "--detach", baseline, reference], check=True)
+        try:
+            figures, failures = run_compare(plan, Path(workdir), baseline)
+        finally:
+            subprocess.run([*git, "worktree", "remove", "--force", baseline], check=True)
+    report_compare(figures, reference)
+    COMPARE_RESULTS_FILE.write_text(
+        json.dumps(
+            {
+                "date": started.isoformat(timespec="seconds"),
+                "reference": reference,
+                "rounds": plan.rounds,
+                "seconds_per_run": plan.seconds,
+                "figures": figures,
+                "failures": failures,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    if failures:
+        raise SystemExit(f"{len(failures)} check(s) failed: {failures}")
 
 
 if __name__ == "__main__":
