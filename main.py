@@ -1,5 +1,6 @@
-"""The Todo API (`uvicorn main:app`): the app, its middleware, routers, JSON error handlers and /health."""
+"""The Todo API (`uvicorn main:app`): the app, its middleware, routers, error handlers, /health."""
 
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from anyio import to_thread
@@ -15,7 +16,7 @@ from starlette.formparsers import MultiPartException
 from starlette.routing import Match
 
 from config import settings
-from db import STATEMENT_TIMED_OUT, check_database, engine, migrate, statement_ran_out_of_time
+from db import STATEMENT_TIMED_OUT, check_database, engine, statement_ran_out_of_time
 from middleware import (
     AccessLog,
     BodySizeLimit,
@@ -25,25 +26,23 @@ from middleware import (
     StartupRefusal,
     error_log,
 )
+from migrate import migrate
 from routes import auth, docs, tasks
 from schemas import HealthStatus, error_response
 
 
 @asynccontextmanager
-async def lifespan(app: FastAPI):
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     before, now = await to_thread.run_sync(migrate, engine)  # blocking I/O stays off the event loop
     if before != now:
-        error_log.info(
-            "Upgraded the database schema from revision %s to %s",
-            before or "none (new database)",
-            now,
-        )
+        line = "Upgraded the database schema from revision %s to %s"
+        error_log.info(line, before or "none (new database)", now)
     yield
     engine.dispose()
 
 
 def operation_id(route: APIRoute) -> str:
-    """The route's name in camelCase (`list_tasks`: `listTasks`); generated clients name their functions after it."""
+    """The route's name in camelCase (`listTasks`), which generated clients name functions after."""
     first, *rest = route.name.split("_")
     return first + "".join(word.capitalize() for word in rest)
 
@@ -57,7 +56,8 @@ app = FastAPI(
     docs_url=None,
     redoc_url=None,  # routes/docs.py serves both from local files instead of a CDN
 )
-# Each wraps those above it, so CORS adds its headers to the 500 and 413, and the access log sees the final status.
+# Each wraps those above it: CORS adds its headers to the 500 and 413, the access log sees the
+# final status.
 app.add_middleware(HeadAsGet)
 app.add_middleware(StartupRefusal)  # acts on the lifespan only
 app.add_middleware(InternalErrorAsJson)
@@ -79,7 +79,8 @@ app.mount(docs.ASSETS_URL, docs.assets, name="docs-assets")
 
 @app.exception_handler(RequestValidationError)
 async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    # FastAPI's format minus the echoed "input", which could be a password; an exception in "ctx" as its message.
+    # FastAPI's format without the echoed "input", which could be a password; an exception in
+    # "ctx" as its message.
     errors = [
         {key: value for key, value in error.items() if key != "input"} for error in exc.errors()
     ]
@@ -99,8 +100,8 @@ async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
     if exc.status_code == status.HTTP_400_BAD_REQUEST and isinstance(
         exc.__context__, MultiPartException
     ):
-        # Starlette's 400 for a form it cannot parse (too many fields, no multipart boundary): malformed, so 422.
-        error = {
+        # Starlette's 400 for a form it cannot parse (too many fields, no boundary): malformed, 422.
+        error: dict[str, object] = {
             "type": "form_invalid",
             "loc": ("body",),
             "msg": "Form body could not be parsed",
@@ -110,13 +111,13 @@ async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
     if exc.status_code == status.HTTP_400_BAD_REQUEST and isinstance(
         exc.__cause__, (ValueError, RecursionError)
     ):
-        # FastAPI's bare 400 when its JSON parser fails (not UTF-8, too deep, too many digits): malformed JSON, so 422.
+        # FastAPI's bare 400 for JSON it cannot parse (not UTF-8, too deep, too many digits): 422.
         location = ("body", getattr(exc.__cause__, "start", 0))
         reason = {"error": "The body is not JSON that can be parsed, in UTF-8"}
         error = {"type": "json_invalid", "loc": location, "msg": "JSON decode error", "ctx": reason}
         return await validation_error(request, RequestValidationError([error]))
     if exc.status_code == status.HTTP_405_METHOD_NOT_ALLOWED:
-        # Starlette names only the methods of the first route that matched; each method here is its own route.
+        # Starlette names the methods of the first route that matched; each method is a route here.
         def served(method: str) -> bool:
             return any(
                 route.matches({**request.scope, "method": method})[0] == Match.FULL
