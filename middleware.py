@@ -1,5 +1,5 @@
 """The ASGI middlewares (access log with request id, HEAD as GET, JSON 500, 413 body limit, start-up
-refusal, JSON CORS preflight refusal) and the log set-up, which escapes the control characters a client can send."""
+refusal, JSON CORS preflight refusal) and the log set-up, which escapes control characters."""
 
 import logging
 import re
@@ -14,11 +14,15 @@ from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware as StarletteCORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from db import StartupError
+from migrate import StartupError
 
-# C0/C1 controls (a newline forges a log line, ESC drives the terminal), U+2028/9, lone surrogates (not UTF-8).
+# C0/C1 controls (a newline forges a log line, ESC drives the terminal), U+2028/9, and lone
+# surrogates (not UTF-8).
 CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# Python's words between the tracebacks of a chain.
+CAUSE = "\nThe above exception was the direct cause of the following exception:\n\n"
+CONTEXT = "\nDuring handling of the above exception, another exception occurred:\n\n"
 
 
 def escape_controls(text: str) -> str:
@@ -29,8 +33,9 @@ def escape_controls(text: str) -> str:
 
 
 def escaped_traceback(error: BaseException) -> str:
-    """Python's traceback with each exception's own text, which a client can fill, escaped onto one line."""
-    blocks, link = [], traceback.TracebackException.from_exception(error)
+    """Python's traceback, with each exception's text (a client may fill it) kept on its line."""
+    blocks: list[str] = []
+    link: traceback.TracebackException | None = traceback.TracebackException.from_exception(error)
     while link is not None:  # from the last exception back to the first, which Python prints first
         frames = (
             ["Traceback (most recent call last):\n", *link.stack.format()] if link.stack else []
@@ -39,15 +44,9 @@ def escaped_traceback(error: BaseException) -> str:
             escape_controls(line.rstrip("\n")) + "\n" for line in link.format_exception_only()
         ]
         if link.__cause__ is not None:
-            joint, link = (
-                "\nThe above exception was the direct cause of the following exception:\n\n",
-                link.__cause__,
-            )
+            joint, link = CAUSE, link.__cause__
         elif link.__context__ is not None and not link.__suppress_context__:
-            joint, link = (
-                "\nDuring handling of the above exception, another exception occurred:\n\n",
-                link.__context__,
-            )
+            joint, link = CONTEXT, link.__context__
         else:
             joint, link = "", None
         blocks.append(joint + "".join(frames + message))
@@ -70,20 +69,17 @@ class EscapeControlCharacters(logging.Filter):
 
 
 access_log = logging.getLogger("todo.access")
-if (
-    not access_log.handlers
-):  # uvicorn sets up only its own loggers; ours still propagates (to pytest's caplog)
+# uvicorn sets up only its own loggers; ours still propagates (to pytest's caplog).
+if not access_log.handlers:
     handler = logging.StreamHandler()
     handler.setFormatter(
         logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(process)d]: %(message)s")
     )
     access_log.addHandler(handler)
-    access_log.setLevel(
-        logging.getLogger("uvicorn.access").getEffectiveLevel()
-    )  # follows --log-level
-logging.getLogger(
-    "uvicorn.access"
-).disabled = True  # it repeats ours with the query string, which may hold a token
+    # It follows --log-level.
+    access_log.setLevel(logging.getLogger("uvicorn.access").getEffectiveLevel())
+# uvicorn's repeats ours with the query string, which may hold a token.
+logging.getLogger("uvicorn.access").disabled = True
 error_log = logging.getLogger("uvicorn.error")  # where uvicorn writes its own tracebacks
 for logger in (access_log, error_log):
     logger.addFilter(EscapeControlCharacters())
@@ -91,7 +87,8 @@ for logger in (access_log, error_log):
 
 def logged_path(scope: Scope) -> str:
     # As the client sent it, still percent-encoded: a reader can paste it into a request again.
-    return scope.get("raw_path", scope["path"].encode()).decode("ascii", "backslashreplace")
+    raw_path: bytes = scope.get("raw_path", scope["path"].encode())
+    return raw_path.decode("ascii", "backslashreplace")
 
 
 class PureASGIMiddleware:
@@ -107,18 +104,20 @@ class PureASGIMiddleware:
             return await self.app(scope, receive, send)
         await self.handle(scope, receive, send)
 
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise NotImplementedError
+
 
 class AccessLog(PureASGIMiddleware):
-    """One line per request, its id sent back as X-Request-ID; no query string, header or body, so no secret."""
+    """One line per request, its id sent back as X-Request-ID; no query string, header or body,
+    so no secret."""
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         sent_id = Headers(scope=scope).get("x-request-id", "")
         request_id = sent_id if SANE_REQUEST_ID.fullmatch(sent_id) else secrets.token_hex(8)
-        status_code, logged = (
-            500,
-            False,
-        )  # 500: what the client gets if the app fails before it answers
+        status_code = 500  # what the client gets if the app fails before it answers
+        logged = False
 
         def log_line() -> None:
             nonlocal logged
@@ -141,7 +140,8 @@ class AccessLog(PureASGIMiddleware):
                     ],
                 }
             elif message["type"] == "http.response.body" and not message.get("more_body", False):
-                log_line()  # before the last bytes, so the line is written once the client has the response
+                # Before the last bytes, so the line is written once the client has the response.
+                log_line()
             await send(message)
 
         try:
@@ -168,7 +168,8 @@ class HeadAsGet(PureASGIMiddleware):
 
 
 class InternalErrorAsJson(PureASGIMiddleware):
-    """An unexpected exception as a JSON 500, inside CORS and the access log (FastAPI's handler runs outside both)."""
+    """An unexpected exception as a JSON 500, inside CORS and the access log (FastAPI's handler
+    runs outside both)."""
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         response_started = False
@@ -212,7 +213,7 @@ class BodySizeLimit(PureASGIMiddleware):
 
 
 class StartupRefusal(PureASGIMiddleware):
-    """A start-up that db.migrate refuses (StartupError) reaches uvicorn as its one-line reason,
+    """A start-up that migrate() refuses (StartupError) reaches uvicorn as its one-line reason,
     not a traceback."""
 
     scope_type = "lifespan"
