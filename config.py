@@ -1,5 +1,6 @@
-"""Settings, read once from environment variables, with safe defaults for a laptop. Without JWT_SECRET, a random
-secret is made on first start and kept in JWT_SECRET_FILE, so tokens survive restarts and workers share it."""
+"""Settings, read once from environment variables, with safe defaults for a laptop. Without
+JWT_SECRET, a random secret is made on first start and kept in JWT_SECRET_FILE, so tokens survive
+restarts and workers share it."""
 
 import os
 import re
@@ -29,27 +30,25 @@ def load_or_create_secret(path: Path) -> str:
     """The secret kept in `path`, created if missing: written to a private temporary file, then
     hard-linked into place. link() fails if the file exists, so workers starting together agree."""
     if not path.exists():
-        with tempfile.NamedTemporaryFile(
-            "w", dir=path.parent, suffix=".tmp"
-        ) as file:  # mode 0o600, gone on close
+        # Mode 0o600, gone on close.
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp") as file:
             file.write(secrets.token_urlsafe(48))
             file.flush()
             os.fsync(file.fileno())
-            with suppress(
-                FileExistsError
-            ):  # another worker won the race; its secret is the one to use
+            # Another worker won the race: its secret is the one to use.
+            with suppress(FileExistsError):
                 os.link(file.name, path)
     return path.read_text().strip()
 
 
 def strong_secret(source: str, secret: str) -> str:
-    secret = (
-        secret.strip()
-    )  # surrounding whitespace (a pasted newline, a secret of spaces) adds no secrecy
+    # Surrounding whitespace (a pasted newline, a secret of spaces) adds no secrecy.
+    secret = secret.strip()
     if len(secret.encode()) < MIN_SECRET_BYTES:
         raise SystemExit(
             f"{source} must be at least {MIN_SECRET_BYTES} bytes long, not counting surrounding "
-            'whitespace. Generate one with: python -c "import secrets; print(secrets.token_urlsafe(48))"'
+            "whitespace. Generate one with: "
+            'python -c "import secrets; print(secrets.token_urlsafe(48))"'
         )
     return secret
 
@@ -71,8 +70,9 @@ def jwt_secret_setting() -> str:
 
 
 def database_url_setting() -> str:
-    """DATABASE_URL, postgres(ql):// read as PostgreSQL through psycopg; a SQLite file that cannot be written stops
-    start-up now, not with a 500 at the first write. No message repeats the URL: it may hold a password."""
+    """DATABASE_URL, postgres(ql):// read as PostgreSQL through psycopg; a SQLite file that cannot be
+    written stops start-up now, not with a 500 at the first write. No message repeats the URL: it
+    may hold a password."""
     raw = os.environ.get("DATABASE_URL", "sqlite:///./todo.db").strip()
     raw = re.sub("^postgres(ql)?://", "postgresql+psycopg://", raw)  # the schemes hosts hand out
     try:
@@ -92,9 +92,8 @@ def database_url_setting() -> str:
         problem = f"{path} is a folder, not a database file;"
     elif path.exists() and not os.access(path, os.R_OK | os.W_OK):
         problem = f"{path} is read-only for this user; make it writable, or"
-    elif not os.access(
-        path.parent, os.W_OK | os.X_OK
-    ):  # SQLite makes the file, and its -wal and -shm, there
+    # SQLite makes the file, and its -wal and -shm, in the folder.
+    elif not os.access(path.parent, os.W_OK | os.X_OK):
         problem = f"the folder {path.parent} is read-only for this user; make it writable, or"
     else:
         return raw
@@ -136,7 +135,8 @@ def url_setting(name: str) -> str | None:
 
 
 def sqlite_synchronous_setting() -> str:
-    # NORMAL: a server crash loses no committed write; FULL: nor does a power cut. OFF can corrupt the file.
+    # NORMAL: a server crash loses no committed write; FULL: nor does a power cut. OFF can
+    # corrupt the file.
     raw = os.environ.get("SQLITE_SYNCHRONOUS", "NORMAL")
     if raw.strip().upper() not in ("NORMAL", "FULL"):
         raise SystemExit(f"SQLITE_SYNCHRONOUS must be one of NORMAL, FULL, not {raw!r}")
@@ -168,9 +168,8 @@ def from_env(read: Callable[..., Any], *args: Any) -> Any:
 @dataclass(frozen=True)
 class Settings:
     jwt_secret: str = from_env(jwt_secret_setting)
-    better_auth_url: str | None = from_env(
-        url_setting, "BETTER_AUTH_URL"
-    )  # None turns Better Auth tokens off
+    # None turns Better Auth tokens off.
+    better_auth_url: str | None = from_env(url_setting, "BETTER_AUTH_URL")
     better_auth_jwks_url: str | None = from_env(jwks_url_setting)
     better_auth_secret: str | None = from_env(optional_secret, "BETTER_AUTH_SECRET")
     database_url: str = from_env(database_url_setting)
@@ -197,7 +196,8 @@ class Settings:
     )
     sqlite_synchronous: str = from_env(sqlite_synchronous_setting)
     max_tasks_per_user: int = from_env(int_setting, "MAX_TASKS_PER_USER", 10_000, 1, 100_000_000)
-    # Enough for any ordinary query on a busy machine; short enough that a backtracking LIKE answers in seconds.
+    # Enough for any ordinary query on a busy machine; short enough that a backtracking LIKE
+    # answers in seconds.
     statement_timeout_ms: int = from_env(int_setting, "STATEMENT_TIMEOUT_MS", 2_000, 100, 600_000)
 
     def __post_init__(self) -> None:
