@@ -1,5 +1,4 @@
-"""Start-up's database work: migrate() waits for the database, then brings it to the newest Alembic
-revision (migrations/), or raises StartupError, whose text is the one line that says why not."""
+"""migrate(), run at start-up: the database at the newest revision, or a StartupError."""
 
 import math
 import sqlite3
@@ -13,16 +12,16 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import URL, Connection, Engine, inspect, text
+from sqlalchemy import URL, Connection, Engine, inspect
 from sqlalchemy.exc import DBAPIError
 
 from config import settings
-from db import BUSY_TIMEOUT_MS, cause_of, log
+from db import BUSY_TIMEOUT_MS, cause_of, first_line, log
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 FIRST_REVISION = "0001_initial"
-SCHEMA_LOCK_KEY = 0x70D0_5C4E  # any fixed number: the same in every process of this app
-# A database made before migrations existed has no alembic_version, and exactly these tables.
+SCHEMA_LOCK_KEY = 0x70D0_5C4E  # any number, the same in every process
+# A database made before migrations has no alembic_version, and exactly these tables.
 UNVERSIONED_SCHEMA = {
     "user": {"id", "email", "name", "password_hash", "created_at", "token_generation"},
     "task": {"id", "user_id", "title", "description", "completed", "priority", "due_date",
@@ -31,45 +30,40 @@ UNVERSIONED_SCHEMA = {
     "revokedtoken": {"jti", "expires_at"},
     "ratelimitevent": {"id", "bucket", "expires_at"},
 }  # fmt: skip
-# The counter of a table the migration rebuilt (or, if it came back empty, re-made).
+# Re-makes the counter of a rebuilt table that came back empty.
 RESTORE_COUNTER = (
     "INSERT INTO sqlite_sequence (name, seq) SELECT ?1, ?2"
     " WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = ?1)"
     " AND EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)"
 )
-# What a PostgreSQL that is not up yet answers: nothing listens on its port yet, or it is starting.
+# What a PostgreSQL that is not up yet answers.
 NOT_UP_YET = (
     "connection refused",
     "the database system is starting up",
     "the database system is not yet accepting connections",
     "the database system is in recovery mode",
 )
-LOCKED = "database is locked"  # SQLite, once busy_timeout has run out
-WAIT_INTERVAL_SECONDS = 0.5
 
 
 class StartupError(Exception):
-    """The app cannot start on this database; str() is the one line that says why."""
+    """The app cannot start on this database: str() says why, in one line."""
 
 
 def shown_url(url: URL) -> str:
-    """The database's URL for a message: without its password, saying so when it has one."""
-    # URL.set() cannot clear a part; its documentation names _replace() for that.
+    # _replace(): URL's documented way to clear a part.
     shown = url._replace(password=None).render_as_string()
     return f"{shown} (password hidden)" if url.password else shown
 
 
 def start_up_error(failed: str, target: Engine, error: DBAPIError) -> StartupError:
-    """What failed, on which database, and why."""
     cause = cause_of(error)
-    if cause.startswith((*NOT_UP_YET, LOCKED)):
+    if cause.startswith((*NOT_UP_YET, "database is locked")):
         cause += f", after waiting {settings.database_wait_seconds} s (DATABASE_WAIT_SECONDS)"
     return StartupError(f"Cannot {failed} the database at {shown_url(target.url)}: {cause}")
 
 
 def connect_waiting(target: Engine) -> Connection:
-    """A connection, waiting up to DATABASE_WAIT_SECONDS for a PostgreSQL that is not up yet
-    (SQLite waits in busy_timeout); any other failure raises at once."""
+    """Waits DATABASE_WAIT_SECONDS at most for a PostgreSQL not up yet."""
     deadline = time.monotonic() + settings.database_wait_seconds
     waiting = False
     while True:
@@ -83,41 +77,38 @@ def connect_waiting(target: Engine) -> Connection:
                 waiting = True
                 line = "Waiting up to %d s (DATABASE_WAIT_SECONDS) for the database at %s: %s"
                 log.info(line, settings.database_wait_seconds, shown_url(target.url), cause)
-            time.sleep(WAIT_INTERVAL_SECONDS)
+            time.sleep(0.5)
 
 
 @contextmanager
 def schema_transaction(target: Engine) -> Iterator[Connection]:
-    """A connection in one transaction holding the schema lock: of several processes starting
-    together, one migrates and the others wait, then find the work done."""
+    """The schema lock in one transaction: of workers starting together, one migrates, the others
+    wait and find it done."""
     with connect_waiting(target) as connection:
         if connection.dialect.name == "postgresql":
             with connection.begin():
-                lock = text("SELECT pg_advisory_xact_lock(:key)")
-                connection.execute(lock, {"key": SCHEMA_LOCK_KEY})
+                connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK_KEY})")
                 yield connection
             return
         budget = connection.info["statement_budget"]
         budget.seconds, seconds = math.inf, budget.seconds  # a migration may copy a whole table
-        # pysqlite runs DDL outside its own transactions: in autocommit mode our BEGIN covers all
-        # (the pool restores the mode). Foreign keys go off first, as the pragma does nothing in a
-        # transaction: rebuilding `user` with them on would cascade-delete every task.
+        # pysqlite runs DDL outside its transactions: autocommit (the pool resets it) lets our
+        # BEGIN cover all. Foreign keys go off before it (the pragma does nothing inside):
+        # rebuilding `user` would cascade-delete every task.
         connection.execution_options(isolation_level="AUTOCOMMIT")
         connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
-        # Another process's write lock (a worker migrating, a backup) is waited for as at connect.
+        # Another worker's write lock: wait as at connect.
         connection.exec_driver_sql(f"PRAGMA busy_timeout={settings.database_wait_seconds * 1000}")
         try:
-            # IMMEDIATE takes the write lock before the version is read: other workers wait here.
+            # The write lock before the version is read: other workers wait here.
             connection.exec_driver_sql("BEGIN IMMEDIATE")
-            has_counters = connection.dialect.has_table(connection, "sqlite_sequence")
             counters = (
                 connection.exec_driver_sql("SELECT name, seq FROM sqlite_sequence").all()
-                if has_counters
+                if connection.dialect.has_table(connection, "sqlite_sequence")
                 else []
             )
             yield connection
-            # A rebuilt table loses its AUTOINCREMENT counter: a deleted account's id would go to
-            # the next signup.
+            # A rebuilt table loses its counter: a deleted account's id would go to the next signup.
             for name, seq in counters:
                 connection.exec_driver_sql(
                     "UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = ?", (seq, name)
@@ -140,15 +131,14 @@ def schema_transaction(target: Engine) -> Iterator[Connection]:
 
 
 def alembic_config(migrations: Path = MIGRATIONS, connection: Connection | None = None) -> Config:
-    config = Config()
+    config = Config(attributes={"connection": connection})  # migrations/env.py runs on it
     config.set_main_option("script_location", str(migrations))
-    config.attributes["connection"] = connection  # migrations/env.py runs on this one
     return config
 
 
 def unversioned_revision(connection: Connection) -> str | None:
-    """An unversioned database's revision: None when it has none of our tables (a new one),
-    FIRST_REVISION when it has all that revision makes; anything between is not ours."""
+    """None for a new database, FIRST_REVISION for one with all its tables; anything between is
+    not ours."""
     inspector = inspect(connection)
     tables = set(inspector.get_table_names())
     if not tables & set(UNVERSIONED_SCHEMA):
@@ -169,49 +159,41 @@ def unversioned_revision(connection: Connection) -> str | None:
 
 
 def migrate(target: Engine, migrations: Path = MIGRATIONS) -> tuple[str | None, str]:
-    """Bring the database to the newest revision; return (revision before, revision now). A
-    database that cannot be reached or used, a revision this code does not know, or a failing
-    migration raises StartupError and changes nothing."""
-    try:
-        return upgrade_to_head(target, migrations)
-    except DBAPIError as error:  # the database's own refusal (a lock, a permission)
-        raise start_up_error("use", target, error) from error
-
-
-def upgrade_to_head(target: Engine, migrations: Path) -> tuple[str | None, str]:
-    """migrate()'s work, whose database errors it words."""
+    """Return (revision before, revision now); a failure is a StartupError and changes nothing."""
     if target.dialect.name == "sqlite" and target.url.database not in (None, "", ":memory:"):
-        # Owner-only, as are the -wal and -shm SQLite makes beside it: it holds password hashes.
+        # Owner-only (as SQLite's -wal, -shm): it holds password hashes.
         Path(target.url.database).touch(mode=0o600, exist_ok=True)
     scripts = ScriptDirectory.from_config(alembic_config(migrations))
     [head] = scripts.get_heads()
-    with schema_transaction(target) as connection:
-        context = MigrationContext.configure(connection)
-        versions = context.get_current_heads()
-        if len(versions) > 1:
-            raise StartupError(
-                f"The database's alembic_version table holds {len(versions)} revisions "
-                f"({', '.join(sorted(versions))}) where it should hold one, so the database is "
-                "left alone: delete the rows of the revisions it is not at"
-            )
-        known = {script.revision for script in scripts.walk_revisions()}
-        if unknown := [version for version in versions if version not in known]:
-            raise StartupError(
-                f"The database is at revision {', '.join(unknown)}, which this release of the "
-                "Todo API does not know: a newer release made it. Run that release or a newer "
-                "one on it"
-            )
-        if versions:
-            before: str | None = versions[0]
-        elif (before := unversioned_revision(connection)) is not None:
-            context.stamp(scripts, before)
-        if before != head:
-            try:
-                command.upgrade(alembic_config(migrations, connection), "head")
-            except Exception as error:
-                reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    try:
+        with schema_transaction(target) as connection:
+            context = MigrationContext.configure(connection)
+            versions = context.get_current_heads()
+            if len(versions) > 1:
                 raise StartupError(
-                    f"Upgrading the database from revision {before or 'none (new database)'} to "
-                    f"{head} failed, and it was left as it was: {reason}"
-                ) from error
+                    f"The database's alembic_version table holds {len(versions)} revisions "
+                    f"({', '.join(sorted(versions))}) where it should hold one, so the database "
+                    "is left alone: delete the rows of the revisions it is not at"
+                )
+            known = {script.revision for script in scripts.walk_revisions()}
+            if unknown := [version for version in versions if version not in known]:
+                raise StartupError(
+                    f"The database is at revision {', '.join(unknown)}, which this release of "
+                    "the Todo API does not know: a newer release made it. Run that release or a "
+                    "newer one on it"
+                )
+            if versions:
+                before: str | None = versions[0]
+            elif (before := unversioned_revision(connection)) is not None:
+                context.stamp(scripts, before)
+            if before != head:
+                try:
+                    command.upgrade(alembic_config(migrations, connection), "head")
+                except Exception as error:
+                    raise StartupError(
+                        f"Upgrading the database from revision {before or 'none (new database)'}"
+                        f" to {head} failed, and it was left as it was: {first_line(error)}"
+                    ) from error
+    except DBAPIError as error:  # a lock, a permission
+        raise start_up_error("use", target, error) from error
     return before, head

@@ -1,9 +1,5 @@
-"""Alembic's environment: runs the migrations in versions/ against the app's database.
-
-At start-up migrate.migrate passes the connection it has locked, inside the one transaction that
-the whole upgrade runs in. The `alembic` command line (see README) uses the app's own engine, from
-DATABASE_URL, through the same locked transaction.
-"""
+"""Runs versions/ on the connection migrate.migrate locked or, for the `alembic` command, on the
+app's engine."""
 
 import logging
 
@@ -20,13 +16,11 @@ def run_migrations(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=SQLModel.metadata,
-        # Batch operations make ALTER work on SQLite (it rebuilds the table), and are plain
-        # ALTERs on PostgreSQL: one script serves both databases.
+        # Batch operations: ALTER on SQLite (a rebuilt table) and PostgreSQL from one script.
         render_as_batch=True,
         compare_type=True,
     )
-    # The connection is already in its transaction, so this begins nothing: the upgrade
-    # commits or rolls back as a whole, when schema_transaction ends.
+    # Begins nothing: the upgrade commits or rolls back whole, in schema_transaction.
     with context.begin_transaction():
         context.run_migrations()
 
@@ -37,7 +31,7 @@ given_connection = context.config.attributes.get("connection")
 if given_connection is not None:
     run_migrations(given_connection)
 else:
-    # The command line's own output: which revisions it runs.
+    # The command shows the revisions it runs.
     logging.basicConfig(format="%(levelname)-5.5s [%(name)s] %(message)s")
     logging.getLogger("alembic").setLevel(logging.INFO)
     with schema_transaction(engine) as connection:
