@@ -1,4 +1,4 @@
-"""The Todo API (`uvicorn main:app`): the app, its middleware, routers, error handlers, /health."""
+"""The Todo API (`uvicorn main:app`): its middleware, routers, error handlers and /health."""
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -33,7 +33,7 @@ from schemas import HealthStatus, error_response
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    before, now = await to_thread.run_sync(migrate, engine)  # blocking I/O stays off the event loop
+    before, now = await to_thread.run_sync(migrate, engine)  # off the event loop
     if before != now:
         line = "Upgraded the database schema from revision %s to %s"
         error_log.info(line, before or "none (new database)", now)
@@ -42,7 +42,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def operation_id(route: APIRoute) -> str:
-    """The route's name in camelCase (`listTasks`), which generated clients name functions after."""
+    """The route's name in camelCase (`listTasks`), for generated clients' functions."""
     first, *rest = route.name.split("_")
     return first + "".join(word.capitalize() for word in rest)
 
@@ -54,10 +54,9 @@ app = FastAPI(
     lifespan=lifespan,
     generate_unique_id_function=operation_id,
     docs_url=None,
-    redoc_url=None,  # routes/docs.py serves both from local files instead of a CDN
+    redoc_url=None,  # routes/docs.py serves both from local files, not a CDN
 )
-# Each wraps those above it: CORS adds its headers to the 500 and 413, the access log sees the
-# final status.
+# Each wraps those above it: CORS covers the 500 and 413; the access log sees the final status.
 app.add_middleware(HeadAsGet)
 app.add_middleware(StartupRefusal)  # acts on the lifespan only
 app.add_middleware(InternalErrorAsJson)
@@ -65,7 +64,7 @@ app.add_middleware(BodySizeLimit)
 app.add_middleware(
     CORSMiddleware,
     allow_origins=settings.cors_origins,
-    allow_credentials=False,  # bearer tokens travel in a header, never in cookies
+    allow_credentials=False,  # bearer tokens go in a header, never in cookies
     allow_methods=["*"],
     allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
     expose_headers=["X-Total-Count", "Location", "X-Request-ID"],
@@ -79,8 +78,7 @@ app.mount(docs.ASSETS_URL, docs.assets, name="docs-assets")
 
 @app.exception_handler(RequestValidationError)
 async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    # FastAPI's format without the echoed "input", which could be a password; an exception in
-    # "ctx" as its message.
+    # FastAPI's format without the echoed "input", which could be a password.
     errors = [
         {key: value for key, value in error.items() if key != "input"} for error in exc.errors()
     ]
@@ -91,33 +89,31 @@ async def validation_error(request: Request, exc: RequestValidationError) -> JSO
 @app.exception_handler(OperationalError)
 async def statement_timed_out(request: Request, exc: OperationalError) -> JSONResponse:
     if not statement_ran_out_of_time(exc):
-        raise exc  # an unexpected database error: InternalErrorAsJson's 500
+        raise exc  # InternalErrorAsJson's 500
     return JSONResponse({"detail": STATEMENT_TIMED_OUT}, status.HTTP_503_SERVICE_UNAVAILABLE)
 
 
 @app.exception_handler(StarletteHTTPException)
 async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-    if exc.status_code == status.HTTP_400_BAD_REQUEST and isinstance(
-        exc.__context__, MultiPartException
-    ):
-        # Starlette's 400 for a form it cannot parse (too many fields, no boundary): malformed, 422.
-        error: dict[str, object] = {
+    bad_request = exc.status_code == status.HTTP_400_BAD_REQUEST
+    error: dict[str, object] | None = None
+    if bad_request and isinstance(exc.__context__, MultiPartException):
+        # Starlette's 400 for a form it cannot parse (too many fields, no boundary).
+        error = {
             "type": "form_invalid",
             "loc": ("body",),
             "msg": "Form body could not be parsed",
             "ctx": {"error": exc.detail},
         }
-        return await validation_error(request, RequestValidationError([error]))
-    if exc.status_code == status.HTTP_400_BAD_REQUEST and isinstance(
-        exc.__cause__, (ValueError, RecursionError)
-    ):
-        # FastAPI's bare 400 for JSON it cannot parse (not UTF-8, too deep, too many digits): 422.
+    elif bad_request and isinstance(exc.__cause__, (ValueError, RecursionError)):
+        # FastAPI's bare 400 for JSON it cannot parse (not UTF-8, too deep, too many digits).
         location = ("body", getattr(exc.__cause__, "start", 0))
         reason = {"error": "The body is not JSON that can be parsed, in UTF-8"}
         error = {"type": "json_invalid", "loc": location, "msg": "JSON decode error", "ctx": reason}
+    if error:
         return await validation_error(request, RequestValidationError([error]))
     if exc.status_code == status.HTTP_405_METHOD_NOT_ALLOWED:
-        # Starlette names the methods of the first route that matched; each method is a route here.
+        # Starlette names the first matching route's methods; here each is a route.
         def served(method: str) -> bool:
             return any(
                 route.matches({**request.scope, "method": method})[0] == Match.FULL
@@ -127,7 +123,7 @@ async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         methods = list(filter(served, ("GET", "POST", "PUT", "PATCH", "DELETE")))
         if "GET" in methods:
             methods.insert(1, "HEAD")  # HeadAsGet answers it
-        # None found: the 405 comes from a mounted app (the docs' files), whose own Allow is right.
+        # None: a mounted app's 405 (the docs' files), whose Allow is right.
         if methods:
             exc = StarletteHTTPException(exc.status_code, exc.detail, {"Allow": ", ".join(methods)})
     return await http_exception_handler(request, exc)
