@@ -346,7 +346,8 @@ def test_a_database_of_the_release_before_migrations_is_upgraded_in_place_by_uvi
     assert signup.status_code == 201, signup.text
     assert signup.json()["user"]["id"] > made["bo"]
     assert (
-        f"Upgraded the database schema from revision {migrate.FIRST_REVISION} to {HEAD}" in server_log
+        f"Upgraded the database schema from revision {migrate.FIRST_REVISION} to {HEAD}"
+        in server_log
         or (HEAD == migrate.FIRST_REVISION and "Upgraded the database schema" not in server_log)
     )
     assert "Traceback" not in server_log
@@ -392,7 +393,10 @@ def test_a_database_at_0001_upgrades_to_refresh_tokens_keeping_its_rows_and_toke
     assert refreshed.status_code == 200, refreshed.text
     assert refreshed.json()["user"]["id"] == made["ada"]
     assert (logout.status_code, after_logout.status_code) == (204, 401)
-    assert f"Upgraded the database schema from revision {migrate.FIRST_REVISION} to {HEAD}" in server_log
+    assert (
+        f"Upgraded the database schema from revision {migrate.FIRST_REVISION} to {HEAD}"
+        in server_log
+    )
     assert "Traceback" not in server_log
     rows_after = with_columns_of(rows_of(engine), rows_before)
     for table in ("user", "task", "tasktag"):
