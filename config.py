@@ -1,5 +1,5 @@
-"""Settings, read once from environment variables, with safe defaults for a laptop. Without JWT_SECRET, a random
-secret is made on first start and kept in JWT_SECRET_FILE, so tokens survive restarts and workers share it."""
+"""Settings, read once from the environment, with safe defaults for a laptop. Without JWT_SECRET,
+one is made and kept in JWT_SECRET_FILE: tokens survive restarts, workers share it."""
 
 import os
 import re
@@ -26,30 +26,27 @@ DEFAULT_CORS_ORIGINS = (
 
 
 def load_or_create_secret(path: Path) -> str:
-    """The secret kept in `path`, created if missing: written to a private temporary file, then
-    hard-linked into place. link() fails if the file exists, so workers starting together agree."""
+    """The secret in `path`, made if missing: link() fails if the file exists, so workers
+    starting together agree."""
     if not path.exists():
-        with tempfile.NamedTemporaryFile(
-            "w", dir=path.parent, suffix=".tmp"
-        ) as file:  # mode 0o600, gone on close
+        # Mode 0o600, gone on close.
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp") as file:
             file.write(secrets.token_urlsafe(48))
             file.flush()
             os.fsync(file.fileno())
-            with suppress(
-                FileExistsError
-            ):  # another worker won the race; its secret is the one to use
+            with suppress(FileExistsError):  # another worker's secret won
                 os.link(file.name, path)
     return path.read_text().strip()
 
 
 def strong_secret(source: str, secret: str) -> str:
-    secret = (
-        secret.strip()
-    )  # surrounding whitespace (a pasted newline, a secret of spaces) adds no secrecy
+    # Surrounding whitespace (a pasted newline) adds no secrecy.
+    secret = secret.strip()
     if len(secret.encode()) < MIN_SECRET_BYTES:
         raise SystemExit(
             f"{source} must be at least {MIN_SECRET_BYTES} bytes long, not counting surrounding "
-            'whitespace. Generate one with: python -c "import secrets; print(secrets.token_urlsafe(48))"'
+            "whitespace. Generate one with: "
+            'python -c "import secrets; print(secrets.token_urlsafe(48))"'
         )
     return secret
 
@@ -61,9 +58,7 @@ def jwt_secret_setting() -> str:
     try:
         return strong_secret(str(path), load_or_create_secret(path))
     except (OSError, UnicodeDecodeError) as error:
-        reason = (
-            error.strerror if isinstance(error, OSError) and error.strerror else "not a text file"
-        )
+        reason = getattr(error, "strerror", None) or "not a text file"
         raise SystemExit(
             f"JWT_SECRET_FILE: cannot read or create {path} ({reason}). Point it at a file in an "
             "existing folder that this user can write, or set JWT_SECRET"
@@ -71,8 +66,8 @@ def jwt_secret_setting() -> str:
 
 
 def database_url_setting() -> str:
-    """DATABASE_URL, postgres(ql):// read as PostgreSQL through psycopg; a SQLite file that cannot be written stops
-    start-up now, not with a 500 at the first write. No message repeats the URL: it may hold a password."""
+    """An unwritable SQLite file stops start-up. No message repeats the URL: it may hold a
+    password."""
     raw = os.environ.get("DATABASE_URL", "sqlite:///./todo.db").strip()
     raw = re.sub("^postgres(ql)?://", "postgresql+psycopg://", raw)  # the schemes hosts hand out
     try:
@@ -92,9 +87,8 @@ def database_url_setting() -> str:
         problem = f"{path} is a folder, not a database file;"
     elif path.exists() and not os.access(path, os.R_OK | os.W_OK):
         problem = f"{path} is read-only for this user; make it writable, or"
-    elif not os.access(
-        path.parent, os.W_OK | os.X_OK
-    ):  # SQLite makes the file, and its -wal and -shm, there
+    # SQLite makes the file, and its -wal and -shm, there.
+    elif not os.access(path.parent, os.W_OK | os.X_OK):
         problem = f"the folder {path.parent} is read-only for this user; make it writable, or"
     else:
         return raw
@@ -115,7 +109,7 @@ def int_setting(name: str, default: int, low: int, high: int) -> int:
 
 
 def url_setting(name: str) -> str | None:
-    """An http(s) URL without its trailing slash, or None when the variable is unset or empty."""
+    """An http(s) URL without its trailing slash; None when unset or empty."""
     url = os.environ.get(name, "").strip().rstrip("/")
     if not url:
         return None
@@ -124,10 +118,10 @@ def url_setting(name: str) -> str | None:
         raise SystemExit(
             f"{name} must be an http:// or https:// URL of at most {MAX_URL_LENGTH} characters"
         )
-    # Each request to Better Auth would fail on such a URL: stop now, not with a 503 per request.
+    # Better Auth would fail on such a URL at each request: stop now.
     try:
         parts = urlsplit(url)
-        parts.port  # noqa: B018 -- read to raise on a port that is not a number from 0 to 65535
+        parts.port  # noqa: B018 -- reading it checks the port
     except ValueError as error:
         raise SystemExit(f"{name} is not a well-formed URL: {error}") from None
     if not parts.hostname or any(character.isspace() for character in parts.hostname):
@@ -136,11 +130,11 @@ def url_setting(name: str) -> str | None:
 
 
 def sqlite_synchronous_setting() -> str:
-    # NORMAL: a server crash loses no committed write; FULL: nor does a power cut. OFF can corrupt the file.
+    # NORMAL: a crash loses no committed write; FULL: nor does a power cut. OFF can corrupt.
     raw = os.environ.get("SQLITE_SYNCHRONOUS", "NORMAL")
-    if raw.strip().upper() not in ("NORMAL", "FULL"):
+    if (value := raw.strip().upper()) not in ("NORMAL", "FULL"):
         raise SystemExit(f"SQLITE_SYNCHRONOUS must be one of NORMAL, FULL, not {raw!r}")
-    return raw.strip().upper()
+    return value
 
 
 def jwks_url_setting() -> str | None:
@@ -161,21 +155,19 @@ def optional_secret(name: str) -> str | None:
 
 
 def from_env(read: Callable[..., Any], *args: Any) -> Any:
-    """A field that Settings() reads from the environment, in field order, with read(*args)."""
+    """A field that Settings() reads with read(*args)."""
     return field(default_factory=lambda: read(*args))
 
 
 @dataclass(frozen=True)
 class Settings:
     jwt_secret: str = from_env(jwt_secret_setting)
-    better_auth_url: str | None = from_env(
-        url_setting, "BETTER_AUTH_URL"
-    )  # None turns Better Auth tokens off
+    # None turns Better Auth tokens off.
+    better_auth_url: str | None = from_env(url_setting, "BETTER_AUTH_URL")
     better_auth_jwks_url: str | None = from_env(jwks_url_setting)
     better_auth_secret: str | None = from_env(optional_secret, "BETTER_AUTH_SECRET")
     database_url: str = from_env(database_url_setting)
-    # How long start-up waits for a database that is not there yet (PostgreSQL still starting, a
-    # SQLite file another process holds locked): long enough for a database started beside the app.
+    # For a database still starting, or a SQLite file another process locks.
     database_wait_seconds: int = from_env(int_setting, "DATABASE_WAIT_SECONDS", 30, 0, 600)
     access_token_expire_minutes: int = from_env(
         int_setting, "ACCESS_TOKEN_EXPIRE_MINUTES", 60, 1, 60 * 24 * 30
@@ -186,9 +178,9 @@ class Settings:
     )
     bcrypt_rounds: int = from_env(int_setting, "BCRYPT_ROUNDS", 12, 4, 31)  # bcrypt's own range
     cors_origins: list[str] = from_env(list_setting, "CORS_ORIGINS", DEFAULT_CORS_ORIGINS)
-    # Abuse limits: 0 turns one off (benchmarks, suites that create many users).
+    # 0 turns an abuse limit off (benchmarks, test suites).
     login_failure_limit: int = from_env(int_setting, "LOGIN_FAILURE_LIMIT", 5, 0, 1_000_000)
-    # A window of 0 would count nothing: LOGIN_FAILURE_LIMIT=0 is what turns the limit off.
+    # A window of 0 would count nothing: LOGIN_FAILURE_LIMIT=0 turns the limit off.
     login_failure_window_minutes: int = from_env(
         int_setting, "LOGIN_FAILURE_WINDOW_MINUTES", 15, 1, 60 * 24 * 30
     )
@@ -197,11 +189,11 @@ class Settings:
     )
     sqlite_synchronous: str = from_env(sqlite_synchronous_setting)
     max_tasks_per_user: int = from_env(int_setting, "MAX_TASKS_PER_USER", 10_000, 1, 100_000_000)
-    # Enough for any ordinary query on a busy machine; short enough that a backtracking LIKE answers in seconds.
+    # Enough for any ordinary query on a busy machine; a backtracking LIKE answers in seconds.
     statement_timeout_ms: int = from_env(int_setting, "STATEMENT_TIMEOUT_MS", 2_000, 100, 600_000)
 
     def __post_init__(self) -> None:
-        # With one secret for both, our own tokens would pass as Better Auth tokens too.
+        # Else our own tokens would pass as Better Auth tokens too.
         secret = self.better_auth_secret
         if secret is not None and secrets.compare_digest(secret.encode(), self.jwt_secret.encode()):
             raise SystemExit("BETTER_AUTH_SECRET must differ from JWT_SECRET")

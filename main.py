@@ -1,5 +1,6 @@
-"""The Todo API (`uvicorn main:app`): the app, its middleware, routers, JSON error handlers and /health."""
+"""The Todo API (`uvicorn main:app`): its middleware, routers, error handlers and /health."""
 
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from anyio import to_thread
@@ -15,7 +16,7 @@ from starlette.formparsers import MultiPartException
 from starlette.routing import Match
 
 from config import settings
-from db import STATEMENT_TIMED_OUT, check_database, engine, migrate, statement_ran_out_of_time
+from db import STATEMENT_TIMED_OUT, check_database, engine, statement_ran_out_of_time
 from middleware import (
     AccessLog,
     BodySizeLimit,
@@ -25,25 +26,23 @@ from middleware import (
     StartupRefusal,
     error_log,
 )
+from migrate import migrate
 from routes import auth, docs, tasks
 from schemas import HealthStatus, error_response
 
 
 @asynccontextmanager
-async def lifespan(app: FastAPI):
-    before, now = await to_thread.run_sync(migrate, engine)  # blocking I/O stays off the event loop
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    before, now = await to_thread.run_sync(migrate, engine)  # off the event loop
     if before != now:
-        error_log.info(
-            "Upgraded the database schema from revision %s to %s",
-            before or "none (new database)",
-            now,
-        )
+        line = "Upgraded the database schema from revision %s to %s"
+        error_log.info(line, before or "none (new database)", now)
     yield
     engine.dispose()
 
 
 def operation_id(route: APIRoute) -> str:
-    """The route's name in camelCase (`list_tasks`: `listTasks`); generated clients name their functions after it."""
+    """The route's name in camelCase (`listTasks`), for generated clients' functions."""
     first, *rest = route.name.split("_")
     return first + "".join(word.capitalize() for word in rest)
 
@@ -55,9 +54,9 @@ app = FastAPI(
     lifespan=lifespan,
     generate_unique_id_function=operation_id,
     docs_url=None,
-    redoc_url=None,  # routes/docs.py serves both from local files instead of a CDN
+    redoc_url=None,  # routes/docs.py serves both from local files, not a CDN
 )
-# Each wraps those above it, so CORS adds its headers to the 500 and 413, and the access log sees the final status.
+# Each wraps those above it: CORS covers the 500 and 413; the access log sees the final status.
 app.add_middleware(HeadAsGet)
 app.add_middleware(StartupRefusal)  # acts on the lifespan only
 app.add_middleware(InternalErrorAsJson)
@@ -65,7 +64,7 @@ app.add_middleware(BodySizeLimit)
 app.add_middleware(
     CORSMiddleware,
     allow_origins=settings.cors_origins,
-    allow_credentials=False,  # bearer tokens travel in a header, never in cookies
+    allow_credentials=False,  # bearer tokens go in a header, never in cookies
     allow_methods=["*"],
     allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
     expose_headers=["X-Total-Count", "Location", "X-Request-ID"],
@@ -79,7 +78,7 @@ app.mount(docs.ASSETS_URL, docs.assets, name="docs-assets")
 
 @app.exception_handler(RequestValidationError)
 async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    # FastAPI's format minus the echoed "input", which could be a password; an exception in "ctx" as its message.
+    # FastAPI's format without the echoed "input", which could be a password.
     errors = [
         {key: value for key, value in error.items() if key != "input"} for error in exc.errors()
     ]
@@ -90,33 +89,31 @@ async def validation_error(request: Request, exc: RequestValidationError) -> JSO
 @app.exception_handler(OperationalError)
 async def statement_timed_out(request: Request, exc: OperationalError) -> JSONResponse:
     if not statement_ran_out_of_time(exc):
-        raise exc  # an unexpected database error: InternalErrorAsJson's 500
+        raise exc  # InternalErrorAsJson's 500
     return JSONResponse({"detail": STATEMENT_TIMED_OUT}, status.HTTP_503_SERVICE_UNAVAILABLE)
 
 
 @app.exception_handler(StarletteHTTPException)
 async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-    if exc.status_code == status.HTTP_400_BAD_REQUEST and isinstance(
-        exc.__context__, MultiPartException
-    ):
-        # Starlette's 400 for a form it cannot parse (too many fields, no multipart boundary): malformed, so 422.
+    bad_request = exc.status_code == status.HTTP_400_BAD_REQUEST
+    error: dict[str, object] | None = None
+    if bad_request and isinstance(exc.__context__, MultiPartException):
+        # Starlette's 400 for a form it cannot parse (too many fields, no boundary).
         error = {
             "type": "form_invalid",
             "loc": ("body",),
             "msg": "Form body could not be parsed",
             "ctx": {"error": exc.detail},
         }
-        return await validation_error(request, RequestValidationError([error]))
-    if exc.status_code == status.HTTP_400_BAD_REQUEST and isinstance(
-        exc.__cause__, (ValueError, RecursionError)
-    ):
-        # FastAPI's bare 400 when its JSON parser fails (not UTF-8, too deep, too many digits): malformed JSON, so 422.
+    elif bad_request and isinstance(exc.__cause__, (ValueError, RecursionError)):
+        # FastAPI's bare 400 for JSON it cannot parse (not UTF-8, too deep, too many digits).
         location = ("body", getattr(exc.__cause__, "start", 0))
         reason = {"error": "The body is not JSON that can be parsed, in UTF-8"}
         error = {"type": "json_invalid", "loc": location, "msg": "JSON decode error", "ctx": reason}
+    if error:
         return await validation_error(request, RequestValidationError([error]))
     if exc.status_code == status.HTTP_405_METHOD_NOT_ALLOWED:
-        # Starlette names only the methods of the first route that matched; each method here is its own route.
+        # Starlette names the first matching route's methods; here each is a route.
         def served(method: str) -> bool:
             return any(
                 route.matches({**request.scope, "method": method})[0] == Match.FULL
@@ -126,7 +123,7 @@ async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         methods = list(filter(served, ("GET", "POST", "PUT", "PATCH", "DELETE")))
         if "GET" in methods:
             methods.insert(1, "HEAD")  # HeadAsGet answers it
-        # None found: the 405 comes from a mounted app (the docs' files), whose own Allow is right.
+        # None: a mounted app's 405 (the docs' files), whose Allow is right.
         if methods:
             exc = StarletteHTTPException(exc.status_code, exc.detail, {"Allow": ", ".join(methods)})
     return await http_exception_handler(request, exc)

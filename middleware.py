@@ -1,62 +1,48 @@
-"""The ASGI middlewares (access log with request id, HEAD as GET, JSON 500, 413 body limit, start-up
-refusal, JSON CORS preflight refusal) and the log set-up, which escapes the control characters a client can send."""
+"""The ASGI middlewares; the log set-up, which escapes control characters a client sends."""
 
 import logging
 import re
 import secrets
 import sys
 import time
-import traceback
+from traceback import TracebackException
 
 from fastapi import HTTPException, status
 from fastapi.responses import JSONResponse, Response
-from starlette.datastructures import Headers
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.middleware.cors import CORSMiddleware as StarletteCORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from db import StartupError
+from migrate import StartupError
 
-# C0/C1 controls (a newline forges a log line, ESC drives the terminal), U+2028/9, lone surrogates (not UTF-8).
+# A newline forges a log line, ESC drives the terminal; lone surrogates are not UTF-8.
 CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+CAUSE = "\nThe above exception was the direct cause of the following exception:\n\n"
+CONTEXT = "\nDuring handling of the above exception, another exception occurred:\n\n"
 
 
 def escape_controls(text: str) -> str:
-    """Control characters as Python escapes (\\n, \\x1b), so the text stays on its line."""
     return CONTROL_CHARACTERS.sub(
         lambda match: match.group().encode("unicode_escape").decode(), text
     )
 
 
-def escaped_traceback(error: BaseException) -> str:
-    """Python's traceback with each exception's own text, which a client can fill, escaped onto one line."""
-    blocks, link = [], traceback.TracebackException.from_exception(error)
-    while link is not None:  # from the last exception back to the first, which Python prints first
-        frames = (
-            ["Traceback (most recent call last):\n", *link.stack.format()] if link.stack else []
-        )
-        message = [
-            escape_controls(line.rstrip("\n")) + "\n" for line in link.format_exception_only()
-        ]
-        if link.__cause__ is not None:
-            joint, link = (
-                "\nThe above exception was the direct cause of the following exception:\n\n",
-                link.__cause__,
-            )
-        elif link.__context__ is not None and not link.__suppress_context__:
-            joint, link = (
-                "\nDuring handling of the above exception, another exception occurred:\n\n",
-                link.__context__,
-            )
-        else:
-            joint, link = "", None
-        blocks.append(joint + "".join(frames + message))
-    return "".join(reversed(blocks)).rstrip("\n")
+def escaped_traceback(link: TracebackException) -> str:
+    """Python's traceback, each exception's text (a client's, maybe) escaped."""
+    text = ""
+    if link.__cause__ is not None:
+        text = escaped_traceback(link.__cause__) + CAUSE
+    elif link.__context__ is not None and not link.__suppress_context__:
+        text = escaped_traceback(link.__context__) + CONTEXT
+    if link.stack:
+        text += "Traceback (most recent call last):\n" + "".join(link.stack.format())
+    for line in link.format_exception_only():
+        text += escape_controls(line.rstrip("\n")) + "\n"
+    return text
 
 
 class EscapeControlCharacters(logging.Filter):
-    """Escapes control characters in a record's message, arguments and traceback."""
-
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.msg, str):
             record.msg = escape_controls(record.msg)
@@ -65,37 +51,35 @@ class EscapeControlCharacters(logging.Filter):
                 escape_controls(arg) if isinstance(arg, str) else arg for arg in record.args
             )
         if record.exc_info and record.exc_info[1] is not None and not record.exc_text:
-            record.exc_text = escaped_traceback(record.exc_info[1])  # formatters use it as it is
+            chain = TracebackException.from_exception(record.exc_info[1])
+            record.exc_text = escaped_traceback(chain).rstrip("\n")  # formatters print it as is
         return True
 
 
 access_log = logging.getLogger("todo.access")
-if (
-    not access_log.handlers
-):  # uvicorn sets up only its own loggers; ours still propagates (to pytest's caplog)
+# uvicorn sets up only its own loggers; ours also propagates (to pytest's caplog).
+if not access_log.handlers:
     handler = logging.StreamHandler()
     handler.setFormatter(
         logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(process)d]: %(message)s")
     )
     access_log.addHandler(handler)
-    access_log.setLevel(
-        logging.getLogger("uvicorn.access").getEffectiveLevel()
-    )  # follows --log-level
-logging.getLogger(
-    "uvicorn.access"
-).disabled = True  # it repeats ours with the query string, which may hold a token
-error_log = logging.getLogger("uvicorn.error")  # where uvicorn writes its own tracebacks
+    access_log.setLevel(logging.getLogger("uvicorn.access").getEffectiveLevel())  # --log-level
+# uvicorn's repeats ours with the query string, which may hold a token.
+logging.getLogger("uvicorn.access").disabled = True
+error_log = logging.getLogger("uvicorn.error")  # uvicorn's own
 for logger in (access_log, error_log):
     logger.addFilter(EscapeControlCharacters())
 
 
 def logged_path(scope: Scope) -> str:
-    # As the client sent it, still percent-encoded: a reader can paste it into a request again.
-    return scope.get("raw_path", scope["path"].encode()).decode("ascii", "backslashreplace")
+    # Still percent-encoded, so a reader can paste it into a request.
+    raw_path: bytes = scope.get("raw_path", scope["path"].encode())
+    return raw_path.decode("ascii", "backslashreplace")
 
 
 class PureASGIMiddleware:
-    """handle() sees each scope of scope_type; every other scope passes straight through."""
+    """handle() gets scope_type's scopes; others pass straight through."""
 
     scope_type = "http"
 
@@ -107,18 +91,19 @@ class PureASGIMiddleware:
             return await self.app(scope, receive, send)
         await self.handle(scope, receive, send)
 
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise NotImplementedError
+
 
 class AccessLog(PureASGIMiddleware):
-    """One line per request, its id sent back as X-Request-ID; no query string, header or body, so no secret."""
+    """A line per request, its id sent back as X-Request-ID; no query string, header or body."""
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         sent_id = Headers(scope=scope).get("x-request-id", "")
         request_id = sent_id if SANE_REQUEST_ID.fullmatch(sent_id) else secrets.token_hex(8)
-        status_code, logged = (
-            500,
-            False,
-        )  # 500: what the client gets if the app fails before it answers
+        status_code = 500  # what the client gets if the app fails before it answers
+        logged = False
 
         def log_line() -> None:
             nonlocal logged
@@ -133,27 +118,21 @@ class AccessLog(PureASGIMiddleware):
             nonlocal status_code
             if message["type"] == "http.response.start":
                 status_code = message["status"]
-                message = {
-                    **message,
-                    "headers": [
-                        *message.get("headers", ()),
-                        (b"x-request-id", request_id.encode()),
-                    ],
-                }
+                MutableHeaders(scope=message).append("x-request-id", request_id)
             elif message["type"] == "http.response.body" and not message.get("more_body", False):
-                log_line()  # before the last bytes, so the line is written once the client has the response
+                # Before the last bytes: logged once the client has the response.
+                log_line()
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_request_id)
         finally:
-            if not logged:  # the app failed, or the client went away, before the end
+            if not logged:  # the app failed, or the client left
                 log_line()
 
 
 class HeadAsGet(PureASGIMiddleware):
-    """HEAD on any GET route: the GET's status and headers, no body (RFC 9110), as monitors and
-    link checkers expect. The GET runs whole, so its Content-Length is the body's."""
+    """HEAD on any GET route (RFC 9110): the GET's status and headers, no body."""
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] != "HEAD":
@@ -168,28 +147,27 @@ class HeadAsGet(PureASGIMiddleware):
 
 
 class InternalErrorAsJson(PureASGIMiddleware):
-    """An unexpected exception as a JSON 500, inside CORS and the access log (FastAPI's handler runs outside both)."""
+    """A JSON 500 inside CORS and the access log (FastAPI's is outside both)."""
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         response_started = False
 
         async def send_noting_start(message: Message) -> None:
             nonlocal response_started
-            response_started = response_started or message["type"] == "http.response.start"
+            response_started |= message["type"] == "http.response.start"
             await send(message)
 
         try:
             await self.app(scope, receive, send_noting_start)
         except Exception:
             if response_started:
-                raise  # too late for a clean 500: the server closes the connection
+                raise  # too late for a 500: the server closes the connection
             error_log.exception("Unexpected error in %s %s", scope["method"], logged_path(scope))
             await JSONResponse({"detail": "Internal server error"}, 500)(scope, receive, send)
 
 
 class BodySizeLimit(PureASGIMiddleware):
-    """413 in JSON (FastAPI's own max_body_size answers in plain text) for a body over max_bytes,
-    at once by its Content-Length, or as a chunked body's bytes arrive."""
+    """A JSON 413 (FastAPI's is text), by Content-Length or as the bytes arrive."""
 
     max_bytes = 64 * 1024
     too_large = f"Request body too large: the limit is {max_bytes} bytes"
@@ -212,14 +190,13 @@ class BodySizeLimit(PureASGIMiddleware):
 
 
 class StartupRefusal(PureASGIMiddleware):
-    """A start-up that db.migrate refuses (StartupError) reaches uvicorn as its one-line reason,
-    not a traceback."""
+    """A StartupError reaches uvicorn as its one-line reason, not a traceback."""
 
     scope_type = "lifespan"
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def send_reason(message: Message) -> None:
-            refusal = sys.exc_info()[1]  # Starlette sends the failure from inside its except block
+            refusal = sys.exc_info()[1]  # Starlette sends the failure from its except block
             if message["type"] == "lifespan.startup.failed" and isinstance(refusal, StartupError):
                 message = {**message, "message": str(refusal)}
             await send(message)
@@ -228,7 +205,7 @@ class StartupRefusal(PureASGIMiddleware):
 
 
 class CORSMiddleware(StarletteCORSMiddleware):
-    """Starlette's CORS, with a refused preflight answered in JSON like every other error."""
+    """Starlette's CORS, with a refused preflight answered in JSON."""
 
     def preflight_response(self, request_headers: Headers) -> Response:
         response = super().preflight_response(request_headers)

@@ -1,9 +1,5 @@
-"""Alembic's environment: runs the migrations in versions/ against the app's database.
-
-At start-up db.migrate passes the connection it has locked, inside the one transaction
-that the whole upgrade runs in. The `alembic` command line (see README) uses the app's
-own engine, from DATABASE_URL, through the same locked transaction.
-"""
+"""Runs versions/ on the connection migrate.migrate locked or, for the `alembic` command, on the
+app's engine."""
 
 import logging
 
@@ -11,21 +7,20 @@ from alembic import context
 from sqlalchemy import Connection
 from sqlmodel import SQLModel
 
-import db
-import models  # noqa: F401  (registers the tables on SQLModel.metadata)
+import models  # noqa: F401 -- registers the tables on SQLModel.metadata
+from db import engine
+from migrate import schema_transaction
 
 
 def run_migrations(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=SQLModel.metadata,
-        # Batch operations are what make ALTER work on SQLite (it rebuilds the table), and
-        # they are plain ALTERs on PostgreSQL: one script serves both databases.
+        # Batch operations: ALTER on SQLite (a rebuilt table) and PostgreSQL from one script.
         render_as_batch=True,
         compare_type=True,
     )
-    # The connection is already in its transaction, so this begins nothing: the upgrade
-    # commits or rolls back as a whole, when db.schema_transaction ends.
+    # Begins nothing: the upgrade commits or rolls back whole, in schema_transaction.
     with context.begin_transaction():
         context.run_migrations()
 
@@ -36,8 +31,8 @@ given_connection = context.config.attributes.get("connection")
 if given_connection is not None:
     run_migrations(given_connection)
 else:
-    # The command line's own output: which revisions it runs.
+    # The command shows the revisions it runs.
     logging.basicConfig(format="%(levelname)-5.5s [%(name)s] %(message)s")
     logging.getLogger("alembic").setLevel(logging.INFO)
-    with db.schema_transaction(db.engine) as connection:
+    with schema_transaction(engine) as connection:
         run_migrations(connection)

@@ -58,6 +58,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from sqlalchemy import MetaData  # noqa: E402
 
 import db  # noqa: E402
+import migrate  # noqa: E402
 from db import request_time  # noqa: E402
 from main import app  # noqa: E402
 
@@ -158,7 +159,7 @@ def server_engine():
         leftovers = MetaData()
         leftovers.reflect(connection)
         leftovers.drop_all(connection)
-    db.migrate(shared_engine)
+    migrate.migrate(shared_engine)
     yield shared_engine
     shared_engine.dispose()
 
@@ -168,7 +169,7 @@ def migrated_sqlite_file(tmp_path_factory) -> Path:
     """A SQLite file migrated to the newest revision once; each test gets a copy of it."""
     template = tmp_path_factory.mktemp("template") / "migrated.db"
     template_engine = db.make_engine(f"sqlite:///{template}")
-    db.migrate(template_engine)
+    migrate.migrate(template_engine)
     template_engine.dispose()  # the last connection to close checkpoints the WAL into the file
     return template
 

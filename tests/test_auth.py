@@ -25,6 +25,7 @@ from sqlmodel import Session, func, select
 
 import auth
 import db
+import migrate
 import refresh_tokens
 import routes.auth
 from config import settings
@@ -402,7 +403,7 @@ def wipe_database(engine, tmp_path, monkeypatch):
             empty_tables(engine)  # ids start again from 1, as in a new database
             return
         fresh = db.make_engine(f"sqlite:///{tmp_path / 'wiped.db'}")
-        db.migrate(fresh)
+        migrate.migrate(fresh)
         monkeypatch.setattr(db, "engine", fresh)
         replacements.append(fresh)
 

@@ -39,6 +39,7 @@ from helpers import (
 from sqlmodel import SQLModel
 
 import db
+import migrate
 
 ACCESS_LINE = re.compile(
     r"todo\.access \[(\d+)\]: \w+ \S+ (\d{3}) [\d.]+ms request_id=(\S+)$", re.M
@@ -116,7 +117,7 @@ def test_both_workers_start_as_children_of_uvicorn_and_one_migrates_the_new_data
         parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
         assert parent == two_workers.process.pid
     assert server_log.count("Application startup complete") == 2
-    head = ScriptDirectory.from_config(db.alembic_config()).get_current_head()
+    head = ScriptDirectory.from_config(migrate.alembic_config()).get_current_head()
     assert server_log.count("Upgraded the database schema") == 1
     assert f"Upgraded the database schema from revision none (new database) to {head}" in server_log
     assert "ERROR" not in server_log

@@ -25,6 +25,7 @@ from sqlalchemy import update as sql_update
 from sqlmodel import Session
 
 import db
+import migrate
 import routes.tasks
 from db import STATEMENT_TIMED_OUT
 from models import RateLimitEvent, RefreshToken, RevokedToken, Task, TokenFamily, User
@@ -536,7 +537,7 @@ def seed_expired_rows(url: str) -> None:
     expired_at = literal(expired, RefreshToken.__table__.c.expires_at.type)
     row_id = cast(numbers.c.number, String)
     try:
-        db.migrate(seeding)
+        migrate.migrate(seeding)
         with seeding.begin() as connection:
             owner = (
                 insert(User)

@@ -1,4 +1,4 @@
-"""Schema migrations (migrations/, db.migrate): on SQLite, or on PostgreSQL with
+"""Schema migrations (migrations/, migrate.migrate): on SQLite, or on PostgreSQL with
 TEST_DATABASE_URL, each test on a database of its own.
 
 A database made by the release before migrations existed is built here from that
@@ -30,8 +30,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import SQLModel
 
 import db
+import migrate
 
-HEAD = ScriptDirectory.from_config(db.alembic_config()).get_current_head()
+HEAD = ScriptDirectory.from_config(migrate.alembic_config()).get_current_head()
 
 TEST_DATA = Path(__file__).resolve().parent / "test_data"
 
@@ -69,13 +70,13 @@ def build_release_before_migrations(engine: Engine) -> None:
 
 
 def upgrade_to(engine: Engine, revision: str) -> None:
-    with db.schema_transaction(engine) as connection:
-        command.upgrade(db.alembic_config(connection=connection), revision)
+    with migrate.schema_transaction(engine) as connection:
+        command.upgrade(migrate.alembic_config(connection=connection), revision)
 
 
 def downgrade_to(engine: Engine, revision: str) -> None:
-    with db.schema_transaction(engine) as connection:
-        command.downgrade(db.alembic_config(connection=connection), revision)
+    with migrate.schema_transaction(engine) as connection:
+        command.downgrade(migrate.alembic_config(connection=connection), revision)
 
 
 def current_revisions(engine: Engine) -> tuple[str, ...]:
@@ -156,14 +157,14 @@ def differences_from_models(engine: Engine, metadata: MetaData = SQLModel.metada
 
 
 def test_migrations_make_the_schema_that_models_py_describes(database):
-    db.migrate(database)
+    migrate.migrate(database)
 
     assert current_revisions(database) == (HEAD,)
     assert differences_from_models(database) == []
 
 
 def test_a_column_in_models_py_that_no_migration_makes_is_a_difference(database):
-    db.migrate(database)
+    migrate.migrate(database)
     models_with_a_new_column = MetaData()
     for table in SQLModel.metadata.tables.values():
         table.to_metadata(models_with_a_new_column)
@@ -184,7 +185,7 @@ def test_a_column_in_models_py_that_no_migration_makes_is_a_difference(database)
 def test_every_table_that_never_reuses_ids_is_autoincrement_at_head(database):
     """The comparison above cannot see this table option: a migration that rebuilds a table
     without restating it would let SQLite hand a deleted row's id to the next insert."""
-    db.migrate(database)
+    migrate.migrate(database)
     with database.connect() as connection:
         rows = connection.exec_driver_sql(
             "SELECT name FROM sqlite_master WHERE sql LIKE '%AUTOINCREMENT%'"
@@ -210,7 +211,7 @@ def test_the_first_revision_makes_exactly_the_schema_of_the_release_before_migra
         released = db.make_engine(new_database("released"))
     try:
         build_release_before_migrations(released)
-        upgrade_to(migrated, db.FIRST_REVISION)
+        upgrade_to(migrated, migrate.FIRST_REVISION)
 
         assert schema_of(migrated) == schema_of(released)
         assert len(schema_of(released)) > 10  # not two empty databases
@@ -398,8 +399,9 @@ def test_a_database_of_the_release_before_migrations_is_upgraded_in_place_by_uvi
     assert signup.status_code == 201, signup.text
     assert signup.json()["user"]["id"] > made["bo"]
     assert (
-        f"Upgraded the database schema from revision {db.FIRST_REVISION} to {HEAD}" in server_log
-        or (HEAD == db.FIRST_REVISION and "Upgraded the database schema" not in server_log)
+        f"Upgraded the database schema from revision {migrate.FIRST_REVISION} to {HEAD}"
+        in server_log
+        or (HEAD == migrate.FIRST_REVISION and "Upgraded the database schema" not in server_log)
     )
     assert "Traceback" not in server_log
 
@@ -419,7 +421,7 @@ def test_a_database_at_0001_upgrades_to_refresh_tokens_keeping_its_rows_and_toke
     """0002_refresh_tokens only adds its two tables: every row stays, an access token issued
     before it keeps working (it belongs to no session), and a login starts a session."""
     engine = db.make_engine(database_url)
-    upgrade_to(engine, db.FIRST_REVISION)
+    upgrade_to(engine, migrate.FIRST_REVISION)
     made = fill_like_the_release_before_migrations(engine)
     rows_before = rows_of(engine)
     jwt_secret = secrets.token_urlsafe(48)
@@ -444,7 +446,10 @@ def test_a_database_at_0001_upgrades_to_refresh_tokens_keeping_its_rows_and_toke
     assert refreshed.status_code == 200, refreshed.text
     assert refreshed.json()["user"]["id"] == made["ada"]
     assert (logout.status_code, after_logout.status_code) == (204, 401)
-    assert f"Upgraded the database schema from revision {db.FIRST_REVISION} to {HEAD}" in server_log
+    assert (
+        f"Upgraded the database schema from revision {migrate.FIRST_REVISION} to {HEAD}"
+        in server_log
+    )
     assert "Traceback" not in server_log
     rows_after = with_columns_of(rows_of(engine), rows_before)
     for table in ("user", "task", "tasktag"):
@@ -456,8 +461,8 @@ def test_a_database_at_0001_upgrades_to_refresh_tokens_keeping_its_rows_and_toke
         refresh_tokens = connection.execute(text("SELECT count(*) FROM refreshtoken")).scalar_one()
     assert (sessions, refresh_tokens) == ([made["ada"]], 2)
 
-    downgrade_to(engine, db.FIRST_REVISION)  # and back: the sessions go, the accounts stay
-    assert current_revisions(engine) == (db.FIRST_REVISION,)
+    downgrade_to(engine, migrate.FIRST_REVISION)  # and back: the sessions go, the accounts stay
+    assert current_revisions(engine) == (migrate.FIRST_REVISION,)
     assert {
         table: rows
         for table, rows in rows_of(engine).items()
@@ -470,8 +475,8 @@ def test_a_database_with_only_some_of_the_tables_is_left_alone(database):
     with database.begin() as connection:
         connection.exec_driver_sql("CREATE TABLE revokedtoken (jti VARCHAR(64) PRIMARY KEY)")
 
-    with pytest.raises(db.StartupError) as refusal:
-        db.migrate(database)
+    with pytest.raises(migrate.StartupError) as refusal:
+        migrate.migrate(database)
 
     assert str(refusal.value) == (
         "The database has some of the Todo API's tables but not all they need (missing: user, "
@@ -485,7 +490,7 @@ def test_a_database_with_only_some_of_the_tables_is_left_alone(database):
 
 
 def test_every_revision_downgrades_and_upgrades_again(database):
-    scripts = ScriptDirectory.from_config(db.alembic_config())
+    scripts = ScriptDirectory.from_config(migrate.alembic_config())
     revisions = [script.revision for script in reversed(list(scripts.walk_revisions()))]
     empty = schema_of(database)
     schemas = []
@@ -511,7 +516,7 @@ UNKNOWN_REVISION = "9999_from_a_newer_release"
 
 
 def stamp_unknown_revision(engine: Engine) -> None:
-    db.migrate(engine)
+    migrate.migrate(engine)
     with engine.begin() as connection:
         connection.execute(
             text("UPDATE alembic_version SET version_num = :revision"),
@@ -523,8 +528,8 @@ def test_a_database_at_an_unknown_revision_is_not_touched(database):
     stamp_unknown_revision(database)
     schema = schema_of(database)
 
-    with pytest.raises(db.StartupError) as refusal:
-        db.migrate(database)
+    with pytest.raises(migrate.StartupError) as refusal:
+        migrate.migrate(database)
 
     assert str(refusal.value) == (
         f"The database is at revision {UNKNOWN_REVISION}, which this release of the Todo API "
@@ -582,10 +587,10 @@ def test_uvicorn_refuses_to_start_on_a_database_at_an_unknown_revision(
 def test_uvicorn_refuses_to_start_on_a_database_whose_alembic_version_has_two_rows(
     tmp_path, database_url, database
 ):
-    db.migrate(database)
+    migrate.migrate(database)
     with database.begin() as connection:
         insert = text("INSERT INTO alembic_version (version_num) VALUES (:revision)")
-        connection.execute(insert, {"revision": db.FIRST_REVISION})
+        connection.execute(insert, {"revision": migrate.FIRST_REVISION})
     schema = schema_of(database)
 
     result = run_uvicorn_until_it_exits(tmp_path, database_url)
@@ -594,12 +599,12 @@ def test_uvicorn_refuses_to_start_on_a_database_whose_alembic_version_has_two_ro
     [refusal, failed] = [line for line in result.stderr.splitlines() if line.startswith("ERROR:")]
     assert refusal == (
         "ERROR:    The database's alembic_version table holds 2 revisions "
-        f"({db.FIRST_REVISION}, {HEAD}) where it should hold one, so the database is left alone: "
+        f"({migrate.FIRST_REVISION}, {HEAD}) where it should hold one, so the database is left alone: "
         "delete the rows of the revisions it is not at"
     )
     assert failed == "ERROR:    Application startup failed. Exiting."
     assert "Traceback" not in result.stderr
-    assert sorted(current_revisions(database)) == [db.FIRST_REVISION, HEAD]
+    assert sorted(current_revisions(database)) == [migrate.FIRST_REVISION, HEAD]
     assert schema_of(database) == schema
 
 
@@ -632,7 +637,7 @@ def downgrade() -> None:
 @pytest.fixture
 def migrations_with_a_broken_revision(tmp_path) -> Path:
     migrations = tmp_path / "migrations"
-    shutil.copytree(db.MIGRATIONS, migrations, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(migrate.MIGRATIONS, migrations, ignore=shutil.ignore_patterns("__pycache__"))
     (migrations / "versions" / "9000_broken.py").write_text(
         BROKEN_REVISION.replace("HEAD_REVISION", HEAD)
     )
@@ -644,20 +649,20 @@ def test_a_failing_migration_leaves_the_database_as_it_was(
     database, migrations_with_a_broken_revision, starting_point
 ):
     if starting_point == "head":
-        db.migrate(database)
+        migrate.migrate(database)
     elif starting_point == "release before migrations":
         build_release_before_migrations(database)
         fill_like_the_release_before_migrations(database)
     schema, revisions = schema_of(database), current_revisions(database)
     rows = rows_of(database) if starting_point != "new" else None
 
-    with pytest.raises(db.StartupError) as refusal:
-        db.migrate(database, migrations_with_a_broken_revision)
+    with pytest.raises(migrate.StartupError) as refusal:
+        migrate.migrate(database, migrations_with_a_broken_revision)
 
     before = {
         "new": "none (new database)",
         "head": HEAD,
-        "release before migrations": db.FIRST_REVISION,
+        "release before migrations": migrate.FIRST_REVISION,
     }
     message = str(refusal.value)
     assert message.startswith(
@@ -677,7 +682,7 @@ def test_a_failing_migration_leaves_the_database_as_it_was(
 
 
 def test_engines_migrating_a_new_database_at_once_make_each_table_once(database_url):
-    """The start-up step of every worker (db.migrate, as the lifespan runs it), raced
+    """The start-up step of every worker (migrate.migrate, as the lifespan runs it), raced
     from eight engines: one upgrades, the others find the newest revision."""
     engines = [db.make_engine(database_url) for _ in range(8)]
     start_together = threading.Barrier(len(engines))
@@ -685,7 +690,7 @@ def test_engines_migrating_a_new_database_at_once_make_each_table_once(database_
     def start_up(engine: Engine) -> tuple[str | None, str] | str:
         start_together.wait()
         try:
-            return db.migrate(engine)
+            return migrate.migrate(engine)
         except Exception as error:  # noqa: BLE001  (the failure is the finding)
             return repr(error)
 
@@ -722,10 +727,10 @@ def test_several_workers_upgrading_a_database_of_the_release_before_migrations_m
         (200, {"status": "ok"})
     ] * 8
     assert server_log.count("Application startup complete") == 2
-    if db.FIRST_REVISION != HEAD:
+    if migrate.FIRST_REVISION != HEAD:
         assert server_log.count("Upgraded the database schema") == 1
         assert (
-            f"Upgraded the database schema from revision {db.FIRST_REVISION} to {HEAD}"
+            f"Upgraded the database schema from revision {migrate.FIRST_REVISION} to {HEAD}"
             in server_log
         )
     assert "Traceback" not in server_log and "ERROR" not in server_log
@@ -768,10 +773,10 @@ def downgrade() -> None:
 )
 def test_a_migration_that_rebuilds_the_user_table_keeps_every_task(tmp_path, database):
     """SQLite rebuilds a table to alter it: copy, drop, rename. Dropping `user` with foreign
-    keys on would delete every task through ON DELETE CASCADE; db.migrate turns them off
+    keys on would delete every task through ON DELETE CASCADE; migrate.migrate turns them off
     for the migration and checks them before it commits."""
     migrations = tmp_path / "migrations"
-    shutil.copytree(db.MIGRATIONS, migrations, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(migrate.MIGRATIONS, migrations, ignore=shutil.ignore_patterns("__pycache__"))
     (migrations / "versions" / "9000_rebuild_user.py").write_text(
         REBUILDING_REVISION.replace("HEAD_REVISION", HEAD)
     )
@@ -779,7 +784,7 @@ def test_a_migration_that_rebuilds_the_user_table_keeps_every_task(tmp_path, dat
     fill_like_the_release_before_migrations(database)
     rows = rows_of(database)
 
-    assert db.migrate(database, migrations) == (db.FIRST_REVISION, "9000_rebuild_user")
+    assert migrate.migrate(database, migrations) == (migrate.FIRST_REVISION, "9000_rebuild_user")
 
     rows_after = rows_of(database)
     assert {table: rows_after[table] for table in TABLES if table != "user"} == {
@@ -903,7 +908,7 @@ def test_a_migration_that_rebuilds_a_table_never_hands_out_a_deleted_accounts_id
                 {"e": f"user{number}@example.com", "t": "2026-01-01 00:00:00.000000"},
             )
         connection.execute(text("DELETE FROM user WHERE id = 3"))
-    db.migrate(database)
+    migrate.migrate(database)
     with database.begin() as connection:
         connection.execute(
             text(
