@@ -1,5 +1,5 @@
-"""Sign up, log in (JSON, or the OAuth2 form of Swagger UI's Authorize button), refresh, read the
-current user, log out, change the password and delete the account, within limits.py's limits."""
+"""Sign up, log in (JSON, or Swagger UI's OAuth2 form), refresh, read the current user, log out,
+change the password and delete the account, within limits.py's limits."""
 
 from datetime import datetime
 from typing import Annotated
@@ -51,47 +51,58 @@ from schemas import (
 
 router = APIRouter(prefix="/api/auth", tags=["auth"])
 
-KEY_SET_DOWN = "A Better Auth token, while Better Auth's key set cannot be fetched"
 NOT_AUTHENTICATED: Responses = {
     401: error_response("Missing, invalid or expired token", "Not authenticated"),
-    503: error_response(KEY_SET_DOWN, KEY_SET_UNAVAILABLE, retry_after=True),
+    503: error_response(
+        "A Better Auth token, while Better Auth's key set cannot be fetched",
+        KEY_SET_UNAVAILABLE,
+        retry_after=True,
+    ),
 }
-AUTH_REQUESTS = "Too many signups, logins, refreshes and password checks from this address"
-LIMITED_AUTH_REQUESTS: Responses = {
-    429: error_response(AUTH_REQUESTS, TOO_MANY_AUTH_REQUESTS, retry_after=True)
+RATE_LIMITED = {
+    429: error_response(
+        "Too many signups, logins, refreshes and password checks from this address",
+        TOO_MANY_AUTH_REQUESTS,
+        retry_after=True,
+    )
 }
-HASHES = "Too many password hashes already running or waiting"
-HASHING_BUSY_RESPONSE: Responses = {503: error_response(HASHES, HASHING_BUSY, retry_after=True)}
-FAILED_LOGINS = (
-    "Too many failed logins for this email from this address, "
-    "or too many signups, logins and password checks from this address"
-)
-LOCKED_OUT: Responses = {
-    429: error_response(FAILED_LOGINS, TOO_MANY_FAILED_LOGINS, retry_after=True)
+HASHING = {
+    503: error_response(
+        "Too many password hashes already running or waiting", HASHING_BUSY, retry_after=True
+    )
 }
-COUNTED_PASSWORD_ERRORS = LOCKED_OUT | HASHING_BUSY_RESPONSE | VALIDATION_ERROR
+LOCKED_OUT = {
+    429: error_response(
+        "Too many failed logins for this email from this address, "
+        "or too many signups, logins and password checks from this address",
+        TOO_MANY_FAILED_LOGINS,
+        retry_after=True,
+    )
+}
+PASSWORD_ERRORS = LOCKED_OUT | HASHING | VALIDATION_ERROR
 EMAIL_TAKEN = "Email already registered"
-SIGNUP_ERRORS = {
-    409: error_response(EMAIL_TAKEN, EMAIL_TAKEN),
-    **LIMITED_AUTH_REQUESTS,
-    **HASHING_BUSY_RESPONSE,
-    **VALIDATION_ERROR,
-}
-REFRESH_FAILED: Responses = {
-    401: error_response("Unknown, expired, used or ended refresh token", INVALID_REFRESH_TOKEN)
-}
+SIGNUP_ERRORS = (
+    {409: error_response(EMAIL_TAKEN, EMAIL_TAKEN)} | RATE_LIMITED | HASHING | VALIDATION_ERROR
+)
+REFRESH_FAILED = "Unknown, expired, used or ended refresh token"
+REFRESH_ERRORS = (
+    {401: error_response(REFRESH_FAILED, INVALID_REFRESH_TOKEN)} | RATE_LIMITED | VALIDATION_ERROR
+)
 LOGIN_FAILED = "Incorrect email or password"
-LOGIN_ERRORS = {401: error_response(LOGIN_FAILED, LOGIN_FAILED), **COUNTED_PASSWORD_ERRORS}
-PASSWORD_CHECK_ERRORS = {
+LOGIN_ERRORS = {401: error_response(LOGIN_FAILED, LOGIN_FAILED)} | PASSWORD_ERRORS
+CONFIRM_ERRORS = {
     401: error_response(
         "Missing, invalid or expired token, or incorrect password", "Incorrect password"
     ),
     403: error_response("A Better Auth account: it has no password here", PASSWORD_IN_BETTER_AUTH),
-    **COUNTED_PASSWORD_ERRORS,
-}
+} | PASSWORD_ERRORS
 CHANGED_CONCURRENTLY = "The password was changed by another request at the same time; log in again"
-RACE_LOST = "Another password change for this account won the race"
-# The OAuth2 form has no model of ours, so its example goes on the request body itself.
+PASSWORD_CHANGE_ERRORS = CONFIRM_ERRORS | {
+    409: error_response(
+        "Another password change for this account won the race", CHANGED_CONCURRENTLY
+    )
+}
+# The OAuth2 form has no model of ours: its example goes on the request body.
 FORM_EXAMPLE = {"username": "alice@example.com", "password": "correct horse battery"}
 FORM_BODY = {
     "requestBody": {"content": {"application/x-www-form-urlencoded": {"example": FORM_EXAMPLE}}}
@@ -183,7 +194,7 @@ def login_form(
 @router.post(
     "/refresh",
     summary="Trade a refresh token for new tokens",
-    responses=REFRESH_FAILED | LIMITED_AUTH_REQUESTS | VALIDATION_ERROR,
+    responses=REFRESH_ERRORS,
     dependencies=LIMITED,
 )
 def refresh(body: RefreshRequest, session: SessionDep, now: Now) -> TokenResponse:
@@ -224,7 +235,7 @@ def logout(claims: TokenClaimsDep, user: CurrentUser, session: SessionDep) -> Re
     summary="Change the password",
     description="Set a new password (signup's rules). "
     "Every token issued before it, this one too, stops working: log in again.",
-    responses=PASSWORD_CHECK_ERRORS | {409: error_response(RACE_LOST, CHANGED_CONCURRENTLY)},
+    responses=PASSWORD_CHANGE_ERRORS,
     dependencies=LIMITED_SIGNED_IN,
 )
 def change_password(
@@ -258,7 +269,7 @@ def change_password(
     summary="Delete the account",
     description="Delete the account, its tasks and their tags at once. "
     "Its tokens stop working; the email can sign up again.",
-    responses=PASSWORD_CHECK_ERRORS,
+    responses=CONFIRM_ERRORS,
     dependencies=LIMITED_SIGNED_IN,
 )
 def delete_me(
