@@ -1,5 +1,5 @@
-"""Database tables (what clients send and receive is in schemas.py). SQLModel stores datetimes
-as aware UTC on every database; each timestamp here comes from utc_now()."""
+"""Database tables (schemas.py has what clients send and receive). SQLModel stores datetimes as
+aware UTC on every database."""
 
 from datetime import UTC, datetime
 
@@ -15,7 +15,7 @@ def utc_now() -> datetime:
 Id = BigInteger().with_variant(Integer(), "sqlite")
 # Else SQLite gives a deleted row's id to the next insert.
 NEVER_REUSE_IDS = {"sqlite_autoincrement": True}
-# The issuer of shared-secret Better Auth accounts; a key set's issuer is a URL.
+# Better Auth accounts' issuer when they share our secret; a key set's issuer is a URL.
 SHARED_SECRET_ISSUER = "shared-secret"
 
 
@@ -77,7 +77,7 @@ class TaskCount(SQLModel, table=True):
 
 
 class TaskTag(SQLModel, table=True):
-    """One tag of one task; the key serves both the tag filter and loading a page's tags."""
+    """One tag of one task; its key serves the tag filter and loading a page's tags."""
 
     task_id: int = Field(foreign_key="task.id", ondelete="CASCADE", primary_key=True, sa_type=Id)
     name: str = Field(primary_key=True, max_length=30)
@@ -107,7 +107,7 @@ class RefreshToken(SQLModel, table=True):
     )
     expires_at: datetime = Field(index=True)
     used_at: datetime | None = None
-    # Its depth in the family's chain: 0 for the first token, 1 for the one rotated from it.
+    # Its depth in the family's chain; the first token is 0.
     generation: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
 
 

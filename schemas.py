@@ -36,7 +36,7 @@ EXAMPLE_USER = {"id": 1, "email": "alice@example.com", "name": "Alice", "created
 Priority = Literal["low", "medium", "high"]
 Recurrence = Literal["none", "daily", "weekly", "monthly"]
 IdPath = Annotated[int, Path(ge=1, le=MAX_ID)]
-USER_ID_PATTERN = r"^[A-Za-z0-9._~-]{1,255}$"  # a numeric id, or a Better Auth user id (URL-safe)
+USER_ID_PATTERN = r"^[A-Za-z0-9._~-]{1,255}$"
 UserIdPath = Annotated[
     str,
     Path(
@@ -103,8 +103,8 @@ EMAIL_ADDRESS = TypeAdapter(EmailStr)
 
 
 def as_email(text: str) -> str:
-    """The OAuth2 form's username, read as the JSON login's EmailStr reads it; a text that is no
-    email comes back stripped, and fails to log in as an unknown email does."""
+    """The OAuth2 username as the JSON login's EmailStr reads it; a non-email is only stripped,
+    and fails to log in as an unknown email does."""
     try:
         return EMAIL_ADDRESS.validate_python(text)
     except ValidationError:
@@ -177,7 +177,7 @@ RETRY_AFTER = {
 
 
 def error_response(description: str, detail: str, *, retry_after: bool = False) -> dict[str, Any]:
-    """One status of a route's responses=: the ErrorMessage shape with its own example detail."""
+    """One status of a route's responses=, with its own example detail."""
     content = {"application/json": {"example": {"detail": detail}}}
     headers = {"headers": RETRY_AFTER} if retry_after else {}
     return {"model": ErrorMessage, "description": description, "content": content, **headers}
@@ -222,7 +222,7 @@ class UserPublic(SQLModel):
     email: str | None  # None for a Better Auth account: Better Auth holds its email
     name: str | None
     created_at: datetime
-    better_auth_id: str | None = None  # a Better Auth account's own user id (its tokens' sub)
+    better_auth_id: str | None = None  # a Better Auth account's user id (its tokens' sub)
 
 
 class TokenResponse(SQLModel):

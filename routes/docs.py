@@ -12,7 +12,6 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 ASSETS_URL = "/docs/assets"
-# Swagger UI's and ReDoc's JavaScript and CSS.
 assets = StaticFiles(packages=[("fastapi_offline", "static")])
 OAUTH2_REDIRECT_URL = "/docs/oauth2-redirect"
 # Nothing from outside this server: ReDoc's bundle would fetch Redocly's logo from its CDN.

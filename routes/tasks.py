@@ -40,7 +40,6 @@ def too_many_tasks() -> HTTPException:
 
 
 TIMED_OUT = "A statement ran past STATEMENT_TIMEOUT_MS, or Better Auth's key set cannot be fetched"
-# Every route reads the path's user_id (422) under the statement timeout (503).
 OWNER_ERRORS: Responses = {
     401: error_response("Missing, invalid or expired token", "Could not validate credentials"),
     403: error_response(
@@ -61,7 +60,6 @@ COMPLETION_ERRORS = TASK_ERRORS | {409: error_response(AT_LIMIT, too_many_tasks(
 router = APIRouter(prefix="/api/{user_id}/tasks", tags=["tasks"], responses=OWNER_ERRORS)
 ListQuery = Annotated[TaskListQuery, Query()]
 
-# Each sort key and its direction when the query names none.
 SORT_KEYS = {
     "created": (Task.created_at, "desc"),
     "updated": (Task.updated_at, "desc"),
@@ -73,7 +71,7 @@ TASK_COLUMNS = inspect(Task).columns
 PUBLIC_COLUMNS = [column for column in TASK_COLUMNS if column.name in TaskPublic.model_fields]
 PUBLIC_NAMES = [column.name for column in PUBLIC_COLUMNS]
 
-# Built once, as every task response runs it: a measured CPU saving.
+# Built once: every task response runs it.
 TAGS_OF_TASKS = (
     select(TaskTag.task_id, TaskTag.name)
     .where(col(TaskTag.task_id).in_(bindparam("task_ids", expanding=True)))
@@ -107,7 +105,7 @@ def get_owned_task(session: Session, owner: User, task_id: int) -> Task:
     return task
 
 
-# Built once, as every create runs it: a measured CPU saving.
+# Built once: every create runs it.
 TASK_COUNTS = TaskCount.metadata.tables["taskcount"]
 COUNT_ONE_MORE_TASK = (
     update(TASK_COUNTS)
@@ -117,9 +115,9 @@ COUNT_ONE_MORE_TASK = (
 
 
 def lock_owner(session: Session, owner: User) -> None:
-    """First in every task write: account deletion locks the user row, then its tasks, so locking
-    it first here too means waiting, never a deadlock. FOR KEY SHARE (a task insert takes it
-    anyway) waits only for a deletion. SQLite's one write lock needs none."""
+    """First in every task write: account deletion locks the user row, then its tasks, so taking
+    it first here too waits, never deadlocks. KEY SHARE waits only for a deletion; SQLite has one
+    writer."""
     if session.get_bind().dialect.name == "postgresql":
         owner_row = select(User.id).where(User.id == owner.id)
         if session.exec(owner_row.with_for_update(read=True, key_share=True)).first() is None:
@@ -127,7 +125,7 @@ def lock_owner(session: Session, owner: User) -> None:
 
 
 def count_new_task(session: Session, owner_id: int) -> None:
-    """Count one more task, or 409 at MAX_TASKS_PER_USER: concurrent creates queue on the UPDATE."""
+    """One more task, or 409 at MAX_TASKS_PER_USER; concurrent creates queue on the UPDATE."""
     params = {"owner_id": owner_id, "limit": settings.max_tasks_per_user}
     if session.exec(COUNT_ONE_MORE_TASK, params=params).rowcount == 1:
         return
@@ -150,7 +148,7 @@ def next_due_date(due: datetime, recurrence: str) -> datetime:
 
 
 def create_next_occurrence(session: Session, task: Task, now: datetime) -> None:
-    """For a task just completed; a guarded UPDATE claims its one next occurrence, once."""
+    """For a task just completed; a guarded UPDATE claims its one next occurrence."""
     if task.recurrence == "none":
         return
     assert task.id is not None and task.due_date is not None  # stored; recurring (a CHECK)
@@ -217,7 +215,7 @@ def list_tasks(
     undated_last = [col(Task.due_date).is_(None)] if query.sort == "due_date" else []
     # The id breaks ties: pages never overlap.
     ordering = [*undated_last, direction(key), direction(Task.id)]
-    # Rows, not Task objects: no identity map or change tracking per row.
+    # Rows, not Task objects: no ORM bookkeeping per row.
     page = select(*PUBLIC_COLUMNS).where(*filters).order_by(*ordering)
     rows = session.exec(page.offset(query.offset).limit(query.limit)).all()
     # A page neither empty nor full (or an empty first page) ends at the last match: no COUNT.
@@ -255,7 +253,7 @@ def create_task(
         lock_owner(session, owner)
         count_new_task(session, task.user_id)
         session.add(task)
-        session.flush()  # assigns the id that the tags refer to
+        session.flush()
     except IntegrityError:  # the owner's account was deleted since the token was checked
         raise invalid_credentials() from None
     add_tags(session, task, body.tags)
