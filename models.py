@@ -1,5 +1,5 @@
-"""Database tables; what clients send and receive lives in schemas.py. SQLModel stores
-datetimes as aware UTC on every database, so each timestamp here comes from utc_now()."""
+"""Database tables (schemas.py has what clients send and receive). SQLModel stores datetimes as
+aware UTC on every database."""
 
 from datetime import UTC, datetime
 
@@ -11,27 +11,24 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-Id = BigInteger().with_variant(
-    Integer(), "sqlite"
-)  # 64-bit, as the API promises; AUTOINCREMENT needs INTEGER
-NEVER_REUSE_IDS = {
-    "sqlite_autoincrement": True
-}  # else SQLite gives a deleted row's id to the next insert
-SHARED_SECRET_ISSUER = (
-    "shared-secret"  # of shared-secret Better Auth accounts; a key set's issuer is a URL
-)
+# 64-bit, as the API promises; SQLite's AUTOINCREMENT needs INTEGER.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+# Else SQLite gives a deleted row's id to the next insert.
+NEVER_REUSE_IDS = {"sqlite_autoincrement": True}
+# Better Auth accounts' issuer when they share our secret; a key set's issuer is a URL.
+SHARED_SECRET_ISSUER = "shared-secret"
 
 
 class User(SQLModel, table=True):
-    """A local account (email, password), or a Better Auth one (issuer, id; Better Auth keeps the rest)."""
+    """A local account (email, password) or a Better Auth one (issuer, id; the rest stays there)."""
 
     __table_args__ = (
         # NULLs are distinct in a unique constraint, so local accounts never collide here.
         UniqueConstraint("better_auth_issuer", "better_auth_id", name="uq_user_better_auth"),
         CheckConstraint(
-            "(better_auth_id IS NULL AND better_auth_issuer IS NULL AND email IS NOT NULL AND password_hash"
-            " IS NOT NULL) OR (better_auth_id IS NOT NULL AND better_auth_issuer IS NOT NULL AND email IS NULL"
-            " AND password_hash IS NULL)",
+            "(better_auth_id IS NULL AND better_auth_issuer IS NULL AND email IS NOT NULL"
+            " AND password_hash IS NOT NULL) OR (better_auth_id IS NOT NULL"
+            " AND better_auth_issuer IS NOT NULL AND email IS NULL AND password_hash IS NULL)",
             name="user_is_local_or_better_auth",
         ),
         NEVER_REUSE_IDS,
@@ -44,9 +41,8 @@ class User(SQLModel, table=True):
     better_auth_issuer: str | None = Field(default=None, max_length=255)
     better_auth_id: str | None = Field(default=None, max_length=255)  # the token's sub
     created_at: datetime = Field(default_factory=utc_now)
-    token_generation: int = (
-        0  # in every token; a password change bumps it (iat's seconds cannot order changes)
-    )
+    # In every token; a password change bumps it (iat's seconds cannot order changes).
+    token_generation: int = 0
 
 
 class Task(SQLModel, table=True):
@@ -74,14 +70,14 @@ class Task(SQLModel, table=True):
 
 
 class TaskCount(SQLModel, table=True):
-    """A user's number of tasks, kept by the creates and deletes: the limit is one UPDATE, not a count."""
+    """A user's task count, kept by creates and deletes: the limit is one UPDATE, not a COUNT."""
 
     user_id: int = Field(foreign_key="user.id", ondelete="CASCADE", primary_key=True, sa_type=Id)
     tasks: int
 
 
 class TaskTag(SQLModel, table=True):
-    """One tag of one task; the key serves both the tag filter and loading a page's tags."""
+    """One tag of one task; its key serves the tag filter and loading a page's tags."""
 
     task_id: int = Field(foreign_key="task.id", ondelete="CASCADE", primary_key=True, sa_type=Id)
     name: str = Field(primary_key=True, max_length=30)
@@ -103,7 +99,7 @@ class TokenFamily(SQLModel, table=True):
 
 
 class RefreshToken(SQLModel, table=True):
-    """A refresh token, by its SHA-256; a used one stays until it expires, so a replay is recognised."""
+    """A refresh token by its SHA-256; a used one stays until expiry, so a replay is recognised."""
 
     token_hash: str = Field(primary_key=True, max_length=64)
     family_id: str = Field(
@@ -111,7 +107,7 @@ class RefreshToken(SQLModel, table=True):
     )
     expires_at: datetime = Field(index=True)
     used_at: datetime | None = None
-    # Its depth in the family's chain: the family's first token is 0, the one rotated from it 1.
+    # Its depth in the family's chain; the first token is 0.
     generation: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
 
 

@@ -1,15 +1,15 @@
-"""Request and response shapes, and the OpenAPI error-response helpers. Input models name only the
-fields a client may set (unknown fields are ignored), so id, user_id and timestamps are never written."""
+"""Request and response shapes, and the OpenAPI error helpers. Input models name only what a
+client may set (unknown fields are ignored): id, user_id and timestamps are never written."""
 
 import unicodedata
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import Path
+from fastapi.exceptions import RequestValidationError
 from pydantic import (
     AfterValidator,
     BeforeValidator,
-    ConfigDict,
     EmailStr,
     StrictBool,
     StringConstraints,
@@ -20,10 +20,11 @@ from pydantic import (
 )
 from pydantic.json_schema import SkipJsonSchema
 from sqlmodel import Field, SQLModel
+from sqlmodel._compat import SQLModelConfig  # model_config's type, not exported
 
 BCRYPT_MAX_BYTES = 72  # bcrypt refuses longer passwords
 PASSWORD_MIN_BYTES = 8
-MAX_ID = 2**63 - 1  # the largest id a 64-bit integer column can hold
+MAX_ID = 2**63 - 1  # the largest 64-bit id
 EARLIEST_DATE = datetime(1900, 1, 1, tzinfo=UTC)
 LATEST_DATE = datetime(9999, 1, 1, tzinfo=UTC)  # leaves room to advance by a month
 TAG_MAX_LENGTH = 30
@@ -35,7 +36,7 @@ EXAMPLE_USER = {"id": 1, "email": "alice@example.com", "name": "Alice", "created
 Priority = Literal["low", "medium", "high"]
 Recurrence = Literal["none", "daily", "weekly", "monthly"]
 IdPath = Annotated[int, Path(ge=1, le=MAX_ID)]
-USER_ID_PATTERN = r"^[A-Za-z0-9._~-]{1,255}$"  # a numeric id, or a Better Auth user id (URL-safe)
+USER_ID_PATTERN = r"^[A-Za-z0-9._~-]{1,255}$"
 UserIdPath = Annotated[
     str,
     Path(
@@ -58,7 +59,7 @@ def plain_text(value: str) -> str:
 
 
 def utc_date_time(value: object) -> datetime:
-    """ISO 8601 only (pydantic would also read a number as seconds since 1970); no offset means UTC."""
+    """ISO 8601 only (pydantic would also take a number as a Unix time); no offset means UTC."""
     if isinstance(value, str):
         try:
             value = datetime.fromisoformat(value)
@@ -75,8 +76,8 @@ def utc_date_time(value: object) -> datetime:
 
 
 def stored_tag(tag: str) -> str:
-    # NFC: "é" typed as one character or as "e" and an accent is one tag. Measured after lower-casing,
-    # which can lengthen a tag ("İ" becomes two characters) after pydantic's max_length check.
+    # NFC: "é" as one character or as "e" and an accent is one tag. Lower-casing can lengthen a
+    # tag ("İ" becomes two characters) after pydantic's max_length check.
     tag = unicodedata.normalize("NFC", tag)
     if len(tag) > TAG_MAX_LENGTH:
         raise ValueError(f"a tag can have at most {TAG_MAX_LENGTH} characters once lower-cased")
@@ -102,8 +103,8 @@ EMAIL_ADDRESS = TypeAdapter(EmailStr)
 
 
 def as_email(text: str) -> str:
-    """`text` as an EmailStr field reads it (stripped, Unicode-normalised, its domain in Unicode), for the OAuth2
-    form's username; a text that is no email comes back stripped, and fails to log in as an unknown email does."""
+    """The OAuth2 username as the JSON login's EmailStr reads it; a non-email is only stripped,
+    and fails to log in as an unknown email does."""
     try:
         return EMAIL_ADDRESS.validate_python(text)
     except ValidationError:
@@ -129,9 +130,9 @@ UtcDateTime = Annotated[datetime, BeforeValidator(utc_date_time)]
 NewPassword = Annotated[str, AfterValidator(password_within_bcrypt_limits)]
 
 
-def example(**fields: object) -> ConfigDict:
-    """A model's example for "Try it out" (test_docs.py checks each); no None values: FastAPI drops them."""
-    return ConfigDict(json_schema_extra={"examples": [fields]})
+def example(**fields: Any) -> SQLModelConfig:
+    """A model's "Try it out" example (test_docs.py checks each); no None: FastAPI drops it."""
+    return {"json_schema_extra": {"examples": [fields]}}
 
 
 class ErrorMessage(SQLModel):
@@ -143,11 +144,12 @@ class FieldError(SQLModel):
     type: str
     loc: list[str | int]
     msg: str
-    ctx: dict | None = None
+    ctx: dict[str, Any] | None = None
 
 
 class ValidationErrorMessage(SQLModel):
-    """What a 422 carries: FastAPI's list of errors, without the echoed input (it could be a password)."""
+    """What a 422 carries: FastAPI's list of errors, without the echoed input (it could be a \
+password)."""
 
     model_config = example(
         detail=[
@@ -162,7 +164,10 @@ class ValidationErrorMessage(SQLModel):
     detail: list[FieldError]
 
 
-VALIDATION_ERROR = {422: {"model": ValidationErrorMessage, "description": "Validation Error"}}
+Responses = dict[int | str, dict[str, Any]]
+VALIDATION_ERROR: Responses = {
+    422: {"model": ValidationErrorMessage, "description": "Validation Error"}
+}
 RETRY_AFTER = {
     "Retry-After": {
         "description": "Seconds to wait before trying again",
@@ -171,8 +176,8 @@ RETRY_AFTER = {
 }
 
 
-def error_response(description: str, detail: str, *, retry_after: bool = False) -> dict:
-    """One entry of a route's responses=: the ErrorMessage shape with this status's own detail."""
+def error_response(description: str, detail: str, *, retry_after: bool = False) -> dict[str, Any]:
+    """One status of a route's responses=, with its own example detail."""
     content = {"application/json": {"example": {"detail": detail}}}
     headers = {"headers": RETRY_AFTER} if retry_after else {}
     return {"model": ErrorMessage, "description": description, "content": content, **headers}
@@ -203,7 +208,7 @@ class PasswordChange(SQLModel):
         current_password="correct horse battery", new_password="a brand new passphrase"
     )
     current_password: str  # any length: a wrong one is simply a 401
-    new_password: NewPassword  # the same rules as at signup
+    new_password: NewPassword
 
 
 class PasswordConfirmation(SQLModel):
@@ -217,7 +222,7 @@ class UserPublic(SQLModel):
     email: str | None  # None for a Better Auth account: Better Auth holds its email
     name: str | None
     created_at: datetime
-    better_auth_id: str | None = None  # a Better Auth account's own user id (its tokens' sub)
+    better_auth_id: str | None = None  # a Better Auth account's user id (its tokens' sub)
 
 
 class TokenResponse(SQLModel):
@@ -267,6 +272,12 @@ class TaskCreate(SQLModel):
         return self
 
 
+def recurring_without_due_date() -> RequestValidationError:
+    """The 422 of TaskCreate's own check, for an update that leaves a task in that state."""
+    message = f"Value error, {RECURRENCE_NEEDS_DUE_DATE}"
+    return RequestValidationError([{"type": "value_error", "loc": ("body",), "msg": message}])
+
+
 class TaskUpdate(SQLModel):
     """Every field optional: PUT and PATCH change only the fields present in the body."""
 
@@ -277,7 +288,7 @@ class TaskUpdate(SQLModel):
     # reject_null answers an explicit one with 422. description and due_date: null clears them.
     title: Title | SkipJsonSchema[None] = None
     description: Description | None = None
-    completed: StrictBool | SkipJsonSchema[None] = None  # JSON true or false only
+    completed: StrictBool | SkipJsonSchema[None] = None
     priority: Priority | SkipJsonSchema[None] = None
     due_date: UtcDateTime | None = None
     tags: Tags | SkipJsonSchema[None] = None

@@ -1,14 +1,13 @@
-"""Sign up, log in (JSON, or the OAuth2 form of Swagger UI's Authorize button), refresh the tokens, read the
-current user, log out, change the password and delete the account, within the abuse limits of limits.py."""
+"""Sign up, log in (JSON, or Swagger UI's OAuth2 form), refresh, read the current user, log out,
+change the password and delete the account, within limits.py's limits."""
 
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, BackgroundTasks, Depends, HTTPException, Response, status
+from fastapi import APIRouter, BackgroundTasks, Depends, HTTPException, Response
 from fastapi.security import OAuth2PasswordRequestForm
-from sqlalchemy import delete, update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, select
+from sqlmodel import Session, col, delete, select, update
 
 from auth import (
     HASHING_BUSY,
@@ -41,6 +40,7 @@ from schemas import (
     PasswordChange,
     PasswordConfirmation,
     RefreshRequest,
+    Responses,
     TokenResponse,
     UserCreate,
     UserLogin,
@@ -51,53 +51,58 @@ from schemas import (
 
 router = APIRouter(prefix="/api/auth", tags=["auth"])
 
-KEY_SET_DOWN = "A Better Auth token, while Better Auth's key set cannot be fetched"
-NOT_AUTHENTICATED = {
+NOT_AUTHENTICATED: Responses = {
     401: error_response("Missing, invalid or expired token", "Not authenticated"),
-    503: error_response(KEY_SET_DOWN, KEY_SET_UNAVAILABLE, retry_after=True),
+    503: error_response(
+        "A Better Auth token, while Better Auth's key set cannot be fetched",
+        KEY_SET_UNAVAILABLE,
+        retry_after=True,
+    ),
 }
-AUTH_REQUESTS = "Too many signups, logins, refreshes and password checks from this address"
-LIMITED_AUTH_REQUESTS = {
-    429: error_response(AUTH_REQUESTS, TOO_MANY_AUTH_REQUESTS, retry_after=True)
+RATE_LIMITED = {
+    429: error_response(
+        "Too many signups, logins, refreshes and password checks from this address",
+        TOO_MANY_AUTH_REQUESTS,
+        retry_after=True,
+    )
 }
-HASHES = "Too many password hashes already running or waiting"
-HASHING_BUSY_RESPONSE = {
-    503: error_response(HASHES, HASHING_BUSY, retry_after=True)
-}  # every route that hashes
-FAILED_LOGINS = (
-    "Too many failed logins for this email from this address, "
-    "or too many signups, logins and password checks from this address"
-)
-LOCKED_OUT = {429: error_response(FAILED_LOGINS, TOO_MANY_FAILED_LOGINS, retry_after=True)}
-COUNTED_PASSWORD_ERRORS = (
-    LOCKED_OUT | HASHING_BUSY_RESPONSE | VALIDATION_ERROR
-)  # every route that checks a password
+HASHING = {
+    503: error_response(
+        "Too many password hashes already running or waiting", HASHING_BUSY, retry_after=True
+    )
+}
+LOCKED_OUT = {
+    429: error_response(
+        "Too many failed logins for this email from this address, "
+        "or too many signups, logins and password checks from this address",
+        TOO_MANY_FAILED_LOGINS,
+        retry_after=True,
+    )
+}
+PASSWORD_ERRORS = LOCKED_OUT | HASHING | VALIDATION_ERROR
 EMAIL_TAKEN = "Email already registered"
-SIGNUP_ERRORS = {
-    409: error_response(EMAIL_TAKEN, EMAIL_TAKEN),
-    **LIMITED_AUTH_REQUESTS,
-    **HASHING_BUSY_RESPONSE,
-    **VALIDATION_ERROR,
-}
-REFRESH_FAILED = {
-    401: error_response("Unknown, expired, used or ended refresh token", INVALID_REFRESH_TOKEN)
-}
-REFRESH_ERRORS = REFRESH_FAILED | LIMITED_AUTH_REQUESTS | VALIDATION_ERROR
+SIGNUP_ERRORS = (
+    {409: error_response(EMAIL_TAKEN, EMAIL_TAKEN)} | RATE_LIMITED | HASHING | VALIDATION_ERROR
+)
+REFRESH_FAILED = "Unknown, expired, used or ended refresh token"
+REFRESH_ERRORS = (
+    {401: error_response(REFRESH_FAILED, INVALID_REFRESH_TOKEN)} | RATE_LIMITED | VALIDATION_ERROR
+)
 LOGIN_FAILED = "Incorrect email or password"
-LOGIN_ERRORS = {401: error_response(LOGIN_FAILED, LOGIN_FAILED), **COUNTED_PASSWORD_ERRORS}
-PASSWORD_CHECK_ERRORS = {
+LOGIN_ERRORS = {401: error_response(LOGIN_FAILED, LOGIN_FAILED)} | PASSWORD_ERRORS
+CONFIRM_ERRORS = {
     401: error_response(
         "Missing, invalid or expired token, or incorrect password", "Incorrect password"
     ),
     403: error_response("A Better Auth account: it has no password here", PASSWORD_IN_BETTER_AUTH),
-    **COUNTED_PASSWORD_ERRORS,
+} | PASSWORD_ERRORS
+CHANGED_CONCURRENTLY = "The password was changed by another request at the same time; log in again"
+PASSWORD_CHANGE_ERRORS = CONFIRM_ERRORS | {
+    409: error_response(
+        "Another password change for this account won the race", CHANGED_CONCURRENTLY
+    )
 }
-PASSWORD_CHANGED_CONCURRENTLY = (
-    "The password was changed by another request at the same time; log in again"
-)
-RACE_LOST = "Another password change for this account won the race"
-CONCURRENT_CHANGE = {409: error_response(RACE_LOST, PASSWORD_CHANGED_CONCURRENTLY)}
-# The OAuth2 form has no model of our own, so its example sits on the request body itself.
+# The OAuth2 form has no model of ours: its example goes on the request body.
 FORM_EXAMPLE = {"username": "alice@example.com", "password": "correct horse battery"}
 FORM_BODY = {
     "requestBody": {"content": {"application/x-www-form-urlencoded": {"example": FORM_EXAMPLE}}}
@@ -112,10 +117,8 @@ def prune_after_response(background: BackgroundTasks, session: SessionDep, now: 
 
 PRUNED = Depends(prune_after_response)
 LIMITED = [Depends(limit_auth_requests), PRUNED]
-LIMITED_SIGNED_IN = [
-    Depends(get_current_user),
-    *LIMITED,
-]  # the token first: a bad one is not counted
+# The token first: a bad one is not counted.
+LIMITED_SIGNED_IN = [Depends(get_current_user), *LIMITED]
 
 
 def token_response(user: User, refresh: IssuedRefreshToken) -> TokenResponse:
@@ -132,13 +135,14 @@ def token_response(user: User, refresh: IssuedRefreshToken) -> TokenResponse:
 def authenticate(
     session: Session, check: PasswordCheck, email: str, password: str, now: datetime
 ) -> TokenResponse:
-    # The form's username is no EmailStr, and PostgreSQL refuses a NUL in text: no email has one, so the login fails.
+    # PostgreSQL refuses a NUL in text, and the form's username is no EmailStr: no email has one.
     user = (
         None
         if "\x00" in email
         else session.exec(select(User).where(User.email == email.lower())).first()
     )
-    if not check.matches(email, password, user.password_hash if user else None):
+    # The check runs for an unknown email too, so the timing tells nothing.
+    if not check.matches(email, password, user.password_hash if user else None) or user is None:
         raise invalid_credentials(LOGIN_FAILED)
     return token_response(user, start_family(session, user, now))
 
@@ -160,7 +164,7 @@ def signup(body: UserCreate, session: SessionDep, now: Now) -> TokenResponse:
         session.flush()
     except IntegrityError:  # the unique email index is the one source of truth, even under races
         session.rollback()
-        raise HTTPException(status.HTTP_409_CONFLICT, detail=EMAIL_TAKEN) from None
+        raise HTTPException(409, EMAIL_TAKEN) from None
     # One transaction with the account: a signup that fails from here on leaves no account behind.
     return token_response(user, start_family(session, user, now))
 
@@ -174,6 +178,8 @@ def login(body: UserLogin, session: SessionDep, check: PasswordCheckDep, now: No
 @router.post(
     "/token",
     summary="Log in (OAuth2 form)",
+    description="The OAuth2 password flow (username is your email): "
+    "the tokenUrl of Swagger UI's Authorize button.",
     responses=LOGIN_ERRORS,
     openapi_extra=FORM_BODY,
     dependencies=LIMITED,
@@ -181,10 +187,8 @@ def login(body: UserLogin, session: SessionDep, check: PasswordCheckDep, now: No
 def login_form(
     form: OAuth2Form, session: SessionDep, check: PasswordCheckDep, now: Now
 ) -> TokenResponse:
-    """The OAuth2 password flow (username is your email): the tokenUrl of Swagger UI's Authorize button."""
-    return authenticate(
-        session, check, as_email(form.username), form.password, now
-    )  # as the JSON login reads it
+    # The username as the JSON login reads its email.
+    return authenticate(session, check, as_email(form.username), form.password, now)
 
 
 @router.post(
@@ -229,31 +233,31 @@ def logout(claims: TokenClaimsDep, user: CurrentUser, session: SessionDep) -> Re
     "/password",
     status_code=204,
     summary="Change the password",
-    responses=PASSWORD_CHECK_ERRORS | CONCURRENT_CHANGE,
+    description="Set a new password (signup's rules). "
+    "Every token issued before it, this one too, stops working: log in again.",
+    responses=PASSWORD_CHANGE_ERRORS,
     dependencies=LIMITED_SIGNED_IN,
 )
 def change_password(
     body: PasswordChange, user: CurrentUser, session: SessionDep, check: PasswordCheckDep
 ) -> Response:
-    """Set a new password (signup's rules). Every token issued before it, this one too, stops working: log in again."""
     check.confirm(user, body.current_password)
     new_hash = hash_password(body.new_password)
     # Compare-and-set on the generation this request's token was checked against: of concurrent
     # changes one finds it, the others would overwrite the winner's password with an ended token.
     same_generation = update(User).where(
-        User.id == user.id, User.token_generation == user.token_generation
+        col(User.id) == user.id, col(User.token_generation) == user.token_generation
     )
     bump = same_generation.values(
         password_hash=new_hash, token_generation=User.token_generation + 1
     )
-    if (
-        session.execute(bump).rowcount != 1
-    ):  # another change won, or the account was deleted meanwhile
+    if session.exec(bump).rowcount != 1:  # another change won, or the account was deleted
         deleted = session.exec(select(User.id).where(User.id == user.id)).first() is None
         session.rollback()
         if deleted:
             raise invalid_credentials()
-        raise HTTPException(status.HTTP_409_CONFLICT, detail=PASSWORD_CHANGED_CONCURRENTLY)
+        raise HTTPException(409, CHANGED_CONCURRENTLY)
+    assert user.id is not None  # a stored user's
     end_every_family(session, user.id)
     session.commit()
     return Response(status_code=204)
@@ -263,14 +267,15 @@ def change_password(
     "/me",
     status_code=204,
     summary="Delete the account",
-    responses=PASSWORD_CHECK_ERRORS,
+    description="Delete the account, its tasks and their tags at once. "
+    "Its tokens stop working; the email can sign up again.",
+    responses=CONFIRM_ERRORS,
     dependencies=LIMITED_SIGNED_IN,
 )
 def delete_me(
     body: PasswordConfirmation, user: CurrentUser, session: SessionDep, check: PasswordCheckDep
 ) -> Response:
-    """Delete the account, its tasks and their tags at once. Its tokens stop working; the email can sign up again."""
     check.confirm(user, body.password)
-    session.execute(delete(User).where(User.id == user.id))
+    session.exec(delete(User).where(col(User.id) == user.id))
     session.commit()
     return Response(status_code=204)

@@ -1,4 +1,4 @@
-"""/docs and /redoc from fastapi-offline's installed files, so they work with no internet, and a front door at /."""
+"""/docs and /redoc from fastapi-offline's files, so they work offline, and a front door at /."""
 
 from pathlib import Path
 
@@ -12,9 +12,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 ASSETS_URL = "/docs/assets"
-assets = StaticFiles(
-    packages=[("fastapi_offline", "static")]
-)  # Swagger UI's and ReDoc's JavaScript and CSS
+assets = StaticFiles(packages=[("fastapi_offline", "static")])
 OAUTH2_REDIRECT_URL = "/docs/oauth2-redirect"
 # Nothing from outside this server: ReDoc's bundle would fetch Redocly's logo from its CDN.
 CONTENT_SECURITY_POLICY = (
@@ -23,16 +21,14 @@ CONTENT_SECURITY_POLICY = (
 )
 FRONT_DOOR = Path(__file__).with_name("front_door.html").read_text(encoding="utf-8")
 router = APIRouter(include_in_schema=False)
-router.add_api_route(
-    OAUTH2_REDIRECT_URL, get_swagger_ui_oauth2_redirect_html
-)  # the OAuth2 login's return page
+# The OAuth2 login's return page.
+router.add_api_route(OAUTH2_REDIRECT_URL, get_swagger_ui_oauth2_redirect_html)
 
 
 @router.get("/docs")
 def swagger_ui(request: Request) -> HTMLResponse:
-    root = request.scope.get("root_path", "").rstrip(
-        "/"
-    )  # the prefix a proxy serves the app under, if any
+    # The prefix a proxy serves the app under, if any.
+    root = request.scope.get("root_path", "").rstrip("/")
     page = get_swagger_ui_html(
         openapi_url=root + request.app.openapi_url,
         oauth2_redirect_url=root + OAUTH2_REDIRECT_URL,
@@ -47,9 +43,7 @@ def swagger_ui(request: Request) -> HTMLResponse:
 
 @router.get("/redoc")
 def redoc(request: Request) -> HTMLResponse:
-    root = request.scope.get("root_path", "").rstrip(
-        "/"
-    )  # the prefix a proxy serves the app under, if any
+    root = request.scope.get("root_path", "").rstrip("/")
     page = get_redoc_html(
         openapi_url=root + request.app.openapi_url,
         title=f"{request.app.title} - ReDoc",
