@@ -599,8 +599,8 @@ def test_uvicorn_refuses_to_start_on_a_database_whose_alembic_version_has_two_ro
     [refusal, failed] = [line for line in result.stderr.splitlines() if line.startswith("ERROR:")]
     assert refusal == (
         "ERROR:    The database's alembic_version table holds 2 revisions "
-        f"({migrate.FIRST_REVISION}, {HEAD}) where it should hold one, so the database is left alone: "
-        "delete the rows of the revisions it is not at"
+        f"({migrate.FIRST_REVISION}, {HEAD}) where it should hold one, so the database is left "
+        "alone: delete the rows of the revisions it is not at"
     )
     assert failed == "ERROR:    Application startup failed. Exiting."
     assert "Traceback" not in result.stderr

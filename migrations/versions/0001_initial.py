@@ -1,7 +1,7 @@
 """The schema of the first release: users, tasks and their tags, revoked tokens, rate-limit events.
 
 A database made by that release, before migrations existed, has exactly these tables and no
-alembic_version table: db.migrate recognises it and stamps it with this revision.
+alembic_version table: migrate.migrate recognises it and stamps it with this revision.
 
 Plain SQLAlchemy types, so that the DDL stays what it is when the app's types change:
 String renders as SQLModel's AutoString does, and DateTime(timezone=True) is the column
