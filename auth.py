@@ -7,12 +7,13 @@ import secrets
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, NamedTuple
+from typing import Annotated
 
 import bcrypt
 import jwt
 from fastapi import Depends, HTTPException, status
 from fastapi.security import OAuth2PasswordBearer
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import bindparam, exists
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
@@ -26,11 +27,6 @@ from models import RevokedToken, TokenFamily, User
 from schemas import BCRYPT_MAX_BYTES, MAX_ID, UserIdPath
 
 JWT_ALGORITHM = "HS256"
-# What this API writes: sub in plain decimal, jti from token_urlsafe (at most the jti column's 64 characters).
-# int() would also read " 2 ", "+2", "0_2" and "١" as 2; fullmatch raises TypeError on a claim that is no string.
-CANONICAL_USER_ID = re.compile(r"[1-9][0-9]{0,18}")
-TOKEN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-FAMILY_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")  # the token family id column's size
 PASSWORD_IN_BETTER_AUTH = (
     "This account signs in with Better Auth, which keeps its password: "
     "change the password or delete the user there"
@@ -147,45 +143,47 @@ def create_access_token(user: User, now: datetime, family_id: str) -> str:
     return jwt.encode(claims, settings.jwt_secret, algorithm=JWT_ALGORITHM)
 
 
-class TokenClaims(NamedTuple):
-    user_id: int
-    token_id: str  # the jti
-    generation: int
-    account: int | None  # see account_stamp; None in a token without acct
-    family_id: (
-        str | None
-    )  # None: a token of no session, which logout, a password change or expiry ends
-    expires_at: datetime
+class TokenClaims(BaseModel):
+    """Our own token's claims, each only in the form create_access_token writes."""
+
+    model_config = ConfigDict(strict=True, val_temporal_unit="seconds")
+
+    user_id: int = Field(alias="sub", le=MAX_ID)
+    token_id: str = Field(alias="jti", pattern=r"^[A-Za-z0-9_-]{1,64}$")  # the jti column's size
+    generation: int = Field(alias="gen")
+    account: int | None = Field(None, alias="acct")
+    # The family id column's size. None: a token of no login session.
+    family_id: str | None = Field(None, alias="fam", pattern=r"^[A-Za-z0-9_-]{1,32}$")
+    expires_at: datetime = Field(alias="exp", strict=False)  # lax: exp is a number
+
+    @field_validator("user_id", mode="before")
+    @classmethod
+    def canonical_decimal(cls, sub: object) -> object:
+        """int() would also read " 2 ", "+2", "0_2" and "٢" as 2; strict int refuses the rest."""
+        if isinstance(sub, str) and re.fullmatch("[1-9][0-9]{0,18}", sub):
+            return int(sub)
+        return sub
+
+    @field_validator("account", "family_id", mode="before")
+    @classmethod
+    def not_null(cls, claim: object) -> object:
+        """Absent or the form we write, never null."""
+        if claim is None:
+            raise ValueError("null")
+        return claim
 
 
 async def get_token_claims(
     token: Annotated[str, Depends(oauth2_scheme)],
 ) -> TokenClaims | BetterAuthClaims:
-    """Our own token's claims, else (when configured) a Better Auth token's. async: decoding needs no thread."""
+    """Our own token's claims, else (when configured) a Better Auth token's. async: no thread."""
     try:
         required = ["exp", "iat", "sub", "jti", "gen"]
         claims = jwt.decode(
             token, settings.jwt_secret, algorithms=[JWT_ALGORITHM], options={"require": required}
         )
-        if not (
-            CANONICAL_USER_ID.fullmatch(claims["sub"])
-            and int(claims["sub"]) <= MAX_ID
-            and TOKEN_ID.fullmatch(claims["jti"])
-            and type(claims["gen"]) is int
-            and type(claims.get("acct", 0)) is int
-            and ("fam" not in claims or FAMILY_ID.fullmatch(claims["fam"]))
-        ):
-            raise ValueError("not a token this API issues")
-        expires_at = datetime.fromtimestamp(claims["exp"], UTC)
-        return TokenClaims(
-            int(claims["sub"]),
-            claims["jti"],
-            claims["gen"],
-            claims.get("acct"),
-            claims.get("fam"),
-            expires_at,
-        )
-    except (jwt.InvalidTokenError, ValueError, TypeError, OverflowError, OSError):
+        return TokenClaims.model_validate(claims)
+    except (jwt.InvalidTokenError, ValueError):  # pydantic's ValidationError is a ValueError
         if not better_auth.verifier.enabled:
             raise invalid_credentials() from None
     try:  # a 503 (the key set cannot be fetched) passes through
