@@ -1,10 +1,12 @@
-"""Passwords (bcrypt, the dummy hash, the rate-limited password check), tokens (PyJWT HS256) and the chain
-token -> user -> "the path's user_id is this user". bcrypt and PyJWT directly: passlib breaks on bcrypt 4+."""
+"""Passwords (bcrypt, rate-limited checks), tokens (PyJWT HS256) and the chain token -> user ->
+"the path's user_id is this user". bcrypt directly: passlib breaks on bcrypt 4+."""
 
 import os
 import re
 import secrets
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
@@ -16,7 +18,7 @@ from fastapi.security import OAuth2PasswordBearer
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import bindparam, exists
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 import better_auth
 from better_auth import BetterAuthClaims
@@ -31,12 +33,12 @@ PASSWORD_IN_BETTER_AUTH = (
     "This account signs in with Better Auth, which keeps its password: "
     "change the password or delete the user there"
 )
-# tokenUrl is where Swagger UI's Authorize button posts the OAuth2 password form.
+# tokenUrl: where Swagger UI's Authorize button posts its password form.
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/api/auth/token")
 
-# bcrypt is slow on purpose and releases the GIL: so few threads hash at once, a login burst leaves CPU to the rest.
+# Few hash at once (bcrypt releases the GIL), so a login burst leaves CPU to other requests.
 HASHING_THREADS = max(1, (os.cpu_count() or 1) // 2)
-# A request waiting to hash holds one of FastAPI's 40 threadpool threads: beyond this many, 503 at once.
+# A request waiting to hash holds one of FastAPI's 40 threads: beyond this many, 503 at once.
 MAX_HASHES_IN_FLIGHT = min(8 * HASHING_THREADS, 16)
 hashing_slots = threading.BoundedSemaphore(MAX_HASHES_IN_FLIGHT)
 hashes_running = threading.BoundedSemaphore(HASHING_THREADS)
@@ -44,41 +46,38 @@ HASHING_BUSY = "Too many password checks in progress; try again shortly"
 
 
 class HashingBusy(HTTPException):
-    """503: every hashing slot is taken, so the password was not hashed or checked."""
+    """503: no hashing slot was free, so the password was not checked."""
 
 
-def run_hash(function, *args):
-    """Run a bcrypt function in this thread when a hash may run; HashingBusy when every slot is taken."""
-    if not hashing_slots.acquire(
-        blocking=False
-    ):  # Retry-After 1: a hash takes about 0.25 s at the default 12 rounds
-        raise HashingBusy(
-            status.HTTP_503_SERVICE_UNAVAILABLE, HASHING_BUSY, headers={"Retry-After": "1"}
-        )
+@contextmanager
+def hashing_slot() -> Iterator[None]:
+    if not hashing_slots.acquire(blocking=False):
+        # A hash takes about 0.25 s at the default 12 rounds.
+        retry = {"Retry-After": "1"}
+        raise HashingBusy(status.HTTP_503_SERVICE_UNAVAILABLE, HASHING_BUSY, headers=retry)
     try:
         with hashes_running:
-            return function(*args)
+            yield
     finally:
         hashing_slots.release()
 
 
 def hash_password(password: str) -> str:
-    return run_hash(
-        bcrypt.hashpw, password.encode(), bcrypt.gensalt(settings.bcrypt_rounds)
-    ).decode()
+    with hashing_slot():
+        return bcrypt.hashpw(password.encode(), bcrypt.gensalt(settings.bcrypt_rounds)).decode()
 
 
-# Checked when the email is unknown, so a login's timing does not reveal which emails are registered.
+# Checked when the email is unknown, so a login's timing does not tell which emails exist.
 DUMMY_HASH = hash_password(secrets.token_urlsafe(16))
 
 
 def verify_password(password: str, password_hash: str | None) -> bool:
-    """Constant-time check, one full bcrypt verification even with no hash (unknown user). Over
-    bcrypt's limit is a mismatch, and so is a NUL: bcrypt stops there, so NULs would pass as ""."""
+    """One full bcrypt check, even for an unknown user. Past bcrypt's limit is a mismatch, and so
+    is a NUL: bcrypt stops there."""
     candidate = password.encode(errors="surrogatepass")
-    matches = run_hash(
-        bcrypt.checkpw, candidate[:BCRYPT_MAX_BYTES], (password_hash or DUMMY_HASH).encode()
-    )
+    with hashing_slot():
+        known = (password_hash or DUMMY_HASH).encode()
+        matches = bcrypt.checkpw(candidate[:BCRYPT_MAX_BYTES], known)
     return (
         matches
         and password_hash is not None
@@ -95,7 +94,8 @@ def invalid_credentials(detail: str = "Could not validate credentials") -> HTTPE
 
 @dataclass(frozen=True)
 class PasswordCheck:
-    """Checks typed passwords within the failed-login limit of (email, address): a stolen token cannot guess them."""
+    """Password checks within the failed-login limit of (email, address): a stolen token cannot
+    guess passwords."""
 
     session: SessionDep
     client: ClientAddress
@@ -113,8 +113,8 @@ class PasswordCheck:
         return matched
 
     def confirm(self, user: User, password: str) -> None:
-        """401 unless `password` is the signed-in user's; 403 for a Better Auth account, whose password is not here."""
-        if user.password_hash is None:
+        """401 unless `password` is the user's; 403 for a Better Auth account (no password here)."""
+        if user.email is None or user.password_hash is None:
             raise HTTPException(status.HTTP_403_FORBIDDEN, detail=PASSWORD_IN_BETTER_AUTH)
         if not self.matches(user.email, password, user.password_hash):
             raise invalid_credentials("Incorrect password")
@@ -124,10 +124,9 @@ PasswordCheckDep = Annotated[PasswordCheck, Depends()]
 
 
 def account_stamp(user: User) -> int:
-    """Creation time in microseconds (both databases keep them): with the id, it names one account, not a reused id."""
-    return (user.created_at - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(
-        microseconds=1
-    )
+    """Creation time in microseconds (both databases keep them): with the id, it names one
+    account, not a reused id."""
+    return (user.created_at - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
 
 
 def create_access_token(user: User, now: datetime, family_id: str) -> str:
@@ -135,10 +134,10 @@ def create_access_token(user: User, now: datetime, family_id: str) -> str:
         "sub": str(user.id),
         "iat": now,
         "exp": now + timedelta(minutes=settings.access_token_expire_minutes),
-        "jti": secrets.token_urlsafe(16),  # names this one token, so logout can revoke it alone
+        "jti": secrets.token_urlsafe(16),  # so logout can revoke this one token
         "gen": user.token_generation,
         "acct": account_stamp(user),
-        "fam": family_id,  # the login session it belongs to: ending that ends this token too
+        "fam": family_id,  # its login session: ending that ends this token too
     }
     return jwt.encode(claims, settings.jwt_secret, algorithm=JWT_ALGORITHM)
 
@@ -195,11 +194,11 @@ async def get_token_claims(
 TokenClaimsDep = Annotated[TokenClaims | BetterAuthClaims, Depends(get_token_claims)]
 
 
-# The user, this token's logout and its login session in one query; built once: building it cost more than running it.
+# The user, the token's logout and its session in one query; built once (it cost more than a run).
 USER_AND_LOGOUT = select(
     User,
-    exists().where(RevokedToken.jti == bindparam("jti")),
-    exists().where(TokenFamily.id == bindparam("family_id")),
+    exists().where(col(RevokedToken.jti) == bindparam("jti")),
+    exists().where(col(TokenFamily.id) == bindparam("family_id")),
 ).where(User.id == bindparam("user_id"))
 
 
@@ -214,14 +213,12 @@ def get_current_user(claims: TokenClaimsDep, session: SessionDep) -> User:
     if row is None:  # deleted since the token was issued
         raise invalid_credentials()
     user, revoked, family_alive = row
-    session_ended = (
-        claims.family_id is not None and not family_alive
-    )  # logout, a replayed refresh token
+    # By logout, or a replayed refresh token; a token of no session ends only as the rest do.
+    session_ended = claims.family_id is not None and not family_alive
     # Another account given the same id; a token without acct passes on id and generation alone.
     other_account = claims.account is not None and account_stamp(user) != claims.account
-    if (
-        revoked or session_ended or other_account or user.token_generation != claims.generation
-    ):  # or password changed
+    password_changed = user.token_generation != claims.generation
+    if revoked or session_ended or other_account or password_changed:
         raise invalid_credentials()
     return user
 
