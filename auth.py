@@ -1,5 +1,5 @@
-"""Passwords (bcrypt, rate-limited checks), tokens (PyJWT HS256) and the chain token -> user ->
-"the path's user_id is this user". bcrypt directly: passlib breaks on bcrypt 4+."""
+"""Passwords, tokens (PyJWT HS256) and the chain token -> user -> path owner. bcrypt directly:
+passlib breaks on bcrypt 4+."""
 
 import os
 import re
@@ -15,7 +15,7 @@ import bcrypt
 import jwt
 from fastapi import Depends, HTTPException, status
 from fastapi.security import OAuth2PasswordBearer
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy import bindparam, exists
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
@@ -33,12 +33,11 @@ PASSWORD_IN_BETTER_AUTH = (
     "This account signs in with Better Auth, which keeps its password: "
     "change the password or delete the user there"
 )
-# tokenUrl: where Swagger UI's Authorize button posts its password form.
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/api/auth/token")
 
-# Few hash at once (bcrypt releases the GIL), so a login burst leaves CPU to other requests.
+# bcrypt releases the GIL: half the cores hash at most, so a login burst leaves CPU to the rest.
 HASHING_THREADS = max(1, (os.cpu_count() or 1) // 2)
-# A request waiting to hash holds one of FastAPI's 40 threads: beyond this many, 503 at once.
+# Each waiting hash holds one of FastAPI's 40 threads: beyond this many, 503 at once.
 MAX_HASHES_IN_FLIGHT = min(8 * HASHING_THREADS, 16)
 hashing_slots = threading.BoundedSemaphore(MAX_HASHES_IN_FLIGHT)
 hashes_running = threading.BoundedSemaphore(HASHING_THREADS)
@@ -46,14 +45,13 @@ HASHING_BUSY = "Too many password checks in progress; try again shortly"
 
 
 class HashingBusy(HTTPException):
-    """503: no hashing slot was free, so the password was not checked."""
+    """503: the password was not checked."""
 
 
 @contextmanager
 def hashing_slot() -> Iterator[None]:
     if not hashing_slots.acquire(blocking=False):
-        # A hash takes about 0.25 s at the default 12 rounds.
-        retry = {"Retry-After": "1"}
+        retry = {"Retry-After": "1"}  # a hash takes ~0.25 s at the default 12 rounds
         raise HashingBusy(status.HTTP_503_SERVICE_UNAVAILABLE, HASHING_BUSY, headers=retry)
     try:
         with hashes_running:
@@ -95,7 +93,7 @@ def invalid_credentials(detail: str = "Could not validate credentials") -> HTTPE
 @dataclass(frozen=True)
 class PasswordCheck:
     """Password checks within the failed-login limit of (email, address): a stolen token cannot
-    guess passwords."""
+    guess the password."""
 
     session: SessionDep
     client: ClientAddress
@@ -113,7 +111,7 @@ class PasswordCheck:
         return matched
 
     def confirm(self, user: User, password: str) -> None:
-        """401 unless `password` is the user's; 403 for a Better Auth account (no password here)."""
+        """401 for a wrong password; 403 for a Better Auth account (no password here)."""
         if user.email is None or user.password_hash is None:
             raise HTTPException(status.HTTP_403_FORBIDDEN, detail=PASSWORD_IN_BETTER_AUTH)
         if not self.matches(user.email, password, user.password_hash):
@@ -124,8 +122,8 @@ PasswordCheckDep = Annotated[PasswordCheck, Depends()]
 
 
 def account_stamp(user: User) -> int:
-    """Creation time in microseconds (both databases keep them): with the id, it names one
-    account, not a reused id."""
+    """Creation time in microseconds (both databases keep them): with the id, one account, not a
+    reused id."""
     return (user.created_at - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
 
 
@@ -137,7 +135,7 @@ def create_access_token(user: User, now: datetime, family_id: str) -> str:
         "jti": secrets.token_urlsafe(16),  # so logout can revoke this one token
         "gen": user.token_generation,
         "acct": account_stamp(user),
-        "fam": family_id,  # its login session: ending that ends this token too
+        "fam": family_id,  # its login session, which ends it too
     }
     return jwt.encode(claims, settings.jwt_secret, algorithm=JWT_ALGORITHM)
 
@@ -151,7 +149,7 @@ class TokenClaims(BaseModel):
     token_id: str = Field(alias="jti", pattern=r"^[A-Za-z0-9_-]{1,64}$")  # the jti column's size
     generation: int = Field(alias="gen")
     account: int | None = Field(None, alias="acct")
-    # The family id column's size. None: a token of no login session.
+    # The column's size. None: a token of no login session.
     family_id: str | None = Field(None, alias="fam", pattern=r"^[A-Za-z0-9_-]{1,32}$")
     expires_at: datetime = Field(alias="exp", strict=False)  # lax: exp is a number
 
@@ -182,7 +180,7 @@ async def get_token_claims(
             token, settings.jwt_secret, algorithms=[JWT_ALGORITHM], options={"require": required}
         )
         return TokenClaims.model_validate(claims)
-    except (jwt.InvalidTokenError, ValueError):  # pydantic's ValidationError is a ValueError
+    except (jwt.InvalidTokenError, ValidationError):
         if not better_auth.verifier.enabled:
             raise invalid_credentials() from None
     try:  # a 503 (the key set cannot be fetched) passes through
@@ -194,7 +192,7 @@ async def get_token_claims(
 TokenClaimsDep = Annotated[TokenClaims | BetterAuthClaims, Depends(get_token_claims)]
 
 
-# The user, the token's logout and its session in one query; built once (it cost more than a run).
+# Built once: building it cost more than running it.
 USER_AND_LOGOUT = select(
     User,
     exists().where(col(RevokedToken.jti) == bindparam("jti")),
@@ -213,7 +211,7 @@ def get_current_user(claims: TokenClaimsDep, session: SessionDep) -> User:
     if row is None:  # deleted since the token was issued
         raise invalid_credentials()
     user, revoked, family_alive = row
-    # By logout, or a replayed refresh token; a token of no session ends only as the rest do.
+    # Its session ended: logout, or a replayed refresh token.
     session_ended = claims.family_id is not None and not family_alive
     # Another account given the same id; a token without acct passes on id and generation alone.
     other_account = claims.account is not None and account_stamp(user) != claims.account
@@ -227,7 +225,6 @@ CurrentUser = Annotated[User, Depends(get_current_user)]
 
 
 async def get_path_owner(user_id: UserIdPath, user: CurrentUser) -> User:
-    """The user, if the path's user_id is their numeric id or their Better Auth id."""
     if user_id != user.better_auth_id and not (user_id.isdigit() and int(user_id) == user.id):
         raise HTTPException(status.HTTP_403_FORBIDDEN, detail="You can only access your own tasks")
     return user

@@ -1,7 +1,6 @@
-"""Tokens from Better Auth (https://www.better-auth.com), for Next.js frontends that sign users in
-there: its jwt() plugin's (BETTER_AUTH_URL), checked against its key set, and HS256 {sub, exp}
-that a frontend signs itself (BETTER_AUTH_SECRET). Each (issuer, sub) is one account, never
-linked by email."""
+"""Better Auth (https://www.better-auth.com) tokens, for Next.js frontends: its jwt() plugin's,
+checked against its key set (BETTER_AUTH_URL), and HS256 {sub, exp} that a frontend signs
+(BETTER_AUTH_SECRET). Each (issuer, sub) is one account, never linked by email."""
 
 import hashlib
 import json
@@ -28,14 +27,12 @@ from schemas import USER_ID_PATTERN
 KEY_SET_ALGORITHMS = frozenset({"EdDSA", "ES256", "ES512", "RS256", "PS256"})
 # For the whole download, and the longest a request waits for another's.
 FETCH_TIMEOUT_SECONDS = 3
-# Unknown kids refetch the key set at most this often: made-up kids cannot flood Better Auth.
+# Unknown kids refetch at most this often, so made-up kids cannot flood Better Auth.
 REFETCH_INTERVAL_SECONDS = 5
-# How long a key that Better Auth removed stays trusted at most (jose's default).
+# A key Better Auth removed stays trusted this long at most (jose's default).
 KEY_SET_MAX_AGE_SECONDS = 600
 MAX_KEY_SET_BYTES = 256 * 1024
-# What a body that is not a JWKS raises in json.loads and usable_keys.
 NOT_A_KEY_SET = (ValueError, TypeError, KeyError, AttributeError, RecursionError)
-# Better Auth's clock is another machine's.
 CLOCK_SKEW_SECONDS = 10
 KEY_SET_UNAVAILABLE = "Better Auth's key set cannot be fetched; try again shortly"
 
@@ -61,11 +58,10 @@ class BetterAuthClaims(NamedTuple):
     subject: str  # the Better Auth user id
     token_id: str  # SHA-256 of its signed part (it has no jti): what logout records
     expires_at: datetime  # exp, plus CLOCK_SKEW_SECONDS
-    family_id: None = None  # Better Auth keeps its login sessions
+    family_id: None = None  # Better Auth keeps the login sessions
 
 
 def usable_keys(body: bytes | bytearray) -> dict[str, jwt.PyJWK]:
-    """The keys of a JWKS document that we accept, by kid."""
     keys = {}
     for entry in json.loads(body)["keys"]:
         try:
@@ -78,12 +74,11 @@ def usable_keys(body: bytes | bytearray) -> dict[str, jwt.PyJWK]:
 
 
 class KeySetUnavailable(Exception):
-    """The key set could not be fetched or read; the message says why."""
+    """Why the key set could not be fetched or read."""
 
 
 async def download_key_set(url: str) -> dict[str, jwt.PyJWK]:
-    """The usable keys of the JWKS at `url`, or KeySetUnavailable."""
-    # Imported here: only a server with BETTER_AUTH_URL fetches, and the import costs ~2.6 MB.
+    # Imported here: only BETTER_AUTH_URL needs it, and it costs ~2.6 MB.
     import httpx2
 
     # Uncompressed and read raw: a compressed body could inflate far past MAX_KEY_SET_BYTES.
@@ -154,7 +149,6 @@ class KeySet:
         return self.keys.get(kid)
 
     async def fetch(self, now: float) -> None:
-        """Replace the keys with the key set's, or a 503."""
         previous_attempt, self.attempted_at, self.fetching = self.attempted_at, now, Event()
         try:
             self.keys = await download_key_set(self.url)
@@ -173,8 +167,6 @@ class KeySet:
 
 
 class BetterAuth:
-    """Checks Better Auth tokens of the configured kinds."""
-
     def __init__(
         self,
         url: str | None,
@@ -240,8 +232,8 @@ verifier = BetterAuth(
 
 
 def find_or_create_user(session: Session, claims: BetterAuthClaims) -> tuple[User, bool]:
-    """The token's account, made by its first valid token (the unique constraint lets one of two
-    at once insert), and whether the token was logged out."""
+    """The token's account (made by its first token: of two at once, the unique constraint lets one
+    insert) and whether the token was logged out."""
     logged_out = exists().where(col(RevokedToken.jti) == claims.token_id)
     query = select(User, logged_out).where(
         User.better_auth_issuer == claims.issuer, User.better_auth_id == claims.subject

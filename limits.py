@@ -22,8 +22,8 @@ TOO_MANY_AUTH_REQUESTS = (
 
 
 def client_address(request: Request) -> str:
-    """The socket peer (behind a proxy, as uvicorn's --forwarded-allow-ips says) as counted: an IPv6
-    client as its /64, what one subscriber usually gets, else each has endless fresh addresses."""
+    """The socket peer (see uvicorn's --forwarded-allow-ips), an IPv6 one as its /64: one
+    subscriber's usual block, so its endless addresses count as one."""
     host = request.client.host if request.client else "unknown"
     try:
         address = ipaddress.IPv6Address(host)
@@ -71,16 +71,17 @@ def count_event(
 
 
 def limit_auth_requests(session: SessionDep, client: ClientAddress, now: Now) -> None:
-    """Count a request that may check a password, even one refused with 503 for lack of hashing
-    capacity: else retrying those would be free, and one address could hold every slot."""
+    """Count a request that may check a password, even one then refused with 503: else retrying
+    those would be free, and one address could hold every hashing slot."""
     if limit := settings.auth_requests_per_minute:
         bucket = bucket_key("auth-request", client)
         count_event(session, bucket, limit, timedelta(minutes=1), now, TOO_MANY_AUTH_REQUESTS)
 
 
 def count_login_attempt(session: Session, email: str, client: str, now: datetime) -> str | None:
-    """Count an attempt of (email, client) as a failure before bcrypt, so at most `limit` reach it
-    however many run at once; 429 past it, right password or not. Its bucket (None: off) clears it."""
+    """Count an attempt of (email, client) as failed before bcrypt, so at most `limit` reach it
+    however many run at once; 429 past it, right password or not. The bucket (None: off) clears
+    it."""
     if not (limit := settings.login_failure_limit):
         return None
     window = timedelta(minutes=settings.login_failure_window_minutes)
@@ -95,7 +96,7 @@ def clear_login_failures(session: Session, bucket: str | None) -> None:
 
 
 def withdraw_login_attempt(session: Session, bucket: str | None) -> None:
-    """Uncount an attempt whose password was never checked (the pair's events are alike)."""
+    """Uncount an attempt whose password was not checked (any of the pair's events will do)."""
     if bucket is not None:
         events = select(func.max(RateLimitEvent.id)).where(RateLimitEvent.bucket == bucket)
         newest = events.scalar_subquery()

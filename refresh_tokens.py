@@ -1,13 +1,9 @@
-"""Refresh tokens: opaque, used once each, in families (one per login) whose row ends them all.
-Only a token's SHA-256 is stored: 256 random bits are as hard to find from it as to guess.
+"""Refresh tokens, stored as SHA-256, in families (one per login) whose row ends them all. The
+rules: API.md, "Refresh tokens". A token's generation is its depth in its family's chain; a
+generation closes REFRESH_TOKEN_GRACE_SECONDS after its first use, or at the next one's.
 
-A token's generation is its depth in its family's chain. A generation opens when one of its tokens
-is first used and closes REFRESH_TOKEN_GRACE_SECONDS later, or when the next generation is used:
-until then each of its tokens gives a pair (tabs refreshing at once); after, any is a replay and
-ends the family.
-
-Locks go family first, then its tokens, as a cascading delete takes them: a refresh and its
-family's end wait, never deadlock, and a family's rotations take turns, each seeing the last."""
+Locks go family first, then its tokens, as a cascading delete takes them: never a deadlock, and
+a family's rotations take turns, each seeing what the last one wrote."""
 
 import hashlib
 import secrets
@@ -47,20 +43,21 @@ def issue_refresh_token(
     """A refresh token of the family at `generation`, committed."""
     token = secrets.token_urlsafe(32)  # 256 random bits
     expires_at = now + timedelta(days=settings.refresh_token_expire_days)
-    row = {
-        "token_hash": hash_refresh_token(token),
-        "family_id": family_id,
-        "expires_at": expires_at,
-        "generation": generation,
-    }
-    session.execute(insert(RefreshToken).values(row))
+    session.execute(
+        insert(RefreshToken).values(
+            token_hash=hash_refresh_token(token),
+            family_id=family_id,
+            expires_at=expires_at,
+            generation=generation,
+        )
+    )
     session.commit()
     return IssuedRefreshToken(family_id, token)
 
 
 def start_family(session: Session, user: User, now: datetime) -> IssuedRefreshToken:
     """A new login's family and first refresh token, committed; 401 if the password changed or the
-    account went since `user` was read. FOR SHARE: such a change and this insert take turns."""
+    account went since `user` was read (FOR SHARE: such a change and this insert take turns)."""
     family_id = secrets.token_urlsafe(16)  # 22 characters, within the column's 32
     expires_at = literal(now + family_lifetime(), UTCDateTime())
     same_user = select(literal(family_id), col(User.id), expires_at).where(
@@ -88,10 +85,10 @@ def end_every_family(session: Session, user_id: int) -> None:
 
 def rotate(session: Session, presented: str, now: datetime) -> tuple[User, IssuedRefreshToken]:
     """Use up the presented refresh token and issue its family's next, committed; 401 for one
-    unknown, expired or ended. One of a closed generation ends its family (module docstring)."""
+    unknown, expired or ended. One of a closed generation ends its family."""
     is_presented = col(RefreshToken.token_hash) == hash_refresh_token(presented)
     presented_family = select(RefreshToken.family_id).where(is_presented).scalar_subquery()
-    # Extending the family first takes its row lock (module docstring).
+    # Extending the family first takes its row lock.
     family = session.execute(
         update(TokenFamily)
         .where(col(TokenFamily.id) == presented_family, col(TokenFamily.expires_at) > now)
