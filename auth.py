@@ -1,21 +1,24 @@
-"""Passwords (bcrypt, the dummy hash, the rate-limited password check), tokens (PyJWT HS256) and the chain
-token -> user -> "the path's user_id is this user". bcrypt and PyJWT directly: passlib breaks on bcrypt 4+."""
+"""Passwords, tokens (PyJWT HS256) and the chain token -> user -> path owner. bcrypt directly:
+passlib breaks on bcrypt 4+."""
 
 import os
 import re
 import secrets
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, NamedTuple
+from typing import Annotated
 
 import bcrypt
 import jwt
 from fastapi import Depends, HTTPException, status
 from fastapi.security import OAuth2PasswordBearer
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy import bindparam, exists
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 import better_auth
 from better_auth import BetterAuthClaims
@@ -26,21 +29,15 @@ from models import RevokedToken, TokenFamily, User
 from schemas import BCRYPT_MAX_BYTES, MAX_ID, UserIdPath
 
 JWT_ALGORITHM = "HS256"
-# What this API writes: sub in plain decimal, jti from token_urlsafe (at most the jti column's 64 characters).
-# int() would also read " 2 ", "+2", "0_2" and "١" as 2; fullmatch raises TypeError on a claim that is no string.
-CANONICAL_USER_ID = re.compile(r"[1-9][0-9]{0,18}")
-TOKEN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-FAMILY_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")  # the token family id column's size
 PASSWORD_IN_BETTER_AUTH = (
     "This account signs in with Better Auth, which keeps its password: "
     "change the password or delete the user there"
 )
-# tokenUrl is where Swagger UI's Authorize button posts the OAuth2 password form.
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/api/auth/token")
 
-# bcrypt is slow on purpose and releases the GIL: so few threads hash at once, a login burst leaves CPU to the rest.
+# bcrypt releases the GIL: half the cores hash at most, so a login burst leaves CPU to the rest.
 HASHING_THREADS = max(1, (os.cpu_count() or 1) // 2)
-# A request waiting to hash holds one of FastAPI's 40 threadpool threads: beyond this many, 503 at once.
+# Each waiting hash holds one of FastAPI's 40 threads: beyond this many, 503 at once.
 MAX_HASHES_IN_FLIGHT = min(8 * HASHING_THREADS, 16)
 hashing_slots = threading.BoundedSemaphore(MAX_HASHES_IN_FLIGHT)
 hashes_running = threading.BoundedSemaphore(HASHING_THREADS)
@@ -48,41 +45,37 @@ HASHING_BUSY = "Too many password checks in progress; try again shortly"
 
 
 class HashingBusy(HTTPException):
-    """503: every hashing slot is taken, so the password was not hashed or checked."""
+    """503: the password was not checked."""
 
 
-def run_hash(function, *args):
-    """Run a bcrypt function in this thread when a hash may run; HashingBusy when every slot is taken."""
-    if not hashing_slots.acquire(
-        blocking=False
-    ):  # Retry-After 1: a hash takes about 0.25 s at the default 12 rounds
-        raise HashingBusy(
-            status.HTTP_503_SERVICE_UNAVAILABLE, HASHING_BUSY, headers={"Retry-After": "1"}
-        )
+@contextmanager
+def hashing_slot() -> Iterator[None]:
+    if not hashing_slots.acquire(blocking=False):
+        retry = {"Retry-After": "1"}  # a hash takes ~0.25 s at the default 12 rounds
+        raise HashingBusy(status.HTTP_503_SERVICE_UNAVAILABLE, HASHING_BUSY, headers=retry)
     try:
         with hashes_running:
-            return function(*args)
+            yield
     finally:
         hashing_slots.release()
 
 
 def hash_password(password: str) -> str:
-    return run_hash(
-        bcrypt.hashpw, password.encode(), bcrypt.gensalt(settings.bcrypt_rounds)
-    ).decode()
+    with hashing_slot():
+        return bcrypt.hashpw(password.encode(), bcrypt.gensalt(settings.bcrypt_rounds)).decode()
 
 
-# Checked when the email is unknown, so a login's timing does not reveal which emails are registered.
+# Checked when the email is unknown, so a login's timing does not tell which emails exist.
 DUMMY_HASH = hash_password(secrets.token_urlsafe(16))
 
 
 def verify_password(password: str, password_hash: str | None) -> bool:
-    """Constant-time check, one full bcrypt verification even with no hash (unknown user). Over
-    bcrypt's limit is a mismatch, and so is a NUL: bcrypt stops there, so NULs would pass as ""."""
+    """One full bcrypt check, even for an unknown user. Past bcrypt's limit is a mismatch, and so
+    is a NUL: bcrypt stops there."""
     candidate = password.encode(errors="surrogatepass")
-    matches = run_hash(
-        bcrypt.checkpw, candidate[:BCRYPT_MAX_BYTES], (password_hash or DUMMY_HASH).encode()
-    )
+    with hashing_slot():
+        known = (password_hash or DUMMY_HASH).encode()
+        matches = bcrypt.checkpw(candidate[:BCRYPT_MAX_BYTES], known)
     return (
         matches
         and password_hash is not None
@@ -99,7 +92,8 @@ def invalid_credentials(detail: str = "Could not validate credentials") -> HTTPE
 
 @dataclass(frozen=True)
 class PasswordCheck:
-    """Checks typed passwords within the failed-login limit of (email, address): a stolen token cannot guess them."""
+    """Password checks within the failed-login limit of (email, address): a stolen token cannot
+    guess the password."""
 
     session: SessionDep
     client: ClientAddress
@@ -117,8 +111,8 @@ class PasswordCheck:
         return matched
 
     def confirm(self, user: User, password: str) -> None:
-        """401 unless `password` is the signed-in user's; 403 for a Better Auth account, whose password is not here."""
-        if user.password_hash is None:
+        """401 for a wrong password; 403 for a Better Auth account (no password here)."""
+        if user.email is None or user.password_hash is None:
             raise HTTPException(status.HTTP_403_FORBIDDEN, detail=PASSWORD_IN_BETTER_AUTH)
         if not self.matches(user.email, password, user.password_hash):
             raise invalid_credentials("Incorrect password")
@@ -128,10 +122,9 @@ PasswordCheckDep = Annotated[PasswordCheck, Depends()]
 
 
 def account_stamp(user: User) -> int:
-    """Creation time in microseconds (both databases keep them): with the id, it names one account, not a reused id."""
-    return (user.created_at - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(
-        microseconds=1
-    )
+    """Creation time in microseconds (both databases keep them): with the id, one account, not a
+    reused id."""
+    return (user.created_at - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
 
 
 def create_access_token(user: User, now: datetime, family_id: str) -> str:
@@ -139,53 +132,55 @@ def create_access_token(user: User, now: datetime, family_id: str) -> str:
         "sub": str(user.id),
         "iat": now,
         "exp": now + timedelta(minutes=settings.access_token_expire_minutes),
-        "jti": secrets.token_urlsafe(16),  # names this one token, so logout can revoke it alone
+        "jti": secrets.token_urlsafe(16),  # so logout can revoke this one token
         "gen": user.token_generation,
         "acct": account_stamp(user),
-        "fam": family_id,  # the login session it belongs to: ending that ends this token too
+        "fam": family_id,  # its login session, which ends it too
     }
     return jwt.encode(claims, settings.jwt_secret, algorithm=JWT_ALGORITHM)
 
 
-class TokenClaims(NamedTuple):
-    user_id: int
-    token_id: str  # the jti
-    generation: int
-    account: int | None  # see account_stamp; None in a token without acct
-    family_id: (
-        str | None
-    )  # None: a token of no session, which logout, a password change or expiry ends
-    expires_at: datetime
+class TokenClaims(BaseModel):
+    """Our own token's claims, each only in the form create_access_token writes."""
+
+    model_config = ConfigDict(strict=True, val_temporal_unit="seconds")
+
+    user_id: int = Field(alias="sub", le=MAX_ID)
+    token_id: str = Field(alias="jti", pattern=r"^[A-Za-z0-9_-]{1,64}$")  # the jti column's size
+    generation: int = Field(alias="gen")
+    account: int | None = Field(None, alias="acct")
+    # The column's size. None: a token of no login session.
+    family_id: str | None = Field(None, alias="fam", pattern=r"^[A-Za-z0-9_-]{1,32}$")
+    expires_at: datetime = Field(alias="exp", strict=False)  # lax: exp is a number
+
+    @field_validator("user_id", mode="before")
+    @classmethod
+    def canonical_decimal(cls, sub: object) -> object:
+        """int() would also read " 2 ", "+2", "0_2" and "٢" as 2; strict int refuses the rest."""
+        if isinstance(sub, str) and re.fullmatch("[1-9][0-9]{0,18}", sub):
+            return int(sub)
+        return sub
+
+    @field_validator("account", "family_id", mode="before")
+    @classmethod
+    def not_null(cls, claim: object) -> object:
+        """Absent or the form we write, never null."""
+        if claim is None:
+            raise ValueError("null")
+        return claim
 
 
 async def get_token_claims(
     token: Annotated[str, Depends(oauth2_scheme)],
 ) -> TokenClaims | BetterAuthClaims:
-    """Our own token's claims, else (when configured) a Better Auth token's. async: decoding needs no thread."""
+    """Our own token's claims, else (when configured) a Better Auth token's. async: no thread."""
     try:
         required = ["exp", "iat", "sub", "jti", "gen"]
         claims = jwt.decode(
             token, settings.jwt_secret, algorithms=[JWT_ALGORITHM], options={"require": required}
         )
-        if not (
-            CANONICAL_USER_ID.fullmatch(claims["sub"])
-            and int(claims["sub"]) <= MAX_ID
-            and TOKEN_ID.fullmatch(claims["jti"])
-            and type(claims["gen"]) is int
-            and type(claims.get("acct", 0)) is int
-            and ("fam" not in claims or FAMILY_ID.fullmatch(claims["fam"]))
-        ):
-            raise ValueError("not a token this API issues")
-        expires_at = datetime.fromtimestamp(claims["exp"], UTC)
-        return TokenClaims(
-            int(claims["sub"]),
-            claims["jti"],
-            claims["gen"],
-            claims.get("acct"),
-            claims.get("fam"),
-            expires_at,
-        )
-    except (jwt.InvalidTokenError, ValueError, TypeError, OverflowError, OSError):
+        return TokenClaims.model_validate(claims)
+    except (jwt.InvalidTokenError, ValidationError):
         if not better_auth.verifier.enabled:
             raise invalid_credentials() from None
     try:  # a 503 (the key set cannot be fetched) passes through
@@ -197,11 +192,11 @@ async def get_token_claims(
 TokenClaimsDep = Annotated[TokenClaims | BetterAuthClaims, Depends(get_token_claims)]
 
 
-# The user, this token's logout and its login session in one query; built once: building it cost more than running it.
+# Built once: building it cost more than running it.
 USER_AND_LOGOUT = select(
     User,
-    exists().where(RevokedToken.jti == bindparam("jti")),
-    exists().where(TokenFamily.id == bindparam("family_id")),
+    exists().where(col(RevokedToken.jti) == bindparam("jti")),
+    exists().where(col(TokenFamily.id) == bindparam("family_id")),
 ).where(User.id == bindparam("user_id"))
 
 
@@ -216,14 +211,12 @@ def get_current_user(claims: TokenClaimsDep, session: SessionDep) -> User:
     if row is None:  # deleted since the token was issued
         raise invalid_credentials()
     user, revoked, family_alive = row
-    session_ended = (
-        claims.family_id is not None and not family_alive
-    )  # logout, a replayed refresh token
+    # Its session ended: logout, or a replayed refresh token.
+    session_ended = claims.family_id is not None and not family_alive
     # Another account given the same id; a token without acct passes on id and generation alone.
     other_account = claims.account is not None and account_stamp(user) != claims.account
-    if (
-        revoked or session_ended or other_account or user.token_generation != claims.generation
-    ):  # or password changed
+    password_changed = user.token_generation != claims.generation
+    if revoked or session_ended or other_account or password_changed:
         raise invalid_credentials()
     return user
 
@@ -232,7 +225,6 @@ CurrentUser = Annotated[User, Depends(get_current_user)]
 
 
 async def get_path_owner(user_id: UserIdPath, user: CurrentUser) -> User:
-    """The user, if the path's user_id is their numeric id or their Better Auth id."""
     if user_id != user.better_auth_id and not (user_id.isdigit() and int(user_id) == user.id):
         raise HTTPException(status.HTTP_403_FORBIDDEN, detail="You can only access your own tasks")
     return user

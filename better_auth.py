@@ -1,6 +1,6 @@
-"""Tokens from Better Auth (https://www.better-auth.com), for Next.js frontends that sign their users in there.
-BETTER_AUTH_URL turns on the jwt() plugin's tokens, checked against its key set; BETTER_AUTH_SECRET HS256 tokens
-{sub, exp} that a frontend signs itself (config.py). Each (issuer, sub) is its own account, never linked by email."""
+"""Better Auth (https://www.better-auth.com) tokens, for Next.js frontends: its jwt() plugin's,
+checked against its key set (BETTER_AUTH_URL), and HS256 {sub, exp} that a frontend signs
+(BETTER_AUTH_SECRET). Each (issuer, sub) is one account, never linked by email."""
 
 import hashlib
 import json
@@ -8,6 +8,7 @@ import logging
 import math
 import re
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import NamedTuple
 
@@ -16,24 +17,22 @@ from anyio import Event, fail_after, move_on_after
 from fastapi import HTTPException, status
 from sqlalchemy import exists
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from config import settings
 from models import SHARED_SECRET_ISSUER, RevokedToken, User
 from schemas import USER_ID_PATTERN
 
-# The jwt() plugin's algorithms. Never HS256 or none on this path: the key set is public.
+# The jwt() plugin's algorithms; never HS256 or none here: the key set is public.
 KEY_SET_ALGORITHMS = frozenset({"EdDSA", "ES256", "ES512", "RS256", "PS256"})
-# The whole download (connect, headers, body), and the longest a request waits for another's.
+# For the whole download, and the longest a request waits for another's.
 FETCH_TIMEOUT_SECONDS = 3
-# An unknown kid refetches the key set (Better Auth rotated it), at most this often: made-up kids cannot flood it.
+# Unknown kids refetch at most this often, so made-up kids cannot flood Better Auth.
 REFETCH_INTERVAL_SECONDS = 5
-# A key that Better Auth removed (rotated out, or compromised) is trusted at most this long after: jose's default.
+# A key Better Auth removed stays trusted this long at most (jose's default).
 KEY_SET_MAX_AGE_SECONDS = 600
 MAX_KEY_SET_BYTES = 256 * 1024
-# What a body that is not a JWKS raises on its way through json.loads and the lookups.
 NOT_A_KEY_SET = (ValueError, TypeError, KeyError, AttributeError, RecursionError)
-# Better Auth's clock is another machine's: a token issued a moment "in the future" or expired a moment ago counts.
 CLOCK_SKEW_SECONDS = 10
 KEY_SET_UNAVAILABLE = "Better Auth's key set cannot be fetched; try again shortly"
 
@@ -42,14 +41,13 @@ logged_causes: set[str] = set()
 
 
 def log_once(cause: str, message: str, *args: object) -> None:
-    """A refusal a developer must see (a configuration mistake), once per cause and process; never the token."""
+    """A configuration mistake, once per cause and process; never the token."""
     if cause not in logged_causes:
         logged_causes.add(cause)
         log.warning("Refused a Better Auth token: " + message + " (logged once)", *args)
 
 
 def key_set_unavailable(retry_after: int) -> HTTPException:
-    """503: the key set could not be fetched; Retry-After says when it will be tried again."""
     return HTTPException(
         status.HTTP_503_SERVICE_UNAVAILABLE, KEY_SET_UNAVAILABLE, {"Retry-After": str(retry_after)}
     )
@@ -59,37 +57,34 @@ class BetterAuthClaims(NamedTuple):
     issuer: str  # BETTER_AUTH_URL, or SHARED_SECRET_ISSUER
     subject: str  # the Better Auth user id
     token_id: str  # SHA-256 of its signed part (it has no jti): what logout records
-    expires_at: datetime  # when it stops being accepted: exp, plus CLOCK_SKEW_SECONDS
-    family_id: None = None  # no login session (refresh token family) here: Better Auth keeps it
+    expires_at: datetime  # exp, plus CLOCK_SKEW_SECONDS
+    family_id: None = None  # Better Auth keeps the login sessions
 
 
-def usable_keys(body: bytes) -> dict[str, jwt.PyJWK]:
-    """The keys of a JWKS document that we accept, by kid."""
+def usable_keys(body: bytes | bytearray) -> dict[str, jwt.PyJWK]:
     keys = {}
     for entry in json.loads(body)["keys"]:
         try:
             key = jwt.PyJWK(entry)
         except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError, KeyError):
-            continue  # a key of a kind we do not accept; the others still count
+            continue  # a kind we do not accept; the others count
         if key.algorithm_name in KEY_SET_ALGORITHMS and isinstance(entry.get("kid"), str):
             keys[entry["kid"]] = key
     return keys
 
 
 class KeySetUnavailable(Exception):
-    """The key set could not be fetched or read; the message says why."""
+    """Why the key set could not be fetched or read."""
 
 
 async def download_key_set(url: str) -> dict[str, jwt.PyJWK]:
-    """GET the JWKS at `url`: its usable keys by kid, or KeySetUnavailable. Connect, headers and
-    body share one deadline, FETCH_TIMEOUT_SECONDS, past which the socket is closed."""
-    # Imported here: only a server with BETTER_AUTH_URL fetches, and the import costs ~2.6 MB.
+    # Imported here: only BETTER_AUTH_URL needs it, and it costs ~2.6 MB.
     import httpx2
 
     # Uncompressed and read raw: a compressed body could inflate far past MAX_KEY_SET_BYTES.
     headers = {"Accept": "application/json", "Accept-Encoding": "identity"}
     try:
-        # fail_after is the one deadline, so httpx2's per-step timeouts are off (timeout=None).
+        # One deadline for connect, headers and body, which closes the socket: timeout=None.
         with fail_after(FETCH_TIMEOUT_SECONDS):
             async with (
                 httpx2.AsyncClient(timeout=None, follow_redirects=True) as http,
@@ -110,12 +105,11 @@ async def download_key_set(url: str) -> dict[str, jwt.PyJWK]:
 
 
 class KeySet:
-    """Better Auth's public keys, fetched at first use (Better Auth may start after us), again
-    for an unknown kid, and again once KEY_SET_MAX_AGE_SECONDS old. Changed only on the event
-    loop, so no lock: one request fetches, and the others that need the fetch wait there
-    (holding no thread) for at most FETCH_TIMEOUT_SECONDS."""
+    """Better Auth's public keys, fetched at first use (Better Auth may start after us), for an
+    unknown kid, and once KEY_SET_MAX_AGE_SECONDS old. Changed only on the event loop, so no
+    lock: one request fetches; the others that need it wait, holding no thread."""
 
-    def __init__(self, url: str, clock=time.monotonic) -> None:
+    def __init__(self, url: str, clock: Callable[[], float] = time.monotonic) -> None:
         self.url = url
         self.clock = clock
         self.keys: dict[str, jwt.PyJWK] = {}
@@ -125,7 +119,7 @@ class KeySet:
         self.fetching: Event | None = None
 
     async def key_for(self, kid: object) -> jwt.PyJWK | None:
-        """The key named `kid`; None if the (fresh enough) key set has none; a 503 if it cannot be fetched."""
+        """The key named `kid`; None if the (fresh enough) key set has none; 503 if unfetchable."""
         if not isinstance(kid, str):
             return None
         if (
@@ -135,15 +129,17 @@ class KeySet:
             self.keys = {}
         # A loop: a fetch cut short (its request cancelled) leaves the next attempt to its waiters.
         while kid not in self.keys and self.fetching is not None:
-            await self.wait_for_fetch(self.fetching)
+            with move_on_after(FETCH_TIMEOUT_SECONDS) as waiting:
+                await self.fetching.wait()
+            if waiting.cancelled_caught:
+                raise key_set_unavailable(REFETCH_INTERVAL_SECONDS)
         if kid in self.keys:
             return self.keys[kid]
         now = self.clock()
         if self.attempted_at is not None and now - self.attempted_at < REFETCH_INTERVAL_SECONDS:
             if self.failing:
-                raise key_set_unavailable(
-                    math.ceil(REFETCH_INTERVAL_SECONDS - (now - self.attempted_at))
-                )
+                retry_after = REFETCH_INTERVAL_SECONDS - (now - self.attempted_at)
+                raise key_set_unavailable(math.ceil(retry_after))
             return None  # the key set is fresh and has no such key
         await self.fetch(now)
         if kid not in self.keys:
@@ -152,15 +148,7 @@ class KeySet:
             log_once("unknown kid", message, self.url)
         return self.keys.get(kid)
 
-    async def wait_for_fetch(self, fetching: Event) -> None:
-        """Another request's fetch: over within FETCH_TIMEOUT_SECONDS, or a 503."""
-        with move_on_after(FETCH_TIMEOUT_SECONDS) as waiting:
-            await fetching.wait()
-        if waiting.cancelled_caught:
-            raise key_set_unavailable(REFETCH_INTERVAL_SECONDS)
-
     async def fetch(self, now: float) -> None:
-        """Replaces the keys with the key set's, or a 503. Requests that need it meanwhile wait."""
         previous_attempt, self.attempted_at, self.fetching = self.attempted_at, now, Event()
         try:
             self.keys = await download_key_set(self.url)
@@ -179,10 +167,12 @@ class KeySet:
 
 
 class BetterAuth:
-    """Checks Better Auth tokens of the configured kinds."""
-
     def __init__(
-        self, url: str | None, jwks_url: str | None, secret: str | None, clock=time.monotonic
+        self,
+        url: str | None,
+        jwks_url: str | None,
+        secret: str | None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.url = url
         self.secret = secret
@@ -193,62 +183,44 @@ class BetterAuth:
         """The token's claims, or jwt.InvalidTokenError (a 401), or an HTTPException (a 503)."""
         header = jwt.get_unverified_header(token)
         algorithm = header.get("alg")
-        if algorithm == "HS256" and self.secret is not None:
-            key, issuer, checked = (
-                self.secret,
-                SHARED_SECRET_ISSUER,
-                [],
-            )  # a frontend's own: no iss or aud
-        elif algorithm in KEY_SET_ALGORITHMS and self.key_set is not None:
-            key, issuer, checked = (
-                await self.key_set.key_for(header.get("kid")),
-                self.url,
-                ["iss", "aud"],
-            )
+        key: str | jwt.PyJWK | None
+        if algorithm == "HS256" and self.secret is not None:  # a frontend's own: no iss or aud
+            key, issuer, checked = self.secret, SHARED_SECRET_ISSUER, []
+        elif algorithm in KEY_SET_ALGORITHMS and self.key_set and self.url:
+            key = await self.key_set.key_for(header.get("kid"))
             if key is None:
                 raise jwt.InvalidTokenError("no key in the key set has this kid")
-            algorithm = key.algorithm_name
+            issuer, checked, algorithm = self.url, ["iss", "aud"], key.algorithm_name
         else:
             if algorithm in KEY_SET_ALGORITHMS:
-                log_once(
-                    "no url",
-                    "it is signed with %.120r, which needs BETTER_AUTH_URL to be set",
-                    algorithm,
-                )
+                message = "it is signed with %.120r, which needs BETTER_AUTH_URL to be set"
+                log_once("no url", message, algorithm)
             raise jwt.InvalidAlgorithmError("not an algorithm of a configured kind")
         # iss and aud are checked after the signature, so that a mismatch can be logged.
-        options = {"require": ["exp", "sub", *checked], "verify_iss": False, "verify_aud": False}
         claims = jwt.decode(
-            token, key, algorithms=[algorithm], leeway=CLOCK_SKEW_SECONDS, options=options
+            token,
+            key,
+            algorithms=[algorithm],
+            leeway=CLOCK_SKEW_SECONDS,
+            options={"require": ["exp", "sub", *checked], "verify_iss": False, "verify_aud": False},
         )
-        if (
-            checked
-        ):  # a key of our key set, but another URL: usually BETTER_AUTH_URL spelt unlike baseURL
+        # A key of our key set, but another URL: usually BETTER_AUTH_URL spelt unlike baseURL.
+        if checked:
             iss, aud, url = claims["iss"], claims["aud"], self.url
             if iss != url:
-                log_once(
-                    "iss",
-                    "its iss is %.120r, but BETTER_AUTH_URL is %.120r: they must be equal",
-                    iss,
-                    url,
-                )
+                message = "its iss is %.120r, but BETTER_AUTH_URL is %.120r: they must be equal"
+                log_once("iss", message, iss, url)
                 raise jwt.InvalidIssuerError("wrong iss")
             audiences = [aud] if isinstance(aud, str) else aud
             if not isinstance(audiences, list) or url not in audiences:
-                log_once(
-                    "aud",
-                    "its aud is %.120r, but BETTER_AUTH_URL is %.120r: it must be one of them",
-                    aud,
-                    url,
-                )
+                message = "its aud is %.120r, but BETTER_AUTH_URL is %.120r: it must be one of them"
+                log_once("aud", message, aud, url)
                 raise jwt.InvalidAudienceError("wrong aud")
-        subject = claims["sub"]
-        if not isinstance(subject, str) or not re.fullmatch(
-            USER_ID_PATTERN, subject
-        ):  # it names accounts in paths
+        subject = claims["sub"]  # it names accounts in paths
+        if not isinstance(subject, str) or not re.fullmatch(USER_ID_PATTERN, subject):
             raise jwt.InvalidTokenError("sub must be 1 to 255 characters of [A-Za-z0-9._~-]")
-        # The signed part only: PyJWT accepts a signature with padding appended, and ECDSA has a second
-        # valid signature per token, so the whole string would let a logged-out token back in.
+        # The signed part: PyJWT accepts padding after a signature, and ECDSA has two valid
+        # signatures per token, so the whole string would let a logged-out token back in.
         token_id = hashlib.sha256(token.rsplit(".", 1)[0].encode()).hexdigest()
         expires_at = datetime.fromtimestamp(claims["exp"] + CLOCK_SKEW_SECONDS, UTC)
         return BetterAuthClaims(issuer, subject, token_id, expires_at)
@@ -260,13 +232,15 @@ verifier = BetterAuth(
 
 
 def find_or_create_user(session: Session, claims: BetterAuthClaims) -> tuple[User, bool]:
-    """The token's account, made by its first valid token (of two at once, the unique constraint lets
-    one insert), and whether the token was logged out."""
-    account = {"better_auth_issuer": claims.issuer, "better_auth_id": claims.subject}
-    query = select(User, exists().where(RevokedToken.jti == claims.token_id)).filter_by(**account)
+    """The token's account (made by its first token: of two at once, the unique constraint lets one
+    insert) and whether the token was logged out."""
+    logged_out = exists().where(col(RevokedToken.jti) == claims.token_id)
+    query = select(User, logged_out).where(
+        User.better_auth_issuer == claims.issuer, User.better_auth_id == claims.subject
+    )
     row = session.exec(query).first()
     if row is None:
-        user = User(**account)
+        user = User(better_auth_issuer=claims.issuer, better_auth_id=claims.subject)
         session.add(user)
         try:
             session.commit()
@@ -274,4 +248,5 @@ def find_or_create_user(session: Session, claims: BetterAuthClaims) -> tuple[Use
         except IntegrityError:  # another request made it first: read theirs
             session.rollback()
             row = session.exec(query).one()
-    return tuple(row)
+    user, revoked = row
+    return user, revoked

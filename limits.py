@@ -1,5 +1,5 @@
-"""Abuse limits in sliding windows: failed logins per (email, client address); signups, logins, refreshes and password
-checks per address. Each event is a RateLimitEvent row, so the counts hold across `uvicorn --workers 4`."""
+"""Abuse limits in sliding windows: failed logins per (email, client address); signups, logins,
+refreshes and password checks per address. Each event is a row: `--workers 4` share the counts."""
 
 import hashlib
 import ipaddress
@@ -9,7 +9,7 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
 from sqlalchemy import delete, func, insert, literal
-from sqlmodel import Session, select
+from sqlmodel import Session, UTCDateTime, col, select
 
 from config import settings
 from db import Now, SessionDep
@@ -22,19 +22,16 @@ TOO_MANY_AUTH_REQUESTS = (
 
 
 def client_address(request: Request) -> str:
-    """The socket peer (behind a proxy, uvicorn's --forwarded-allow-ips decides) as the limits count it:
-    an IPv6 client as its /64, what one subscriber usually gets, else each has endless fresh addresses."""
+    """The socket peer (see uvicorn's --forwarded-allow-ips), an IPv6 one as its /64: one
+    subscriber's usual block, so its endless addresses count as one."""
     host = request.client.host if request.client else "unknown"
     try:
         address = ipaddress.IPv6Address(host)
     except ValueError:  # an IPv4 address, or none at all
         return host
-    mapped = address.ipv4_mapped  # an IPv4 client on a dual-stack socket: ::ffff:a.b.c.d
-    return (
-        str(mapped)
-        if mapped is not None
-        else str(ipaddress.IPv6Network((address, 64), strict=False))
-    )
+    if mapped := address.ipv4_mapped:  # an IPv4 client on a dual-stack socket: ::ffff:a.b.c.d
+        return str(mapped)
+    return str(ipaddress.IPv6Network((address, 64), strict=False))
 
 
 ClientAddress = Annotated[str, Depends(client_address)]
@@ -48,26 +45,23 @@ def bucket_key(*parts: str) -> str:
 def count_event(
     session: Session, bucket: str, limit: int, window: timedelta, now: datetime, refusal: str
 ) -> str:
-    """Count one event in `bucket`, or 429 with `refusal` at `limit` live ones. One INSERT writes first, so SQLite
-    locks before counting (no SQLITE_BUSY_SNAPSHOT); PostgreSQL's READ COMMITTED needs the advisory lock."""
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(
-            select(func.pg_advisory_xact_lock(int(bucket[:15], 16)))
-        )  # 60 bits fit a bigint
-    live = (RateLimitEvent.bucket == bucket, RateLimitEvent.expires_at > now)
+    """Count one event in `bucket`, or 429 with `refusal` at `limit` live ones. The INSERT writes
+    first, so SQLite locks before counting (no SQLITE_BUSY_SNAPSHOT); PostgreSQL's READ COMMITTED
+    needs the advisory lock."""
+    if session.get_bind().dialect.name == "postgresql":  # 60 bits fit a bigint
+        session.execute(select(func.pg_advisory_xact_lock(int(bucket[:15], 16))))
+    expires_at = col(RateLimitEvent.expires_at)
+    live = (RateLimitEvent.bucket == bucket, expires_at > now)
     live_events = select(func.count()).select_from(RateLimitEvent).where(*live).scalar_subquery()
-    expires_at = literal(now + window, RateLimitEvent.__table__.c.expires_at.type)
-    new_event = select(literal(bucket), expires_at).where(live_events < limit)
+    new_event = select(literal(bucket), literal(now + window, UTCDateTime()))
     # RETURNING, not rowcount: psycopg reports -1 as the rowcount of an INSERT ... SELECT.
-    insert_event = insert(RateLimitEvent).from_select(["bucket", "expires_at"], new_event)
-    taken = session.execute(insert_event.returning(RateLimitEvent.id)).first()
+    insert_event = insert(RateLimitEvent).from_select(
+        ["bucket", "expires_at"], new_event.where(live_events < limit)
+    )
+    taken = session.execute(insert_event.returning(col(RateLimitEvent.id))).first()
     session.commit()  # at once: no lock is held while the caller runs bcrypt
     if taken is None:  # full until the limit-th newest live event expires
-        newest_first = (
-            select(RateLimitEvent.expires_at)
-            .where(*live)
-            .order_by(RateLimitEvent.expires_at.desc())
-        )
+        newest_first = select(expires_at).where(*live).order_by(expires_at.desc())
         frees_at = session.exec(newest_first.offset(limit - 1).limit(1)).first()
         retry_after = max(1, math.ceil((frees_at - now).total_seconds())) if frees_at else 1
         raise HTTPException(
@@ -77,16 +71,17 @@ def count_event(
 
 
 def limit_auth_requests(session: SessionDep, client: ClientAddress, now: Now) -> None:
-    """Count a request that may hash or check a password, even one then refused with 503 for lack of
-    hashing capacity: else retrying those would be free, and one address could hold every slot."""
+    """Count a request that may check a password, even one then refused with 503: else retrying
+    those would be free, and one address could hold every hashing slot."""
     if limit := settings.auth_requests_per_minute:
         bucket = bucket_key("auth-request", client)
         count_event(session, bucket, limit, timedelta(minutes=1), now, TOO_MANY_AUTH_REQUESTS)
 
 
 def count_login_attempt(session: Session, email: str, client: str, now: datetime) -> str | None:
-    """Count an attempt of (email, client) as a failure before bcrypt, so at most `limit` reach it however
-    many run at once; 429 past it, right password or not. The bucket (None: off) is for clearing it."""
+    """Count an attempt of (email, client) as failed before bcrypt, so at most `limit` reach it
+    however many run at once; 429 past it, right password or not. The bucket (None: off) clears
+    it."""
     if not (limit := settings.login_failure_limit):
         return None
     window = timedelta(minutes=settings.login_failure_window_minutes)
@@ -96,17 +91,14 @@ def count_login_attempt(session: Session, email: str, client: str, now: datetime
 
 def clear_login_failures(session: Session, bucket: str | None) -> None:
     if bucket is not None:
-        session.execute(delete(RateLimitEvent).where(RateLimitEvent.bucket == bucket))
+        session.execute(delete(RateLimitEvent).where(col(RateLimitEvent.bucket) == bucket))
         session.commit()
 
 
 def withdraw_login_attempt(session: Session, bucket: str | None) -> None:
-    """Uncount an attempt whose password was never checked (the pair's events are alike: the newest goes)."""
+    """Uncount an attempt whose password was not checked (any of the pair's events will do)."""
     if bucket is not None:
-        newest = (
-            select(func.max(RateLimitEvent.id))
-            .where(RateLimitEvent.bucket == bucket)
-            .scalar_subquery()
-        )
-        session.execute(delete(RateLimitEvent).where(RateLimitEvent.id == newest))
+        events = select(func.max(RateLimitEvent.id)).where(RateLimitEvent.bucket == bucket)
+        newest = events.scalar_subquery()
+        session.execute(delete(RateLimitEvent).where(col(RateLimitEvent.id) == newest))
         session.commit()
