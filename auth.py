@@ -23,8 +23,8 @@ from sqlmodel import Session, col, select
 import better_auth
 from better_auth import BetterAuthClaims
 from config import settings
-from db import Now, SessionDep
-from limits import ClientAddress, clear_login_failures, count_login_attempt, withdraw_login_attempt
+from db import new_session
+from limits import clear_login_failures, count_login_attempt, withdraw_login_attempt
 from models import RevokedToken, TokenFamily, User
 from schemas import BCRYPT_MAX_BYTES, MAX_ID, UserIdPath
 
@@ -95,9 +95,9 @@ class PasswordCheck:
     """Password checks within the failed-login limit of (email, address): a stolen token cannot
     guess the password."""
 
-    session: SessionDep
-    client: ClientAddress
-    now: Now
+    session: Session
+    client: str  # limits.client_address
+    now: datetime
 
     def matches(self, email: str, password: str, password_hash: str | None) -> bool:
         failures = count_login_attempt(self.session, email, self.client, self.now)
@@ -116,9 +116,6 @@ class PasswordCheck:
             raise HTTPException(status.HTTP_403_FORBIDDEN, detail=PASSWORD_IN_BETTER_AUTH)
         if not self.matches(user.email, password, user.password_hash):
             raise invalid_credentials("Incorrect password")
-
-
-PasswordCheckDep = Annotated[PasswordCheck, Depends()]
 
 
 def account_stamp(user: User) -> int:
@@ -200,7 +197,9 @@ USER_AND_LOGOUT = select(
 ).where(User.id == bindparam("user_id"))
 
 
-def get_current_user(claims: TokenClaimsDep, session: SessionDep) -> User:
+def load_user(session: Session, claims: TokenClaims | BetterAuthClaims) -> User:
+    """The token's account, if the token still holds (401 if not): in the database, unlike the
+    token's signature and expiry."""
     if isinstance(claims, BetterAuthClaims):
         user, revoked = better_auth.find_or_create_user(session, claims)
         if revoked:
@@ -221,16 +220,58 @@ def get_current_user(claims: TokenClaimsDep, session: SessionDep) -> User:
     return user
 
 
-CurrentUser = Annotated[User, Depends(get_current_user)]
+@dataclass(frozen=True)
+class Caller:
+    """A request's token, its signature and expiry checked. session() opens the request's
+    session and checks the token's account there: in the thread that does the request's database
+    work, so that a request takes one thread hop."""
+
+    claims: TokenClaims | BetterAuthClaims
+
+    @contextmanager
+    def session(self) -> Iterator[tuple[Session, User]]:
+        with new_session() as session:
+            yield session, self.user(session)
+
+    def user(self, session: Session) -> User:
+        return load_user(session, self.claims)
 
 
-async def get_path_owner(user_id: UserIdPath, user: CurrentUser) -> User:
-    if user_id != user.better_auth_id and not (user_id.isdigit() and int(user_id) == user.id):
-        raise HTTPException(status.HTTP_403_FORBIDDEN, detail="You can only access your own tasks")
-    return user
+async def get_caller(claims: TokenClaimsDep) -> Caller:
+    return Caller(claims)
 
 
-OwnerDep = Annotated[User, Depends(get_path_owner)]
+CallerDep = Annotated[Caller, Depends(get_caller)]
+NOT_YOURS = "You can only access your own tasks"
+
+
+@dataclass(frozen=True)
+class Owner(Caller):
+    """A caller whose token names the path's user_id: their numeric id, or a Better Auth id."""
+
+    path_user_id: str
+
+    def user(self, session: Session) -> User:
+        user = super().user(session)
+        path = self.path_user_id
+        if path != user.better_auth_id and not (path.isdigit() and int(path) == user.id):
+            raise HTTPException(status.HTTP_403_FORBIDDEN, detail=NOT_YOURS)
+        return user
+
+
+async def get_path_owner(user_id: UserIdPath, claims: TokenClaimsDep) -> Owner:
+    """Another user's path is 403 here, before the database and whatever the rest of the request
+    holds; a Better Auth account's numeric id is checked with its account."""
+    if isinstance(claims, BetterAuthClaims):
+        possible = user_id == claims.subject or user_id.isdigit()
+    else:
+        possible = user_id.isdigit() and int(user_id) == claims.user_id
+    if not possible:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail=NOT_YOURS)
+    return Owner(claims, user_id)
+
+
+OwnerDep = Annotated[Owner, Depends(get_path_owner)]
 
 
 def revoke_token(session: Session, claims: TokenClaims | BetterAuthClaims) -> None:

@@ -1,16 +1,16 @@
-"""The engine, the request's session and clock, /health's check, the pruning of expired rows."""
+"""The engine, a request's session and clock, /health's check, the pruning of expired rows."""
 
 import logging
 import re
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from datetime import datetime
 from typing import Annotated, Any
 
-from anyio import CancelScope, CapacityLimiter, Semaphore, to_thread
-from anyio.lowlevel import RunVar
+from anyio import CapacityLimiter, to_thread
 from fastapi import Depends
 from sqlalchemy import Connection, Engine, delete, event, inspect, make_url, select, text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
@@ -20,8 +20,9 @@ from sqlmodel import Session, SQLModel, create_engine
 from config import settings
 from models import RateLimitEvent, RefreshToken, RevokedToken, TokenFamily, utc_now
 
-SESSION_SLOTS = 40  # one per AnyIO worker thread
-POOL_SIZE = SESSION_SLOTS + 1  # and one for /health, never queued behind requests
+# A connection for each of AnyIO's 40 worker threads, where all of a request's database work runs,
+# and one for /health's own thread.
+POOL_SIZE = 41
 STATEMENT_TIMED_OUT = (
     "The query took too long; narrow it down (a shorter search, a filter) and try again"
 )
@@ -118,35 +119,18 @@ def cause_of(error: DBAPIError) -> str:
     return cause[:1].lower() + cause[1:] if cause[1:2].islower() else cause  # "SASL" stays
 
 
-session_slots: RunVar[Semaphore] = RunVar("session_slots")  # AnyIO's: one per event loop
-health_check_slot: RunVar[Semaphore] = RunVar("health_check_slot")
+in_memory_turns = threading.Lock()
 
 
-def slots(variable: RunVar[Semaphore], count: int) -> Semaphore:
-    """This event loop's semaphore; in-memory SQLite's one connection is taken in turns."""
-    if isinstance(engine.pool, StaticPool):
-        variable, count = session_slots, 1
-    if (semaphore := variable.get(None)) is None:
-        variable.set(semaphore := Semaphore(count, fast_acquire=True))
-    return semaphore
-
-
-async def get_session() -> AsyncIterator[Session]:
-    """A session in one of SESSION_SLOTS, taken on the event loop: never more sessions than pooled
-    connections, so no thread waits for a connection held by a request waiting for a thread.
-    async def saves a thread hop: opening a Session does no I/O."""
-    async with slots(session_slots, SESSION_SLOTS):
-        # Handlers return the rows they wrote without a re-read.
-        session = Session(engine, expire_on_commit=False)
-        try:
-            yield session
-        finally:
-            # Shielded: a client hanging up leaks no connection; never waits for a thread.
-            with CancelScope(shield=True):
-                await to_thread.run_sync(session.close, limiter=CapacityLimiter(1))
-
-
-SessionDep = Annotated[Session, Depends(get_session)]
+@contextmanager
+def new_session() -> Iterator[Session]:
+    """A request's session, opened and closed in the one thread that does its work: a request
+    holds a connection only while it holds a thread, so the pool never runs out. In-memory
+    SQLite has one connection, taken in turns."""
+    turns = in_memory_turns if isinstance(engine.pool, StaticPool) else nullcontext()
+    # expire_on_commit=False: handlers return the rows they wrote without reading them again.
+    with turns, Session(engine, expire_on_commit=False) as session:
+        yield session
 
 
 def database_answers() -> bool:
@@ -157,10 +141,12 @@ def database_answers() -> bool:
         return False
 
 
+HEALTH_CHECK = CapacityLimiter(1)  # one thread beyond the 40, for one check at a time
+
+
 async def check_database() -> bool:
-    """Its own connection and thread: /health answers as fast under a burst as idle."""
-    async with slots(health_check_slot, 1):
-        return await to_thread.run_sync(database_answers, limiter=CapacityLimiter(1))
+    """On a thread and a connection of its own: /health answers as fast under a burst as idle."""
+    return await to_thread.run_sync(database_answers, limiter=HEALTH_CHECK)
 
 
 # Tokens before their families, whose delete then cascades to none (a million would time out).
@@ -179,20 +165,20 @@ def delete_expired(session: Session, table: type[SQLModel], now: datetime) -> in
     return session.connection().execute(statement).rowcount
 
 
-def prune_expired(session: Session, now: datetime) -> None:
+def prune_expired(now: datetime) -> None:
     """Run after a response, so it slows no answer, and a failure is logged, never answered."""
     if not pruning.acquire(blocking=False):
         return
     # A request waiting for SQLite's write lock retries within 100 ms: pause as long.
-    pause = 0.1 if session.get_bind().dialect.name == "sqlite" else 0
+    pause = 0.1 if engine.dialect.name == "sqlite" else 0
     try:
-        for table in EXPIRING_TABLES:
-            while delete_expired(session, table, now) == PRUNE_BATCH_ROWS:
+        with new_session() as session:
+            for table in EXPIRING_TABLES:
+                while delete_expired(session, table, now) == PRUNE_BATCH_ROWS:
+                    session.commit()
+                    time.sleep(pause)
                 session.commit()
-                time.sleep(pause)
-            session.commit()
     except DBAPIError as error:  # the time budget, a lost connection
-        session.rollback()
         log.warning("Pruning expired rows failed; the next one tries again: %s", cause_of(error))
     finally:
         pruning.release()

@@ -12,7 +12,6 @@ from sqlalchemy import delete, func, insert, literal
 from sqlmodel import Session, UTCDateTime, col, select
 
 from config import settings
-from db import Now, SessionDep
 from models import RateLimitEvent
 
 TOO_MANY_FAILED_LOGINS = "Too many failed logins for this email; try again later"
@@ -21,9 +20,9 @@ TOO_MANY_AUTH_REQUESTS = (
 )
 
 
-def client_address(request: Request) -> str:
+async def client_address(request: Request) -> str:
     """The socket peer (see uvicorn's --forwarded-allow-ips), an IPv6 one as its /64: one
-    subscriber's usual block, so its endless addresses count as one."""
+    subscriber's usual block, so its endless addresses count as one. async: no thread needed."""
     host = request.client.host if request.client else "unknown"
     try:
         address = ipaddress.IPv6Address(host)
@@ -70,7 +69,7 @@ def count_event(
     return bucket
 
 
-def limit_auth_requests(session: SessionDep, client: ClientAddress, now: Now) -> None:
+def limit_auth_requests(session: Session, client: str, now: datetime) -> None:
     """Count a request that may check a password, even one then refused with 503: else retrying
     those would be free, and one address could hold every hashing slot."""
     if limit := settings.auth_requests_per_minute:

@@ -7,25 +7,27 @@ from typing import Annotated
 from fastapi import APIRouter, BackgroundTasks, Depends, HTTPException, Response
 from fastapi.security import OAuth2PasswordRequestForm
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col, delete, select, update
+from sqlmodel import col, delete, select, update
 
 from auth import (
     HASHING_BUSY,
     PASSWORD_IN_BETTER_AUTH,
-    CurrentUser,
+    CallerDep,
     PasswordCheck,
-    PasswordCheckDep,
-    TokenClaimsDep,
     create_access_token,
-    get_current_user,
     hash_password,
     invalid_credentials,
     revoke_token,
 )
 from better_auth import KEY_SET_UNAVAILABLE
 from config import settings
-from db import Now, SessionDep, prune_expired
-from limits import TOO_MANY_AUTH_REQUESTS, TOO_MANY_FAILED_LOGINS, limit_auth_requests
+from db import Now, new_session, prune_expired
+from limits import (
+    TOO_MANY_AUTH_REQUESTS,
+    TOO_MANY_FAILED_LOGINS,
+    ClientAddress,
+    limit_auth_requests,
+)
 from models import User, utc_now
 from refresh_tokens import (
     INVALID_REFRESH_TOKEN,
@@ -110,15 +112,12 @@ FORM_BODY = {
 OAuth2Form = Annotated[OAuth2PasswordRequestForm, Depends()]
 
 
-def prune_after_response(background: BackgroundTasks, session: SessionDep, now: Now) -> None:
-    """The routes that write expiring rows also delete the expired ones, once they have answered."""
-    background.add_task(prune_expired, session, now)
+async def prune_after_response(background: BackgroundTasks, now: Now) -> None:
+    """The routes that write expiring rows delete the expired ones, once they have answered."""
+    background.add_task(prune_expired, now)
 
 
-PRUNED = Depends(prune_after_response)
-LIMITED = [Depends(limit_auth_requests), PRUNED]
-# The token first: a bad one is not counted.
-LIMITED_SIGNED_IN = [Depends(get_current_user), *LIMITED]
+PRUNED = [Depends(prune_after_response)]
 
 
 def token_response(user: User, refresh: IssuedRefreshToken) -> TokenResponse:
@@ -132,19 +131,18 @@ def token_response(user: User, refresh: IssuedRefreshToken) -> TokenResponse:
     )
 
 
-def authenticate(
-    session: Session, check: PasswordCheck, email: str, password: str, now: datetime
-) -> TokenResponse:
-    # PostgreSQL refuses a NUL in text, and the form's username is no EmailStr: no email has one.
-    user = (
-        None
-        if "\x00" in email
-        else session.exec(select(User).where(User.email == email.lower())).first()
-    )
-    # The check runs for an unknown email too, so the timing tells nothing.
-    if not check.matches(email, password, user.password_hash if user else None) or user is None:
-        raise invalid_credentials(LOGIN_FAILED)
-    return token_response(user, start_family(session, user, now))
+def authenticate(email: str, password: str, client: str, now: datetime) -> TokenResponse:
+    with new_session() as session:
+        limit_auth_requests(session, client, now)
+        user = None
+        # PostgreSQL refuses a NUL in text; the form's username is no EmailStr; no email has one.
+        if "\x00" not in email:
+            user = session.exec(select(User).where(User.email == email.lower())).first()
+        # The check runs for an unknown email too, so the timing tells nothing.
+        check = PasswordCheck(session, client, now)
+        if not check.matches(email, password, user.password_hash if user else None) or not user:
+            raise invalid_credentials(LOGIN_FAILED)
+        return token_response(user, start_family(session, user, now))
 
 
 @router.post(
@@ -152,27 +150,27 @@ def authenticate(
     status_code=201,
     summary="Create an account",
     responses=SIGNUP_ERRORS,
-    dependencies=LIMITED,
+    dependencies=PRUNED,
 )
-def signup(body: UserCreate, session: SessionDep, now: Now) -> TokenResponse:
+def signup(body: UserCreate, client: ClientAddress, now: Now) -> TokenResponse:
     """Create a user and return a bearer token for it, so the client is logged in at once."""
-    user = User(
-        email=body.email.lower(), name=body.name, password_hash=hash_password(body.password)
-    )
-    session.add(user)
-    try:
-        session.flush()
-    except IntegrityError:  # the unique email index is the one source of truth, even under races
-        session.rollback()
-        raise HTTPException(409, EMAIL_TAKEN) from None
-    # One transaction with the account: a signup that fails from here on leaves no account behind.
-    return token_response(user, start_family(session, user, now))
+    with new_session() as session:
+        limit_auth_requests(session, client, now)
+        password_hash = hash_password(body.password)
+        user = User(email=body.email.lower(), name=body.name, password_hash=password_hash)
+        session.add(user)
+        try:
+            session.flush()
+        except IntegrityError:  # the unique email index is the one truth, even under races
+            raise HTTPException(409, EMAIL_TAKEN) from None
+        # The account commits with its session: a signup that fails from here leaves none behind.
+        return token_response(user, start_family(session, user, now))
 
 
-@router.post("/login", summary="Log in", responses=LOGIN_ERRORS, dependencies=LIMITED)
-def login(body: UserLogin, session: SessionDep, check: PasswordCheckDep, now: Now) -> TokenResponse:
+@router.post("/login", summary="Log in", responses=LOGIN_ERRORS, dependencies=PRUNED)
+def login(body: UserLogin, client: ClientAddress, now: Now) -> TokenResponse:
     """Exchange email and password for a bearer token and a refresh token."""
-    return authenticate(session, check, body.email, body.password, now)
+    return authenticate(body.email, body.password, client, now)
 
 
 @router.post(
@@ -182,34 +180,35 @@ def login(body: UserLogin, session: SessionDep, check: PasswordCheckDep, now: No
     "the tokenUrl of Swagger UI's Authorize button.",
     responses=LOGIN_ERRORS,
     openapi_extra=FORM_BODY,
-    dependencies=LIMITED,
+    dependencies=PRUNED,
 )
-def login_form(
-    form: OAuth2Form, session: SessionDep, check: PasswordCheckDep, now: Now
-) -> TokenResponse:
+def login_form(form: OAuth2Form, client: ClientAddress, now: Now) -> TokenResponse:
     # The username as the JSON login reads its email.
-    return authenticate(session, check, as_email(form.username), form.password, now)
+    return authenticate(as_email(form.username), form.password, client, now)
 
 
 @router.post(
     "/refresh",
     summary="Trade a refresh token for new tokens",
     responses=REFRESH_ERRORS,
-    dependencies=LIMITED,
+    dependencies=PRUNED,
 )
-def refresh(body: RefreshRequest, session: SessionDep, now: Now) -> TokenResponse:
+def refresh(body: RefreshRequest, client: ClientAddress, now: Now) -> TokenResponse:
     """Use up the refresh token for a new pair in the same session. Presented again within its grace
     period (10 seconds by default), it gives another tab refreshing at once a pair of its own;
     presented after it, it ends the whole session."""
-    return token_response(*rotate(session, body.refresh_token, now))
+    with new_session() as session:
+        limit_auth_requests(session, client, now)
+        return token_response(*rotate(session, body.refresh_token, now))
 
 
 @router.get(
     "/me", response_model=UserPublic, summary="The current user", responses=NOT_AUTHENTICATED
 )
-def get_me(user: CurrentUser) -> User:
+def get_me(caller: CallerDep) -> User:
     """Return the account that the bearer token belongs to."""
-    return user
+    with caller.session() as (_, user):
+        return user
 
 
 @router.post(
@@ -217,15 +216,16 @@ def get_me(user: CurrentUser) -> User:
     status_code=204,
     summary="Log out this session",
     responses=NOT_AUTHENTICATED,
-    dependencies=[PRUNED],
+    dependencies=PRUNED,
 )
-def logout(claims: TokenClaimsDep, user: CurrentUser, session: SessionDep) -> Response:
+def logout(caller: CallerDep) -> Response:
     """End the presented token's session at once, on every worker: its refresh token and
     every access token issued in it. The user's other sessions keep working."""
-    # CurrentUser is asked for only to check the token: one already logged out is a 401.
-    if claims.family_id is not None:
-        end_family(session, claims.family_id)
-    revoke_token(session, claims)
+    # The account is checked, so a token already logged out is a 401.
+    with caller.session() as (session, _):
+        if caller.claims.family_id is not None:
+            end_family(session, caller.claims.family_id)
+        revoke_token(session, caller.claims)
     return Response(status_code=204)
 
 
@@ -236,30 +236,33 @@ def logout(claims: TokenClaimsDep, user: CurrentUser, session: SessionDep) -> Re
     description="Set a new password (signup's rules). "
     "Every token issued before it, this one too, stops working: log in again.",
     responses=PASSWORD_CHANGE_ERRORS,
-    dependencies=LIMITED_SIGNED_IN,
+    dependencies=PRUNED,
 )
 def change_password(
-    body: PasswordChange, user: CurrentUser, session: SessionDep, check: PasswordCheckDep
+    body: PasswordChange, caller: CallerDep, client: ClientAddress, now: Now
 ) -> Response:
-    check.confirm(user, body.current_password)
-    new_hash = hash_password(body.new_password)
-    # Compare-and-set on the generation this request's token was checked against: of concurrent
-    # changes one finds it, the others would overwrite the winner's password with an ended token.
-    same_generation = update(User).where(
-        col(User.id) == user.id, col(User.token_generation) == user.token_generation
-    )
-    bump = same_generation.values(
-        password_hash=new_hash, token_generation=User.token_generation + 1
-    )
-    if session.exec(bump).rowcount != 1:  # another change won, or the account was deleted
-        deleted = session.exec(select(User.id).where(User.id == user.id)).first() is None
-        session.rollback()
-        if deleted:
-            raise invalid_credentials()
-        raise HTTPException(409, CHANGED_CONCURRENTLY)
-    assert user.id is not None  # a stored user's
-    end_every_family(session, user.id)
-    session.commit()
+    # The token first: a bad one is not counted.
+    with caller.session() as (session, user):
+        limit_auth_requests(session, client, now)
+        PasswordCheck(session, client, now).confirm(user, body.current_password)
+        new_hash = hash_password(body.new_password)
+        # Compare-and-set on the generation this token was checked against: of concurrent changes
+        # one finds it; the others would overwrite the winner's password with an ended token.
+        same_generation = update(User).where(
+            col(User.id) == user.id, col(User.token_generation) == user.token_generation
+        )
+        bump = same_generation.values(
+            password_hash=new_hash, token_generation=User.token_generation + 1
+        )
+        if session.exec(bump).rowcount != 1:  # another change won, or the account was deleted
+            deleted = session.exec(select(User.id).where(User.id == user.id)).first() is None
+            session.rollback()
+            if deleted:
+                raise invalid_credentials()
+            raise HTTPException(409, CHANGED_CONCURRENTLY)
+        assert user.id is not None  # a stored user's
+        end_every_family(session, user.id)
+        session.commit()
     return Response(status_code=204)
 
 
@@ -270,12 +273,14 @@ def change_password(
     description="Delete the account, its tasks and their tags at once. "
     "Its tokens stop working; the email can sign up again.",
     responses=CONFIRM_ERRORS,
-    dependencies=LIMITED_SIGNED_IN,
+    dependencies=PRUNED,
 )
 def delete_me(
-    body: PasswordConfirmation, user: CurrentUser, session: SessionDep, check: PasswordCheckDep
+    body: PasswordConfirmation, caller: CallerDep, client: ClientAddress, now: Now
 ) -> Response:
-    check.confirm(user, body.password)
-    session.exec(delete(User).where(col(User.id) == user.id))
-    session.commit()
+    with caller.session() as (session, user):
+        limit_auth_requests(session, client, now)
+        PasswordCheck(session, client, now).confirm(user, body.password)
+        session.exec(delete(User).where(col(User.id) == user.id))
+        session.commit()
     return Response(status_code=204)

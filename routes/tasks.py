@@ -14,7 +14,7 @@ from sqlmodel import Session, asc, col, desc, not_, or_, select
 
 from auth import OwnerDep, invalid_credentials
 from config import settings
-from db import STATEMENT_TIMED_OUT, Now, SessionDep, limit_statement_time
+from db import STATEMENT_TIMED_OUT, Now, limit_statement_time
 from models import Task, TaskCount, TaskTag, User
 from schemas import (
     LATEST_DATE,
@@ -191,40 +191,39 @@ def set_completed(
     description="Filter, search, sort and page the user's tasks. "
     "X-Total-Count counts the matches before limit and offset.",
 )
-def list_tasks(
-    owner: OwnerDep, session: SessionDep, query: ListQuery, response: Response
-) -> list[dict[str, Any]]:
-    limit_statement_time(session)
-    filters = [col(Task.user_id) == owner.id]
-    if query.status != "all":
-        filters.append(col(Task.completed) == (query.status == "completed"))
-    if query.priority is not None:
-        filters.append(col(Task.priority) == query.priority)
-    if query.tag is not None:
-        tagged = exists().where(col(TaskTag.task_id) == Task.id, col(TaskTag.name) == query.tag)
-        filters.append(tagged)
-    if query.q is not None:  # autoescape: % and _ match themselves
-        texts = col(Task.title), col(Task.description)
-        filters.append(or_(*(text.icontains(query.q, autoescape=True) for text in texts)))
-    if query.due_before is not None:
-        filters.append(col(Task.due_date) <= query.due_before)
-    if query.due_after is not None:
-        filters.append(col(Task.due_date) >= query.due_after)
-    key, natural_order = SORT_KEYS[query.sort]
-    direction = asc if (query.order or natural_order) == "asc" else desc
-    undated_last = [col(Task.due_date).is_(None)] if query.sort == "due_date" else []
-    # The id breaks ties: pages never overlap.
-    ordering = [*undated_last, direction(key), direction(Task.id)]
-    # Rows, not Task objects: no ORM bookkeeping per row.
-    page = select(*PUBLIC_COLUMNS).where(*filters).order_by(*ordering)
-    rows = session.exec(page.offset(query.offset).limit(query.limit)).all()
-    # A page neither empty nor full (or an empty first page) ends at the last match: no COUNT.
-    if 0 < len(rows) < query.limit or (not rows and query.offset == 0):
-        total = query.offset + len(rows)
-    else:
-        total = session.exec(select(func.count()).select_from(Task).where(*filters)).one()
+def list_tasks(owner: OwnerDep, query: ListQuery, response: Response) -> list[dict[str, Any]]:
+    with owner.session() as (session, user):
+        limit_statement_time(session)
+        filters = [col(Task.user_id) == user.id]
+        if query.status != "all":
+            filters.append(col(Task.completed) == (query.status == "completed"))
+        if query.priority is not None:
+            filters.append(col(Task.priority) == query.priority)
+        if query.tag is not None:
+            tag = col(TaskTag.name) == query.tag
+            filters.append(exists().where(col(TaskTag.task_id) == Task.id, tag))
+        if query.q is not None:  # autoescape: % and _ match themselves
+            texts = col(Task.title), col(Task.description)
+            filters.append(or_(*(text.icontains(query.q, autoescape=True) for text in texts)))
+        if query.due_before is not None:
+            filters.append(col(Task.due_date) <= query.due_before)
+        if query.due_after is not None:
+            filters.append(col(Task.due_date) >= query.due_after)
+        key, natural_order = SORT_KEYS[query.sort]
+        direction = asc if (query.order or natural_order) == "asc" else desc
+        undated_last = [col(Task.due_date).is_(None)] if query.sort == "due_date" else []
+        # The id breaks ties: pages never overlap.
+        ordering = [*undated_last, direction(key), direction(Task.id)]
+        # Rows, not Task objects: no ORM bookkeeping per row.
+        page = select(*PUBLIC_COLUMNS).where(*filters).order_by(*ordering)
+        rows = session.exec(page.offset(query.offset).limit(query.limit)).all()
+        # A page neither empty nor full (or an empty first page) ends at the last match: no COUNT.
+        if 0 < len(rows) < query.limit or (not rows and query.offset == 0):
+            total = query.offset + len(rows)
+        else:
+            total = session.exec(select(func.count()).select_from(Task).where(*filters)).one()
+        tags = load_tags(session, [row.id for row in rows])
     response.headers["X-Total-Count"] = str(total)
-    tags = load_tags(session, [row.id for row in rows])
     return [dict(zip(PUBLIC_NAMES, row, strict=True), tags=tags[row.id]) for row in rows]
 
 
@@ -238,37 +237,34 @@ def list_tasks(
     responses=CREATE_ERRORS,
 )
 def create_task(
-    user_id: UserIdPath,
-    body: TaskCreate,
-    owner: OwnerDep,
-    session: SessionDep,
-    now: Now,
-    response: Response,
+    user_id: UserIdPath, body: TaskCreate, owner: OwnerDep, now: Now, response: Response
 ) -> dict[str, Any]:
     times = {"created_at": now, "updated_at": now, "completed_at": now if body.completed else None}
-    task = Task.model_validate(
-        body.model_dump(exclude={"tags"}), update={"user_id": owner.id, **times}
-    )
-    try:
-        lock_owner(session, owner)
-        count_new_task(session, task.user_id)
-        session.add(task)
-        session.flush()
-    except IntegrityError:  # the owner's account was deleted since the token was checked
-        raise invalid_credentials() from None
-    add_tags(session, task, body.tags)
-    if task.completed:
-        session.flush()  # the next occurrence copies the tags from the table
-        create_next_occurrence(session, task, now)
-    session.commit()
+    with owner.session() as (session, user):
+        task = Task.model_validate(
+            body.model_dump(exclude={"tags"}), update={"user_id": user.id, **times}
+        )
+        try:
+            lock_owner(session, user)
+            count_new_task(session, task.user_id)
+            session.add(task)
+            session.flush()
+        except IntegrityError:  # the owner's account was deleted since the token was checked
+            raise invalid_credentials() from None
+        add_tags(session, task, body.tags)
+        if task.completed:
+            session.flush()  # the next occurrence copies the tags from the table
+            create_next_occurrence(session, task, now)
+        session.commit()
     response.headers["Location"] = f"/api/{user_id}/tasks/{task.id}"
     return task.model_dump() | {"tags": sorted(body.tags)}
 
 
 @router.get("/{task_id}", response_model=TaskPublic, summary="Get a task", responses=TASK_ERRORS)
-def get_task(task_id: IdPath, owner: OwnerDep, session: SessionDep) -> dict[str, Any]:
+def get_task(task_id: IdPath, owner: OwnerDep) -> dict[str, Any]:
     """Return one task."""
-    return to_public(session, get_owned_task(session, owner, task_id))
+    with owner.session() as (session, user):
+        return to_public(session, get_owned_task(session, user, task_id))
 
 
 @router.put(
@@ -281,45 +277,45 @@ def get_task(task_id: IdPath, owner: OwnerDep, session: SessionDep) -> dict[str,
     summary="Update a task (same as PUT)",
     responses=COMPLETION_ERRORS,
 )
-def update_task(
-    task_id: IdPath, body: TaskUpdate, owner: OwnerDep, session: SessionDep, now: Now
-) -> dict[str, Any]:
+def update_task(task_id: IdPath, body: TaskUpdate, owner: OwnerDep, now: Now) -> dict[str, Any]:
     """Change the fields present in the body; an explicit null clears description or due_date."""
-    lock_owner(session, owner)
-    task = get_owned_task(session, owner, task_id)
-    changes = body.model_dump(exclude_unset=True)
-    completed, tags = changes.pop("completed", None), changes.pop("tags", None)
-    task.sqlmodel_update(changes | {"updated_at": now})
-    if task.recurrence != "none" and task.due_date is None:
-        raise recurring_without_due_date()
-    session.add(task)
-    try:  # the first write: from here on this transaction holds the row
-        session.flush()
-    except StaleDataError:  # deleted since our read
-        raise HTTPException(404, TASK_NOT_FOUND) from None
-    except IntegrityError:  # the CHECK constraint: the row may have changed since our read
-        raise recurring_without_due_date() from None
-    if tags is not None:
-        session.exec(delete(TaskTag).where(col(TaskTag.task_id) == task_id))
-        add_tags(session, task, tags)
-    if completed is not None:
-        set_completed(session, owner, task_id, completed, now)
-        session.refresh(task)  # that UPDATE changed the row behind the ORM's back
-    session.commit()
-    return to_public(session, task)
+    with owner.session() as (session, user):
+        lock_owner(session, user)
+        task = get_owned_task(session, user, task_id)
+        changes = body.model_dump(exclude_unset=True)
+        completed, tags = changes.pop("completed", None), changes.pop("tags", None)
+        task.sqlmodel_update(changes | {"updated_at": now})
+        if task.recurrence != "none" and task.due_date is None:
+            raise recurring_without_due_date()
+        session.add(task)
+        try:  # the first write: from here on this transaction holds the row
+            session.flush()
+        except StaleDataError:  # deleted since our read
+            raise HTTPException(404, TASK_NOT_FOUND) from None
+        except IntegrityError:  # the CHECK constraint: the row may have changed since our read
+            raise recurring_without_due_date() from None
+        if tags is not None:
+            session.exec(delete(TaskTag).where(col(TaskTag.task_id) == task_id))
+            add_tags(session, task, tags)
+        if completed is not None:
+            set_completed(session, user, task_id, completed, now)
+            session.refresh(task)  # that UPDATE changed the row behind the ORM's back
+        session.commit()
+        return to_public(session, task)
 
 
 @router.delete("/{task_id}", status_code=204, summary="Delete a task", responses=TASK_ERRORS)
-def delete_task(task_id: IdPath, owner: OwnerDep, session: SessionDep) -> Response:
+def delete_task(task_id: IdPath, owner: OwnerDep) -> Response:
     """Delete a task and its tags. Its id is never given to another task."""
-    lock_owner(session, owner)
-    # One DELETE, no read first: of two concurrent deletions only one counts the task off.
-    owned = delete(Task).where(col(Task.id) == task_id, col(Task.user_id) == owner.id)
-    if session.exec(owned).rowcount == 0:
-        raise HTTPException(404, TASK_NOT_FOUND)
-    counter = update(TaskCount).where(col(TaskCount.user_id) == owner.id)
-    session.exec(counter.values(tasks=TaskCount.tasks - 1))
-    session.commit()
+    with owner.session() as (session, user):
+        lock_owner(session, user)
+        # One DELETE, no read first: of two concurrent deletions only one counts the task off.
+        owned = delete(Task).where(col(Task.id) == task_id, col(Task.user_id) == user.id)
+        if session.exec(owned).rowcount == 0:
+            raise HTTPException(404, TASK_NOT_FOUND)
+        counter = update(TaskCount).where(col(TaskCount.user_id) == user.id)
+        session.exec(counter.values(tasks=TaskCount.tasks - 1))
+        session.commit()
     return Response(status_code=204)
 
 
@@ -332,15 +328,12 @@ def delete_task(task_id: IdPath, owner: OwnerDep, session: SessionDep) -> Respon
     responses=COMPLETION_ERRORS,
 )
 def complete_task(
-    task_id: IdPath,
-    owner: OwnerDep,
-    session: SessionDep,
-    now: Now,
-    body: CompletionUpdate | None = None,
+    task_id: IdPath, owner: OwnerDep, now: Now, body: CompletionUpdate | None = None
 ) -> dict[str, Any]:
-    lock_owner(session, owner)
-    task = set_completed(session, owner, task_id, body.completed if body else None, now)
-    if task is None:  # missing (404), or already in the requested state
-        task = get_owned_task(session, owner, task_id)
-    session.commit()
-    return to_public(session, task)
+    with owner.session() as (session, user):
+        lock_owner(session, user)
+        task = set_completed(session, user, task_id, body.completed if body else None, now)
+        if task is None:  # missing (404), or already in the requested state
+            task = get_owned_task(session, user, task_id)
+        session.commit()
+        return to_public(session, task)

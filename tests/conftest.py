@@ -215,7 +215,7 @@ def engine(request, tmp_path):
 
 @pytest.fixture
 def client(engine, monkeypatch):
-    # The app's own get_session, on this test's engine: tests exercise the real dependency.
+    # The app's own sessions, on this test's engine: tests exercise the real code.
     monkeypatch.setattr(db, "engine", engine)
     with TestClient(app) as test_client:
         yield test_client

@@ -9,6 +9,7 @@ import secrets
 import pytest
 from fastapi import Request
 
+import auth
 import db
 from main import app
 
@@ -302,12 +303,13 @@ def test_client_text_never_writes_control_characters_into_the_log(client, alice,
     caplog.set_level(logging.INFO, logger="todo.access")
     caplog.set_level(logging.INFO, logger="uvicorn.error")
 
+    note = "note\x1b]0;owned\x07"
+
     def broken_database(request: Request):
         # An unexpected failure whose message carries what the client sent.
         raise RuntimeError(f"no database for {request.scope['path']} ({request.headers['x-note']})")
 
-    app.dependency_overrides[db.get_session] = broken_database
-    note = "note\x1b]0;owned\x07"
+    app.dependency_overrides[auth.get_path_owner] = broken_database
     failed = client.get(
         f"/api/{FORGED_PATH_SEGMENT}/tasks", headers={**alice.headers, "X-Note": note}
     )
