@@ -9,8 +9,11 @@ from fastapi import Path
 from fastapi.exceptions import RequestValidationError
 from pydantic import (
     AfterValidator,
+    BaseModel,
     BeforeValidator,
+    ConfigDict,
     EmailStr,
+    Field,
     StrictBool,
     StringConstraints,
     TypeAdapter,
@@ -19,8 +22,6 @@ from pydantic import (
     model_validator,
 )
 from pydantic.json_schema import SkipJsonSchema
-from sqlmodel import Field, SQLModel
-from sqlmodel._compat import SQLModelConfig  # model_config's type, not exported
 
 BCRYPT_MAX_BYTES = 72  # bcrypt refuses longer passwords
 PASSWORD_MIN_BYTES = 8
@@ -130,24 +131,24 @@ UtcDateTime = Annotated[datetime, BeforeValidator(utc_date_time)]
 NewPassword = Annotated[str, AfterValidator(password_within_bcrypt_limits)]
 
 
-def example(**fields: Any) -> SQLModelConfig:
+def example(**fields: Any) -> ConfigDict:
     """A model's "Try it out" example (test_docs.py checks each); no None: FastAPI drops it."""
-    return {"json_schema_extra": {"examples": [fields]}}
+    return ConfigDict(json_schema_extra={"examples": [fields]})
 
 
-class ErrorMessage(SQLModel):
+class ErrorMessage(BaseModel):
     model_config = example(detail="Task not found")
     detail: str
 
 
-class FieldError(SQLModel):
+class FieldError(BaseModel):
     type: str
     loc: list[str | int]
     msg: str
     ctx: dict[str, Any] | None = None
 
 
-class ValidationErrorMessage(SQLModel):
+class ValidationErrorMessage(BaseModel):
     """What a 422 carries: FastAPI's list of errors, without the echoed input (it could be a \
 password)."""
 
@@ -183,12 +184,12 @@ def error_response(description: str, detail: str, *, retry_after: bool = False) 
     return {"model": ErrorMessage, "description": description, "content": content, **headers}
 
 
-class HealthStatus(SQLModel):
+class HealthStatus(BaseModel):
     model_config = example(status="ok")
     status: Literal["ok"] = "ok"
 
 
-class UserCreate(SQLModel):
+class UserCreate(BaseModel):
     model_config = example(
         email="alice@example.com", password="correct horse battery", name="Alice"
     )
@@ -197,13 +198,13 @@ class UserCreate(SQLModel):
     name: Name | None = None
 
 
-class UserLogin(SQLModel):
+class UserLogin(BaseModel):
     model_config = example(email="alice@example.com", password="correct horse battery")
     email: EmailStr
     password: str  # any length: a wrong or too long password is simply a failed login
 
 
-class PasswordChange(SQLModel):
+class PasswordChange(BaseModel):
     model_config = example(
         current_password="correct horse battery", new_password="a brand new passphrase"
     )
@@ -211,13 +212,13 @@ class PasswordChange(SQLModel):
     new_password: NewPassword
 
 
-class PasswordConfirmation(SQLModel):
+class PasswordConfirmation(BaseModel):
     model_config = example(password="correct horse battery")
     password: str
 
 
-class UserPublic(SQLModel):
-    model_config = example(**EXAMPLE_USER)
+class UserPublic(BaseModel):
+    model_config = example(**EXAMPLE_USER) | ConfigDict(from_attributes=True)  # from a User row
     id: int
     email: str | None  # None for a Better Auth account: Better Auth holds its email
     name: str | None
@@ -225,7 +226,7 @@ class UserPublic(SQLModel):
     better_auth_id: str | None = None  # a Better Auth account's user id (its tokens' sub)
 
 
-class TokenResponse(SQLModel):
+class TokenResponse(BaseModel):
     model_config = example(
         access_token="eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9"
         ".eyJzdWIiOiIxIiwiaWF0IjoxNzcyMzY2NDAwLCJleHAiOjE3NzIzNzAwMDB9.c2lnbmF0dXJl",
@@ -243,12 +244,12 @@ class TokenResponse(SQLModel):
     user: UserPublic
 
 
-class RefreshRequest(SQLModel):
+class RefreshRequest(BaseModel):
     model_config = example(refresh_token=EXAMPLE_REFRESH_TOKEN)
     refresh_token: str = Field(min_length=1, max_length=256)  # any other string is simply unknown
 
 
-class TaskCreate(SQLModel):
+class TaskCreate(BaseModel):
     model_config = example(
         title="Pay rent",
         description="Transfer to the landlord",
@@ -278,7 +279,7 @@ def recurring_without_due_date() -> RequestValidationError:
     return RequestValidationError([{"type": "value_error", "loc": ("body",), "msg": message}])
 
 
-class TaskUpdate(SQLModel):
+class TaskUpdate(BaseModel):
     """Every field optional: PUT and PATCH change only the fields present in the body."""
 
     model_config = example(
@@ -302,12 +303,12 @@ class TaskUpdate(SQLModel):
         return value
 
 
-class CompletionUpdate(SQLModel):
+class CompletionUpdate(BaseModel):
     model_config = example(completed=True)
     completed: StrictBool
 
 
-class TaskPublic(SQLModel):
+class TaskPublic(BaseModel):
     model_config = example(
         id=42,
         user_id=1,
@@ -336,7 +337,7 @@ class TaskPublic(SQLModel):
     completed_at: datetime | None
 
 
-class TaskListQuery(SQLModel):
+class TaskListQuery(BaseModel):
     status: Literal["all", "pending", "completed"] = "all"
     priority: Priority | None = None
     tag: TagName | None = None
