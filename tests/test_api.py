@@ -3,12 +3,15 @@ delete, complete, tags, recurrence, and ownership (another user's path 403, thei
 
 import re
 
+import httpx2
 import pytest
-from helpers import MAX_ID, TEST_DATABASE_URL
+from fastapi.routing import APIRoute
+from helpers import INVALID_TOKEN, MAX_ID, TEST_DATABASE_URL
 from sqlalchemy import event, text
 from sqlmodel import Session, select
 
 import db
+import routes.tasks
 from models import TaskTag
 
 BEYOND_32_BITS = 2**31
@@ -22,6 +25,7 @@ def titles(response) -> list[str]:
 
 # --- ownership: 403 for another user's path, 404 for another user's task ---
 
+FORBIDDEN = {"detail": "You can only access your own tasks"}
 EVERY_TASK_ROUTE = [
     ("GET", "/{id}", None),
     ("PUT", "/{id}", {"title": "mine now"}),
@@ -54,6 +58,45 @@ def test_another_users_path_is_403(client, alice, bob, create, method, suffix, b
     assert response.status_code == 403
     assert response.json() == {"detail": "You can only access your own tasks"}
     assert titles(client.get(bob.tasks_url, headers=bob.headers)) == ["Task"]
+
+
+# Every route of the tasks router, read from it: a route added later is tested too.
+TASK_ROUTES = sorted(
+    (method, route.path)
+    for route in routes.tasks.router.routes
+    if isinstance(route, APIRoute)
+    for method in route.methods
+)
+# Malformed for every task route: a task id that is no number, a page of 0, an empty title.
+MALFORMED = {"params": {"limit": "0"}, "json": {"title": "", "completed": "yes"}}
+
+
+@pytest.mark.parametrize("method, path", TASK_ROUTES)
+def test_another_users_path_is_403_whatever_the_rest_of_the_request_holds(
+    client, alice, bob, method, path
+):
+    def malformed_on(account) -> httpx2.Response:
+        url = path.format(user_id=account.id, task_id="abc")
+        return client.request(method, url, headers=alice.headers, **MALFORMED)
+
+    others = malformed_on(bob)
+    assert (others.status_code, others.json()) == (403, FORBIDDEN)
+    own = malformed_on(alice)
+    assert own.status_code == 422, own.text
+    malformed = ("greater_than_equal", "int_parsing", "string_too_short")
+    assert own.json()["detail"][0]["type"] in malformed
+
+
+@pytest.mark.parametrize("method, path", TASK_ROUTES)
+def test_a_logged_out_token_is_401_on_every_task_route(client, alice, create, method, path):
+    task = create(alice)
+    logout = client.post("/api/auth/logout", headers=alice.headers)
+    assert logout.status_code == 204
+    url = path.format(user_id=alice.id, task_id=task["id"])
+    response = client.request(
+        method, url, headers=alice.headers, json={"title": "x", "completed": True}
+    )
+    assert (response.status_code, response.json()) == (401, INVALID_TOKEN)
 
 
 @pytest.mark.parametrize("task_id", ["abc", "1.5", "0", "-1", str(2**63), str(2**64)])
