@@ -1,9 +1,6 @@
-"""Refresh tokens, stored as SHA-256, in families (one per login) whose row ends them all. The
-rules: API.md, "Refresh tokens". A token's generation is its depth in its family's chain; a
-generation closes REFRESH_TOKEN_GRACE_SECONDS after its first use, or at the next one's.
-
-Locks go family first, then its tokens, as a cascading delete takes them: never a deadlock, and
-a family's rotations take turns, each seeing what the last one wrote."""
+"""Refresh tokens, stored as SHA-256, in families (one per login); the rules: API.md, "Refresh
+tokens". Locks go family first, then its tokens, as a cascading delete takes them: never a
+deadlock, and a family's rotations take turns."""
 
 import hashlib
 import secrets
@@ -17,7 +14,7 @@ from auth import invalid_credentials
 from config import settings
 from models import RefreshToken, TokenFamily, User
 
-# One answer for unknown, expired, used or ended: the caller learns nothing about which exist.
+# One answer for every refusal: the caller learns nothing about which tokens exist.
 INVALID_REFRESH_TOKEN = "Invalid or expired refresh token"
 
 
@@ -28,8 +25,10 @@ class IssuedRefreshToken(NamedTuple):
 
 def family_lifetime() -> timedelta:
     """A family lives until its newest refresh and access tokens have both expired."""
-    refresh, access = settings.refresh_token_expire_days, settings.access_token_expire_minutes
-    return max(timedelta(days=refresh), timedelta(minutes=access))
+    return max(
+        timedelta(days=settings.refresh_token_expire_days),
+        timedelta(minutes=settings.access_token_expire_minutes),
+    )
 
 
 def hash_refresh_token(token: str) -> str:
@@ -42,12 +41,11 @@ def issue_refresh_token(
 ) -> IssuedRefreshToken:
     """A refresh token of the family at `generation`, committed."""
     token = secrets.token_urlsafe(32)  # 256 random bits
-    expires_at = now + timedelta(days=settings.refresh_token_expire_days)
     session.execute(
         insert(RefreshToken).values(
             token_hash=hash_refresh_token(token),
             family_id=family_id,
-            expires_at=expires_at,
+            expires_at=now + timedelta(days=settings.refresh_token_expire_days),
             generation=generation,
         )
     )
@@ -56,8 +54,8 @@ def issue_refresh_token(
 
 
 def start_family(session: Session, user: User, now: datetime) -> IssuedRefreshToken:
-    """A new login's family and first refresh token, committed; 401 if the password changed or the
-    account went since `user` was read (FOR SHARE: such a change and this insert take turns)."""
+    """A new login's family and first refresh token, committed; 401 if the account or its
+    password changed since `user` was read (FOR SHARE: the two take turns)."""
     family_id = secrets.token_urlsafe(16)  # 22 characters, within the column's 32
     expires_at = literal(now + family_lifetime(), UTCDateTime())
     same_user = select(literal(family_id), col(User.id), expires_at).where(
@@ -79,13 +77,13 @@ def end_family(session: Session, family_id: str) -> None:
 
 
 def end_every_family(session: Session, user_id: int) -> None:
-    """Part of the caller's transaction: every session of the user ends when it commits."""
+    """Uncommitted: every session of the user ends with the caller's commit."""
     session.execute(delete(TokenFamily).where(col(TokenFamily.user_id) == user_id))
 
 
 def rotate(session: Session, presented: str, now: datetime) -> tuple[User, IssuedRefreshToken]:
-    """Use up the presented refresh token and issue its family's next, committed; 401 for one
-    unknown, expired or ended. One of a closed generation ends its family."""
+    """Use up the presented refresh token and issue its family's next, committed (else 401).
+    One of a closed generation ends its family."""
     is_presented = col(RefreshToken.token_hash) == hash_refresh_token(presented)
     presented_family = select(RefreshToken.family_id).where(is_presented).scalar_subquery()
     # Extending the family first takes its row lock.
@@ -95,20 +93,18 @@ def rotate(session: Session, presented: str, now: datetime) -> tuple[User, Issue
         .values(expires_at=now + family_lifetime())
         .returning(col(TokenFamily.id), col(TokenFamily.user_id))
     ).first()
-    if family is None:
-        session.rollback()
-        raise invalid_credentials(INVALID_REFRESH_TOKEN)
-    presented_token = select(RefreshToken.generation, RefreshToken.expires_at).where(is_presented)
-    token = session.execute(presented_token).first()
-    if token is None or token.expires_at <= now:  # expired (and perhaps pruned since the UPDATE)
+    token = session.execute(
+        select(RefreshToken.generation, RefreshToken.expires_at).where(is_presented)
+    ).first()
+    # No live family, or the token expired (perhaps pruned since the UPDATE).
+    if family is None or token is None or token.expires_at <= now:
         session.rollback()
         raise invalid_credentials(INVALID_REFRESH_TOKEN)
     in_family = RefreshToken.family_id == family.id
     used_at = col(RefreshToken.used_at)
-    same_generation = RefreshToken.generation == token.generation
-    opened_at = select(func.min(used_at)).where(in_family, same_generation)
-    next_generation = RefreshToken.generation == token.generation + 1
-    moved_on = exists().where(in_family, next_generation, used_at.is_not(None))
+    generation = col(RefreshToken.generation)
+    opened_at = select(func.min(used_at)).where(in_family, generation == token.generation)
+    moved_on = exists().where(in_family, generation == token.generation + 1, used_at.is_not(None))
     opened, moved = session.execute(select(opened_at.scalar_subquery(), moved_on)).one()
     grace = timedelta(seconds=settings.refresh_token_grace_seconds)
     # `now` may precede the first use: a request that read the clock before the one that won.
