@@ -1,5 +1,5 @@
-"""Abuse limits in sliding windows: failed logins per (email, client address); signups, logins,
-refreshes and password checks per address. Each event is a row: `--workers 4` share the counts."""
+"""Abuse limits in sliding windows (see API.md, "Abuse limits"). Each event is a row, so
+`--workers 4` share the counts."""
 
 import hashlib
 import ipaddress
@@ -22,7 +22,7 @@ TOO_MANY_AUTH_REQUESTS = (
 
 async def client_address(request: Request) -> str:
     """The socket peer (see uvicorn's --forwarded-allow-ips), an IPv6 one as its /64: one
-    subscriber's usual block, so its endless addresses count as one. async: no thread needed."""
+    subscriber's block counts once. async: no thread."""
     host = request.client.host if request.client else "unknown"
     try:
         address = ipaddress.IPv6Address(host)
@@ -44,9 +44,9 @@ def bucket_key(*parts: str) -> str:
 def count_event(
     session: Session, bucket: str, limit: int, window: timedelta, now: datetime, refusal: str
 ) -> str:
-    """Count one event in `bucket`, or 429 with `refusal` at `limit` live ones. The INSERT writes
-    first, so SQLite locks before counting (no SQLITE_BUSY_SNAPSHOT); PostgreSQL's READ COMMITTED
-    needs the advisory lock."""
+    """Count one event in `bucket`, or 429 with `refusal` at `limit` live ones. SQLite locks at
+    the INSERT, before counting (no SQLITE_BUSY_SNAPSHOT); PostgreSQL's READ COMMITTED needs the
+    advisory lock."""
     if session.get_bind().dialect.name == "postgresql":  # 60 bits fit a bigint
         session.execute(select(func.pg_advisory_xact_lock(int(bucket[:15], 16))))
     expires_at = col(RateLimitEvent.expires_at)
@@ -70,17 +70,16 @@ def count_event(
 
 
 def limit_auth_requests(session: Session, client: str, now: datetime) -> None:
-    """Count a request that may check a password, even one then refused with 503: else retrying
-    those would be free, and one address could hold every hashing slot."""
+    """Count a request that may check a password, even one refused with 503: else one address
+    could retry for free and hold every hashing slot."""
     if limit := settings.auth_requests_per_minute:
         bucket = bucket_key("auth-request", client)
         count_event(session, bucket, limit, timedelta(minutes=1), now, TOO_MANY_AUTH_REQUESTS)
 
 
 def count_login_attempt(session: Session, email: str, client: str, now: datetime) -> str | None:
-    """Count an attempt of (email, client) as failed before bcrypt, so at most `limit` reach it
-    however many run at once; 429 past it, right password or not. The bucket (None: off) clears
-    it."""
+    """Count an attempt as failed before bcrypt, so at most `limit` reach it however many run at
+    once; 429 past it. The bucket (None: off) clears it."""
     if not (limit := settings.login_failure_limit):
         return None
     window = timedelta(minutes=settings.login_failure_window_minutes)
@@ -97,7 +96,8 @@ def clear_login_failures(session: Session, bucket: str | None) -> None:
 def withdraw_login_attempt(session: Session, bucket: str | None) -> None:
     """Uncount an attempt whose password was not checked (any of the pair's events will do)."""
     if bucket is not None:
-        events = select(func.max(RateLimitEvent.id)).where(RateLimitEvent.bucket == bucket)
-        newest = events.scalar_subquery()
-        session.execute(delete(RateLimitEvent).where(col(RateLimitEvent.id) == newest))
+        newest = select(func.max(RateLimitEvent.id)).where(RateLimitEvent.bucket == bucket)
+        session.execute(
+            delete(RateLimitEvent).where(col(RateLimitEvent.id) == newest.scalar_subquery())
+        )
         session.commit()
