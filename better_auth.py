@@ -1,6 +1,5 @@
-"""Better Auth (https://www.better-auth.com) tokens, for Next.js frontends: its jwt() plugin's,
-checked against its key set (BETTER_AUTH_URL), and HS256 {sub, exp} that a frontend signs
-(BETTER_AUTH_SECRET). Each (issuer, sub) is one account, never linked by email."""
+"""Better Auth tokens: its jwt() plugin's, checked against its key set (BETTER_AUTH_URL), and
+HS256 ones a frontend signs (BETTER_AUTH_SECRET). The rules: API.md, "Better Auth tokens"."""
 
 import hashlib
 import json
@@ -25,9 +24,8 @@ from schemas import USER_ID_PATTERN
 
 # The jwt() plugin's algorithms; never HS256 or none here: the key set is public.
 KEY_SET_ALGORITHMS = frozenset({"EdDSA", "ES256", "ES512", "RS256", "PS256"})
-# For the whole download, and the longest a request waits for another's.
 FETCH_TIMEOUT_SECONDS = 3
-# Unknown kids refetch at most this often, so made-up kids cannot flood Better Auth.
+# Unknown kids refetch at most this often: made-up kids cannot flood Better Auth.
 REFETCH_INTERVAL_SECONDS = 5
 # A key Better Auth removed stays trusted this long at most (jose's default).
 KEY_SET_MAX_AGE_SECONDS = 600
@@ -57,7 +55,7 @@ class BetterAuthClaims(NamedTuple):
     issuer: str  # BETTER_AUTH_URL, or SHARED_SECRET_ISSUER
     subject: str  # the Better Auth user id
     token_id: str  # SHA-256 of its signed part (it has no jti): what logout records
-    expires_at: datetime  # exp, plus CLOCK_SKEW_SECONDS
+    expires_at: datetime
     family_id: None = None  # Better Auth keeps the login sessions
 
 
@@ -78,7 +76,7 @@ class KeySetUnavailable(Exception):
 
 
 async def download_key_set(url: str) -> dict[str, jwt.PyJWK]:
-    # Imported here: only BETTER_AUTH_URL needs it, and it costs ~2.6 MB.
+    # Imported here: only BETTER_AUTH_URL needs it (~2.6 MB).
     import httpx2
 
     # Uncompressed and read raw: a compressed body could inflate far past MAX_KEY_SET_BYTES.
@@ -98,16 +96,14 @@ async def download_key_set(url: str) -> dict[str, jwt.PyJWK]:
                         raise ValueError(f"the key set is larger than {MAX_KEY_SET_BYTES} bytes")
         return usable_keys(body)
     except TimeoutError:
-        message = f"no whole answer within {FETCH_TIMEOUT_SECONDS} seconds"
-        raise KeySetUnavailable(message) from None
+        raise KeySetUnavailable(f"no whole answer within {FETCH_TIMEOUT_SECONDS} seconds") from None
     except (httpx2.HTTPError, httpx2.InvalidURL, OSError, *NOT_A_KEY_SET) as error:
         raise KeySetUnavailable(str(error) or type(error).__name__) from None
 
 
 class KeySet:
-    """Better Auth's public keys, fetched at first use (Better Auth may start after us), for an
-    unknown kid, and once KEY_SET_MAX_AGE_SECONDS old. Changed only on the event loop, so no
-    lock: one request fetches; the others that need it wait, holding no thread."""
+    """Better Auth's public keys. Changed only on the event loop, so no lock: one request
+    fetches; the others wait, holding no thread."""
 
     def __init__(self, url: str, clock: Callable[[], float] = time.monotonic) -> None:
         self.url = url
@@ -119,7 +115,7 @@ class KeySet:
         self.fetching: Event | None = None
 
     async def key_for(self, kid: object) -> jwt.PyJWK | None:
-        """The key named `kid`; None if the (fresh enough) key set has none; 503 if unfetchable."""
+        """The key named `kid`; None if the key set has none; 503 if unfetchable."""
         if not isinstance(kid, str):
             return None
         if (
@@ -143,9 +139,12 @@ class KeySet:
             return None  # the key set is fresh and has no such key
         await self.fetch(now)
         if kid not in self.keys:
-            message = "it names a key (kid) that the key set at %s does not have; is"
-            message += " BETTER_AUTH_JWKS_URL the key set of the Better Auth server that issued it?"
-            log_once("unknown kid", message, self.url)
+            log_once(
+                "unknown kid",
+                "it names a key (kid) that the key set at %s does not have; is BETTER_AUTH_JWKS_URL"
+                " the key set of the Better Auth server that issued it?",
+                self.url,
+            )
         return self.keys.get(kid)
 
     async def fetch(self, now: float) -> None:
@@ -154,7 +153,7 @@ class KeySet:
             self.keys = await download_key_set(self.url)
             self.fetched_at, self.failing = now, False
         except KeySetUnavailable as error:
-            if not self.failing:  # logged when it starts failing, not on every retry
+            if not self.failing:  # once per outage
                 log.warning("Better Auth's key set at %s cannot be fetched: %s", self.url, error)
             self.failing = True
             raise key_set_unavailable(REFETCH_INTERVAL_SECONDS) from None
@@ -193,10 +192,13 @@ class BetterAuth:
             issuer, checked, algorithm = self.url, ["iss", "aud"], key.algorithm_name
         else:
             if algorithm in KEY_SET_ALGORITHMS:
-                message = "it is signed with %.120r, which needs BETTER_AUTH_URL to be set"
-                log_once("no url", message, algorithm)
+                log_once(
+                    "no url",
+                    "it is signed with %.120r, which needs BETTER_AUTH_URL to be set",
+                    algorithm,
+                )
             raise jwt.InvalidAlgorithmError("not an algorithm of a configured kind")
-        # iss and aud are checked after the signature, so that a mismatch can be logged.
+        # iss and aud after the signature: only then is a mismatch worth logging.
         claims = jwt.decode(
             token,
             key,
@@ -204,17 +206,25 @@ class BetterAuth:
             leeway=CLOCK_SKEW_SECONDS,
             options={"require": ["exp", "sub", *checked], "verify_iss": False, "verify_aud": False},
         )
-        # A key of our key set, but another URL: usually BETTER_AUTH_URL spelt unlike baseURL.
+        # Usually BETTER_AUTH_URL spelt unlike Better Auth's baseURL.
         if checked:
             iss, aud, url = claims["iss"], claims["aud"], self.url
             if iss != url:
-                message = "its iss is %.120r, but BETTER_AUTH_URL is %.120r: they must be equal"
-                log_once("iss", message, iss, url)
+                log_once(
+                    "iss",
+                    "its iss is %.120r, but BETTER_AUTH_URL is %.120r: they must be equal",
+                    iss,
+                    url,
+                )
                 raise jwt.InvalidIssuerError("wrong iss")
             audiences = [aud] if isinstance(aud, str) else aud
             if not isinstance(audiences, list) or url not in audiences:
-                message = "its aud is %.120r, but BETTER_AUTH_URL is %.120r: it must be one of them"
-                log_once("aud", message, aud, url)
+                log_once(
+                    "aud",
+                    "its aud is %.120r, but BETTER_AUTH_URL is %.120r: it must be one of them",
+                    aud,
+                    url,
+                )
                 raise jwt.InvalidAudienceError("wrong aud")
         subject = claims["sub"]  # it names accounts in paths
         if not isinstance(subject, str) or not re.fullmatch(USER_ID_PATTERN, subject):
@@ -232,8 +242,7 @@ verifier = BetterAuth(
 
 
 def find_or_create_user(session: Session, claims: BetterAuthClaims) -> tuple[User, bool]:
-    """The token's account (made by its first token: of two at once, the unique constraint lets one
-    insert) and whether the token was logged out."""
+    """The token's account (made by its first token) and whether the token was logged out."""
     logged_out = exists().where(col(RevokedToken.jti) == claims.token_id)
     query = select(User, logged_out).where(
         User.better_auth_issuer == claims.issuer, User.better_auth_id == claims.subject
@@ -245,7 +254,7 @@ def find_or_create_user(session: Session, claims: BetterAuthClaims) -> tuple[Use
         try:
             session.commit()
             return user, False  # a new account has no logged-out token
-        except IntegrityError:  # another request made it first: read theirs
+        except IntegrityError:  # another request made it first (the unique constraint)
             session.rollback()
             row = session.exec(query).one()
     user, revoked = row
