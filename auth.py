@@ -28,16 +28,15 @@ from limits import clear_login_failures, count_login_attempt, withdraw_login_att
 from models import RevokedToken, TokenFamily, User
 from schemas import BCRYPT_MAX_BYTES, MAX_ID, UserIdPath
 
-JWT_ALGORITHM = "HS256"
 PASSWORD_IN_BETTER_AUTH = (
     "This account signs in with Better Auth, which keeps its password: "
     "change the password or delete the user there"
 )
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/api/auth/token")
 
-# bcrypt releases the GIL: half the cores hash at most, so a login burst leaves CPU to the rest.
+# bcrypt releases the GIL: hashing on half the cores leaves CPU to the rest.
 HASHING_THREADS = max(1, (os.cpu_count() or 1) // 2)
-# Each waiting hash holds one of FastAPI's 40 threads: beyond this many, 503 at once.
+# A waiting hash holds one of FastAPI's 40 threads: past this many, 503 at once.
 MAX_HASHES_IN_FLIGHT = min(8 * HASHING_THREADS, 16)
 hashing_slots = threading.BoundedSemaphore(MAX_HASHES_IN_FLIGHT)
 hashes_running = threading.BoundedSemaphore(HASHING_THREADS)
@@ -65,17 +64,17 @@ def hash_password(password: str) -> str:
         return bcrypt.hashpw(password.encode(), bcrypt.gensalt(settings.bcrypt_rounds)).decode()
 
 
-# Checked when the email is unknown, so a login's timing does not tell which emails exist.
+# For an unknown email: a login's timing does not tell which emails exist.
 DUMMY_HASH = hash_password(secrets.token_urlsafe(16))
 
 
 def verify_password(password: str, password_hash: str | None) -> bool:
-    """One full bcrypt check, even for an unknown user. Past bcrypt's limit is a mismatch, and so
-    is a NUL: bcrypt stops there."""
+    """A full bcrypt check even for an unknown user; past bcrypt's limit or with a NUL, no match."""
     candidate = password.encode(errors="surrogatepass")
     with hashing_slot():
-        known = (password_hash or DUMMY_HASH).encode()
-        matches = bcrypt.checkpw(candidate[:BCRYPT_MAX_BYTES], known)
+        matches = bcrypt.checkpw(
+            candidate[:BCRYPT_MAX_BYTES], (password_hash or DUMMY_HASH).encode()
+        )
     return (
         matches
         and password_hash is not None
@@ -92,8 +91,7 @@ def invalid_credentials(detail: str = "Could not validate credentials") -> HTTPE
 
 @dataclass(frozen=True)
 class PasswordCheck:
-    """Password checks within the failed-login limit of (email, address): a stolen token cannot
-    guess the password."""
+    """Password checks within the failed-login limit: a stolen token cannot guess the password."""
 
     session: Session
     client: str  # limits.client_address
@@ -111,7 +109,6 @@ class PasswordCheck:
         return matched
 
     def confirm(self, user: User, password: str) -> None:
-        """401 for a wrong password; 403 for a Better Auth account (no password here)."""
         if user.email is None or user.password_hash is None:
             raise HTTPException(status.HTTP_403_FORBIDDEN, detail=PASSWORD_IN_BETTER_AUTH)
         if not self.matches(user.email, password, user.password_hash):
@@ -119,8 +116,7 @@ class PasswordCheck:
 
 
 def account_stamp(user: User) -> int:
-    """Creation time in microseconds (both databases keep them): with the id, one account, not a
-    reused id."""
+    """Creation time in microseconds: with the id, one account, never a reused id."""
     return (user.created_at - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
 
 
@@ -134,7 +130,7 @@ def create_access_token(user: User, now: datetime, family_id: str) -> str:
         "acct": account_stamp(user),
         "fam": family_id,  # its login session, which ends it too
     }
-    return jwt.encode(claims, settings.jwt_secret, algorithm=JWT_ALGORITHM)
+    return jwt.encode(claims, settings.jwt_secret, algorithm="HS256")
 
 
 class TokenClaims(BaseModel):
@@ -146,7 +142,7 @@ class TokenClaims(BaseModel):
     token_id: str = Field(alias="jti", pattern=r"^[A-Za-z0-9_-]{1,64}$")  # the jti column's size
     generation: int = Field(alias="gen")
     account: int | None = Field(None, alias="acct")
-    # The column's size. None: a token of no login session.
+    # The column's size; None: a token of no login session.
     family_id: str | None = Field(None, alias="fam", pattern=r"^[A-Za-z0-9_-]{1,32}$")
     expires_at: datetime = Field(alias="exp", strict=False)  # lax: exp is a number
 
@@ -172,11 +168,14 @@ async def get_token_claims(
 ) -> TokenClaims | BetterAuthClaims:
     """Our own token's claims, else (when configured) a Better Auth token's. async: no thread."""
     try:
-        required = ["exp", "iat", "sub", "jti", "gen"]
-        claims = jwt.decode(
-            token, settings.jwt_secret, algorithms=[JWT_ALGORITHM], options={"require": required}
+        return TokenClaims.model_validate(
+            jwt.decode(
+                token,
+                settings.jwt_secret,
+                algorithms=["HS256"],
+                options={"require": ["exp", "iat", "sub", "jti", "gen"]},
+            )
         )
-        return TokenClaims.model_validate(claims)
     except (jwt.InvalidTokenError, ValidationError):
         if not better_auth.verifier.enabled:
             raise invalid_credentials() from None
@@ -197,34 +196,10 @@ USER_AND_LOGOUT = select(
 ).where(User.id == bindparam("user_id"))
 
 
-def load_user(session: Session, claims: TokenClaims | BetterAuthClaims) -> User:
-    """The token's account, if the token still holds (401 if not): in the database, unlike the
-    token's signature and expiry."""
-    if isinstance(claims, BetterAuthClaims):
-        user, revoked = better_auth.find_or_create_user(session, claims)
-        if revoked:
-            raise invalid_credentials()
-        return user
-    params = {"jti": claims.token_id, "family_id": claims.family_id, "user_id": claims.user_id}
-    row = session.exec(USER_AND_LOGOUT, params=params).first()
-    if row is None:  # deleted since the token was issued
-        raise invalid_credentials()
-    user, revoked, family_alive = row
-    # Its session ended: logout, or a replayed refresh token.
-    session_ended = claims.family_id is not None and not family_alive
-    # Another account given the same id; a token without acct passes on id and generation alone.
-    other_account = claims.account is not None and account_stamp(user) != claims.account
-    password_changed = user.token_generation != claims.generation
-    if revoked or session_ended or other_account or password_changed:
-        raise invalid_credentials()
-    return user
-
-
 @dataclass(frozen=True)
 class Caller:
-    """A request's token, its signature and expiry checked. session() opens the request's
-    session and checks the token's account there: in the thread that does the request's database
-    work, so that a request takes one thread hop."""
+    """A request's token, signature and expiry checked; session() checks the rest in the
+    handler's thread: one thread hop per request."""
 
     claims: TokenClaims | BetterAuthClaims
 
@@ -234,7 +209,26 @@ class Caller:
             yield session, self.user(session)
 
     def user(self, session: Session) -> User:
-        return load_user(session, self.claims)
+        """The token's account, if the token still holds in the database (401 if not)."""
+        claims = self.claims
+        if isinstance(claims, BetterAuthClaims):
+            user, revoked = better_auth.find_or_create_user(session, claims)
+            if revoked:
+                raise invalid_credentials()
+            return user
+        params = {"jti": claims.token_id, "family_id": claims.family_id, "user_id": claims.user_id}
+        row = session.exec(USER_AND_LOGOUT, params=params).first()
+        if row is None:  # deleted since the token was issued
+            raise invalid_credentials()
+        user, revoked, family_alive = row
+        # Its session ended: logout, or a replayed refresh token.
+        session_ended = claims.family_id is not None and not family_alive
+        # Another account given the same id.
+        other_account = claims.account is not None and account_stamp(user) != claims.account
+        password_changed = user.token_generation != claims.generation
+        if revoked or session_ended or other_account or password_changed:
+            raise invalid_credentials()
+        return user
 
 
 async def get_caller(claims: TokenClaimsDep) -> Caller:
@@ -247,7 +241,7 @@ NOT_YOURS = "You can only access your own tasks"
 
 @dataclass(frozen=True)
 class Owner(Caller):
-    """A caller whose token names the path's user_id: their numeric id, or a Better Auth id."""
+    """A caller whose token names the path's user_id."""
 
     path_user_id: str
 
@@ -260,8 +254,8 @@ class Owner(Caller):
 
 
 async def get_path_owner(user_id: UserIdPath, claims: TokenClaimsDep) -> Owner:
-    """Another user's path is 403 here, before the database and whatever the rest of the request
-    holds; a Better Auth account's numeric id is checked with its account."""
+    """403 for another user's path, before any database work; a Better Auth account's numeric
+    id is checked in Owner.user."""
     if isinstance(claims, BetterAuthClaims):
         possible = user_id == claims.subject or user_id.isdigit()
     else:
@@ -275,9 +269,9 @@ OwnerDep = Annotated[Owner, Depends(get_path_owner)]
 
 
 def revoke_token(session: Session, claims: TokenClaims | BetterAuthClaims) -> None:
-    """Record the token as logged out (a Better Auth token by its hash) until it expires."""
+    """Record the token as logged out until it expires."""
     session.add(RevokedToken(jti=claims.token_id, expires_at=claims.expires_at))
     try:
         session.commit()
-    except IntegrityError:  # the same token logged out twice at once: it is revoked either way
+    except IntegrityError:  # logged out twice at once: revoked either way
         session.rollback()
