@@ -1,5 +1,5 @@
-"""Settings, read once from the environment, with safe defaults for a laptop. Without JWT_SECRET,
-one is made and kept in JWT_SECRET_FILE: tokens survive restarts, workers share it."""
+"""Settings, read once from the environment, with safe defaults for a laptop. A missing
+JWT_SECRET is made once and kept in JWT_SECRET_FILE, so tokens survive restarts."""
 
 import os
 import re
@@ -66,8 +66,7 @@ def jwt_secret_setting() -> str:
 
 
 def database_url_setting() -> str:
-    """An unwritable SQLite file stops start-up. No message repeats the URL: it may hold a
-    password."""
+    """No message repeats the URL: it may hold a password."""
     raw = os.environ.get("DATABASE_URL", "sqlite:///./todo.db").strip()
     raw = re.sub("^postgres(ql)?://", "postgresql+psycopg://", raw)  # the schemes hosts hand out
     try:
@@ -113,8 +112,11 @@ def url_setting(name: str) -> str | None:
     url = os.environ.get(name, "").strip().rstrip("/")
     if not url:
         return None
-    is_http = url.startswith(("http://", "https://"))
-    if not is_http or len(url) > MAX_URL_LENGTH or not url.isascii():
+    if (
+        not url.startswith(("http://", "https://"))
+        or len(url) > MAX_URL_LENGTH
+        or not url.isascii()
+    ):
         raise SystemExit(
             f"{name} must be an http:// or https:// URL of at most {MAX_URL_LENGTH} characters"
         )
@@ -155,19 +157,16 @@ def optional_secret(name: str) -> str | None:
 
 
 def from_env(read: Callable[..., Any], *args: Any) -> Any:
-    """A field that Settings() reads with read(*args)."""
     return field(default_factory=lambda: read(*args))
 
 
 @dataclass(frozen=True)
 class Settings:
     jwt_secret: str = from_env(jwt_secret_setting)
-    # None turns Better Auth tokens off.
     better_auth_url: str | None = from_env(url_setting, "BETTER_AUTH_URL")
     better_auth_jwks_url: str | None = from_env(jwks_url_setting)
     better_auth_secret: str | None = from_env(optional_secret, "BETTER_AUTH_SECRET")
     database_url: str = from_env(database_url_setting)
-    # For a database still starting, or a SQLite file another process locks.
     database_wait_seconds: int = from_env(int_setting, "DATABASE_WAIT_SECONDS", 30, 0, 600)
     access_token_expire_minutes: int = from_env(
         int_setting, "ACCESS_TOKEN_EXPIRE_MINUTES", 60, 1, 60 * 24 * 30
@@ -178,7 +177,6 @@ class Settings:
     )
     bcrypt_rounds: int = from_env(int_setting, "BCRYPT_ROUNDS", 12, 4, 31)  # bcrypt's own range
     cors_origins: list[str] = from_env(list_setting, "CORS_ORIGINS", DEFAULT_CORS_ORIGINS)
-    # 0 turns an abuse limit off (benchmarks, test suites).
     login_failure_limit: int = from_env(int_setting, "LOGIN_FAILURE_LIMIT", 5, 0, 1_000_000)
     # A window of 0 would count nothing: LOGIN_FAILURE_LIMIT=0 turns the limit off.
     login_failure_window_minutes: int = from_env(
@@ -199,4 +197,4 @@ class Settings:
             raise SystemExit("BETTER_AUTH_SECRET must differ from JWT_SECRET")
 
 
-settings = Settings()  # Settings() reads the environment afresh each time
+settings = Settings()
