@@ -1,5 +1,5 @@
-"""Sign up, log in (JSON, or Swagger UI's OAuth2 form), refresh, read the current user, log out,
-change the password and delete the account, within limits.py's limits."""
+"""/api/auth: sign up, log in, refresh, log out, read or delete the account, change the
+password."""
 
 from datetime import datetime
 from typing import Annotated
@@ -86,9 +86,10 @@ EMAIL_TAKEN = "Email already registered"
 SIGNUP_ERRORS = (
     {409: error_response(EMAIL_TAKEN, EMAIL_TAKEN)} | RATE_LIMITED | HASHING | VALIDATION_ERROR
 )
-REFRESH_FAILED = "Unknown, expired, used or ended refresh token"
 REFRESH_ERRORS = (
-    {401: error_response(REFRESH_FAILED, INVALID_REFRESH_TOKEN)} | RATE_LIMITED | VALIDATION_ERROR
+    {401: error_response("Unknown, expired, used or ended refresh token", INVALID_REFRESH_TOKEN)}
+    | RATE_LIMITED
+    | VALIDATION_ERROR
 )
 LOGIN_FAILED = "Incorrect email or password"
 LOGIN_ERRORS = {401: error_response(LOGIN_FAILED, LOGIN_FAILED)} | PASSWORD_ERRORS
@@ -105,15 +106,13 @@ PASSWORD_CHANGE_ERRORS = CONFIRM_ERRORS | {
     )
 }
 # The OAuth2 form has no model of ours: its example goes on the request body.
-FORM_EXAMPLE = {"username": "alice@example.com", "password": "correct horse battery"}
-FORM_BODY = {
-    "requestBody": {"content": {"application/x-www-form-urlencoded": {"example": FORM_EXAMPLE}}}
-}
+FORM_EXAMPLE = {"example": {"username": "alice@example.com", "password": "correct horse battery"}}
+FORM_BODY = {"requestBody": {"content": {"application/x-www-form-urlencoded": FORM_EXAMPLE}}}
 OAuth2Form = Annotated[OAuth2PasswordRequestForm, Depends()]
 
 
 async def prune_after_response(background: BackgroundTasks, now: Now) -> None:
-    """The routes that write expiring rows delete the expired ones, once they have answered."""
+    """Routes that write expiring rows delete expired ones after answering."""
     background.add_task(prune_expired, now)
 
 
@@ -134,10 +133,9 @@ def token_response(user: User, refresh: IssuedRefreshToken) -> TokenResponse:
 def authenticate(email: str, password: str, client: str, now: datetime) -> TokenResponse:
     with new_session() as session:
         limit_auth_requests(session, client, now)
-        user = None
         # PostgreSQL refuses a NUL in text; the form's username is no EmailStr; no email has one.
-        if "\x00" not in email:
-            user = session.exec(select(User).where(User.email == email.lower())).first()
+        by_email = select(User).where(User.email == email.lower())
+        user = None if "\x00" in email else session.exec(by_email).first()
         # The check runs for an unknown email too, so the timing tells nothing.
         check = PasswordCheck(session, client, now)
         if not check.matches(email, password, user.password_hash if user else None) or not user:
@@ -156,14 +154,15 @@ def signup(body: UserCreate, client: ClientAddress, now: Now) -> TokenResponse:
     """Create a user and return a bearer token for it, so the client is logged in at once."""
     with new_session() as session:
         limit_auth_requests(session, client, now)
-        password_hash = hash_password(body.password)
-        user = User(email=body.email.lower(), name=body.name, password_hash=password_hash)
+        user = User(
+            email=body.email.lower(), name=body.name, password_hash=hash_password(body.password)
+        )
         session.add(user)
         try:
             session.flush()
         except IntegrityError:  # the unique email index is the one truth, even under races
             raise HTTPException(409, EMAIL_TAKEN) from None
-        # The account commits with its session: a signup that fails from here leaves none behind.
+        # Committed with its session: a signup failing from here leaves no account.
         return token_response(user, start_family(session, user, now))
 
 
@@ -183,7 +182,6 @@ def login(body: UserLogin, client: ClientAddress, now: Now) -> TokenResponse:
     dependencies=PRUNED,
 )
 def login_form(form: OAuth2Form, client: ClientAddress, now: Now) -> TokenResponse:
-    # The username as the JSON login reads its email.
     return authenticate(as_email(form.username), form.password, client, now)
 
 
@@ -221,7 +219,7 @@ def get_me(caller: CallerDep) -> User:
 def logout(caller: CallerDep) -> Response:
     """End the presented token's session at once, on every worker: its refresh token and
     every access token issued in it. The user's other sessions keep working."""
-    # The account is checked, so a token already logged out is a 401.
+    # The account is checked: a token already logged out is a 401.
     with caller.session() as (session, _):
         if caller.claims.family_id is not None:
             end_family(session, caller.claims.family_id)
@@ -245,14 +243,13 @@ def change_password(
     with caller.session() as (session, user):
         limit_auth_requests(session, client, now)
         PasswordCheck(session, client, now).confirm(user, body.current_password)
-        new_hash = hash_password(body.new_password)
-        # Compare-and-set on the generation this token was checked against: of concurrent changes
-        # one finds it; the others would overwrite the winner's password with an ended token.
+        # Compare-and-set on the checked generation: of concurrent changes only one wins.
         same_generation = update(User).where(
             col(User.id) == user.id, col(User.token_generation) == user.token_generation
         )
         bump = same_generation.values(
-            password_hash=new_hash, token_generation=User.token_generation + 1
+            password_hash=hash_password(body.new_password),
+            token_generation=User.token_generation + 1,
         )
         if session.exec(bump).rowcount != 1:  # another change won, or the account was deleted
             deleted = session.exec(select(User.id).where(User.id == user.id)).first() is None
@@ -260,7 +257,7 @@ def change_password(
             if deleted:
                 raise invalid_credentials()
             raise HTTPException(409, CHANGED_CONCURRENTLY)
-        assert user.id is not None  # a stored user's
+        assert user.id is not None
         end_every_family(session, user.id)
         session.commit()
     return Response(status_code=204)
