@@ -1,5 +1,5 @@
-"""A user's tasks at /api/{user_id}/tasks: OwnerDep admits only that user, and every query is
-scoped by user_id, so another user's task is a 404."""
+"""A user's tasks at /api/{user_id}/tasks. Every query is scoped by user_id: another user's task
+is a 404."""
 
 import calendar
 from datetime import datetime, timedelta
@@ -87,7 +87,7 @@ TAGS_OF_TASKS = (
 
 def load_tags(session: Session, task_ids: list[int]) -> dict[int, list[str]]:
     tags: dict[int, list[str]] = {task_id: [] for task_id in task_ids}
-    # Rows through Core: nothing here needs an ORM object.
+    # Core rows: no ORM objects.
     for task_id, name in session.connection().execute(TAGS_OF_TASKS, {"task_ids": task_ids}):
         tags[task_id].append(name)
     return tags
@@ -125,7 +125,7 @@ def lock_owner(session: Session, owner: User) -> None:
     if session.get_bind().dialect.name == "postgresql":
         owner_row = select(User.id).where(User.id == owner.id)
         if session.exec(owner_row.with_for_update(read=True, key_share=True)).first() is None:
-            raise invalid_credentials()  # the account was deleted since the token was checked
+            raise invalid_credentials()  # the account was deleted meanwhile
 
 
 def count_new_task(session: Session, owner_id: int) -> None:
@@ -155,7 +155,7 @@ def create_next_occurrence(session: Session, task: Task, now: datetime) -> None:
     """For a task just completed; a guarded UPDATE claims its one next occurrence."""
     if task.recurrence == "none":
         return
-    assert task.id is not None and task.due_date is not None  # stored; recurring (a CHECK)
+    assert task.id is not None and task.due_date is not None  # recurring: a CHECK
     next_due = next_due_date(task.due_date, task.recurrence)
     claim = update(Task).where(col(Task.id) == task.id, not_(Task.next_occurrence_created))
     claimed = claim.values(next_occurrence_created=True)
@@ -163,12 +163,11 @@ def create_next_occurrence(session: Session, task: Task, now: datetime) -> None:
     if next_due >= LATEST_DATE or session.exec(claimed).rowcount != 1:
         return
     count_new_task(session, task.user_id)  # at the limit: 409, and the completion is undone
-    tags = load_tags(session, [task.id])[task.id]
     copied = task.model_dump(include={"user_id", "title", "description", "priority", "recurrence"})
     next_task = Task(**copied, due_date=next_due, created_at=now, updated_at=now)
     session.add(next_task)
     session.flush()
-    add_tags(session, next_task, tags)
+    add_tags(session, next_task, load_tags(session, [task.id])[task.id])
 
 
 def set_completed(
@@ -192,8 +191,8 @@ def set_completed(
     "",
     response_model=list[TaskPublic],
     summary="List tasks",
-    description="Filter, search, sort and page the user's tasks. "
-    "X-Total-Count counts the matches before limit and offset.",
+    description="Filter, search, sort and page the tasks. "
+    "X-Total-Count counts the matches on every page.",
 )
 def list_tasks(owner: OwnerDep, query: ListQuery, response: Response) -> list[dict[str, Any]]:
     with owner.session() as (session, user):
@@ -204,8 +203,9 @@ def list_tasks(owner: OwnerDep, query: ListQuery, response: Response) -> list[di
         if query.priority is not None:
             filters.append(col(Task.priority) == query.priority)
         if query.tag is not None:
-            tag = col(TaskTag.name) == query.tag
-            filters.append(exists().where(col(TaskTag.task_id) == Task.id, tag))
+            filters.append(
+                exists().where(col(TaskTag.task_id) == Task.id, col(TaskTag.name) == query.tag)
+            )
         if query.q is not None:  # autoescape: % and _ match themselves
             texts = col(Task.title), col(Task.description)
             filters.append(or_(*(text.icontains(query.q, autoescape=True) for text in texts)))
@@ -221,7 +221,7 @@ def list_tasks(owner: OwnerDep, query: ListQuery, response: Response) -> list[di
         # Rows through Core: no ORM bookkeeping per row.
         page = select(*PUBLIC_COLUMNS).where(*filters).order_by(*ordering)
         rows = session.connection().execute(page.offset(query.offset).limit(query.limit)).all()
-        # A page neither empty nor full (or an empty first page) holds the last match: no COUNT.
+        # A partial page, or an empty first one, holds the last match: no COUNT.
         if 0 < len(rows) < query.limit or (not rows and query.offset == 0):
             total = query.offset + len(rows)
         else:
@@ -253,11 +253,11 @@ def create_task(
             count_new_task(session, task.user_id)
             session.add(task)
             session.flush()
-        except IntegrityError:  # the account was deleted since the token was checked
+        except IntegrityError:  # the account was deleted meanwhile
             raise invalid_credentials() from None
         add_tags(session, task, body.tags)
         if task.completed:
-            session.flush()  # the next occurrence copies the tags from the table
+            session.flush()  # the next occurrence copies these tags
             create_next_occurrence(session, task, now)
         session.commit()
     response.headers["Location"] = f"/api/{user_id}/tasks/{task.id}"
@@ -276,13 +276,13 @@ def get_task(task_id: IdPath, owner: OwnerDep) -> dict[str, Any]:
 )
 @router.patch(
     "/{task_id}",
-    name="patch_task",  # its own operationId, as the function serves PUT too
+    name="patch_task",  # its own operationId
     response_model=TaskPublic,
     summary="Update a task (same as PUT)",
     responses=COMPLETION_ERRORS,
 )
 def update_task(task_id: IdPath, body: TaskUpdate, owner: OwnerDep, now: Now) -> dict[str, Any]:
-    """Change the fields present in the body; an explicit null clears description or due_date."""
+    """Change the fields sent; a null clears description or due_date."""
     with owner.session() as (session, user):
         lock_owner(session, user)
         task = get_owned_task(session, user, task_id)
@@ -303,7 +303,7 @@ def update_task(task_id: IdPath, body: TaskUpdate, owner: OwnerDep, now: Now) ->
             add_tags(session, task, tags)
         if completed is not None:
             set_completed(session, user, task_id, completed, now)
-            session.refresh(task)  # that UPDATE changed the row behind the ORM's back
+            session.refresh(task)  # changed behind the ORM's back
         session.commit()
         return to_public(session, task)
 
