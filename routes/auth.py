@@ -70,13 +70,12 @@ RATE_LIMITED = {
 }
 HASHING = {
     503: error_response(
-        "Too many password hashes already running or waiting", HASHING_BUSY, retry_after=True
+        "Too many password hashes running or waiting", HASHING_BUSY, retry_after=True
     )
 }
 LOCKED_OUT = {
     429: error_response(
-        "Too many failed logins for this email from this address, "
-        "or too many signups, logins and password checks from this address",
+        "Too many failed logins for this email, or auth requests, from this address",
         TOO_MANY_FAILED_LOGINS,
         retry_after=True,
     )
@@ -101,9 +100,7 @@ CONFIRM_ERRORS = {
 } | PASSWORD_ERRORS
 CHANGED_CONCURRENTLY = "The password was changed by another request at the same time; log in again"
 PASSWORD_CHANGE_ERRORS = CONFIRM_ERRORS | {
-    409: error_response(
-        "Another password change for this account won the race", CHANGED_CONCURRENTLY
-    )
+    409: error_response("Another password change won the race", CHANGED_CONCURRENTLY)
 }
 # The OAuth2 form has no model of ours: its example goes on the request body.
 FORM_EXAMPLE = {"example": {"username": "alice@example.com", "password": "correct horse battery"}}
@@ -120,7 +117,7 @@ PRUNED = [Depends(prune_after_response)]
 
 
 def token_response(user: User, refresh: IssuedRefreshToken) -> TokenResponse:
-    # The access token's own clock is the real one: PyJWT checks exp against it.
+    # The real clock, as PyJWT checks exp against it.
     return TokenResponse(
         access_token=create_access_token(user, utc_now(), refresh.family_id),
         expires_in=settings.access_token_expire_minutes * 60,
@@ -133,10 +130,10 @@ def token_response(user: User, refresh: IssuedRefreshToken) -> TokenResponse:
 def authenticate(email: str, password: str, client: str, now: datetime) -> TokenResponse:
     with new_session() as session:
         limit_auth_requests(session, client, now)
-        # PostgreSQL refuses a NUL in text; the form's username is no EmailStr; no email has one.
+        # PostgreSQL refuses a NUL, which the form's username may hold and no email has.
         by_email = select(User).where(User.email == email.lower())
         user = None if "\x00" in email else session.exec(by_email).first()
-        # The check runs for an unknown email too, so the timing tells nothing.
+        # Run for an unknown email too: the timing tells nothing.
         check = PasswordCheck(session, client, now)
         if not check.matches(email, password, user.password_hash if user else None) or not user:
             raise invalid_credentials(LOGIN_FAILED)
@@ -151,7 +148,7 @@ def authenticate(email: str, password: str, client: str, now: datetime) -> Token
     dependencies=PRUNED,
 )
 def signup(body: UserCreate, client: ClientAddress, now: Now) -> TokenResponse:
-    """Create a user and return a bearer token for it, so the client is logged in at once."""
+    """Create a user and return its tokens, so the client is logged in at once."""
     with new_session() as session:
         limit_auth_requests(session, client, now)
         user = User(
@@ -160,7 +157,7 @@ def signup(body: UserCreate, client: ClientAddress, now: Now) -> TokenResponse:
         session.add(user)
         try:
             session.flush()
-        except IntegrityError:  # the unique email index is the one truth, even under races
+        except IntegrityError:  # the unique email index decides, even under races
             raise HTTPException(409, EMAIL_TAKEN) from None
         # Committed with its session: a signup failing from here leaves no account.
         return token_response(user, start_family(session, user, now))
@@ -192,9 +189,8 @@ def login_form(form: OAuth2Form, client: ClientAddress, now: Now) -> TokenRespon
     dependencies=PRUNED,
 )
 def refresh(body: RefreshRequest, client: ClientAddress, now: Now) -> TokenResponse:
-    """Use up the refresh token for a new pair in the same session. Presented again within its grace
-    period (10 seconds by default), it gives another tab refreshing at once a pair of its own;
-    presented after it, it ends the whole session."""
+    """Use up the refresh token for a new pair in the same session. Presented again within its
+    grace period it gives another pair (two tabs); after it, it ends the session."""
     with new_session() as session:
         limit_auth_requests(session, client, now)
         return token_response(*rotate(session, body.refresh_token, now))
@@ -204,7 +200,7 @@ def refresh(body: RefreshRequest, client: ClientAddress, now: Now) -> TokenRespo
     "/me", response_model=UserPublic, summary="The current user", responses=NOT_AUTHENTICATED
 )
 def get_me(caller: CallerDep) -> User:
-    """Return the account that the bearer token belongs to."""
+    """The bearer token's account."""
     with caller.session() as (_, user):
         return user
 
@@ -217,8 +213,8 @@ def get_me(caller: CallerDep) -> User:
     dependencies=PRUNED,
 )
 def logout(caller: CallerDep) -> Response:
-    """End the presented token's session at once, on every worker: its refresh token and
-    every access token issued in it. The user's other sessions keep working."""
+    """End this token's session on every worker: its refresh and access tokens. The user's
+    other sessions keep working."""
     # The account is checked: a token already logged out is a 401.
     with caller.session() as (session, _):
         if caller.claims.family_id is not None:
@@ -231,8 +227,7 @@ def logout(caller: CallerDep) -> Response:
     "/password",
     status_code=204,
     summary="Change the password",
-    description="Set a new password (signup's rules). "
-    "Every token issued before it, this one too, stops working: log in again.",
+    description="Set a new password (signup's rules). Every earlier token, this one too, ends.",
     responses=PASSWORD_CHANGE_ERRORS,
     dependencies=PRUNED,
 )
@@ -267,8 +262,7 @@ def change_password(
     "/me",
     status_code=204,
     summary="Delete the account",
-    description="Delete the account, its tasks and their tags at once. "
-    "Its tokens stop working; the email can sign up again.",
+    description="Delete the account and its tasks. Its tokens end; the email can sign up again.",
     responses=CONFIRM_ERRORS,
     dependencies=PRUNED,
 )
