@@ -77,7 +77,7 @@ def utc_date_time(value: object) -> datetime:
 
 
 def stored_tag(tag: str) -> str:
-    # NFC: "é" typed either way is one tag. Lower-casing ("İ") can pass max_length.
+    # NFC: "é" typed either way is one tag. Lower-casing can lengthen a tag ("İ").
     tag = unicodedata.normalize("NFC", tag)
     if len(tag) > TAG_MAX_LENGTH:
         raise ValueError(f"a tag can have at most {TAG_MAX_LENGTH} characters once lower-cased")
@@ -89,7 +89,7 @@ def password_within_bcrypt_limits(password: str) -> str:
         size = len(password.encode())
     except UnicodeEncodeError:
         raise ValueError("Password must be valid Unicode text") from None
-    if "\x00" in password:  # bcrypt stops reading at a NUL: eight NULs would be the empty password
+    if "\x00" in password:  # bcrypt stops at a NUL: eight NULs would be the empty password
         raise ValueError("Password must not contain NUL characters")
     if not PASSWORD_MIN_BYTES <= size <= BCRYPT_MAX_BYTES:
         raise ValueError(
@@ -110,7 +110,7 @@ def as_email(text: str) -> str:
         return text.strip()
 
 
-PlainText = AfterValidator(plain_text)  # after the length checks, which must see stripped text
+PlainText = AfterValidator(plain_text)  # after the length checks, on stripped text
 Title = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), PlainText
 ]
@@ -147,8 +147,7 @@ class FieldError(BaseModel):
 
 
 class ValidationErrorMessage(BaseModel):
-    """What a 422 carries: FastAPI's list of errors, without the echoed input (it could be a \
-password)."""
+    """FastAPI's list of errors, without the echoed input (it could be a password)."""
 
     model_config = example(
         detail=[
@@ -261,7 +260,7 @@ class TaskCreate(BaseModel):
     due_date: UtcDateTime | None = None
     tags: Tags = []
     recurrence: Recurrence = "none"
-    completed: StrictBool = False  # as when importing
+    completed: StrictBool = False
 
     @model_validator(mode="after")
     def recurrence_needs_due_date(self) -> "TaskCreate":
@@ -277,7 +276,7 @@ def recurring_without_due_date() -> RequestValidationError:
 
 
 class TaskUpdate(BaseModel):
-    """Every field optional: PUT and PATCH change only the fields present in the body."""
+    """Every field optional: PUT and PATCH change only the fields sent."""
 
     model_config = example(
         title="Pay rent and bills", priority="medium", tags=["home", "money", "bills"]

@@ -1,4 +1,4 @@
-"""/docs and /redoc from fastapi-offline's files, so they work offline, and a front door at /."""
+"""/docs and /redoc, offline from fastapi-offline's files, and a front door at /."""
 
 from pathlib import Path
 
