@@ -77,7 +77,7 @@ def utc_date_time(value: object) -> datetime:
 
 
 def stored_tag(tag: str) -> str:
-    # NFC: "é" typed either way is one tag. Lower-casing can lengthen a tag ("İ").
+    # NFC: "é" typed either way is one tag. Lower-casing can lengthen a tag ("İ") past max_length.
     tag = unicodedata.normalize("NFC", tag)
     if len(tag) > TAG_MAX_LENGTH:
         raise ValueError(f"a tag can have at most {TAG_MAX_LENGTH} characters once lower-cased")

@@ -109,7 +109,7 @@ OAuth2Form = Annotated[OAuth2PasswordRequestForm, Depends()]
 
 
 async def prune_after_response(background: BackgroundTasks, now: Now) -> None:
-    """Routes that write expiring rows delete expired ones after answering."""
+    """Delete expired rows once the route has answered."""
     background.add_task(prune_expired, now)
 
 

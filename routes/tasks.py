@@ -77,7 +77,7 @@ SORT_KEYS = {
 TASK_COLUMNS = inspect(Task).columns
 PUBLIC_COLUMNS = [column for column in TASK_COLUMNS if column.name in TaskPublic.model_fields]
 PUBLIC_NAMES = [column.name for column in PUBLIC_COLUMNS]
-# Built once, as every task response runs it.
+# Built once: every task response runs it.
 TAGS_OF_TASKS = (
     select(TaskTag.task_id, TaskTag.name)
     .where(col(TaskTag.task_id).in_(bindparam("task_ids", expanding=True)))
