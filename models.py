@@ -1,5 +1,4 @@
-"""Database tables (schemas.py has what clients send and receive). SQLModel stores datetimes as
-aware UTC on every database."""
+"""The database tables. SQLModel stores datetimes as aware UTC on every database."""
 
 from datetime import UTC, datetime
 
@@ -13,17 +12,17 @@ def utc_now() -> datetime:
 
 # 64-bit, as the API promises; SQLite's AUTOINCREMENT needs INTEGER.
 Id = BigInteger().with_variant(Integer(), "sqlite")
-# Else SQLite gives a deleted row's id to the next insert.
+# Else SQLite reuses a deleted row's id.
 NEVER_REUSE_IDS = {"sqlite_autoincrement": True}
 # Better Auth accounts' issuer when they share our secret; a key set's issuer is a URL.
 SHARED_SECRET_ISSUER = "shared-secret"
 
 
 class User(SQLModel, table=True):
-    """A local account (email, password) or a Better Auth one (issuer, id; the rest stays there)."""
+    """A local account (email, password) or a Better Auth one (issuer, id)."""
 
     __table_args__ = (
-        # NULLs are distinct in a unique constraint, so local accounts never collide here.
+        # NULLs are distinct, so local accounts never collide here.
         UniqueConstraint("better_auth_issuer", "better_auth_id", name="uq_user_better_auth"),
         CheckConstraint(
             "(better_auth_id IS NULL AND better_auth_issuer IS NULL AND email IS NOT NULL"
@@ -41,14 +40,14 @@ class User(SQLModel, table=True):
     better_auth_issuer: str | None = Field(default=None, max_length=255)
     better_auth_id: str | None = Field(default=None, max_length=255)  # the token's sub
     created_at: datetime = Field(default_factory=utc_now)
-    # In every token; a password change bumps it (iat's seconds cannot order changes).
+    # A password change bumps it (iat's seconds cannot order changes).
     token_generation: int = 0
 
 
 class Task(SQLModel, table=True):
     __table_args__ = (
         Index("ix_task_user_created", "user_id", "created_at", "id"),  # the default list's order
-        # Checked on the row itself, so two concurrent updates cannot break it between them.
+        # On the row itself, so two concurrent updates cannot break it between them.
         CheckConstraint(
             "recurrence = 'none' OR due_date IS NOT NULL", name="recurring_task_has_due_date"
         ),
@@ -63,43 +62,43 @@ class Task(SQLModel, table=True):
     priority: str = Field(default="medium", max_length=6)
     due_date: datetime | None = None
     recurrence: str = Field(default="none", max_length=7)
-    next_occurrence_created: bool = False  # so reopening and completing again makes no second one
+    next_occurrence_created: bool = False  # completing again makes no second one
     created_at: datetime = Field(default_factory=utc_now)
     updated_at: datetime = Field(default_factory=utc_now)
     completed_at: datetime | None = None
 
 
 class TaskCount(SQLModel, table=True):
-    """A user's task count, kept by creates and deletes: the limit is one UPDATE, not a COUNT."""
+    """A user's task count: the limit is one UPDATE, not a COUNT."""
 
     user_id: int = Field(foreign_key="user.id", ondelete="CASCADE", primary_key=True, sa_type=Id)
     tasks: int
 
 
 class TaskTag(SQLModel, table=True):
-    """One tag of one task; its key serves the tag filter and loading a page's tags."""
+    """One tag of one task; its key serves the tag filter and tag loading."""
 
     task_id: int = Field(foreign_key="task.id", ondelete="CASCADE", primary_key=True, sa_type=Id)
     name: str = Field(primary_key=True, max_length=30)
 
 
 class RevokedToken(SQLModel, table=True):
-    """A logged-out token until it expires: by its jti, or a Better Auth token's by its SHA-256."""
+    """A logged-out token until it expires: its jti, or a Better Auth token's SHA-256."""
 
     jti: str = Field(primary_key=True, max_length=64)
     expires_at: datetime = Field(index=True)
 
 
 class TokenFamily(SQLModel, table=True):
-    """One login's session: deleting it ends its refresh tokens and the access tokens naming it."""
+    """One login's session: deleting it ends its tokens."""
 
     id: str = Field(primary_key=True, max_length=32)
     user_id: int = Field(foreign_key="user.id", ondelete="CASCADE", index=True, sa_type=Id)
-    expires_at: datetime = Field(index=True)  # when its newest token expires; pruned after
+    expires_at: datetime = Field(index=True)  # when its newest token expires
 
 
 class RefreshToken(SQLModel, table=True):
-    """A refresh token by its SHA-256; a used one stays until expiry, so a replay is recognised."""
+    """A refresh token by its SHA-256; a used one stays until expiry, to recognise a replay."""
 
     token_hash: str = Field(primary_key=True, max_length=64)
     family_id: str = Field(
@@ -107,15 +106,14 @@ class RefreshToken(SQLModel, table=True):
     )
     expires_at: datetime = Field(index=True)
     used_at: datetime | None = None
-    # Its depth in the family's chain; the first token is 0.
     generation: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
 
 
 class RateLimitEvent(SQLModel, table=True):
-    """One counted event of an abuse limit, in the database so that every worker sees it."""
+    """One counted event of an abuse limit, seen by every worker."""
 
     __table_args__ = (Index("ix_ratelimitevent_bucket_expires", "bucket", "expires_at"),)
 
     id: int | None = Field(default=None, primary_key=True, sa_type=Id)
-    bucket: str = Field(max_length=64)  # SHA-256 of what is counted: fixed size, no raw emails
-    expires_at: datetime = Field(index=True)  # pruned after
+    bucket: str = Field(max_length=64)  # SHA-256 of what is counted: no raw emails
+    expires_at: datetime = Field(index=True)

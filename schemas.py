@@ -1,5 +1,5 @@
-"""Request and response shapes, and the OpenAPI error helpers. Input models name only what a
-client may set (unknown fields are ignored): id, user_id and timestamps are never written."""
+"""Request and response models, and the OpenAPI error helpers. Input models name only what a
+client may set; unknown fields are ignored."""
 
 import unicodedata
 from datetime import UTC, datetime
@@ -25,7 +25,7 @@ from pydantic.json_schema import SkipJsonSchema
 
 BCRYPT_MAX_BYTES = 72  # bcrypt refuses longer passwords
 PASSWORD_MIN_BYTES = 8
-MAX_ID = 2**63 - 1  # the largest 64-bit id
+MAX_ID = 2**63 - 1
 EARLIEST_DATE = datetime(1900, 1, 1, tzinfo=UTC)
 LATEST_DATE = datetime(9999, 1, 1, tzinfo=UTC)  # leaves room to advance by a month
 TAG_MAX_LENGTH = 30
@@ -49,7 +49,7 @@ UserIdPath = Annotated[
 
 
 def plain_text(value: str) -> str:
-    # JSON can carry NUL and lone surrogates, which PostgreSQL and UTF-8 reject: a 422, not a 500.
+    # JSON can carry NUL and lone surrogates, which PostgreSQL and UTF-8 reject.
     if "\x00" in value:
         raise ValueError("must not contain NUL characters")
     try:
@@ -60,7 +60,7 @@ def plain_text(value: str) -> str:
 
 
 def utc_date_time(value: object) -> datetime:
-    """ISO 8601 only (pydantic would also take a number as a Unix time); no offset means UTC."""
+    """ISO 8601 only (pydantic would take a number as Unix time); no offset means UTC."""
     if isinstance(value, str):
         try:
             value = datetime.fromisoformat(value)
@@ -77,8 +77,7 @@ def utc_date_time(value: object) -> datetime:
 
 
 def stored_tag(tag: str) -> str:
-    # NFC: "é" as one character or as "e" and an accent is one tag. Lower-casing can lengthen a
-    # tag ("İ" becomes two characters) after pydantic's max_length check.
+    # NFC: "é" typed either way is one tag. Lower-casing can lengthen a tag ("İ") past max_length.
     tag = unicodedata.normalize("NFC", tag)
     if len(tag) > TAG_MAX_LENGTH:
         raise ValueError(f"a tag can have at most {TAG_MAX_LENGTH} characters once lower-cased")
@@ -90,7 +89,7 @@ def password_within_bcrypt_limits(password: str) -> str:
         size = len(password.encode())
     except UnicodeEncodeError:
         raise ValueError("Password must be valid Unicode text") from None
-    if "\x00" in password:  # bcrypt stops reading at a NUL: eight NULs would be the empty password
+    if "\x00" in password:  # bcrypt stops at a NUL: eight NULs would be the empty password
         raise ValueError("Password must not contain NUL characters")
     if not PASSWORD_MIN_BYTES <= size <= BCRYPT_MAX_BYTES:
         raise ValueError(
@@ -104,15 +103,14 @@ EMAIL_ADDRESS = TypeAdapter(EmailStr)
 
 
 def as_email(text: str) -> str:
-    """The OAuth2 username as the JSON login's EmailStr reads it; a non-email is only stripped,
-    and fails to log in as an unknown email does."""
+    """The OAuth2 username as the JSON login reads its email; a non-email is only stripped."""
     try:
         return EMAIL_ADDRESS.validate_python(text)
     except ValidationError:
         return text.strip()
 
 
-PlainText = AfterValidator(plain_text)  # after the length checks, which must see stripped text
+PlainText = AfterValidator(plain_text)  # after the length checks, on stripped text
 Title = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), PlainText
 ]
@@ -132,7 +130,7 @@ NewPassword = Annotated[str, AfterValidator(password_within_bcrypt_limits)]
 
 
 def example(**fields: Any) -> ConfigDict:
-    """A model's "Try it out" example (test_docs.py checks each); no None: FastAPI drops it."""
+    """A model's "Try it out" example; no None: FastAPI drops it."""
     return ConfigDict(json_schema_extra={"examples": [fields]})
 
 
@@ -149,8 +147,7 @@ class FieldError(BaseModel):
 
 
 class ValidationErrorMessage(BaseModel):
-    """What a 422 carries: FastAPI's list of errors, without the echoed input (it could be a \
-password)."""
+    """FastAPI's list of errors, without the echoed input (it could be a password)."""
 
     model_config = example(
         detail=[
@@ -178,7 +175,6 @@ RETRY_AFTER = {
 
 
 def error_response(description: str, detail: str, *, retry_after: bool = False) -> dict[str, Any]:
-    """One status of a route's responses=, with its own example detail."""
     content = {"application/json": {"example": {"detail": detail}}}
     headers = {"headers": RETRY_AFTER} if retry_after else {}
     return {"model": ErrorMessage, "description": description, "content": content, **headers}
@@ -201,14 +197,14 @@ class UserCreate(BaseModel):
 class UserLogin(BaseModel):
     model_config = example(email="alice@example.com", password="correct horse battery")
     email: EmailStr
-    password: str  # any length: a wrong or too long password is simply a failed login
+    password: str  # any length: too long is a failed login
 
 
 class PasswordChange(BaseModel):
     model_config = example(
         current_password="correct horse battery", new_password="a brand new passphrase"
     )
-    current_password: str  # any length: a wrong one is simply a 401
+    current_password: str  # any length, as at login
     new_password: NewPassword
 
 
@@ -218,12 +214,12 @@ class PasswordConfirmation(BaseModel):
 
 
 class UserPublic(BaseModel):
-    model_config = example(**EXAMPLE_USER) | ConfigDict(from_attributes=True)  # from a User row
+    model_config = example(**EXAMPLE_USER) | ConfigDict(from_attributes=True)
     id: int
-    email: str | None  # None for a Better Auth account: Better Auth holds its email
+    email: str | None  # None for a Better Auth account
     name: str | None
     created_at: datetime
-    better_auth_id: str | None = None  # a Better Auth account's user id (its tokens' sub)
+    better_auth_id: str | None = None  # its tokens' sub
 
 
 class TokenResponse(BaseModel):
@@ -239,14 +235,14 @@ class TokenResponse(BaseModel):
     access_token: str
     token_type: Literal["bearer"] = "bearer"
     expires_in: int  # seconds
-    refresh_token: str  # opaque; trade it at POST /api/auth/refresh for a new pair
+    refresh_token: str
     refresh_expires_in: int  # seconds
     user: UserPublic
 
 
 class RefreshRequest(BaseModel):
     model_config = example(refresh_token=EXAMPLE_REFRESH_TOKEN)
-    refresh_token: str = Field(min_length=1, max_length=256)  # any other string is simply unknown
+    refresh_token: str = Field(min_length=1, max_length=256)  # any other is simply unknown
 
 
 class TaskCreate(BaseModel):
@@ -264,7 +260,7 @@ class TaskCreate(BaseModel):
     due_date: UtcDateTime | None = None
     tags: Tags = []
     recurrence: Recurrence = "none"
-    completed: StrictBool = False  # a task can be created already done, as when importing
+    completed: StrictBool = False
 
     @model_validator(mode="after")
     def recurrence_needs_due_date(self) -> "TaskCreate":
@@ -274,19 +270,19 @@ class TaskCreate(BaseModel):
 
 
 def recurring_without_due_date() -> RequestValidationError:
-    """The 422 of TaskCreate's own check, for an update that leaves a task in that state."""
+    """TaskCreate's 422, for an update that leaves a task in that state."""
     message = f"Value error, {RECURRENCE_NEEDS_DUE_DATE}"
     return RequestValidationError([{"type": "value_error", "loc": ("body",), "msg": message}])
 
 
 class TaskUpdate(BaseModel):
-    """Every field optional: PUT and PATCH change only the fields present in the body."""
+    """Every field optional: PUT and PATCH change only the fields sent."""
 
     model_config = example(
         title="Pay rent and bills", priority="medium", tags=["home", "money", "bills"]
     )
-    # SkipJsonSchema: for these, None only means "absent", so the schema offers no null and
-    # reject_null answers an explicit one with 422. description and due_date: null clears them.
+    # SkipJsonSchema: None means "absent", so the schema offers no null and reject_null refuses
+    # one. A null description or due_date clears it.
     title: Title | SkipJsonSchema[None] = None
     description: Description | None = None
     completed: StrictBool | SkipJsonSchema[None] = None

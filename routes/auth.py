@@ -1,5 +1,5 @@
-"""Sign up, log in (JSON, or Swagger UI's OAuth2 form), refresh, read the current user, log out,
-change the password and delete the account, within limits.py's limits."""
+"""/api/auth: sign up, log in, refresh, log out, read or delete the account, change the
+password."""
 
 from datetime import datetime
 from typing import Annotated
@@ -70,13 +70,12 @@ RATE_LIMITED = {
 }
 HASHING = {
     503: error_response(
-        "Too many password hashes already running or waiting", HASHING_BUSY, retry_after=True
+        "Too many password hashes running or waiting", HASHING_BUSY, retry_after=True
     )
 }
 LOCKED_OUT = {
     429: error_response(
-        "Too many failed logins for this email from this address, "
-        "or too many signups, logins and password checks from this address",
+        "Too many failed logins for this email, or auth requests, from this address",
         TOO_MANY_FAILED_LOGINS,
         retry_after=True,
     )
@@ -86,9 +85,10 @@ EMAIL_TAKEN = "Email already registered"
 SIGNUP_ERRORS = (
     {409: error_response(EMAIL_TAKEN, EMAIL_TAKEN)} | RATE_LIMITED | HASHING | VALIDATION_ERROR
 )
-REFRESH_FAILED = "Unknown, expired, used or ended refresh token"
 REFRESH_ERRORS = (
-    {401: error_response(REFRESH_FAILED, INVALID_REFRESH_TOKEN)} | RATE_LIMITED | VALIDATION_ERROR
+    {401: error_response("Unknown, expired, used or ended refresh token", INVALID_REFRESH_TOKEN)}
+    | RATE_LIMITED
+    | VALIDATION_ERROR
 )
 LOGIN_FAILED = "Incorrect email or password"
 LOGIN_ERRORS = {401: error_response(LOGIN_FAILED, LOGIN_FAILED)} | PASSWORD_ERRORS
@@ -100,20 +100,16 @@ CONFIRM_ERRORS = {
 } | PASSWORD_ERRORS
 CHANGED_CONCURRENTLY = "The password was changed by another request at the same time; log in again"
 PASSWORD_CHANGE_ERRORS = CONFIRM_ERRORS | {
-    409: error_response(
-        "Another password change for this account won the race", CHANGED_CONCURRENTLY
-    )
+    409: error_response("Another password change won the race", CHANGED_CONCURRENTLY)
 }
 # The OAuth2 form has no model of ours: its example goes on the request body.
-FORM_EXAMPLE = {"username": "alice@example.com", "password": "correct horse battery"}
-FORM_BODY = {
-    "requestBody": {"content": {"application/x-www-form-urlencoded": {"example": FORM_EXAMPLE}}}
-}
+FORM_EXAMPLE = {"example": {"username": "alice@example.com", "password": "correct horse battery"}}
+FORM_BODY = {"requestBody": {"content": {"application/x-www-form-urlencoded": FORM_EXAMPLE}}}
 OAuth2Form = Annotated[OAuth2PasswordRequestForm, Depends()]
 
 
 async def prune_after_response(background: BackgroundTasks, now: Now) -> None:
-    """The routes that write expiring rows delete the expired ones, once they have answered."""
+    """Delete expired rows once the route has answered."""
     background.add_task(prune_expired, now)
 
 
@@ -121,7 +117,7 @@ PRUNED = [Depends(prune_after_response)]
 
 
 def token_response(user: User, refresh: IssuedRefreshToken) -> TokenResponse:
-    # The access token's own clock is the real one: PyJWT checks exp against it.
+    # The real clock, as PyJWT checks exp against it.
     return TokenResponse(
         access_token=create_access_token(user, utc_now(), refresh.family_id),
         expires_in=settings.access_token_expire_minutes * 60,
@@ -134,11 +130,10 @@ def token_response(user: User, refresh: IssuedRefreshToken) -> TokenResponse:
 def authenticate(email: str, password: str, client: str, now: datetime) -> TokenResponse:
     with new_session() as session:
         limit_auth_requests(session, client, now)
-        user = None
-        # PostgreSQL refuses a NUL in text; the form's username is no EmailStr; no email has one.
-        if "\x00" not in email:
-            user = session.exec(select(User).where(User.email == email.lower())).first()
-        # The check runs for an unknown email too, so the timing tells nothing.
+        # PostgreSQL refuses a NUL, which the form's username may hold and no email has.
+        by_email = select(User).where(User.email == email.lower())
+        user = None if "\x00" in email else session.exec(by_email).first()
+        # Run for an unknown email too: the timing tells nothing.
         check = PasswordCheck(session, client, now)
         if not check.matches(email, password, user.password_hash if user else None) or not user:
             raise invalid_credentials(LOGIN_FAILED)
@@ -153,17 +148,18 @@ def authenticate(email: str, password: str, client: str, now: datetime) -> Token
     dependencies=PRUNED,
 )
 def signup(body: UserCreate, client: ClientAddress, now: Now) -> TokenResponse:
-    """Create a user and return a bearer token for it, so the client is logged in at once."""
+    """Create a user and return its tokens, so the client is logged in at once."""
     with new_session() as session:
         limit_auth_requests(session, client, now)
-        password_hash = hash_password(body.password)
-        user = User(email=body.email.lower(), name=body.name, password_hash=password_hash)
+        user = User(
+            email=body.email.lower(), name=body.name, password_hash=hash_password(body.password)
+        )
         session.add(user)
         try:
             session.flush()
-        except IntegrityError:  # the unique email index is the one truth, even under races
+        except IntegrityError:  # the unique email index decides, even under races
             raise HTTPException(409, EMAIL_TAKEN) from None
-        # The account commits with its session: a signup that fails from here leaves none behind.
+        # Committed with its session: a signup failing from here leaves no account.
         return token_response(user, start_family(session, user, now))
 
 
@@ -183,7 +179,6 @@ def login(body: UserLogin, client: ClientAddress, now: Now) -> TokenResponse:
     dependencies=PRUNED,
 )
 def login_form(form: OAuth2Form, client: ClientAddress, now: Now) -> TokenResponse:
-    # The username as the JSON login reads its email.
     return authenticate(as_email(form.username), form.password, client, now)
 
 
@@ -194,9 +189,8 @@ def login_form(form: OAuth2Form, client: ClientAddress, now: Now) -> TokenRespon
     dependencies=PRUNED,
 )
 def refresh(body: RefreshRequest, client: ClientAddress, now: Now) -> TokenResponse:
-    """Use up the refresh token for a new pair in the same session. Presented again within its grace
-    period (10 seconds by default), it gives another tab refreshing at once a pair of its own;
-    presented after it, it ends the whole session."""
+    """Use up the refresh token for a new pair in the same session. Presented again within its
+    grace period it gives another pair (two tabs); after it, it ends the session."""
     with new_session() as session:
         limit_auth_requests(session, client, now)
         return token_response(*rotate(session, body.refresh_token, now))
@@ -206,7 +200,7 @@ def refresh(body: RefreshRequest, client: ClientAddress, now: Now) -> TokenRespo
     "/me", response_model=UserPublic, summary="The current user", responses=NOT_AUTHENTICATED
 )
 def get_me(caller: CallerDep) -> User:
-    """Return the account that the bearer token belongs to."""
+    """The bearer token's account."""
     with caller.session() as (_, user):
         return user
 
@@ -219,9 +213,9 @@ def get_me(caller: CallerDep) -> User:
     dependencies=PRUNED,
 )
 def logout(caller: CallerDep) -> Response:
-    """End the presented token's session at once, on every worker: its refresh token and
-    every access token issued in it. The user's other sessions keep working."""
-    # The account is checked, so a token already logged out is a 401.
+    """End this token's session on every worker: its refresh and access tokens. The user's
+    other sessions keep working."""
+    # The account is checked: a token already logged out is a 401.
     with caller.session() as (session, _):
         if caller.claims.family_id is not None:
             end_family(session, caller.claims.family_id)
@@ -233,8 +227,7 @@ def logout(caller: CallerDep) -> Response:
     "/password",
     status_code=204,
     summary="Change the password",
-    description="Set a new password (signup's rules). "
-    "Every token issued before it, this one too, stops working: log in again.",
+    description="Set a new password (signup's rules). Every earlier token, this one too, ends.",
     responses=PASSWORD_CHANGE_ERRORS,
     dependencies=PRUNED,
 )
@@ -245,14 +238,13 @@ def change_password(
     with caller.session() as (session, user):
         limit_auth_requests(session, client, now)
         PasswordCheck(session, client, now).confirm(user, body.current_password)
-        new_hash = hash_password(body.new_password)
-        # Compare-and-set on the generation this token was checked against: of concurrent changes
-        # one finds it; the others would overwrite the winner's password with an ended token.
+        # Compare-and-set on the checked generation: of concurrent changes only one wins.
         same_generation = update(User).where(
             col(User.id) == user.id, col(User.token_generation) == user.token_generation
         )
         bump = same_generation.values(
-            password_hash=new_hash, token_generation=User.token_generation + 1
+            password_hash=hash_password(body.new_password),
+            token_generation=User.token_generation + 1,
         )
         if session.exec(bump).rowcount != 1:  # another change won, or the account was deleted
             deleted = session.exec(select(User.id).where(User.id == user.id)).first() is None
@@ -260,7 +252,7 @@ def change_password(
             if deleted:
                 raise invalid_credentials()
             raise HTTPException(409, CHANGED_CONCURRENTLY)
-        assert user.id is not None  # a stored user's
+        assert user.id is not None
         end_every_family(session, user.id)
         session.commit()
     return Response(status_code=204)
@@ -270,8 +262,7 @@ def change_password(
     "/me",
     status_code=204,
     summary="Delete the account",
-    description="Delete the account, its tasks and their tags at once. "
-    "Its tokens stop working; the email can sign up again.",
+    description="Delete the account and its tasks. Its tokens end; the email can sign up again.",
     responses=CONFIRM_ERRORS,
     dependencies=PRUNED,
 )

@@ -1,4 +1,4 @@
-"""/docs and /redoc from fastapi-offline's files, so they work offline, and a front door at /."""
+"""/docs and /redoc, offline from fastapi-offline's files, and a front door at /."""
 
 from pathlib import Path
 
@@ -57,5 +57,5 @@ def redoc(request: Request) -> HTMLResponse:
 
 @router.get("/")
 def front_door() -> HTMLResponse:
-    """What a person who opens the server's address in a browser sees: where to go next."""
+    """Where to go next, for a person who opens the server's address."""
     return HTMLResponse(FRONT_DOOR)

@@ -1,5 +1,5 @@
-"""A user's tasks at /api/{user_id}/tasks: OwnerDep admits only that user (else 403), and every
-query is scoped by user_id, so another user's task is a plain 404."""
+"""A user's tasks at /api/{user_id}/tasks. Every query is scoped by user_id: another user's task
+is a 404."""
 
 import calendar
 from datetime import datetime, timedelta
@@ -39,24 +39,31 @@ def too_many_tasks() -> HTTPException:
     )
 
 
-TIMED_OUT = "A statement ran past STATEMENT_TIMEOUT_MS, or Better Auth's key set cannot be fetched"
 OWNER_ERRORS: Responses = {
     401: error_response("Missing, invalid or expired token", "Could not validate credentials"),
     403: error_response(
         "The path's user_id is not the token's user", "You can only access your own tasks"
     ),
-    503: error_response(TIMED_OUT, STATEMENT_TIMED_OUT, retry_after=True),
+    503: error_response(
+        "A statement ran past STATEMENT_TIMEOUT_MS, or Better Auth's key set cannot be fetched",
+        STATEMENT_TIMED_OUT,
+        retry_after=True,
+    ),
     **VALIDATION_ERROR,
 }
 TASK_NOT_FOUND = "Task not found"
 TASK_ERRORS: Responses = {404: error_response(TASK_NOT_FOUND, TASK_NOT_FOUND)}
-FULL = "The account already holds MAX_TASKS_PER_USER tasks"
-CREATE_ERRORS: Responses = {409: error_response(FULL, too_many_tasks().detail)}
-AT_LIMIT = (
-    "Completing a recurring task whose next occurrence would pass MAX_TASKS_PER_USER;"
-    " nothing changes"
-)
-COMPLETION_ERRORS = TASK_ERRORS | {409: error_response(AT_LIMIT, too_many_tasks().detail)}
+FULL = too_many_tasks().detail
+CREATE_ERRORS: Responses = {
+    409: error_response("The account already holds MAX_TASKS_PER_USER tasks", FULL)
+}
+COMPLETION_ERRORS = TASK_ERRORS | {
+    409: error_response(
+        "Completing a recurring task whose next occurrence would pass MAX_TASKS_PER_USER;"
+        " nothing changes",
+        FULL,
+    )
+}
 router = APIRouter(prefix="/api/{user_id}/tasks", tags=["tasks"], responses=OWNER_ERRORS)
 ListQuery = Annotated[TaskListQuery, Query()]
 
@@ -70,7 +77,6 @@ SORT_KEYS = {
 TASK_COLUMNS = inspect(Task).columns
 PUBLIC_COLUMNS = [column for column in TASK_COLUMNS if column.name in TaskPublic.model_fields]
 PUBLIC_NAMES = [column.name for column in PUBLIC_COLUMNS]
-
 # Built once: every task response runs it.
 TAGS_OF_TASKS = (
     select(TaskTag.task_id, TaskTag.name)
@@ -80,22 +86,21 @@ TAGS_OF_TASKS = (
 
 
 def load_tags(session: Session, task_ids: list[int]) -> dict[int, list[str]]:
-    """Each task's tags, sorted, in one query."""
     tags: dict[int, list[str]] = {task_id: [] for task_id in task_ids}
-    # Rows through Core, not the ORM: nothing here needs an object.
+    # Core rows: no ORM objects.
     for task_id, name in session.connection().execute(TAGS_OF_TASKS, {"task_ids": task_ids}):
         tags[task_id].append(name)
     return tags
 
 
 def add_tags(session: Session, task: Task, names: list[str]) -> None:
-    assert task.id is not None  # flushed
+    assert task.id is not None
     session.add_all(TaskTag(task_id=task.id, name=name) for name in names)
 
 
 def to_public(session: Session, task: Task) -> dict[str, Any]:
-    assert task.id is not None  # stored
-    # The response model keeps only TaskPublic's fields.
+    assert task.id is not None
+    # The response model drops the fields TaskPublic lacks.
     return task.model_dump() | {"tags": load_tags(session, [task.id])[task.id]}
 
 
@@ -106,7 +111,6 @@ def get_owned_task(session: Session, owner: User, task_id: int) -> Task:
     return task
 
 
-# Built once: every create runs it.
 TASK_COUNTS = TaskCount.metadata.tables["taskcount"]
 COUNT_ONE_MORE_TASK = (
     update(TASK_COUNTS)
@@ -116,21 +120,20 @@ COUNT_ONE_MORE_TASK = (
 
 
 def lock_owner(session: Session, owner: User) -> None:
-    """First in every task write: account deletion locks the user row, then its tasks, so taking
-    it first here too waits, never deadlocks. KEY SHARE waits only for a deletion; SQLite has one
-    writer."""
+    """First in every task write, in account deletion's lock order: no deadlock. KEY SHARE waits
+    only for a deletion; SQLite has one writer."""
     if session.get_bind().dialect.name == "postgresql":
         owner_row = select(User.id).where(User.id == owner.id)
         if session.exec(owner_row.with_for_update(read=True, key_share=True)).first() is None:
-            raise invalid_credentials()  # the account was deleted since the token was checked
+            raise invalid_credentials()  # the account was deleted meanwhile
 
 
 def count_new_task(session: Session, owner_id: int) -> None:
-    """One more task, or 409 at MAX_TASKS_PER_USER; concurrent creates queue on the UPDATE."""
+    """One more task, or 409 at the limit; concurrent creates queue on the UPDATE."""
     params = {"owner_id": owner_id, "limit": settings.max_tasks_per_user}
     if session.exec(COUNT_ONE_MORE_TASK, params=params).rowcount == 1:
         return
-    # No counter yet (the account's tasks are counted once, here), or the limit is reached.
+    # No counter yet (made here, from a COUNT), or the limit is reached.
     insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
     counted = select(literal(owner_id), func.count()).where(Task.user_id == owner_id)
     session.exec(
@@ -141,7 +144,7 @@ def count_new_task(session: Session, owner_id: int) -> None:
 
 
 def next_due_date(due: datetime, recurrence: str) -> datetime:
-    if recurrence in ("daily", "weekly"):
+    if recurrence != "monthly":
         return due + timedelta(days=1 if recurrence == "daily" else 7)
     year, month = (due.year + 1, 1) if due.month == 12 else (due.year, due.month + 1)
     last_day = calendar.monthrange(year, month)[1]
@@ -152,7 +155,7 @@ def create_next_occurrence(session: Session, task: Task, now: datetime) -> None:
     """For a task just completed; a guarded UPDATE claims its one next occurrence."""
     if task.recurrence == "none":
         return
-    assert task.id is not None and task.due_date is not None  # stored; recurring (a CHECK)
+    assert task.id is not None and task.due_date is not None  # recurring: a CHECK
     next_due = next_due_date(task.due_date, task.recurrence)
     claim = update(Task).where(col(Task.id) == task.id, not_(Task.next_occurrence_created))
     claimed = claim.values(next_occurrence_created=True)
@@ -160,12 +163,11 @@ def create_next_occurrence(session: Session, task: Task, now: datetime) -> None:
     if next_due >= LATEST_DATE or session.exec(claimed).rowcount != 1:
         return
     count_new_task(session, task.user_id)  # at the limit: 409, and the completion is undone
-    tags = load_tags(session, [task.id])[task.id]
     copied = task.model_dump(include={"user_id", "title", "description", "priority", "recurrence"})
     next_task = Task(**copied, due_date=next_due, created_at=now, updated_at=now)
     session.add(next_task)
     session.flush()
-    add_tags(session, next_task, tags)
+    add_tags(session, next_task, load_tags(session, [task.id])[task.id])
 
 
 def set_completed(
@@ -176,7 +178,7 @@ def set_completed(
     statement = update(Task).where(col(Task.id) == task_id, col(Task.user_id) == owner.id)
     if completed is not None:
         statement = statement.where(col(Task.completed) != completed)
-    # Every right-hand side sees the row as it was before this UPDATE.
+    # Each right-hand side reads the row as it was before.
     completed_at = case((new_state, literal(now, TASK_COLUMNS.completed_at.type)), else_=None)
     statement = statement.values(completed=new_state, completed_at=completed_at, updated_at=now)
     task = session.exec(statement.returning(Task)).scalars().first()
@@ -189,8 +191,8 @@ def set_completed(
     "",
     response_model=list[TaskPublic],
     summary="List tasks",
-    description="Filter, search, sort and page the user's tasks. "
-    "X-Total-Count counts the matches before limit and offset.",
+    description="Filter, search, sort and page the tasks. "
+    "X-Total-Count counts the matches on every page.",
 )
 def list_tasks(owner: OwnerDep, query: ListQuery, response: Response) -> list[dict[str, Any]]:
     with owner.session() as (session, user):
@@ -201,8 +203,9 @@ def list_tasks(owner: OwnerDep, query: ListQuery, response: Response) -> list[di
         if query.priority is not None:
             filters.append(col(Task.priority) == query.priority)
         if query.tag is not None:
-            tag = col(TaskTag.name) == query.tag
-            filters.append(exists().where(col(TaskTag.task_id) == Task.id, tag))
+            filters.append(
+                exists().where(col(TaskTag.task_id) == Task.id, col(TaskTag.name) == query.tag)
+            )
         if query.q is not None:  # autoescape: % and _ match themselves
             texts = col(Task.title), col(Task.description)
             filters.append(or_(*(text.icontains(query.q, autoescape=True) for text in texts)))
@@ -215,10 +218,10 @@ def list_tasks(owner: OwnerDep, query: ListQuery, response: Response) -> list[di
         undated_last = [col(Task.due_date).is_(None)] if query.sort == "due_date" else []
         # The id breaks ties: pages never overlap.
         ordering = [*undated_last, direction(key), direction(Task.id)]
-        # Rows through Core, not Task objects: no ORM bookkeeping per row.
+        # Rows through Core: no ORM bookkeeping per row.
         page = select(*PUBLIC_COLUMNS).where(*filters).order_by(*ordering)
         rows = session.connection().execute(page.offset(query.offset).limit(query.limit)).all()
-        # A page neither empty nor full (or an empty first page) ends at the last match: no COUNT.
+        # A partial page, or an empty first one, holds the last match: no COUNT.
         if 0 < len(rows) < query.limit or (not rows and query.offset == 0):
             total = query.offset + len(rows)
         else:
@@ -250,11 +253,11 @@ def create_task(
             count_new_task(session, task.user_id)
             session.add(task)
             session.flush()
-        except IntegrityError:  # the owner's account was deleted since the token was checked
+        except IntegrityError:  # the account was deleted meanwhile
             raise invalid_credentials() from None
         add_tags(session, task, body.tags)
         if task.completed:
-            session.flush()  # the next occurrence copies the tags from the table
+            session.flush()  # the next occurrence copies these tags
             create_next_occurrence(session, task, now)
         session.commit()
     response.headers["Location"] = f"/api/{user_id}/tasks/{task.id}"
@@ -273,13 +276,13 @@ def get_task(task_id: IdPath, owner: OwnerDep) -> dict[str, Any]:
 )
 @router.patch(
     "/{task_id}",
-    name="patch_task",  # its own operationId, as the function serves PUT too
+    name="patch_task",  # its own operationId
     response_model=TaskPublic,
     summary="Update a task (same as PUT)",
     responses=COMPLETION_ERRORS,
 )
 def update_task(task_id: IdPath, body: TaskUpdate, owner: OwnerDep, now: Now) -> dict[str, Any]:
-    """Change the fields present in the body; an explicit null clears description or due_date."""
+    """Change the fields sent; a null clears description or due_date."""
     with owner.session() as (session, user):
         lock_owner(session, user)
         task = get_owned_task(session, user, task_id)
@@ -293,14 +296,14 @@ def update_task(task_id: IdPath, body: TaskUpdate, owner: OwnerDep, now: Now) ->
             session.flush()
         except StaleDataError:  # deleted since our read
             raise HTTPException(404, TASK_NOT_FOUND) from None
-        except IntegrityError:  # the CHECK constraint: the row may have changed since our read
+        except IntegrityError:  # the CHECK: the row may have changed since our read
             raise recurring_without_due_date() from None
         if tags is not None:
             session.exec(delete(TaskTag).where(col(TaskTag.task_id) == task_id))
             add_tags(session, task, tags)
         if completed is not None:
             set_completed(session, user, task_id, completed, now)
-            session.refresh(task)  # that UPDATE changed the row behind the ORM's back
+            session.refresh(task)  # changed behind the ORM's back
         session.commit()
         return to_public(session, task)
 
@@ -310,7 +313,7 @@ def delete_task(task_id: IdPath, owner: OwnerDep) -> Response:
     """Delete a task and its tags. Its id is never given to another task."""
     with owner.session() as (session, user):
         lock_owner(session, user)
-        # One DELETE, no read first: of two concurrent deletions only one counts the task off.
+        # No read first: of two concurrent deletions only one counts the task off.
         owned = delete(Task).where(col(Task.id) == task_id, col(Task.user_id) == user.id)
         if session.exec(owned).rowcount == 0:
             raise HTTPException(404, TASK_NOT_FOUND)
