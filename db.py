@@ -8,9 +8,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
-from anyio import CapacityLimiter, to_thread
 from fastapi import Depends
 from sqlalchemy import Connection, Engine, delete, event, inspect, make_url, select, text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
@@ -20,9 +19,6 @@ from sqlmodel import Session, SQLModel, create_engine
 from config import settings
 from models import RateLimitEvent, RefreshToken, RevokedToken, TokenFamily, utc_now
 
-# A connection for each of AnyIO's 40 worker threads, where all of a request's database work runs,
-# and one for /health's own thread.
-POOL_SIZE = 41
 STATEMENT_TIMED_OUT = (
     "The query took too long; narrow it down (a shorter search, a filter) and try again"
 )
@@ -30,8 +26,7 @@ BUSY_TIMEOUT_MS = 30_000  # a SQLite writer's wait for the one write lock
 
 
 class StatementBudget:
-    """Interrupts a SQLite statement `seconds` after its first check, which comes once it holds
-    its locks (busy_timeout bounds that wait)."""
+    """Interrupts a SQLite statement `seconds` after its first check, once it holds its locks."""
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
@@ -44,21 +39,17 @@ class StatementBudget:
         return now > self.deadline
 
 
-def unicode_lower(value: Any) -> Any:
-    """SQLite's lower() folds only A-Z; this folds all Unicode, as PostgreSQL's does."""
-    return value.lower() if isinstance(value, str) else value
-
-
 def make_engine(url: str, statement_timeout_ms: int | None = None) -> Engine:
     budget_ms = statement_timeout_ms or settings.statement_timeout_ms
     sqlite = url.startswith("sqlite")
-    # Each :memory: connection is its own database: requests take turns on one.
+    # Each :memory: connection is its own database: all share one.
     in_memory = sqlite and make_url(url).database in (None, "", ":memory:")
     engine = create_engine(
         url,
-        hide_parameters=True,  # bound values (password hashes among them) stay out of logs
+        hide_parameters=True,  # password hashes stay out of logs
         execution_options={"statement_budget_ms": budget_ms},
-        **({"poolclass": StaticPool} if in_memory else {"pool_size": POOL_SIZE, "max_overflow": 0}),
+        # AnyIO's 40 threads and /health's own: a connection each.
+        **({"poolclass": StaticPool} if in_memory else {"pool_size": 41, "max_overflow": 0}),
         pool_pre_ping=not sqlite,
         # No prepared statements: behind a pooler, a transaction may get another server.
         connect_args={"check_same_thread": False} if sqlite else {"prepare_threshold": None},
@@ -67,18 +58,22 @@ def make_engine(url: str, statement_timeout_ms: int | None = None) -> Engine:
         return engine
 
     @event.listens_for(engine, "connect")
-    def configure_sqlite(
-        dbapi_connection: sqlite3.Connection, connection_record: ConnectionPoolEntry
-    ) -> None:
-        dbapi_connection.create_function("lower", 1, unicode_lower, deterministic=True)
-        # Switching a file to WAL takes a lock: wait for it as start-up does.
-        dbapi_connection.execute(f"PRAGMA busy_timeout={settings.database_wait_seconds * 1000}")
-        dbapi_connection.execute("PRAGMA journal_mode=WAL")  # readers beside the writer
-        dbapi_connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        dbapi_connection.execute("PRAGMA foreign_keys=ON")  # for ON DELETE CASCADE
-        dbapi_connection.execute(f"PRAGMA synchronous={settings.sqlite_synchronous}")
-        connection_record.info["statement_budget"] = budget = StatementBudget(budget_ms / 1000)
-        dbapi_connection.set_progress_handler(budget.exceeded, 1000)
+    def configure_sqlite(connection: sqlite3.Connection, record: ConnectionPoolEntry) -> None:
+        # SQLite's lower() folds only A-Z; this folds all Unicode, as PostgreSQL's does.
+        connection.create_function(
+            "lower",
+            1,
+            lambda value: value.lower() if isinstance(value, str) else value,
+            deterministic=True,
+        )
+        # Switching to WAL takes a lock: wait as start-up does.
+        connection.execute(f"PRAGMA busy_timeout={settings.database_wait_seconds * 1000}")
+        connection.execute("PRAGMA journal_mode=WAL")  # readers beside the writer
+        connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        connection.execute("PRAGMA foreign_keys=ON")  # for ON DELETE CASCADE
+        connection.execute(f"PRAGMA synchronous={settings.sqlite_synchronous}")
+        record.info["statement_budget"] = budget = StatementBudget(budget_ms / 1000)
+        connection.set_progress_handler(budget.exceeded, 1000)
 
     @event.listens_for(engine, "before_cursor_execute")
     def restart_statement_budget(connection: Connection, *_: object) -> None:
@@ -88,8 +83,7 @@ def make_engine(url: str, statement_timeout_ms: int | None = None) -> Engine:
 
 
 def limit_statement_time(session: Session) -> None:
-    """PostgreSQL's statement_timeout for this transaction, only where a client sets the cost:
-    it counts lock waits too. SQLite's budget covers all."""
+    """PostgreSQL's statement_timeout where a client sets the cost: it counts lock waits too."""
     connection = session.connection()
     if connection.dialect.name == "postgresql":
         budget_ms = int(connection.get_execution_options()["statement_budget_ms"])
@@ -124,11 +118,10 @@ in_memory_turns = threading.Lock()
 
 @contextmanager
 def new_session() -> Iterator[Session]:
-    """A request's session, opened and closed in the one thread that does its work: a request
-    holds a connection only while it holds a thread, so the pool never runs out. In-memory
-    SQLite has one connection, taken in turns."""
+    """A request's session, in the thread doing its work: the pool never runs out. In-memory
+    SQLite's one connection is taken in turns."""
     turns = in_memory_turns if isinstance(engine.pool, StaticPool) else nullcontext()
-    # expire_on_commit=False: handlers return the rows they wrote without reading them again.
+    # Handlers return the rows they wrote without reading them again.
     with turns, Session(engine, expire_on_commit=False) as session:
         yield session
 
@@ -139,14 +132,6 @@ def database_answers() -> bool:
             return connection.execute(text("SELECT 1")).scalar() == 1
     except SQLAlchemyError:
         return False
-
-
-HEALTH_CHECK = CapacityLimiter(1)  # one thread beyond the 40, for one check at a time
-
-
-async def check_database() -> bool:
-    """On a thread and a connection of its own: /health answers as fast under a burst as idle."""
-    return await to_thread.run_sync(database_answers, limiter=HEALTH_CHECK)
 
 
 # Tokens before their families, whose delete then cascades to none (a million would time out).
@@ -166,7 +151,7 @@ def delete_expired(session: Session, table: type[SQLModel], now: datetime) -> in
 
 
 def prune_expired(now: datetime) -> None:
-    """Run after a response, so it slows no answer, and a failure is logged, never answered."""
+    """After a response: it slows no answer, and a failure is logged, never answered."""
     if not pruning.acquire(blocking=False):
         return
     # A request waiting for SQLite's write lock retries within 100 ms: pause as long.

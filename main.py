@@ -3,8 +3,8 @@
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from anyio import to_thread
-from fastapi import FastAPI, HTTPException, Request, status
+from anyio import CapacityLimiter, to_thread
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
@@ -16,7 +16,7 @@ from starlette.formparsers import MultiPartException
 from starlette.routing import Match
 
 from config import settings
-from db import STATEMENT_TIMED_OUT, check_database, engine, statement_ran_out_of_time
+from db import STATEMENT_TIMED_OUT, database_answers, engine, statement_ran_out_of_time
 from middleware import (
     AccessLog,
     BodySizeLimit,
@@ -33,10 +33,13 @@ from schemas import HealthStatus, error_response
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    before, now = await to_thread.run_sync(migrate, engine)  # off the event loop
+    before, now = await to_thread.run_sync(migrate, engine)
     if before != now:
-        line = "Upgraded the database schema from revision %s to %s"
-        error_log.info(line, before or "none (new database)", now)
+        error_log.info(
+            "Upgraded the database schema from revision %s to %s",
+            before or "none (new database)",
+            now,
+        )
     yield
     engine.dispose()
 
@@ -56,7 +59,7 @@ app = FastAPI(
     docs_url=None,
     redoc_url=None,  # routes/docs.py serves both from local files, not a CDN
 )
-# Each wraps those above it: CORS covers the 500 and 413; the access log sees the final status.
+# Each wraps those above: CORS covers the 500 and 413, the access log sees the final status.
 app.add_middleware(HeadAsGet)
 app.add_middleware(StartupRefusal)  # acts on the lifespan only
 app.add_middleware(InternalErrorAsJson)
@@ -78,26 +81,25 @@ app.mount(docs.ASSETS_URL, docs.assets, name="docs-assets")
 
 @app.exception_handler(RequestValidationError)
 async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    # FastAPI's format without the echoed "input", which could be a password.
-    errors = [
-        {key: value for key, value in error.items() if key != "input"} for error in exc.errors()
-    ]
-    detail = jsonable_encoder(errors, custom_encoder={Exception: str})
-    return JSONResponse({"detail": detail}, status.HTTP_422_UNPROCESSABLE_CONTENT)
+    # FastAPI's format without the echoed "input": it may be a password.
+    detail = jsonable_encoder(
+        [{key: value for key, value in error.items() if key != "input"} for error in exc.errors()],
+        custom_encoder={Exception: str},
+    )
+    return JSONResponse({"detail": detail}, 422)
 
 
 @app.exception_handler(OperationalError)
 async def statement_timed_out(request: Request, exc: OperationalError) -> JSONResponse:
     if not statement_ran_out_of_time(exc):
         raise exc  # InternalErrorAsJson's 500
-    return JSONResponse({"detail": STATEMENT_TIMED_OUT}, status.HTTP_503_SERVICE_UNAVAILABLE)
+    return JSONResponse({"detail": STATEMENT_TIMED_OUT}, 503)
 
 
 @app.exception_handler(StarletteHTTPException)
 async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-    bad_request = exc.status_code == status.HTTP_400_BAD_REQUEST
     error: dict[str, object] | None = None
-    if bad_request and isinstance(exc.__context__, MultiPartException):
+    if exc.status_code == 400 and isinstance(exc.__context__, MultiPartException):
         # Starlette's 400 for a form it cannot parse (too many fields, no boundary).
         error = {
             "type": "form_invalid",
@@ -105,28 +107,36 @@ async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
             "msg": "Form body could not be parsed",
             "ctx": {"error": exc.detail},
         }
-    elif bad_request and isinstance(exc.__cause__, (ValueError, RecursionError)):
+    elif exc.status_code == 400 and isinstance(exc.__cause__, (ValueError, RecursionError)):
         # FastAPI's bare 400 for JSON it cannot parse (not UTF-8, too deep, too many digits).
-        location = ("body", getattr(exc.__cause__, "start", 0))
-        reason = {"error": "The body is not JSON that can be parsed, in UTF-8"}
-        error = {"type": "json_invalid", "loc": location, "msg": "JSON decode error", "ctx": reason}
+        error = {
+            "type": "json_invalid",
+            "loc": ("body", getattr(exc.__cause__, "start", 0)),
+            "msg": "JSON decode error",
+            "ctx": {"error": "The body is not JSON that can be parsed, in UTF-8"},
+        }
     if error:
         return await validation_error(request, RequestValidationError([error]))
-    if exc.status_code == status.HTTP_405_METHOD_NOT_ALLOWED:
+    if exc.status_code == 405:
         # Starlette names the first matching route's methods; here each is a route.
-        def served(method: str) -> bool:
-            return any(
+        methods = [
+            method
+            for method in ("GET", "POST", "PUT", "PATCH", "DELETE")
+            if any(
                 route.matches({**request.scope, "method": method})[0] == Match.FULL
                 for route in app.routes
             )
-
-        methods = list(filter(served, ("GET", "POST", "PUT", "PATCH", "DELETE")))
+        ]
         if "GET" in methods:
             methods.insert(1, "HEAD")  # HeadAsGet answers it
         # None: a mounted app's 405 (the docs' files), whose Allow is right.
         if methods:
-            exc = StarletteHTTPException(exc.status_code, exc.detail, {"Allow": ", ".join(methods)})
+            exc.headers = {"Allow": ", ".join(methods)}
     return await http_exception_handler(request, exc)
+
+
+# Its own thread and connection: /health answers as fast under a burst as idle.
+HEALTH_CHECK = CapacityLimiter(1)
 
 
 @app.get(
@@ -138,6 +148,6 @@ async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
 )
 async def health() -> HealthStatus:
     """200 when the API is up and its database answers a query."""
-    if not await check_database():
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail="Database unavailable")
+    if not await to_thread.run_sync(database_answers, limiter=HEALTH_CHECK):
+        raise HTTPException(503, detail="Database unavailable")
     return HealthStatus()

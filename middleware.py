@@ -7,7 +7,7 @@ import sys
 import time
 from traceback import TracebackException
 
-from fastapi import HTTPException, status
+from fastapi import HTTPException
 from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.middleware.cors import CORSMiddleware as StarletteCORSMiddleware
@@ -18,8 +18,6 @@ from migrate import StartupError
 # A newline forges a log line, ESC drives the terminal; lone surrogates are not UTF-8.
 CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
-CAUSE = "\nThe above exception was the direct cause of the following exception:\n\n"
-CONTEXT = "\nDuring handling of the above exception, another exception occurred:\n\n"
 
 
 def escape_controls(text: str) -> str:
@@ -32,9 +30,13 @@ def escaped_traceback(link: TracebackException) -> str:
     """Python's traceback, each exception's text (a client's, maybe) escaped."""
     text = ""
     if link.__cause__ is not None:
-        text = escaped_traceback(link.__cause__) + CAUSE
+        text = escaped_traceback(link.__cause__) + (
+            "\nThe above exception was the direct cause of the following exception:\n\n"
+        )
     elif link.__context__ is not None and not link.__suppress_context__:
-        text = escaped_traceback(link.__context__) + CONTEXT
+        text = escaped_traceback(link.__context__) + (
+            "\nDuring handling of the above exception, another exception occurred:\n\n"
+        )
     if link.stack:
         text += "Traceback (most recent call last):\n" + "".join(link.stack.format())
     for line in link.format_exception_only():
@@ -67,13 +69,13 @@ if not access_log.handlers:
     access_log.setLevel(logging.getLogger("uvicorn.access").getEffectiveLevel())  # --log-level
 # uvicorn's repeats ours with the query string, which may hold a token.
 logging.getLogger("uvicorn.access").disabled = True
-error_log = logging.getLogger("uvicorn.error")  # uvicorn's own
+error_log = logging.getLogger("uvicorn.error")
 for logger in (access_log, error_log):
     logger.addFilter(EscapeControlCharacters())
 
 
 def logged_path(scope: Scope) -> str:
-    # Still percent-encoded, so a reader can paste it into a request.
+    # Percent-encoded: a reader can paste it into a request.
     raw_path: bytes = scope.get("raw_path", scope["path"].encode())
     return raw_path.decode("ascii", "backslashreplace")
 
@@ -102,16 +104,19 @@ class AccessLog(PureASGIMiddleware):
         started = time.perf_counter()
         sent_id = Headers(scope=scope).get("x-request-id", "")
         request_id = sent_id if SANE_REQUEST_ID.fullmatch(sent_id) else secrets.token_hex(8)
-        status_code = 500  # what the client gets if the app fails before it answers
+        status_code = 500  # if the app fails before it answers
         logged = False
 
         def log_line() -> None:
             nonlocal logged
             logged = True
-            elapsed_ms = (time.perf_counter() - started) * 1000
-            line = "%s %s %d %.1fms request_id=%s"
             access_log.info(
-                line, scope["method"], logged_path(scope), status_code, elapsed_ms, request_id
+                "%s %s %d %.1fms request_id=%s",
+                scope["method"],
+                logged_path(scope),
+                status_code,
+                (time.perf_counter() - started) * 1000,
+                request_id,
             )
 
         async def send_with_request_id(message: Message) -> None:
@@ -183,7 +188,7 @@ class BodySizeLimit(PureASGIMiddleware):
             message = await receive()
             received += len(message.get("body", b""))
             if received > self.max_bytes:  # FastAPI's handler answers it in JSON
-                raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, detail=self.too_large)
+                raise HTTPException(413, detail=self.too_large)
             return message
 
         await self.app(scope, receive_within_limit, send)

@@ -30,13 +30,7 @@ UNVERSIONED_SCHEMA = {
     "revokedtoken": {"jti", "expires_at"},
     "ratelimitevent": {"id", "bucket", "expires_at"},
 }  # fmt: skip
-# Re-makes the counter of a rebuilt table that came back empty.
-RESTORE_COUNTER = (
-    "INSERT INTO sqlite_sequence (name, seq) SELECT ?1, ?2"
-    " WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = ?1)"
-    " AND EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)"
-)
-# What a PostgreSQL that is not up yet answers.
+# A PostgreSQL not up yet answers these.
 NOT_UP_YET = (
     "connection refused",
     "the database system is starting up",
@@ -75,15 +69,18 @@ def connect_waiting(target: Engine) -> Connection:
                 raise start_up_error("connect to", target, error) from error
             if not waiting:
                 waiting = True
-                line = "Waiting up to %d s (DATABASE_WAIT_SECONDS) for the database at %s: %s"
-                log.info(line, settings.database_wait_seconds, shown_url(target.url), cause)
+                log.info(
+                    "Waiting up to %d s (DATABASE_WAIT_SECONDS) for the database at %s: %s",
+                    settings.database_wait_seconds,
+                    shown_url(target.url),
+                    cause,
+                )
             time.sleep(0.5)
 
 
 @contextmanager
 def schema_transaction(target: Engine) -> Iterator[Connection]:
-    """The schema lock in one transaction: of workers starting together, one migrates, the others
-    wait and find it done."""
+    """The schema lock in one transaction: one worker migrates, the others wait and find it done."""
     with connect_waiting(target) as connection:
         if connection.dialect.name == "postgresql":
             with connection.begin():
@@ -92,9 +89,8 @@ def schema_transaction(target: Engine) -> Iterator[Connection]:
             return
         budget = connection.info["statement_budget"]
         budget.seconds, seconds = math.inf, budget.seconds  # a migration may copy a whole table
-        # pysqlite runs DDL outside its transactions: autocommit (the pool resets it) lets our
-        # BEGIN cover all. Foreign keys go off before it (the pragma does nothing inside):
-        # rebuilding `user` would cascade-delete every task.
+        # Autocommit (the pool resets it), so pysqlite begins nothing: our BEGIN covers all.
+        # Foreign keys off before it (a no-op inside): rebuilding `user` would delete every task.
         connection.execution_options(isolation_level="AUTOCOMMIT")
         connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
         # Another worker's write lock: wait as at connect.
@@ -113,7 +109,12 @@ def schema_transaction(target: Engine) -> Iterator[Connection]:
                 connection.exec_driver_sql(
                     "UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = ?", (seq, name)
                 )
-                connection.exec_driver_sql(RESTORE_COUNTER, (name, seq))
+                connection.exec_driver_sql(  # or re-made, for a table that came back empty
+                    "INSERT INTO sqlite_sequence (name, seq) SELECT ?1, ?2"
+                    " WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = ?1)"
+                    " AND EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)",
+                    (name, seq),
+                )
             if connection.exec_driver_sql("PRAGMA foreign_key_check").first() is not None:
                 raise StartupError(
                     "The migration was rolled back: it left a foreign key pointing to no row"
@@ -137,11 +138,10 @@ def alembic_config(migrations: Path = MIGRATIONS, connection: Connection | None 
 
 
 def unversioned_revision(connection: Connection) -> str | None:
-    """None for a new database, FIRST_REVISION for one with all its tables; anything between is
-    not ours."""
+    """None for a new database, FIRST_REVISION for one with all its tables, else a StartupError."""
     inspector = inspect(connection)
     tables = set(inspector.get_table_names())
-    if not tables & set(UNVERSIONED_SCHEMA):
+    if tables.isdisjoint(UNVERSIONED_SCHEMA):
         return None
     missing = []
     for table, columns in UNVERSIONED_SCHEMA.items():
@@ -176,7 +176,7 @@ def migrate(target: Engine, migrations: Path = MIGRATIONS) -> tuple[str | None, 
                     "is left alone: delete the rows of the revisions it is not at"
                 )
             known = {script.revision for script in scripts.walk_revisions()}
-            if unknown := [version for version in versions if version not in known]:
+            if unknown := set(versions) - known:
                 raise StartupError(
                     f"The database is at revision {', '.join(unknown)}, which this release of "
                     "the Todo API does not know: a newer release made it. Run that release or a "

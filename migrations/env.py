@@ -1,5 +1,4 @@
-"""Runs versions/ on the connection migrate.migrate locked or, for the `alembic` command, on the
-app's engine."""
+"""Runs versions/ on migrate.migrate's locked connection, or on the app's engine for `alembic`."""
 
 import logging
 
@@ -16,7 +15,7 @@ def run_migrations(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=SQLModel.metadata,
-        # Batch operations: ALTER on SQLite (a rebuilt table) and PostgreSQL from one script.
+        # ALTER on SQLite (a rebuilt table) and PostgreSQL from one script.
         render_as_batch=True,
         compare_type=True,
     )
@@ -27,9 +26,8 @@ def run_migrations(connection: Connection) -> None:
 
 if context.is_offline_mode():
     raise SystemExit("Offline (--sql) mode is not supported: migrations run on a database")
-given_connection = context.config.attributes.get("connection")
-if given_connection is not None:
-    run_migrations(given_connection)
+if (connection := context.config.attributes.get("connection")) is not None:
+    run_migrations(connection)
 else:
     # The command shows the revisions it runs.
     logging.basicConfig(format="%(levelname)-5.5s [%(name)s] %(message)s")
