@@ -130,6 +130,7 @@ class Server:
         cpus: str | None = SERVER_CPU,
         workers: int = 1,
         code: Path = REPOSITORY,
+        options: tuple[str, ...] = (),
     ) -> None:
         self.port = free_port()
         self.log_path = log_path
@@ -147,6 +148,7 @@ class Server:
         ]
         if workers > 1:
             command += ["--workers", str(workers)]
+        command += options
         if cpus:
             command = ["taskset", "-c", cpus, *command]
         with open(log_path, "wb") as log:
@@ -666,7 +668,9 @@ def run_postgres(
             server.stop()
 
 
-def run_compare(plan: Plan, workdir: Path, baseline: Path) -> tuple[dict, list[str]]:
+def run_compare(
+    plan: Plan, workdir: Path, baseline: Path, baseline_options: tuple[str, ...]
+) -> tuple[dict, list[str]]:
     """This code against the code in `baseline` (a checkout of an earlier commit): list and
     create on each, in alternating rounds, one server under load at a time, both on CPU 0."""
     failures: list[str] = []
@@ -677,8 +681,12 @@ def run_compare(plan: Plan, workdir: Path, baseline: Path) -> tuple[dict, list[s
             {**environment, "DATABASE_URL": f"sqlite:///{workdir / name}.db"},
             workdir / f"{name}.log",
             code=code,
+            options=options,
         )
-        for name, code in (("current", REPOSITORY), ("baseline", baseline))
+        for name, code, options in (
+            ("current", REPOSITORY, ()),
+            ("baseline", baseline, baseline_options),
+        )
     }
     try:
         urls = {}
@@ -911,6 +919,12 @@ def main() -> None:
         help="instead: list and create of this code against COMMIT's, in alternating rounds "
         "(default 5), on SQLite; writes bench/results-compare.json",
     )
+    parser.add_argument(
+        "--baseline-options",
+        default="",
+        help="with --compare: uvicorn options for COMMIT's server only, such as "
+        "'--http h11 --loop asyncio' for a commit whose requirements had plain uvicorn",
+    )
     arguments = parser.parse_args()
     plan = SMOKE if arguments.smoke else FULL
     if arguments.rounds:
@@ -927,7 +941,8 @@ def main() -> None:
         raise SystemExit("the benchmark needs two CPUs: one for the server, one for wrk")
     started = datetime.now(UTC)
     if arguments.compare:
-        compare(arguments.compare, arguments.rounds or (1 if arguments.smoke else 5), plan)
+        rounds = arguments.rounds or (1 if arguments.smoke else 5)
+        compare(arguments.compare, tuple(arguments.baseline_options.split()), rounds, plan)
         return
     with tempfile.TemporaryDirectory(prefix="todo-bench-") as workdir:
         if not arguments.postgres:
@@ -968,7 +983,7 @@ def main() -> None:
         raise SystemExit(f"targets not met: {', '.join(missed)}")
 
 
-def compare(reference: str, rounds: int, plan: Plan) -> None:
+def compare(reference: str, options: tuple[str, ...], rounds: int, plan: Plan) -> None:
     """Check out `reference` beside this code, run both, print and keep the comparison."""
     plan = Plan(rounds, plan.seconds, 0, 0, 0)
     started = datetime.now(UTC)
@@ -977,7 +992,7 @@ def compare(reference: str, rounds: int, plan: Plan) -> None:
         git = ["git", "-C", str(REPOSITORY)]
         subprocess.run([*git, "worktree", "add", "--detach", baseline, reference], check=True)
         try:
-            figures, failures = run_compare(plan, Path(workdir), baseline)
+            figures, failures = run_compare(plan, Path(workdir), baseline, options)
         finally:
             subprocess.run([*git, "worktree", "remove", "--force", baseline], check=True)
     report_compare(figures, reference)
@@ -986,6 +1001,7 @@ def compare(reference: str, rounds: int, plan: Plan) -> None:
             {
                 "date": started.isoformat(timespec="seconds"),
                 "reference": reference,
+                "baseline_options": list(options),
                 "rounds": plan.rounds,
                 "seconds_per_run": plan.seconds,
                 "figures": figures,
