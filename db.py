@@ -11,13 +11,13 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import Depends
-from sqlalchemy import Connection, Engine, delete, event, inspect, make_url, select, text
+from sqlalchemy import Connection, Engine, delete, event, inspect, make_url, select, text, tuple_
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 from sqlmodel import Session, SQLModel, create_engine
 
 from config import settings
-from models import RateLimitEvent, RefreshToken, RevokedToken, TokenFamily, utc_now
+from models import IdempotencyKey, RateLimitEvent, RefreshToken, RevokedToken, TokenFamily, utc_now
 
 STATEMENT_TIMED_OUT = (
     "The query took too long; narrow it down (a shorter search, a filter) and try again"
@@ -135,18 +135,18 @@ def database_answers() -> bool:
 
 
 # Tokens before their families, whose delete then cascades to none (a million would time out).
-EXPIRING_TABLES = (RefreshToken, TokenFamily, RevokedToken, RateLimitEvent)
+EXPIRING_TABLES = (RefreshToken, TokenFamily, RevokedToken, RateLimitEvent, IdempotencyKey)
 PRUNE_BATCH_ROWS = 5000  # per transaction: SQLite's write lock is held for milliseconds
 pruning = threading.Lock()  # one run per process: another would queue for the same rows
 
 
 def delete_expired(session: Session, table: type[SQLModel], now: datetime) -> int:
     mapper = inspect(table)
-    [key] = mapper.primary_key
-    expired = select(key).where(mapper.columns["expires_at"] <= now).limit(PRUNE_BATCH_ROWS)
+    key = mapper.primary_key
+    expired = select(*key).where(mapper.columns["expires_at"] <= now).limit(PRUNE_BATCH_ROWS)
     if session.get_bind().dialect.name == "postgresql":
         expired = expired.with_for_update(skip_locked=True)  # concurrent runs take other rows
-    statement = delete(table).where(key.in_(expired.scalar_subquery()))
+    statement = delete(table).where(tuple_(*key).in_(expired))
     return session.connection().execute(statement).rowcount
 
 

@@ -69,8 +69,15 @@ app.add_middleware(
     allow_origins=settings.cors_origins,
     allow_credentials=False,  # bearer tokens go in a header, never in cookies
     allow_methods=["*"],
-    allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
-    expose_headers=["X-Total-Count", "Location", "X-Request-ID"],
+    allow_headers=[
+        "Authorization",
+        "Content-Type",
+        "X-Request-ID",
+        "If-Match",
+        "If-None-Match",
+        "Idempotency-Key",
+    ],
+    expose_headers=["X-Total-Count", "Location", "X-Request-ID", "ETag"],
 )
 app.add_middleware(AccessLog)
 app.include_router(auth.router)

@@ -66,6 +66,8 @@ class Task(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utc_now)
     updated_at: datetime = Field(default_factory=utc_now)
     completed_at: datetime | None = None
+    # One more on every change a response shows: the task's ETag (see routes/preconditions.py).
+    version: int = Field(default=1, sa_column_kwargs={"server_default": "1"})
 
 
 class TaskCount(SQLModel, table=True):
@@ -107,6 +109,18 @@ class RefreshToken(SQLModel, table=True):
     expires_at: datetime = Field(index=True)
     used_at: datetime | None = None
     generation: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+
+
+class IdempotencyKey(SQLModel, table=True):
+    """A create's Idempotency-Key, by its SHA-256, and the answer it got, for 24 hours."""
+
+    user_id: int = Field(foreign_key="user.id", ondelete="CASCADE", primary_key=True, sa_type=Id)
+    key_hash: str = Field(primary_key=True, max_length=64)
+    request_hash: str = Field(max_length=64)  # SHA-256 of the request's body, as validated
+    answer: str | None = None  # the 201's body; None while the first request still runs
+    location: str | None = Field(default=None, max_length=300)
+    created_at: datetime
+    expires_at: datetime = Field(index=True)
 
 
 class RateLimitEvent(SQLModel, table=True):

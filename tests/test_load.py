@@ -26,6 +26,7 @@ from sqlmodel import Session
 
 import db
 import migrate
+import routes.task_rules
 import routes.tasks
 from db import STATEMENT_TIMED_OUT
 from models import RateLimitEvent, RefreshToken, RevokedToken, Task, TokenFamily, User
@@ -262,9 +263,10 @@ def wait_until_a_request_waits_for_a_lock(engine) -> None:
 
 
 # Each request, and a function it calls once it has written the task row, and so holds its lock.
+# Where each pauses: after its task write, in the function it calls next.
 COMPLETIONS = {
-    "complete": ("PATCH", "/complete", None, "next_due_date"),
-    "PUT completed": ("PUT", "", {"completed": True}, "set_completed"),
+    "complete": ("PATCH", "/complete", None, (routes.task_rules, "next_due_date")),
+    "PUT completed": ("PUT", "", {"completed": True}, (routes.tasks, "set_completed")),
 }
 
 
@@ -280,14 +282,15 @@ def test_completing_a_recurring_task_while_its_account_is_deleted_never_deadlock
 ):
     task = create(alice, due_date="2026-04-01T00:00:00Z", recurrence="daily")
     task_written, deletion_waiting = threading.Event(), threading.Event()
-    function = getattr(routes.tasks, pause_in)
+    module, name = pause_in
+    function = getattr(module, name)
 
     def pause_then_go_on(*args):
         task_written.set()
         assert deletion_waiting.wait(timeout=30)
         return function(*args)
 
-    monkeypatch.setattr(routes.tasks, pause_in, pause_then_go_on)
+    monkeypatch.setattr(module, name, pause_then_go_on)
     url = f"{alice.tasks_url}/{task['id']}{suffix}"
     with ThreadPoolExecutor(max_workers=2) as pool:
         completing = pool.submit(client.request, method, url, json=body, headers=alice.headers)
@@ -314,6 +317,7 @@ def another_request_commits_after_the_read(engine, monkeypatch):
 
         def read_then_race(session, owner_id, task_id):
             task = read(session, owner_id, task_id)
+            monkeypatch.setattr(routes.tasks, "get_owned_task", read)  # the next read only
             with Session(engine) as other:
                 other.execute(change(task_id))
                 other.commit()
@@ -366,9 +370,9 @@ def test_updating_a_task_deleted_meanwhile_is_404(
 def limit_tasks_to(monkeypatch, limit: int) -> dict:
     """MAX_TASKS_PER_USER for this test; returns the 409 body at that limit."""
     monkeypatch.setattr(
-        routes.tasks,
+        routes.task_rules,
         "settings",
-        dataclasses.replace(routes.tasks.settings, max_tasks_per_user=limit),
+        dataclasses.replace(routes.task_rules.settings, max_tasks_per_user=limit),
     )
     return {
         "detail": f"Task limit reached: an account holds at most {limit} tasks; delete some first"
@@ -389,7 +393,7 @@ def total(client, account) -> int:
 
 
 def test_max_tasks_per_user_defaults_to_10000():
-    assert routes.tasks.settings.max_tasks_per_user == 10_000
+    assert routes.task_rules.settings.max_tasks_per_user == 10_000
 
 
 def test_a_create_beyond_the_task_limit_is_409_until_a_task_is_deleted(
