@@ -292,7 +292,7 @@ def test_the_readme_curl_walkthrough_works_when_pasted_into_a_shell(tmp_path, li
     )
     assert shell.returncode == 0, shell.stderr
     statuses = re.findall(r"^HTTP/1.1 (\d{3})", shell.stdout, re.M)
-    assert statuses == ["201", "200", "204"]
+    assert statuses == ["201", "201", "200", "204"]  # the create, retried with its key
     assert '"completed":true' in shell.stdout
     assert "x-total-count: 1" in shell.stdout
     # The walkthrough cleans up; its last requests used the access token from the refresh.
