@@ -281,17 +281,33 @@ async ({ api, email, password }) => {
   const account = await signup.json();
   const tasks = `${api}/api/${account.user.id}/tasks`;
   const auth = { Authorization: `Bearer ${account.access_token}` };
-  const created = await fetch(tasks, {
+  const create = () => fetch(tasks, {
     method: "POST",
-    headers: { ...auth, "Content-Type": "application/json" },
+    headers: { ...auth, "Content-Type": "application/json", "Idempotency-Key": "page-1" },
     body: JSON.stringify({ title: "From the frontend" }),
+  });
+  const created = await create();
+  const retried = await create();
+  const task = `${api}${created.headers.get("Location")}`;
+  const edit = (etag) => fetch(task, {
+    method: "PATCH",
+    headers: { ...auth, "Content-Type": "application/json", "If-Match": etag },
+    body: JSON.stringify({ title: "Edited in the page" }),
+  });
+  const stale = await edit('"0"');
+  const edited = await edit(created.headers.get("ETag"));
+  const cached = await fetch(task, {
+    headers: { ...auth, "If-None-Match": edited.headers.get("ETag") },
   });
   const listed = await fetch(`${tasks}?status=pending`, { headers: auth });
   return {
     userId: account.user.id,
     signup: signup.status,
-    created: created.status,
+    created: [created.status, retried.status],
     location: created.headers.get("Location"),
+    etags: [created.headers.get("ETag"), stale.headers.get("ETag"), edited.headers.get("ETag")],
+    writes: [stale.status, edited.status],
+    cached: cached.status,
     listed: listed.status,
     totalCount: listed.headers.get("X-Total-Count"),
     titles: (await listed.json()).map((task) => task.title),
@@ -318,14 +334,18 @@ def test_a_page_from_an_allowed_origin_calls_the_api_with_a_preflight(
     )
     log = server.log()
     user_id = result["userId"]
+    # The page reads the ETag and sends If-Match, If-None-Match and Idempotency-Key.
     assert result == {
         "userId": user_id,
         "signup": 201,
-        "created": 201,
+        "created": [201, 201],
         "location": f"/api/{user_id}/tasks/1",
+        "etags": ['"1"', '"1"', '"2"'],
+        "writes": [412, 200],
+        "cached": 304,
         "listed": 200,
         "totalCount": "1",
-        "titles": ["From the frontend"],
+        "titles": ["Edited in the page"],
     }
     # The browser asked first: the preflight is in the server's access log.
     assert f"OPTIONS /api/{user_id}/tasks 200" in log

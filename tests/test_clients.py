@@ -23,6 +23,10 @@ EXPECTED_OUTPUT = [
     "ok: GET /health answers ok",
     "ok: signup returns 201 and the user",
     "ok: getMe returns the signed-up user",
+    "ok: createTask retried with its Idempotency-Key makes no second task",
+    "ok: createTask's ETag is the new task's version",
+    "ok: getTask with If-None-Match of the current ETag is 304",
+    "ok: patchTask with a stale If-Match is 412 with the current ETag",
     "ok: createTask returns 201",
     "ok: createTask's Location header names the new task",
     "ok: tags come back lower-cased and sorted",
@@ -36,7 +40,7 @@ EXPECTED_OUTPUT = [
     "ok: createTask with an empty title is 422 naming body.title",
     "ok: deleteTask returns 204",
     "ok: the deleted task is 404",
-    "typed client: 16 checks passed",
+    "typed client: 20 checks passed",
 ]
 
 

@@ -58,12 +58,29 @@ async function main(baseUrl: string): Promise<void> {
   if (me.data === undefined) throw unexpected("getMe", me.response, me.error);
   check(me.data.id === userId, "getMe returns the signed-up user");
 
-  const created = await createTask({
+  // A retry-safe create: the same Idempotency-Key and body answer the first 201 again.
+  const report = {
     path: { user_id: pathUserId },
-    body: { title: "Write the report", priority: "high", tags: ["Work", "urgent"], due_date: "2030-01-15T09:00:00Z" },
-  });
+    headers: { "Idempotency-Key": `report-${Date.now()}` },
+    body: { title: "Write the report", priority: "high" as const, tags: ["Work", "urgent"], due_date: "2030-01-15T09:00:00Z" },
+  };
+  const created = await createTask(report);
   if (created.data === undefined) throw unexpected("createTask", created.response, created.error);
   const task: Task = created.data;
+  const retried = await createTask(report);
+  if (retried.data === undefined) throw unexpected("createTask", retried.response, retried.error);
+  check(retried.response.status === 201 && retried.data.id === task.id, "createTask retried with its Idempotency-Key makes no second task");
+  const etag = created.response.headers.get("ETag") ?? "";
+  check(etag === '"1"', "createTask's ETag is the new task's version");
+  const cached = await getTask({ path: { user_id: pathUserId, task_id: task.id }, headers: { "if-none-match": etag } });
+  check(cached.response.status === 304, "getTask with If-None-Match of the current ETag is 304");
+  const stale = await patchTask({
+    path: { user_id: pathUserId, task_id: task.id },
+    headers: { "if-match": '"0"' },
+    body: { title: "Lost update" },
+  });
+  if (stale.error === undefined) throw unexpected("patchTask", stale.response, stale.data);
+  check(stale.response.status === 412 && stale.response.headers.get("ETag") === etag, "patchTask with a stale If-Match is 412 with the current ETag");
   check(created.response.status === 201, "createTask returns 201");
   check(
     created.response.headers.get("Location") === `/api/${userId}/tasks/${task.id}`,
