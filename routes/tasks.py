@@ -17,6 +17,7 @@ from config import settings
 from db import STATEMENT_TIMED_OUT, Now, limit_statement_time
 from models import Task, TaskCount, TaskTag, User
 from schemas import (
+    JSON_BODY,
     LATEST_DATE,
     VALIDATION_ERROR,
     CompletionUpdate,
@@ -55,14 +56,16 @@ TASK_NOT_FOUND = "Task not found"
 TASK_ERRORS: Responses = {404: error_response(TASK_NOT_FOUND, TASK_NOT_FOUND)}
 FULL = too_many_tasks().detail
 CREATE_ERRORS: Responses = {
-    409: error_response("The account already holds MAX_TASKS_PER_USER tasks", FULL)
+    409: error_response("The account already holds MAX_TASKS_PER_USER tasks", FULL),
+    **JSON_BODY,
 }
 COMPLETION_ERRORS = TASK_ERRORS | {
     409: error_response(
         "Completing a recurring task whose next occurrence would pass MAX_TASKS_PER_USER;"
         " nothing changes",
         FULL,
-    )
+    ),
+    **JSON_BODY,
 }
 router = APIRouter(prefix="/api/{user_id}/tasks", tags=["tasks"], responses=OWNER_ERRORS)
 ListQuery = Annotated[TaskListQuery, Query()]
