@@ -28,7 +28,7 @@ from middleware import (
 )
 from migrate import migrate
 from routes import auth, docs, tasks
-from schemas import HealthStatus, error_response
+from schemas import BODY_NOT_JSON, HealthStatus, error_response
 
 
 @asynccontextmanager
@@ -88,6 +88,13 @@ app.mount(docs.ASSETS_URL, docs.assets, name="docs-assets")
 
 @app.exception_handler(RequestValidationError)
 async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    # FastAPI reads a body as JSON only when its Content-Type says so (application/json or
+    # +json); any other body reaches the model as raw bytes. Name the header, not the shape.
+    if any(
+        error["loc"] == ("body",) and isinstance(error.get("input"), bytes)
+        for error in exc.errors()
+    ):
+        return JSONResponse({"detail": BODY_NOT_JSON}, 415)
     # FastAPI's format without the echoed "input": it may be a password.
     detail = jsonable_encoder(
         [{key: value for key, value in error.items() if key != "input"} for error in exc.errors()],

@@ -180,6 +180,13 @@ def error_response(description: str, detail: str, *, retry_after: bool = False) 
     return {"model": ErrorMessage, "description": description, "content": content, **headers}
 
 
+BODY_NOT_JSON = "Send the body as JSON, with the header Content-Type: application/json"
+# On every route that takes a JSON body: main.py's answer to a body not declared as JSON.
+JSON_BODY: Responses = {
+    415: error_response("The body's Content-Type is not application/json", BODY_NOT_JSON)
+}
+
+
 class HealthStatus(BaseModel):
     model_config = example(status="ok")
     status: Literal["ok"] = "ok"

@@ -38,6 +38,7 @@ from refresh_tokens import (
     start_family,
 )
 from schemas import (
+    JSON_BODY,
     VALIDATION_ERROR,
     PasswordChange,
     PasswordConfirmation,
@@ -83,12 +84,16 @@ LOCKED_OUT = {
 PASSWORD_ERRORS = LOCKED_OUT | HASHING | VALIDATION_ERROR
 EMAIL_TAKEN = "Email already registered"
 SIGNUP_ERRORS = (
-    {409: error_response(EMAIL_TAKEN, EMAIL_TAKEN)} | RATE_LIMITED | HASHING | VALIDATION_ERROR
+    {409: error_response(EMAIL_TAKEN, EMAIL_TAKEN), **JSON_BODY}
+    | RATE_LIMITED
+    | HASHING
+    | VALIDATION_ERROR
 )
 REFRESH_ERRORS = (
     {401: error_response("Unknown, expired, used or ended refresh token", INVALID_REFRESH_TOKEN)}
     | RATE_LIMITED
     | VALIDATION_ERROR
+    | JSON_BODY
 )
 LOGIN_FAILED = "Incorrect email or password"
 LOGIN_ERRORS = {401: error_response(LOGIN_FAILED, LOGIN_FAILED)} | PASSWORD_ERRORS
@@ -97,6 +102,7 @@ CONFIRM_ERRORS = {
         "Missing, invalid or expired token, or incorrect password", "Incorrect password"
     ),
     403: error_response("A Better Auth account: it has no password here", PASSWORD_IN_BETTER_AUTH),
+    **JSON_BODY,
 } | PASSWORD_ERRORS
 CHANGED_CONCURRENTLY = "The password was changed by another request at the same time; log in again"
 PASSWORD_CHANGE_ERRORS = CONFIRM_ERRORS | {
@@ -163,7 +169,7 @@ def signup(body: UserCreate, client: ClientAddress, now: Now) -> TokenResponse:
         return token_response(user, start_family(session, user, now))
 
 
-@router.post("/login", summary="Log in", responses=LOGIN_ERRORS, dependencies=PRUNED)
+@router.post("/login", summary="Log in", responses=LOGIN_ERRORS | JSON_BODY, dependencies=PRUNED)
 def login(body: UserLogin, client: ClientAddress, now: Now) -> TokenResponse:
     """Exchange email and password for a bearer token and a refresh token."""
     return authenticate(body.email, body.password, client, now)

@@ -45,6 +45,7 @@ from routes.task_rules import (
     too_many_tasks,
 )
 from schemas import (
+    JSON_BODY,
     VALIDATION_ERROR,
     CompletionUpdate,
     IdPath,
@@ -78,7 +79,8 @@ CREATE_ERRORS: Responses = {
         "Idempotency-Key is still running (with Retry-After)",
         FULL,
         retry_after=True,
-    )
+    ),
+    **JSON_BODY,
 }
 READ: Responses = TASK_ERRORS | NOT_MODIFIED | {200: {"headers": ETAG}}
 WRITE: Responses = TASK_ERRORS | PRECONDITION_FAILED | {200: {"headers": ETAG}}
@@ -87,7 +89,8 @@ COMPLETION_ERRORS = WRITE | {
         "Completing a recurring task whose next occurrence would pass MAX_TASKS_PER_USER;"
         " nothing changes",
         FULL,
-    )
+    ),
+    **JSON_BODY,
 }
 router = APIRouter(prefix="/api/{user_id}/tasks", tags=["tasks"], responses=OWNER_ERRORS)
 ListQuery = Annotated[TaskListQuery, Query()]

@@ -1,5 +1,7 @@
-"""A typed TypeScript client, generated from a real server's /openapi.json, does a
-frontend's whole round trip against that server (tests/e2e/typed-client/check.ts).
+"""A frontend's TypeScript against the real thing: a typed client, generated from a real
+server's /openapi.json, does a frontend's whole round trip against that server
+(tests/e2e/typed-client/check.ts), and every TypeScript block of README.md compiles against
+the pinned libraries it uses (Better Auth's client, the generated SDK).
 
 The two generators a frontend developer would use read the live schema: openapi-typescript
 (types) and @hey-api/openapi-ts (an SDK whose functions are named by the operationIds). The
@@ -7,7 +9,9 @@ program is compiled with tsc --strict and run with node; every status and body i
 typed, so a schema that lies about the server fails to compile or fails the run.
 """
 
+import json
 import os
+import re
 import shutil
 import subprocess
 
@@ -16,6 +20,13 @@ from helpers import REPO_ROOT, require_tool
 
 CLIENT_DIR = REPO_ROOT / "tests" / "e2e" / "typed-client"
 BIN = CLIENT_DIR / "node_modules" / ".bin"
+README = REPO_ROOT / "README.md"
+TYPESCRIPT_BLOCK = re.compile(r"^```(?:ts|typescript)\n(.*?)^```", re.M | re.S)
+# The sections whose TypeScript a frontend developer pastes: each must keep a block to check.
+SECTIONS_WITH_TYPESCRIPT = [
+    "## Using it from a Next.js app with Better Auth",
+    "## Generating a typed client",
+]
 NPM_TIMEOUT_SECONDS = 300
 STEP_TIMEOUT_SECONDS = 120
 # What check.ts prints, one line per check, when the server does what the schema says.
@@ -61,14 +72,25 @@ def run(
     return result
 
 
+def installed_as_pinned() -> bool:
+    """Each package that package.json pins is in node_modules, at that version."""
+    pinned = json.loads((CLIENT_DIR / "package.json").read_text())["devDependencies"]
+    for name, version in pinned.items():
+        manifest = CLIENT_DIR / "node_modules" / name / "package.json"
+        if not manifest.exists() or json.loads(manifest.read_text())["version"] != version:
+            return False
+    return True
+
+
 @pytest.fixture(scope="module")
 def node_packages() -> None:
-    """The pinned packages of tests/e2e/typed-client, installed from its lock file if missing."""
+    """The pinned packages of tests/e2e/typed-client, installed from its lock file if missing
+    or not as pinned (an install from before a package was added)."""
     require_tool(
         shutil.which("node") is not None and shutil.which("npm") is not None,
         "needs Node.js 18+ and npm (Debian: apt-get install nodejs npm)",
     )
-    if not (BIN / "tsc").exists():
+    if not installed_as_pinned():
         run(["npm", "ci", "--no-audit", "--no-fund"], timeout=NPM_TIMEOUT_SECONDS)
 
 
@@ -95,3 +117,37 @@ def test_a_generated_typescript_client_compiles_strictly_and_runs_against_the_se
     assert program.returncode == 0, program.stdout + program.stderr
     assert program.stdout.splitlines() == EXPECTED_OUTPUT
     assert program.stderr == ""
+
+
+def test_every_typescript_block_of_the_readme_compiles_strictly(node_packages, client, tmp_path):
+    """Each block in a file of its own, in a project set up as a new Next.js app (readme/):
+    below an import of what a signed-in page has at hand (readme/page.ts: Better Auth's
+    client with jwtClient(), and its session), beside the SDK that README's command
+    generates into src/client."""
+    readme = README.read_text(encoding="utf-8")
+    for heading in SECTIONS_WITH_TYPESCRIPT:
+        section = readme.split(f"\n{heading}\n", 1)[1].split("\n## ", 1)[0]
+        assert TYPESCRIPT_BLOCK.search(section), f"{heading} has no ```ts block"
+    blocks = TYPESCRIPT_BLOCK.findall(readme)
+    (tmp_path / "node_modules").symlink_to(CLIENT_DIR / "node_modules")
+    shutil.copy(CLIENT_DIR / "readme" / "tsconfig.json", tmp_path)
+    source = tmp_path / "src"
+    source.mkdir()
+    shutil.copy(CLIENT_DIR / "readme" / "page.ts", source)
+    response = client.get("/openapi.json")
+    assert response.status_code == 200
+    (tmp_path / "openapi.json").write_text(json.dumps(response.json()))
+    run([str(BIN / "openapi-ts"), "-i", "openapi.json", "-o", "src/client"], tmp_path)
+    for number, block in enumerate(blocks, start=1):
+        page = 'import { authClient, session } from "./page";\n' + block
+        (source / f"readme-{number}.ts").write_text(page)
+    compiled = subprocess.run(
+        [str(BIN / "tsc"), "--project", "tsconfig.json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=STEP_TIMEOUT_SECONDS,
+    )
+    # src/readme-N.ts is README's Nth block, one line down (the import above it).
+    assert compiled.returncode == 0, compiled.stdout + compiled.stderr
+    assert compiled.stdout == ""

@@ -90,18 +90,10 @@ def test_a_value_error_422_names_its_message_in_ctx_not_an_empty_object(client, 
         (b"[" * 5000 + b"]" * 5000, "application/json", "json_invalid"),
         (b'{"title": "x", "priority": ' + b"9" * 5000 + b"}", "application/json", "json_invalid"),
         (b"[1, 2]", "application/json", "model_attributes_type"),
-        (b"title=x", "text/plain", "model_attributes_type"),
     ],
-    ids=[
-        "malformed",
-        "not-utf-8",
-        "nested-too-deep",
-        "integer-too-long",
-        "not-an-object",
-        "not-json",
-    ],
+    ids=["malformed", "not-utf-8", "nested-too-deep", "integer-too-long", "not-an-object"],
 )
-def test_a_body_that_is_not_a_json_object_is_422_and_stores_nothing(
+def test_a_body_sent_as_json_that_is_not_a_json_object_is_422_and_stores_nothing(
     client, alice, raw, content_type, error
 ):
     response = client.post(
@@ -111,6 +103,69 @@ def test_a_body_that_is_not_a_json_object_is_422_and_stores_nothing(
     assert response.json()["detail"][0]["type"] == error
     listing = client.get(alice.tasks_url, headers=alice.headers)
     assert listing.json() == [] and listing.headers["x-total-count"] == "0"
+
+
+# The answer a fetch() with a string body and no Content-Type header gets: it sends text/plain.
+NOT_JSON = {"detail": "Send the body as JSON, with the header Content-Type: application/json"}
+# Each operation whose body is JSON, collected once from the app.
+JSON_BODY_OPERATIONS = [
+    (method.upper(), path)
+    for path, operations in app.openapi()["paths"].items()
+    for method, operation in operations.items()
+    if "application/json" in operation.get("requestBody", {}).get("content", {})
+]
+
+
+@pytest.mark.parametrize(
+    "raw, content_type",
+    [
+        (b'{"title": "Buy milk"}', None),
+        (b'{"title": "Buy milk"}', "text/plain;charset=UTF-8"),
+        (b"title=Buy+milk", "application/x-www-form-urlencoded"),
+    ],
+    ids=["no-content-type", "text-plain", "form-urlencoded"],
+)
+def test_a_body_not_sent_as_json_is_415_naming_the_header_and_stores_nothing(
+    client, alice, raw, content_type
+):
+    headers = {"Content-Type": content_type} if content_type else {}
+    response = client.post(alice.tasks_url, content=raw, headers={**alice.headers, **headers})
+    assert response.status_code == 415
+    assert response.json() == NOT_JSON
+    listing = client.get(alice.tasks_url, headers=alice.headers)
+    assert listing.json() == [] and listing.headers["x-total-count"] == "0"
+
+
+@pytest.mark.parametrize(
+    "method, path",
+    JSON_BODY_OPERATIONS,
+    ids=[f"{method} {path}" for method, path in JSON_BODY_OPERATIONS],
+)
+def test_every_route_with_a_json_body_answers_a_text_body_with_415(
+    client, alice, create, method, path
+):
+    url = path.format(user_id=alice.id, task_id=create(alice)["id"])
+    headers = {**alice.headers, "Content-Type": "text/plain"}
+    response = client.request(method, url, content=b"{}", headers=headers)
+    assert response.status_code == 415
+    assert response.json() == NOT_JSON
+
+
+def test_the_oauth2_form_route_takes_its_form_and_answers_json_naming_its_fields(
+    client, alice, password
+):
+    fields = {"username": alice.email, "password": password}
+    form = client.post("/api/auth/token", data=fields)
+    assert form.status_code == 200
+    assert form.json()["user"]["email"] == alice.email
+    response = client.post("/api/auth/token", json=fields)
+    assert response.status_code == 422
+    assert response.json() == {
+        "detail": [
+            {"type": "missing", "loc": ["body", "username"], "msg": "Field required"},
+            {"type": "missing", "loc": ["body", "password"], "msg": "Field required"},
+        ]
+    }
 
 
 @pytest.mark.parametrize(
@@ -178,10 +233,10 @@ def test_an_unexpected_failure_is_a_bare_500_with_cors_and_request_id(
 
 AUTH_ROUTE_STATUSES = {
     ("post", "/api/auth/logout"): {"204", "401", "503"},
-    ("put", "/api/auth/password"): {"204", "401", "403", "409", "422", "429", "503"},
-    ("delete", "/api/auth/me"): {"204", "401", "403", "422", "429", "503"},
-    ("post", "/api/auth/signup"): {"201", "409", "422", "429", "503"},
-    ("post", "/api/auth/login"): {"200", "401", "422", "429", "503"},
+    ("put", "/api/auth/password"): {"204", "401", "403", "409", "415", "422", "429", "503"},
+    ("delete", "/api/auth/me"): {"204", "401", "403", "415", "422", "429", "503"},
+    ("post", "/api/auth/signup"): {"201", "409", "415", "422", "429", "503"},
+    ("post", "/api/auth/login"): {"200", "401", "415", "422", "429", "503"},
     ("post", "/api/auth/token"): {"200", "401", "422", "429", "503"},
 }
 
@@ -200,6 +255,12 @@ def test_openapi_documents_every_route_and_its_errors(client):
                 assert {"401", "403", "422"} <= set(operation["responses"]), (method, path)
             if "{task_id}" in path:
                 assert "404" in operation["responses"], (method, path)
+            # 415 exactly where the body is JSON: the answer to a body not sent as JSON.
+            if "application/json" in operation.get("requestBody", {}).get("content", {}):
+                media = operation["responses"]["415"]["content"]["application/json"]
+                assert media["example"] == NOT_JSON, (method, path)
+            else:
+                assert "415" not in operation["responses"], (method, path)
     for (method, path), statuses in AUTH_ROUTE_STATUSES.items():
         operation = schema["paths"][path][method]
         assert operation["tags"] == ["auth"]

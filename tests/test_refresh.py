@@ -643,7 +643,7 @@ def test_openapi_offers_refresh_to_try_out_without_authorization(client):
     assert response.status_code == 200
     operation = response.json()["paths"][REFRESH_URL]["post"]
     assert "security" not in operation
-    assert set(operation["responses"]) == {"200", "401", "422", "429"}
+    assert set(operation["responses"]) == {"200", "401", "415", "422", "429"}
     assert operation["requestBody"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/RefreshRequest"
     }
