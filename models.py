@@ -47,6 +47,10 @@ class User(SQLModel, table=True):
 class Task(SQLModel, table=True):
     __table_args__ = (
         Index("ix_task_user_created", "user_id", "created_at", "id"),  # the default list's order
+        # The user's own order (sort=position): no two tasks in one place.
+        UniqueConstraint("user_id", "position", name="uq_task_user_position"),
+        # Counts read only this index: completed, overdue and due today per user.
+        Index("ix_task_user_completed_due", "user_id", "completed", "due_date"),
         # On the row itself, so two concurrent updates cannot break it between them.
         CheckConstraint(
             "recurrence = 'none' OR due_date IS NOT NULL", name="recurring_task_has_due_date"
@@ -68,6 +72,7 @@ class Task(SQLModel, table=True):
     completed_at: datetime | None = None
     # One more on every change a response shows: the task's ETag (see routes/preconditions.py).
     version: int = Field(default=1, sa_column_kwargs={"server_default": "1"})
+    position: int = Field(sa_type=BigInteger)  # its place in the user's order (task_rules.py)
 
 
 class TaskCount(SQLModel, table=True):

@@ -349,6 +349,7 @@ def bulk_load(database_url: str, second_user_id: int, plan: Plan) -> None:
                     "next_occurrence_created": False,
                     "created_at": moment,
                     "updated_at": moment,
+                    "position": first_task_id + offset,  # any distinct places will do here
                 }
             )
             tag_rows.append({"task_id": first_task_id + offset, "name": f"tag{offset % 50}"})

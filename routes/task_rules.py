@@ -6,14 +6,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from fastapi import HTTPException
-from sqlalchemy import bindparam, case, func, inspect, literal, update
+from sqlalchemy import bindparam, case, func, insert, inspect, literal, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, not_, select
 
 from auth import invalid_credentials
 from config import settings
-from models import Task, TaskCount, TaskTag, User
-from schemas import LATEST_DATE, TaskPublic
+from models import Id, Task, TaskCount, TaskTag, User
+from schemas import LATEST_DATE, MAX_ID, TaskPublic
 
 TASK_NOT_FOUND = "Task not found"
 
@@ -65,12 +65,19 @@ def get_owned_task(session: Session, owner: User, task_id: int) -> Task:
     return task
 
 
+TASKS, TASK_TAGS = Task.metadata.tables["task"], TaskTag.metadata.tables["tasktag"]
 TASK_COUNTS = TaskCount.metadata.tables["taskcount"]
-COUNT_ONE_MORE_TASK = (
+# One statement for 1 or n more: the row's lock also makes creates and moves take turns, so
+# two never take one place in the order.
+COUNT_MORE_TASKS = (
     update(TASK_COUNTS)
-    .where(TASK_COUNTS.c.user_id == bindparam("owner_id"), TASK_COUNTS.c.tasks < bindparam("limit"))
-    .values(tasks=TASK_COUNTS.c.tasks + 1)
+    .where(
+        TASK_COUNTS.c.user_id == bindparam("owner_id"),
+        TASK_COUNTS.c.tasks + bindparam("count") <= bindparam("limit"),
+    )
+    .values(tasks=TASK_COUNTS.c.tasks + bindparam("count"))
 )
+POSITION_GAP = 2**20  # between neighbours: a move takes the middle, rewriting no other task
 
 
 def lock_owner(session: Session, owner: User) -> None:
@@ -82,10 +89,11 @@ def lock_owner(session: Session, owner: User) -> None:
             raise invalid_credentials()  # the account was deleted meanwhile
 
 
-def count_new_task(session: Session, owner_id: int) -> None:
-    """One more task, or 409 at the limit; concurrent creates queue on the UPDATE."""
-    params = {"owner_id": owner_id, "limit": settings.max_tasks_per_user}
-    if session.exec(COUNT_ONE_MORE_TASK, params=params).rowcount == 1:
+def count_new_tasks(session: Session, owner_id: int, count: int = 1) -> None:
+    """`count` more tasks (0: only the turn in the order), or 409 past the limit."""
+    limit = settings.max_tasks_per_user if count else MAX_ID  # 0 more is never refused
+    params = {"owner_id": owner_id, "count": count, "limit": limit}
+    if session.exec(COUNT_MORE_TASKS, params=params).rowcount == 1:
         return
     # No counter yet (made here, from a COUNT), or the limit is reached.
     insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
@@ -93,8 +101,15 @@ def count_new_task(session: Session, owner_id: int) -> None:
     session.exec(
         insert(TaskCount).from_select(["user_id", "tasks"], counted).on_conflict_do_nothing()
     )
-    if session.exec(COUNT_ONE_MORE_TASK, params=params).rowcount != 1:
+    if session.exec(COUNT_MORE_TASKS, params=params).rowcount != 1:
         raise too_many_tasks()
+
+
+def end_positions(session: Session, owner_id: int, count: int) -> list[int]:
+    """The next `count` places at the end of the owner's order: after count_new_tasks."""
+    last = select(func.max(Task.position)).where(col(Task.user_id) == owner_id)
+    end = session.exec(last).one() or 0
+    return [end + POSITION_GAP * number for number in range(1, count + 1)]
 
 
 def next_due_date(due: datetime, recurrence: str) -> datetime:
@@ -105,23 +120,45 @@ def next_due_date(due: datetime, recurrence: str) -> datetime:
     return due.replace(year=year, month=month, day=min(due.day, last_day))  # 31 Jan -> 28/29 Feb
 
 
-def create_next_occurrence(session: Session, task: Task, now: datetime) -> None:
-    """For a task just completed; a guarded UPDATE claims its one next occurrence."""
-    if task.recurrence == "none":
-        return
-    assert task.id is not None and task.due_date is not None  # recurring: a CHECK
-    next_due = next_due_date(task.due_date, task.recurrence)
-    claim = update(Task).where(col(Task.id) == task.id, not_(Task.next_occurrence_created))
-    claimed = claim.values(next_occurrence_created=True)
+def create_next_occurrences(
+    session: Session, owner_id: int, task_ids: list[int], now: datetime
+) -> None:
+    """For tasks just completed: a guarded UPDATE claims each one's one next occurrence, and
+    they are made in a few statements, however many, or none if they pass the limit (409)."""
+    connection = session.connection()  # Core statements: no ORM object per task
+    claim = update(TASKS).where(
+        TASKS.c.id.in_(task_ids), TASKS.c.recurrence != "none", ~TASKS.c.next_occurrence_created
+    )
+    copied = ("id", "title", "description", "priority", "recurrence", "due_date")
+    claim = claim.values(next_occurrence_created=True)
+    claimed = connection.execute(claim.returning(*(TASKS.c[name] for name in copied))).all()
     # A series ends before its dates leave the storable years.
-    if next_due >= LATEST_DATE or session.exec(claimed).rowcount != 1:
+    series = [
+        (row, due)
+        for row in claimed
+        if (due := next_due_date(row.due_date, row.recurrence)) < LATEST_DATE
+    ]
+    if not series:
         return
-    count_new_task(session, task.user_id)  # at the limit: 409, and the completion is undone
-    copied = task.model_dump(include={"user_id", "title", "description", "priority", "recurrence"})
-    next_task = Task(**copied, due_date=next_due, created_at=now, updated_at=now)
-    session.add(next_task)
-    session.flush()
-    add_tags(session, next_task, load_tags(session, [task.id])[task.id])
+    count_new_tasks(session, owner_id, len(series))  # past the limit: 409, and nothing changes
+    places = end_positions(session, owner_id, len(series))
+    rows = [
+        {"user_id": owner_id, "title": row.title, "description": row.description,
+         "priority": row.priority, "recurrence": row.recurrence, "due_date": due,
+         "completed": False, "next_occurrence_created": False, "created_at": now,
+         "updated_at": now, "version": 1, "position": place}
+        for (row, due), place in zip(series, places, strict=True)
+    ]  # fmt: skip
+    made = connection.execute(
+        insert(TASKS).returning(TASKS.c.id, sort_by_parameter_order=True), rows
+    )
+    copies = [
+        {"new": new_id, "old": row.id}
+        for (row, _), new_id in zip(series, made.scalars(), strict=True)
+    ]
+    old_tags = TASK_TAGS.select().where(TASK_TAGS.c.task_id == bindparam("old"))
+    tags_of_old = old_tags.with_only_columns(bindparam("new", type_=Id), TASK_TAGS.c.name)
+    connection.execute(insert(TASK_TAGS).from_select(["task_id", "name"], tags_of_old), copies)
 
 
 def set_completed(
@@ -146,5 +183,6 @@ def set_completed(
     statement = statement.values(**changed, version=col(Task.version) + 1)
     task = session.exec(statement.returning(Task)).scalars().first()
     if task is not None and task.completed:
-        create_next_occurrence(session, task, now)
+        assert task.id is not None
+        create_next_occurrences(session, task.user_id, [task.id], now)
     return task

@@ -35,8 +35,9 @@ from routes.task_rules import (
     PUBLIC_NAMES,
     TASK_NOT_FOUND,
     add_tags,
-    count_new_task,
-    create_next_occurrence,
+    count_new_tasks,
+    create_next_occurrences,
+    end_positions,
     get_owned_task,
     load_tags,
     lock_owner,
@@ -182,12 +183,12 @@ def create_task(
                 headers = {"Location": str(used.location), "ETag": task_etag(1)}
                 return Response(used.answer, 201, headers, media_type="application/json")
         try:
-            task = Task.model_validate(
-                body.model_dump(exclude={"tags"}), update={"user_id": user.id, **times}
-            )
             try:
                 lock_owner(session, user)
-                count_new_task(session, task.user_id)
+                count_new_tasks(session, user.id)
+                [place] = end_positions(session, user.id, 1)  # new tasks go to the end
+                values = {"user_id": user.id, "position": place, **times}
+                task = Task.model_validate(body.model_dump(exclude={"tags"}), update=values)
                 session.add(task)
                 session.flush()
             except IntegrityError:  # the account was deleted meanwhile
@@ -195,7 +196,8 @@ def create_task(
             add_tags(session, task, body.tags)
             if task.completed:
                 session.flush()  # the next occurrence copies these tags
-                create_next_occurrence(session, task, now)
+                assert task.id is not None
+                create_next_occurrences(session, user.id, [task.id], now)
             created = task.model_dump() | {"tags": sorted(body.tags)}
             location = f"/api/{user_id}/tasks/{task.id}"
             if idempotency_key is not None:

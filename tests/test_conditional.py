@@ -266,18 +266,18 @@ def test_a_malformed_key_is_422(client, alice, key):
 
 def test_a_retry_while_the_first_still_runs_is_409_with_retry_after(client, alice, monkeypatch):
     first_running, retried = threading.Event(), threading.Event()
-    count = routes.task_rules.count_new_task
+    count = routes.task_rules.count_new_tasks
 
     def count_then_wait(*args):
         first_running.set()
         assert retried.wait(timeout=30)
         return count(*args)
 
-    monkeypatch.setattr(routes.tasks, "count_new_task", count_then_wait)
+    monkeypatch.setattr(routes.tasks, "count_new_tasks", count_then_wait)
     with ThreadPoolExecutor(max_workers=1) as pool:
         first = pool.submit(create_with_key, client, alice, "k1")
         assert first_running.wait(timeout=30)
-        monkeypatch.setattr(routes.tasks, "count_new_task", count)
+        monkeypatch.setattr(routes.tasks, "count_new_tasks", count)
         retry = create_with_key(client, alice, "k1")
         retried.set()
         assert first.result(timeout=30).status_code == 201

@@ -482,8 +482,11 @@ def insert_tasks(engine, owner_id: int, count: int, title: str, description: str
         "created_at": moment,
         "updated_at": moment,
     }
+    places = [
+        {"position": 2**20 * place} for place in range(1, count + 1)
+    ]  # as the app spaces them
     with engine.begin() as connection:
-        connection.execute(insert(Task), [row] * count)
+        connection.execute(insert(Task), [row | place for place in places])
 
 
 def worst_case_search(client, engine, account) -> tuple[httpx2.Response, float]:

@@ -792,11 +792,18 @@ def test_a_migration_that_rebuilds_the_user_table_keeps_every_task(tmp_path, dat
         table: rows[table] for table in unwidened
     }
     # The same users and tasks, with the columns later revisions added: each user's are NULL
-    # (the nickname too), each task's its version, 1.
-    for table, added in (("user", {None}), ("task", {1})):
+    # (the nickname too); each task is at version 1, placed in its user's creation order.
+    for table in ("user", "task"):
         width = len(next(iter(rows[table])))
         assert {row[:width] for row in rows_after[table]} == rows[table]
-        assert {value for row in rows_after[table] for value in row[width:]} == added
+    width = len(next(iter(rows["user"])))
+    assert {value for row in rows_after["user"] for value in row[width:]} == {None}
+    width = len(next(iter(rows["task"])))
+    places: dict[int, list[tuple[int, int]]] = {}
+    for row in sorted(rows_after["task"]):  # by id: the order they were made in
+        places.setdefault(row[1], []).append(row[width:])
+    for user_places in places.values():
+        assert user_places == [(1, 2**20 * place) for place in range(1, len(user_places) + 1)]
     if database.dialect.name == "sqlite":
         with database.connect() as connection:
             user_table = connection.exec_driver_sql(
