@@ -27,8 +27,9 @@ from middleware import (
     error_log,
 )
 from migrate import migrate
-from routes import auth, docs, tasks
-from schemas import BODY_NOT_JSON, HealthStatus, error_response
+from routes import auth, docs, task_lists, tasks
+from routes.responses import BODY_NOT_JSON, error_response
+from schemas import HealthStatus
 
 
 @asynccontextmanager
@@ -81,6 +82,7 @@ app.add_middleware(
 )
 app.add_middleware(AccessLog)
 app.include_router(auth.router)
+app.include_router(task_lists.router)  # first: /counts is not a task id
 app.include_router(tasks.router)
 app.include_router(docs.router)
 app.mount(docs.ASSETS_URL, docs.assets, name="docs-assets")

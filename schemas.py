@@ -1,9 +1,10 @@
-"""Request and response models, and the OpenAPI error helpers. Input models name only what a
-client may set; unknown fields are ignored."""
+"""Request and response models. Input models name only what a client may set; unknown fields
+are ignored."""
 
 import unicodedata
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastapi import Path
 from fastapi.exceptions import RequestValidationError
@@ -30,6 +31,8 @@ EARLIEST_DATE = datetime(1900, 1, 1, tzinfo=UTC)
 LATEST_DATE = datetime(9999, 1, 1, tzinfo=UTC)  # leaves room to advance by a month
 TAG_MAX_LENGTH = 30
 RECURRENCE_NEEDS_DUE_DATE = "A recurring task needs a due_date"
+NO_SCOPE = "Name the tasks to delete: a filter such as status=completed, or all=true"
+ALL_WITH_FILTERS = "all=true deletes every task: send it without filters"
 EXAMPLE_TIME = "2026-03-01T12:00:00Z"
 EXAMPLE_REFRESH_TOKEN = "Xq3V0m9rJ2kT8bYwL5nC1sD7fG4hP6aZ0eR2tU8iO3w"
 EXAMPLE_USER = {"id": 1, "email": "alice@example.com", "name": "Alice", "created_at": EXAMPLE_TIME}
@@ -132,59 +135,6 @@ NewPassword = Annotated[str, AfterValidator(password_within_bcrypt_limits)]
 def example(**fields: Any) -> ConfigDict:
     """A model's "Try it out" example; no None: FastAPI drops it."""
     return ConfigDict(json_schema_extra={"examples": [fields]})
-
-
-class ErrorMessage(BaseModel):
-    model_config = example(detail="Task not found")
-    detail: str
-
-
-class FieldError(BaseModel):
-    type: str
-    loc: list[str | int]
-    msg: str
-    ctx: dict[str, Any] | None = None
-
-
-class ValidationErrorMessage(BaseModel):
-    """FastAPI's list of errors, without the echoed input (it could be a password)."""
-
-    model_config = example(
-        detail=[
-            {
-                "type": "string_too_short",
-                "loc": ["body", "title"],
-                "msg": "String should have at least 1 character",
-                "ctx": {"min_length": 1},
-            }
-        ]
-    )
-    detail: list[FieldError]
-
-
-Responses = dict[int | str, dict[str, Any]]
-VALIDATION_ERROR: Responses = {
-    422: {"model": ValidationErrorMessage, "description": "Validation Error"}
-}
-RETRY_AFTER = {
-    "Retry-After": {
-        "description": "Seconds to wait before trying again",
-        "schema": {"type": "integer"},
-    }
-}
-
-
-def error_response(description: str, detail: str, *, retry_after: bool = False) -> dict[str, Any]:
-    content = {"application/json": {"example": {"detail": detail}}}
-    headers = {"headers": RETRY_AFTER} if retry_after else {}
-    return {"model": ErrorMessage, "description": description, "content": content, **headers}
-
-
-BODY_NOT_JSON = "Send the body as JSON, with the header Content-Type: application/json"
-# On every route that takes a JSON body: main.py's answer to a body not declared as JSON.
-JSON_BODY: Responses = {
-    415: error_response("The body's Content-Type is not application/json", BODY_NOT_JSON)
-}
 
 
 class HealthStatus(BaseModel):
@@ -340,14 +290,82 @@ class TaskPublic(BaseModel):
     completed_at: datetime | None
 
 
-class TaskListQuery(BaseModel):
+def time_zone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ValueError, OSError, ZoneInfoNotFoundError):  # a path, a folder, no such zone
+        raise ValueError("must be an IANA time zone, such as Europe/Paris or UTC") from None
+    return name
+
+
+class TaskFilters(BaseModel):
+    """The list's filters: what a list, the counts and the requests on many tasks select."""
+
     status: Literal["all", "pending", "completed"] = "all"
     priority: Priority | None = None
     tag: TagName | None = None
     q: Annotated[str, StringConstraints(max_length=200), PlainText] | None = None
     due_before: UtcDateTime | None = None
     due_after: UtcDateTime | None = None
-    sort: Literal["created", "updated", "title", "due_date", "priority"] = "created"
+
+
+class TaskListQuery(TaskFilters):
+    sort: Literal["created", "updated", "title", "due_date", "priority", "position"] = "created"
     order: Literal["asc", "desc"] | None = None  # absent: the natural order of each sort
     limit: int = Field(default=50, ge=1, le=100)
     offset: int = Field(default=0, ge=0, le=MAX_ID)
+
+
+class TaskCountsQuery(TaskFilters):
+    tz: Annotated[str, StringConstraints(max_length=64), AfterValidator(time_zone)] = Field(
+        default="UTC", description="The time zone whose today `due_today` counts", examples=["UTC"]
+    )
+
+
+class TaskDeletion(TaskFilters):
+    all: bool = Field(default=False, description="true, and no filter: delete every task")
+
+    @model_validator(mode="after")
+    def scoped(self) -> "TaskDeletion":
+        fields = TaskFilters.model_fields.items()
+        filtered = any(getattr(self, name) != field.default for name, field in fields)
+        if filtered == self.all:  # no scope at all, or two
+            raise ValueError(ALL_WITH_FILTERS if filtered else NO_SCOPE)
+        return self
+
+
+class TaskCounts(BaseModel):
+    model_config = example(total=12, pending=5, completed=7, overdue=1, due_today=2)
+    total: int
+    pending: int
+    completed: int
+    overdue: int  # pending, due before now
+    due_today: int  # pending, due between the day's midnights in tz
+
+
+class TasksChanged(BaseModel):
+    model_config = example(changed=3)
+    changed: int
+
+
+class TasksDeleted(BaseModel):
+    model_config = example(deleted=7)
+    deleted: int
+
+
+TaskIdValue = Annotated[int, Field(ge=1, le=MAX_ID)]
+
+
+class TaskMove(BaseModel):
+    """Exactly one of: before a task, after a task, or to the top or the bottom."""
+
+    model_config = example(to="top")
+    before: TaskIdValue | SkipJsonSchema[None] = None
+    after: TaskIdValue | SkipJsonSchema[None] = None
+    to: Literal["top", "bottom"] | SkipJsonSchema[None] = None
+
+    @model_validator(mode="after")
+    def one_place(self) -> "TaskMove":
+        if len(self.model_dump(exclude_none=True)) != 1:
+            raise ValueError('Name one place: {"before": id}, {"after": id} or {"to": "top"}')
+        return self

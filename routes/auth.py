@@ -37,19 +37,16 @@ from refresh_tokens import (
     rotate,
     start_family,
 )
+from routes.responses import JSON_BODY, VALIDATION_ERROR, Responses, error_response
 from schemas import (
-    JSON_BODY,
-    VALIDATION_ERROR,
     PasswordChange,
     PasswordConfirmation,
     RefreshRequest,
-    Responses,
     TokenResponse,
     UserCreate,
     UserLogin,
     UserPublic,
     as_email,
-    error_response,
 )
 
 router = APIRouter(prefix="/api/auth", tags=["auth"])

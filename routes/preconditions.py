@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, delete, insert, select, update
 
 from models import IdempotencyKey, Task
-from schemas import Responses, error_response
+from routes.responses import Responses, error_response
 
 CHANGED = "The task has changed since you read it: fetch it again (its ETag is in this answer)"
 IN_FLIGHT = "A create with this Idempotency-Key is still running; retry shortly"

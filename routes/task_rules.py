@@ -6,16 +6,28 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from fastapi import HTTPException
-from sqlalchemy import bindparam, case, func, insert, inspect, literal, update
+from fastapi.exceptions import RequestValidationError
+from sqlalchemy import (
+    ColumnElement,
+    bindparam,
+    case,
+    exists,
+    func,
+    insert,
+    inspect,
+    literal,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlmodel import Session, col, not_, select
+from sqlmodel import Session, col, not_, or_, select
 
 from auth import invalid_credentials
 from config import settings
 from models import Id, Task, TaskCount, TaskTag, User
-from schemas import LATEST_DATE, MAX_ID, TaskPublic
+from schemas import LATEST_DATE, MAX_ID, TaskFilters, TaskMove, TaskPublic
 
 TASK_NOT_FOUND = "Task not found"
+NO_SUCH_TASK = "No task of yours has this id"
 
 
 def too_many_tasks() -> HTTPException:
@@ -55,6 +67,27 @@ def to_public(session: Session, task: Task) -> dict[str, Any]:
     assert task.id is not None
     # The response model drops the fields TaskPublic lacks.
     return task.model_dump() | {"tags": load_tags(session, [task.id])[task.id]}
+
+
+def task_filters(owner: User, query: TaskFilters) -> list[ColumnElement[bool]]:
+    """The owner's tasks that the list's filters select."""
+    filters = [col(Task.user_id) == owner.id]
+    if query.status != "all":
+        filters.append(col(Task.completed) == (query.status == "completed"))
+    if query.priority is not None:
+        filters.append(col(Task.priority) == query.priority)
+    if query.tag is not None:
+        filters.append(
+            exists().where(col(TaskTag.task_id) == Task.id, col(TaskTag.name) == query.tag)
+        )
+    if query.q is not None:  # autoescape: % and _ match themselves
+        texts = col(Task.title), col(Task.description)
+        filters.append(or_(*(text.icontains(query.q, autoescape=True) for text in texts)))
+    if query.due_before is not None:
+        filters.append(col(Task.due_date) <= query.due_before)
+    if query.due_after is not None:
+        filters.append(col(Task.due_date) >= query.due_after)
+    return filters
 
 
 def get_owned_task(session: Session, owner: User, task_id: int) -> Task:
@@ -112,6 +145,59 @@ def end_positions(session: Session, owner_id: int, count: int) -> list[int]:
     return [end + POSITION_GAP * number for number in range(1, count + 1)]
 
 
+def new_position(session: Session, task: Task, move: TaskMove) -> int:
+    """The place `move` names for `task`: between two neighbours, or a gap past the first or
+    last task. After count_new_tasks(..., 0): the owner's order holds still meanwhile."""
+    others = [col(Task.user_id) == task.user_id, col(Task.id) != task.id]
+    positions = select(col(Task.position)).where(*others)
+    if move.to is not None:
+        end = func.min(Task.position) if move.to == "top" else func.max(Task.position)
+        edge = session.exec(select(end).where(*others)).one()
+        if edge is None:  # the only task
+            return task.position
+        return edge - POSITION_GAP if move.to == "top" else edge + POSITION_GAP
+    reference = move.before if move.before is not None else move.after
+    mark = session.exec(positions.where(col(Task.id) == reference)).first()
+    if mark is None:
+        field = "before" if move.before is not None else "after"
+        error = {
+            "type": "value_error",
+            "loc": ("body", field),
+            "msg": f"Value error, {NO_SUCH_TASK}",
+        }
+        raise RequestValidationError([error])
+    if move.before is not None:
+        neighbour = session.exec(
+            select(func.max(Task.position)).where(*others, col(Task.position) < mark)
+        ).one()
+        low, high = (mark - 2 * POSITION_GAP if neighbour is None else neighbour), mark
+    else:
+        neighbour = session.exec(
+            select(func.min(Task.position)).where(*others, col(Task.position) > mark)
+        ).one()
+        low, high = mark, (mark + 2 * POSITION_GAP if neighbour is None else neighbour)
+    if high - low < 2:  # no room between: spread the order out, then look again
+        spread_out(session, task.user_id)
+        session.refresh(task)
+        return new_position(session, task, move)
+    return (low + high) // 2
+
+
+def spread_out(session: Session, owner_id: int) -> None:
+    """Every task of the owner POSITION_GAP apart, in the same order, a new version each. Each
+    row's place must stay unique as it changes: first all above every old and new place."""
+    owned = TASKS.c.user_id == owner_id
+    extent = select(func.max(TASKS.c.position), func.count()).where(owned)
+    highest, count = session.connection().execute(extent).one()
+    base = max(highest, count * POSITION_GAP)
+    rank = func.row_number().over(order_by=TASKS.c.position).label("rank")
+    ranked = select(TASKS.c.id, rank).where(owned).subquery()
+    above = update(TASKS).where(TASKS.c.id == ranked.c.id).values(position=base + ranked.c.rank)
+    session.connection().execute(above)
+    spread = {"position": (TASKS.c.position - base) * POSITION_GAP, "version": TASKS.c.version + 1}
+    session.connection().execute(update(TASKS).where(owned).values(**spread))
+
+
 def next_due_date(due: datetime, recurrence: str) -> datetime:
     if recurrence != "monthly":
         return due + timedelta(days=1 if recurrence == "daily" else 7)
@@ -126,12 +212,18 @@ def create_next_occurrences(
     """For tasks just completed: a guarded UPDATE claims each one's one next occurrence, and
     they are made in a few statements, however many, or none if they pass the limit (409)."""
     connection = session.connection()  # Core statements: no ORM object per task
-    claim = update(TASKS).where(
-        TASKS.c.id.in_(task_ids), TASKS.c.recurrence != "none", ~TASKS.c.next_occurrence_created
-    )
+    unclaimed = [TASKS.c.recurrence != "none", ~TASKS.c.next_occurrence_created]
     copied = ("id", "title", "description", "priority", "recurrence", "due_date")
-    claim = claim.values(next_occurrence_created=True)
-    claimed = connection.execute(claim.returning(*(TASKS.c[name] for name in copied))).all()
+    claim = update(TASKS).values(next_occurrence_created=True)
+    claim = claim.returning(*(TASKS.c[name] for name in copied))
+    claimed = [
+        row
+        # In batches: a statement's parameters are limited (32,766 on SQLite).
+        for start in range(0, len(task_ids), 10_000)
+        for row in connection.execute(
+            claim.where(TASKS.c.id.in_(task_ids[start : start + 10_000]), *unclaimed)
+        )
+    ]
     # A series ends before its dates leave the storable years.
     series = [
         (row, due)

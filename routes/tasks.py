@@ -5,12 +5,13 @@ preconditions.py."""
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
-from sqlalchemy import case, exists, func
+from sqlalchemy import case, func
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import asc, col, delete, desc, or_, select, update
+from sqlmodel import asc, col, delete, desc, select, update
+from starlette.convertors import StringConvertor, register_url_convertor
 
 from auth import OwnerDep, invalid_credentials
-from db import STATEMENT_TIMED_OUT, Now, limit_statement_time
+from db import Now, limit_statement_time
 from models import Task, TaskCount, TaskTag
 from routes.preconditions import (
     ETAG,
@@ -30,6 +31,7 @@ from routes.preconditions import (
     release_key,
     task_etag,
 )
+from routes.responses import JSON_BODY, OWNER_ERRORS, Responses, error_response
 from routes.task_rules import (
     PAGE_COLUMNS,
     PUBLIC_NAMES,
@@ -42,36 +44,21 @@ from routes.task_rules import (
     load_tags,
     lock_owner,
     set_completed,
+    task_filters,
     to_public,
     too_many_tasks,
 )
 from schemas import (
-    JSON_BODY,
-    VALIDATION_ERROR,
     CompletionUpdate,
     IdPath,
-    Responses,
     TaskCreate,
     TaskListQuery,
     TaskPublic,
     TaskUpdate,
     UserIdPath,
-    error_response,
     recurring_without_due_date,
 )
 
-OWNER_ERRORS: Responses = {
-    401: error_response("Missing, invalid or expired token", "Could not validate credentials"),
-    403: error_response(
-        "The path's user_id is not the token's user", "You can only access your own tasks"
-    ),
-    503: error_response(
-        "A statement ran past STATEMENT_TIMEOUT_MS, or Better Auth's key set cannot be fetched",
-        STATEMENT_TIMED_OUT,
-        retry_after=True,
-    ),
-    **VALIDATION_ERROR,
-}
 TASK_ERRORS: Responses = {404: error_response(TASK_NOT_FOUND, TASK_NOT_FOUND)}
 FULL = too_many_tasks().detail
 CREATE_ERRORS: Responses = {
@@ -93,6 +80,17 @@ COMPLETION_ERRORS = WRITE | {
     ),
     **JSON_BODY,
 }
+
+
+class TaskIdSegment(StringConvertor):
+    """/{task_id} stops short of /counts (task_lists.py): a method /counts lacks is a 405 there,
+    not this route's 422. Any other segment still gets FastAPI's int check and its 422."""
+
+    regex = "(?!counts$)[^/]+"
+
+
+register_url_convertor("task_id", TaskIdSegment())
+TASK = "/{task_id:task_id}"
 router = APIRouter(prefix="/api/{user_id}/tasks", tags=["tasks"], responses=OWNER_ERRORS)
 ListQuery = Annotated[TaskListQuery, Query()]
 
@@ -102,6 +100,7 @@ SORT_KEYS = {
     "title": (func.lower(Task.title), "asc"),
     "due_date": (Task.due_date, "asc"),
     "priority": (case({"low": 0, "medium": 1, "high": 2}, value=Task.priority), "desc"),
+    "position": (Task.position, "asc"),
 }
 
 
@@ -118,22 +117,7 @@ def list_tasks(
 ) -> Any:
     with owner.session() as (session, user):
         limit_statement_time(session)
-        filters = [col(Task.user_id) == user.id]
-        if query.status != "all":
-            filters.append(col(Task.completed) == (query.status == "completed"))
-        if query.priority is not None:
-            filters.append(col(Task.priority) == query.priority)
-        if query.tag is not None:
-            filters.append(
-                exists().where(col(TaskTag.task_id) == Task.id, col(TaskTag.name) == query.tag)
-            )
-        if query.q is not None:  # autoescape: % and _ match themselves
-            texts = col(Task.title), col(Task.description)
-            filters.append(or_(*(text.icontains(query.q, autoescape=True) for text in texts)))
-        if query.due_before is not None:
-            filters.append(col(Task.due_date) <= query.due_before)
-        if query.due_after is not None:
-            filters.append(col(Task.due_date) >= query.due_after)
+        filters = task_filters(user, query)
         key, natural_order = SORT_KEYS[query.sort]
         direction = asc if (query.order or natural_order) == "asc" else desc
         undated_last = [col(Task.due_date).is_(None)] if query.sort == "due_date" else []
@@ -213,7 +197,7 @@ def create_task(
     return created
 
 
-@router.get("/{task_id}", response_model=TaskPublic, summary="Get a task", responses=READ)
+@router.get(TASK, response_model=TaskPublic, summary="Get a task", responses=READ)
 def get_task(
     task_id: IdPath, owner: OwnerDep, response: Response, if_none_match: IfNoneMatch = None
 ) -> Any:
@@ -226,11 +210,9 @@ def get_task(
         return to_public(session, task)
 
 
-@router.put(
-    "/{task_id}", response_model=TaskPublic, summary="Update a task", responses=COMPLETION_ERRORS
-)
+@router.put(TASK, response_model=TaskPublic, summary="Update a task", responses=COMPLETION_ERRORS)
 @router.patch(
-    "/{task_id}",
+    TASK,
     name="patch_task",  # its own operationId
     response_model=TaskPublic,
     summary="Update a task (same as PUT)",
@@ -278,7 +260,7 @@ def update_task(
 
 
 @router.delete(
-    "/{task_id}",
+    TASK,
     status_code=204,
     summary="Delete a task",
     responses=TASK_ERRORS | PRECONDITION_FAILED,

@@ -11,6 +11,7 @@ from sqlalchemy import event, text
 from sqlmodel import Session, select
 
 import db
+import routes.task_lists
 import routes.tasks
 from models import TaskTag
 
@@ -32,6 +33,7 @@ EVERY_TASK_ROUTE = [
     ("PATCH", "/{id}", {"title": "mine now"}),
     ("DELETE", "/{id}", None),
     ("PATCH", "/{id}/complete", None),
+    ("PUT", "/{id}/position", {"to": "top"}),
 ]
 
 
@@ -62,13 +64,15 @@ def test_another_users_path_is_403(client, alice, bob, create, method, suffix, b
 
 # Every route of the tasks router, read from it: a route added later is tested too.
 TASK_ROUTES = sorted(
-    (method, route.path)
-    for route in routes.tasks.router.routes
+    (method, route.path_format)
+    for router in (routes.tasks.router, routes.task_lists.router)
+    for route in router.routes
     if isinstance(route, APIRoute)
     for method in route.methods
 )
-# Malformed for every task route: a task id that is no number, a page of 0, an empty title.
-MALFORMED = {"params": {"limit": "0"}, "json": {"title": "", "completed": "yes"}}
+# Malformed for every task route: a task id that is no number, a page of 0, an unknown status,
+# an empty title, a completion that is no boolean.
+MALFORMED = {"params": {"limit": "0", "status": "soon"}, "json": {"title": "", "completed": "yes"}}
 
 
 @pytest.mark.parametrize("method, path", TASK_ROUTES)
@@ -83,7 +87,7 @@ def test_another_users_path_is_403_whatever_the_rest_of_the_request_holds(
     assert (others.status_code, others.json()) == (403, FORBIDDEN)
     own = malformed_on(alice)
     assert own.status_code == 422, own.text
-    malformed = ("greater_than_equal", "int_parsing", "string_too_short")
+    malformed = ("greater_than_equal", "int_parsing", "literal_error", "string_too_short")
     assert own.json()["detail"][0]["type"] in malformed
 
 
@@ -93,9 +97,12 @@ def test_a_logged_out_token_is_401_on_every_task_route(client, alice, create, me
     logout = client.post("/api/auth/logout", headers=alice.headers)
     assert logout.status_code == 204
     url = path.format(user_id=alice.id, task_id=task["id"])
-    response = client.request(
-        method, url, headers=alice.headers, json={"title": "x", "completed": True}
-    )
+    # Valid for every task route, so only the token can fail.
+    valid = {
+        "params": {"status": "completed"},
+        "json": {"title": "x", "completed": True, "to": "top"},
+    }
+    response = client.request(method, url, headers=alice.headers, **valid)
     assert (response.status_code, response.json()) == (401, INVALID_TOKEN)
 
 

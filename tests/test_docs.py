@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from fastapi import FastAPI
 
+import routes.responses
 import schemas
 from main import app, operation_id
 
@@ -134,8 +135,10 @@ def first_example(openapi: dict, media: dict) -> object | None:
 
 
 def model_class(name: str):
-    model = getattr(schemas, name, None)
-    assert model is not None, f"schema component {name} is not a model in schemas.py"
+    model = getattr(schemas, name, None) or getattr(routes.responses, name, None)
+    assert model is not None, (
+        f"schema component {name} is not a model of schemas.py or responses.py"
+    )
     return model
 
 
@@ -314,11 +317,15 @@ OPERATIONS = {
     ("POST", "/api/auth/refresh"): ("refresh", "auth"),
     ("GET", "/api/{user_id}/tasks"): ("listTasks", "tasks"),
     ("POST", "/api/{user_id}/tasks"): ("createTask", "tasks"),
+    ("PATCH", "/api/{user_id}/tasks"): ("completeTasks", "tasks"),
+    ("DELETE", "/api/{user_id}/tasks"): ("deleteTasks", "tasks"),
+    ("GET", "/api/{user_id}/tasks/counts"): ("countTasks", "tasks"),
     ("GET", "/api/{user_id}/tasks/{task_id}"): ("getTask", "tasks"),
     ("PUT", "/api/{user_id}/tasks/{task_id}"): ("updateTask", "tasks"),
     ("PATCH", "/api/{user_id}/tasks/{task_id}"): ("patchTask", "tasks"),
     ("DELETE", "/api/{user_id}/tasks/{task_id}"): ("deleteTask", "tasks"),
     ("PATCH", "/api/{user_id}/tasks/{task_id}/complete"): ("completeTask", "tasks"),
+    ("PUT", "/api/{user_id}/tasks/{task_id}/position"): ("moveTask", "tasks"),
     ("GET", "/health"): ("health", "health"),
 }
 # A generated SDK function is named after its operationId; longer names are a sign that
