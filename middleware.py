@@ -110,13 +110,16 @@ class AccessLog(PureASGIMiddleware):
         def log_line() -> None:
             nonlocal logged
             logged = True
+            # A request on many tasks names how many (request.state.count), never which.
+            count = scope.get("state", {}).get("count")
             access_log.info(
-                "%s %s %d %.1fms request_id=%s",
+                "%s %s %d %.1fms request_id=%s%s",
                 scope["method"],
                 logged_path(scope),
                 status_code,
                 (time.perf_counter() - started) * 1000,
                 request_id,
+                "" if count is None else f" count={count}",
             )
 
         async def send_with_request_id(message: Message) -> None:

@@ -360,9 +360,9 @@ class TaskMove(BaseModel):
     """Exactly one of: before a task, after a task, or to the top or the bottom."""
 
     model_config = example(to="top")
-    before: TaskIdValue | SkipJsonSchema[None] = None
-    after: TaskIdValue | SkipJsonSchema[None] = None
-    to: Literal["top", "bottom"] | SkipJsonSchema[None] = None
+    before: TaskIdValue | None = None
+    after: TaskIdValue | None = None
+    to: Literal["top", "bottom"] | None = None
 
     @model_validator(mode="after")
     def one_place(self) -> "TaskMove":

@@ -24,7 +24,7 @@ from sqlmodel import Session, col, not_, or_, select
 from auth import invalid_credentials
 from config import settings
 from models import Id, Task, TaskCount, TaskTag, User
-from schemas import LATEST_DATE, MAX_ID, TaskFilters, TaskMove, TaskPublic
+from schemas import LATEST_DATE, TaskFilters, TaskMove, TaskPublic
 
 TASK_NOT_FOUND = "Task not found"
 NO_SUCH_TASK = "No task of yours has this id"
@@ -124,7 +124,8 @@ def lock_owner(session: Session, owner: User) -> None:
 
 def count_new_tasks(session: Session, owner_id: int, count: int = 1) -> None:
     """`count` more tasks (0: only the turn in the order), or 409 past the limit."""
-    limit = settings.max_tasks_per_user if count else MAX_ID  # 0 more is never refused
+    # 0 more is never refused: the largest INTEGER, which the column is.
+    limit = settings.max_tasks_per_user if count else 2**31 - 1
     params = {"owner_id": owner_id, "count": count, "limit": limit}
     if session.exec(COUNT_MORE_TASKS, params=params).rowcount == 1:
         return
@@ -149,33 +150,26 @@ def new_position(session: Session, task: Task, move: TaskMove) -> int:
     """The place `move` names for `task`: between two neighbours, or a gap past the first or
     last task. After count_new_tasks(..., 0): the owner's order holds still meanwhile."""
     others = [col(Task.user_id) == task.user_id, col(Task.id) != task.id]
-    positions = select(col(Task.position)).where(*others)
     if move.to is not None:
         end = func.min(Task.position) if move.to == "top" else func.max(Task.position)
         edge = session.exec(select(end).where(*others)).one()
         if edge is None:  # the only task
             return task.position
         return edge - POSITION_GAP if move.to == "top" else edge + POSITION_GAP
-    reference = move.before if move.before is not None else move.after
-    mark = session.exec(positions.where(col(Task.id) == reference)).first()
+    before = move.before is not None
+    owned = [col(Task.user_id) == task.user_id, col(Task.id) == (move.before or move.after)]
+    mark = session.exec(select(col(Task.position)).where(*owned)).first()
     if mark is None:
-        field = "before" if move.before is not None else "after"
-        error = {
-            "type": "value_error",
-            "loc": ("body", field),
-            "msg": f"Value error, {NO_SUCH_TASK}",
-        }
+        loc = ("body", "before" if before else "after")
+        error = {"type": "value_error", "loc": loc, "msg": f"Value error, {NO_SUCH_TASK}"}
         raise RequestValidationError([error])
-    if move.before is not None:
-        neighbour = session.exec(
-            select(func.max(Task.position)).where(*others, col(Task.position) < mark)
-        ).one()
-        low, high = (mark - 2 * POSITION_GAP if neighbour is None else neighbour), mark
-    else:
-        neighbour = session.exec(
-            select(func.min(Task.position)).where(*others, col(Task.position) > mark)
-        ).one()
-        low, high = mark, (mark + 2 * POSITION_GAP if neighbour is None else neighbour)
+    nearest, beyond = (
+        (func.max, col(Task.position) < mark) if before else (func.min, col(Task.position) > mark)
+    )
+    neighbour = session.exec(select(nearest(Task.position)).where(*others, beyond)).one()
+    if neighbour is None:  # the first or the last: a gap's room beyond it
+        neighbour = mark - 2 * POSITION_GAP if before else mark + 2 * POSITION_GAP
+    low, high = sorted((neighbour, mark))
     if high - low < 2:  # no room between: spread the order out, then look again
         spread_out(session, task.user_id)
         session.refresh(task)
