@@ -16,6 +16,7 @@ import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx2
 from helpers import (
     MAX_ID,
     PASSWORD,
@@ -270,3 +271,16 @@ def live_server(tmp_path):
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def two_workers_client(request, live_server):
+    """An httpx2 client of a new `uvicorn --workers 2` on a database of its own. It opens a new
+    connection per request, so the kernel hands each to whichever worker accepts it."""
+    env = {"AUTH_REQUESTS_PER_MINUTE": "0", "JWT_SECRET": secrets.token_urlsafe(48)}
+    if TEST_DATABASE_URL is not None:  # a new database beside the test database
+        env["DATABASE_URL"] = request.getfixturevalue("new_database")("workers")
+    server = live_server(workers=2, env=env)
+    with httpx2.Client(base_url=server.url, timeout=30, headers={"Connection": "close"}) as http:
+        yield http
+    assert "Traceback" not in server.log()

@@ -3,13 +3,11 @@ writes, If-None-Match on reads, and creates made safe to retry with an Idempoten
 SQLite and PostgreSQL, and with two uvicorn workers."""
 
 import dataclasses
-import secrets
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx2
 import pytest
-from helpers import PASSWORD, TEST_DATABASE_URL
 from sqlmodel import Session, select
 
 import routes.task_rules
@@ -352,40 +350,32 @@ def test_twenty_concurrent_creates_with_one_key_make_one_task(client, alice):
     assert titles(client, alice) == ["Pay rent"]
 
 
-def test_with_two_workers_one_key_makes_one_task_and_one_if_match_one_write(request, live_server):
-    env = {"AUTH_REQUESTS_PER_MINUTE": "0", "JWT_SECRET": secrets.token_urlsafe(48)}
-    if TEST_DATABASE_URL is not None:  # a new database beside the test database
-        env["DATABASE_URL"] = request.getfixturevalue("new_database")("conditional")
-    server = live_server(workers=2, env=env)
-    # A new connection per request, so the kernel hands each to whichever worker accepts it.
-    with httpx2.Client(base_url=server.url, timeout=30, headers={"Connection": "close"}) as http:
-        signup = http.post(
-            "/api/auth/signup", json={"email": "w@example.com", "password": PASSWORD}
-        )
-        assert signup.status_code == 201, signup.text
-        auth = {"Authorization": f"Bearer {signup.json()['access_token']}"}
-        tasks_url = f"/api/{signup.json()['user']['id']}/tasks"
+def test_with_two_workers_one_key_makes_one_task_and_one_if_match_one_write(
+    two_workers_client, new_account
+):
+    http = two_workers_client
+    account = new_account("w@example.com", via=http)
+    auth, tasks_url = account.headers, account.tasks_url
 
-        def create(_: int) -> httpx2.Response:
-            headers = {**auth, "Idempotency-Key": "two-workers"}
-            return http.post(tasks_url, json={"title": "once"}, headers=headers)
+    def create(_: int) -> httpx2.Response:
+        headers = {**auth, "Idempotency-Key": "two-workers"}
+        return http.post(tasks_url, json={"title": "once"}, headers=headers)
 
-        with ThreadPoolExecutor(max_workers=20) as pool:
-            creates = list(pool.map(create, range(20)))
-        assert {answer.status_code for answer in creates} <= {201, 409}
-        listing = http.get(tasks_url, headers=auth)
-        assert [task["title"] for task in listing.json()] == ["once"]
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        creates = list(pool.map(create, range(20)))
+    assert {answer.status_code for answer in creates} <= {201, 409}
+    listing = http.get(tasks_url, headers=auth)
+    assert [task["title"] for task in listing.json()] == ["once"]
 
-        task_url = f"{tasks_url}/{listing.json()[0]['id']}"
+    task_url = f"{tasks_url}/{listing.json()[0]['id']}"
 
-        def write(number: int) -> httpx2.Response:
-            headers = {**auth, "If-Match": '"1"'}
-            return http.patch(task_url, json={"title": f"writer {number}"}, headers=headers)
+    def write(number: int) -> httpx2.Response:
+        headers = {**auth, "If-Match": '"1"'}
+        return http.patch(task_url, json={"title": f"writer {number}"}, headers=headers)
 
-        with ThreadPoolExecutor(max_workers=20) as pool:
-            writes = list(pool.map(write, range(20)))
-        assert sorted(answer.status_code for answer in writes) == [200] + [412] * 19
-    assert "Traceback" not in server.log()
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        writes = list(pool.map(write, range(20)))
+    assert sorted(answer.status_code for answer in writes) == [200] + [412] * 19
 
 
 # --- browsers and the schema ---

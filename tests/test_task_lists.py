@@ -4,7 +4,6 @@ them, and move a task in the user's own order; on SQLite and PostgreSQL, and wit
 import dataclasses
 import logging
 import random
-import secrets
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -12,7 +11,6 @@ from zoneinfo import ZoneInfo
 
 import httpx2
 import pytest
-from helpers import PASSWORD, TEST_DATABASE_URL
 from sqlmodel import Session, select
 
 import routes.task_rules
@@ -508,55 +506,47 @@ def test_twenty_concurrent_moves_leave_every_task_in_one_place(client, alice, cr
     assert sorted(ordered_ids(client, alice)) == sorted(order)
 
 
-def test_with_two_workers_concurrent_moves_and_creates_keep_one_total_order(request, live_server):
-    env = {"AUTH_REQUESTS_PER_MINUTE": "0", "JWT_SECRET": secrets.token_urlsafe(48)}
-    if TEST_DATABASE_URL is not None:  # a new database beside the test database
-        env["DATABASE_URL"] = request.getfixturevalue("new_database")("order")
-    server = live_server(workers=2, env=env)
-    # A new connection per request, so the kernel hands each to whichever worker accepts it.
-    with httpx2.Client(base_url=server.url, timeout=30, headers={"Connection": "close"}) as http:
-        signup = http.post(
-            "/api/auth/signup", json={"email": "w@example.com", "password": PASSWORD}
-        )
-        assert signup.status_code == 201, signup.text
-        auth = {"Authorization": f"Bearer {signup.json()['access_token']}"}
-        tasks_url = f"/api/{signup.json()['user']['id']}/tasks"
-        ids = []
-        for number in range(10):
-            created = http.post(tasks_url, json={"title": f"task {number}"}, headers=auth)
-            assert created.status_code == 201, created.text
-            ids.append(created.json()["id"])
-        chance = random.Random(20)
-        places = [
-            {"to": chance.choice(["top", "bottom"])}
-            if number % 3 == 0
-            else {chance.choice(["before", "after"]): chance.choice(ids)}
-            for number in range(24)
-        ]
+def test_with_two_workers_concurrent_moves_and_creates_keep_one_total_order(
+    two_workers_client, new_account
+):
+    http = two_workers_client
+    account = new_account("w@example.com", via=http)
+    auth, tasks_url = account.headers, account.tasks_url
+    ids = []
+    for number in range(10):
+        created = http.post(tasks_url, json={"title": f"task {number}"}, headers=auth)
+        assert created.status_code == 201, created.text
+        ids.append(created.json()["id"])
+    chance = random.Random(20)
+    places = [
+        {"to": chance.choice(["top", "bottom"])}
+        if number % 3 == 0
+        else {chance.choice(["before", "after"]): chance.choice(ids)}
+        for number in range(24)
+    ]
 
-        def move_or_create(number: int) -> httpx2.Response:
-            if number % 6 == 5:  # a create now and then: it takes a place too
-                return http.post(tasks_url, json={"title": f"new {number}"}, headers=auth)
-            task_id = ids[number % len(ids)]
-            return http.put(f"{tasks_url}/{task_id}/position", json=places[number], headers=auth)
+    def move_or_create(number: int) -> httpx2.Response:
+        if number % 6 == 5:  # a create now and then: it takes a place too
+            return http.post(tasks_url, json={"title": f"new {number}"}, headers=auth)
+        task_id = ids[number % len(ids)]
+        return http.put(f"{tasks_url}/{task_id}/position", json=places[number], headers=auth)
 
-        with ThreadPoolExecutor(max_workers=24) as pool:
-            answers = list(pool.map(move_or_create, range(24)))  # 20 moves, 4 creates
-        assert sorted(answer.status_code for answer in answers) == [200] * 20 + [201] * 4, [
-            answer.text for answer in answers if answer.status_code >= 400
-        ]
-        listed = http.get(tasks_url, params={"sort": "position", "limit": 100}, headers=auth)
-        assert listed.status_code == 200
-        assert len(listed.json()) == 14
-        assert len({task["id"] for task in listed.json()}) == 14
-        paged = [
-            task["id"]
-            for offset in range(0, 14, 7)
-            for task in http.get(
-                tasks_url,
-                params={"sort": "position", "limit": 7, "offset": offset},
-                headers=auth,
-            ).json()
-        ]
-        assert paged == [task["id"] for task in listed.json()]
-    assert "Traceback" not in server.log()
+    with ThreadPoolExecutor(max_workers=24) as pool:
+        answers = list(pool.map(move_or_create, range(24)))  # 20 moves, 4 creates
+    assert sorted(answer.status_code for answer in answers) == [200] * 20 + [201] * 4, [
+        answer.text for answer in answers if answer.status_code >= 400
+    ]
+    listed = http.get(tasks_url, params={"sort": "position", "limit": 100}, headers=auth)
+    assert listed.status_code == 200
+    assert len(listed.json()) == 14
+    assert len({task["id"] for task in listed.json()}) == 14
+    paged = [
+        task["id"]
+        for offset in range(0, 14, 7)
+        for task in http.get(
+            tasks_url,
+            params={"sort": "position", "limit": 7, "offset": offset},
+            headers=auth,
+        ).json()
+    ]
+    assert paged == [task["id"] for task in listed.json()]
