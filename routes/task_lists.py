@@ -16,7 +16,6 @@ from routes.preconditions import IfMatch, check_version, expected_versions, task
 from routes.responses import JSON_BODY, OWNER_ERRORS, error_response
 from routes.task_rules import (
     TASKS,
-    count_new_tasks,
     create_next_occurrences,
     get_owned_task,
     lock_owner,
@@ -61,7 +60,7 @@ def complete_tasks(
     with owner.session() as (session, user):
         assert user.id is not None
         limit_statement_time(session)
-        lock_owner(session, user)
+        lock_owner(session, user, alone=True)
         change = update(Task).where(
             *task_filters(user, filters), col(Task.completed) != body.completed
         )
@@ -91,9 +90,8 @@ def delete_tasks(
     owner: OwnerDep, scope: Annotated[TaskDeletion, Query()], request: Request
 ) -> TasksDeleted:
     with owner.session() as (session, user):
-        assert user.id is not None
         limit_statement_time(session)
-        lock_owner(session, user)
+        lock_owner(session, user, alone=True)
         # Their tags go with them: ON DELETE CASCADE.
         owned = delete(Task).where(*task_filters(user, scope))
         deleted = session.connection().execute(owned).rowcount
@@ -120,7 +118,6 @@ def count_tasks(owner: OwnerDep, query: Annotated[TaskCountsQuery, Query()], now
     )
     pending, due = not_(Task.completed), col(Task.due_date)
     with owner.session() as (session, user):
-        assert user.id is not None
         limit_statement_time(session)
         counts = select(
             func.count(),
@@ -156,9 +153,7 @@ def move_task(
 ) -> dict[str, Any]:
     versions = expected_versions(if_match)
     with owner.session() as (session, user):
-        assert user.id is not None
-        lock_owner(session, user)
-        count_new_tasks(session, user.id, 0)  # the owner's turn: one move or create at a time
+        lock_owner(session, user, alone=True)
         task = get_owned_task(session, user, task_id)
         check_version(task, versions)
         place = new_position(session, task, body)

@@ -100,8 +100,8 @@ def get_owned_task(session: Session, owner: User, task_id: int) -> Task:
 
 TASKS, TASK_TAGS = Task.metadata.tables["task"], TaskTag.metadata.tables["tasktag"]
 TASK_COUNTS = TaskCount.metadata.tables["taskcount"]
-# One statement for 1 or n more: the row's lock also makes creates and moves take turns, so
-# two never take one place in the order.
+# One statement for 1 or n more; its row lock also gives concurrent creates their turns at the
+# end of the order.
 COUNT_MORE_TASKS = (
     update(TASK_COUNTS)
     .where(
@@ -113,20 +113,23 @@ COUNT_MORE_TASKS = (
 POSITION_GAP = 2**20  # between neighbours: a move takes the middle, rewriting no other task
 
 
-def lock_owner(session: Session, owner: User) -> None:
+def lock_owner(session: Session, owner: User, *, alone: bool = False) -> None:
     """First in every task write, in account deletion's lock order: no deadlock. KEY SHARE waits
-    only for a deletion; SQLite has one writer."""
+    only for a deletion. `alone` (a move, a request on many tasks) waits for the owner's other
+    task writes and holds them off, so it reads and writes many rows without a lock cycle with
+    them. SQLite has one writer: `alone` takes it now, so what follows reads what is current."""
     if session.get_bind().dialect.name == "postgresql":
         owner_row = select(User.id).where(User.id == owner.id)
-        if session.exec(owner_row.with_for_update(read=True, key_share=True)).first() is None:
+        locked = owner_row.with_for_update(read=not alone, key_share=not alone)
+        if session.exec(locked).first() is None:
             raise invalid_credentials()  # the account was deleted meanwhile
+    elif alone:
+        session.connection().exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def count_new_tasks(session: Session, owner_id: int, count: int = 1) -> None:
-    """`count` more tasks (0: only the turn in the order), or 409 past the limit."""
-    # 0 more is never refused: the largest INTEGER, which the column is.
-    limit = settings.max_tasks_per_user if count else 2**31 - 1
-    params = {"owner_id": owner_id, "count": count, "limit": limit}
+    """`count` more tasks, or 409 past the limit."""
+    params = {"owner_id": owner_id, "count": count, "limit": settings.max_tasks_per_user}
     if session.exec(COUNT_MORE_TASKS, params=params).rowcount == 1:
         return
     # No counter yet (made here, from a COUNT), or the limit is reached.
@@ -148,7 +151,7 @@ def end_positions(session: Session, owner_id: int, count: int) -> list[int]:
 
 def new_position(session: Session, task: Task, move: TaskMove) -> int:
     """The place `move` names for `task`: between two neighbours, or a gap past the first or
-    last task. After count_new_tasks(..., 0): the owner's order holds still meanwhile."""
+    last task. After lock_owner(..., alone=True): the owner's order holds still meanwhile."""
     others = [col(Task.user_id) == task.user_id, col(Task.id) != task.id]
     if move.to is not None:
         end = func.min(Task.position) if move.to == "top" else func.max(Task.position)
