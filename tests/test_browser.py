@@ -7,8 +7,9 @@ interception would answer CORS preflights itself, so it is not used.)
 - /docs and /redoc work with no internet: Swagger UI signs up with "Try it out",
   authorizes with email and password, creates and lists a task; ReDoc renders.
 - CORS as a browser enforces it: a page from an allowed origin makes a preflighted POST
-  with Authorization and JSON, and reads X-Total-Count and Location; a page from any other
-  origin has its fetch rejected by the browser.
+  with Authorization and JSON, and reads X-Total-Count and Location; it moves a task with
+  If-Match and marks all complete with a PATCH on the list, each preflighted; a page from
+  any other origin has its fetch rejected by the browser.
 
 The frontend pages are served by a small HTTP server on this machine, as a dev server would
 serve them: on http://localhost:5173 (Vite's port, in the default CORS_ORIGINS) when that port
@@ -17,6 +18,7 @@ a loopback API only when the page itself came from a loopback address.)
 """
 
 import json
+import re
 import shutil
 import threading
 from collections.abc import Iterator
@@ -26,7 +28,7 @@ from urllib.parse import urlsplit
 
 import httpx2
 import pytest
-from helpers import PASSWORD, LiveServer, free_port, require_tool, send_body
+from helpers import PASSWORD, LiveServer, free_port, require_tool, send_body, sign_up
 
 from config import DEFAULT_CORS_ORIGINS
 
@@ -349,6 +351,83 @@ def test_a_page_from_an_allowed_origin_calls_the_api_with_a_preflight(
     }
     # The browser asked first: the preflight is in the server's access log.
     assert f"OPTIONS /api/{user_id}/tasks 200" in log
+    assert offline.blocked == [] and offline.script_errors == []
+
+
+# Run inside a frontend page: a TodoMVC page's requests on a list it found. It reads the last
+# task's ETag, drags that task above the first (a PUT with If-Match), lists in the user's
+# order, then marks all complete (a PATCH on the collection) and lists the completed ones.
+FRONTEND_LIST_REQUESTS = """
+async ({ tasks, token, moving, above }) => {
+  const auth = { Authorization: `Bearer ${token}` };
+  const json = { ...auth, "Content-Type": "application/json" };
+  const titles = async (query) => {
+    const listed = await fetch(`${tasks}?${query}`, { headers: auth });
+    return [listed.status, (await listed.json()).map((task) => task.title)];
+  };
+  const read = await fetch(`${tasks}/${moving}`, { headers: auth });
+  const moved = await fetch(`${tasks}/${moving}/position`, {
+    method: "PUT",
+    headers: { ...json, "If-Match": read.headers.get("ETag") },
+    body: JSON.stringify({ before: above }),
+  });
+  const reordered = await titles("sort=position");
+  const markedAll = await fetch(tasks, {
+    method: "PATCH",
+    headers: json,
+    body: JSON.stringify({ completed: true }),
+  });
+  return {
+    read: [read.status, read.headers.get("ETag")],
+    moved: [moved.status, moved.headers.get("ETag"), (await moved.json()).title],
+    reordered,
+    markedAll: [markedAll.status, await markedAll.json()],
+    completed: await titles("status=completed&sort=position"),
+  };
+}
+"""
+LOGGED_REQUEST = re.compile(r"todo\.access \[\d+\]: (\S+ \S+ \d+) ")
+
+
+def test_a_page_from_an_allowed_origin_moves_a_task_and_marks_all_complete(
+    offline, allowed_frontend, live_server
+):
+    origin, settings = allowed_frontend
+    server = live_server(env=settings)
+    # The list the page finds, made outside it: so the page's PATCH is its first request to
+    # the collection URL, and a POST's preflight, which Chromium caches per URL, cannot
+    # stand in for the PATCH's own.
+    with httpx2.Client(base_url=server.url) as http:
+        account = sign_up(http, "todomvc@example.com")
+        made = [
+            http.post(account.tasks_url, json={"title": title}, headers=account.headers)
+            for title in ("Wash up", "Shop", "Cook")
+        ]
+    assert [response.status_code for response in made] == [201, 201, 201]
+    wash_up, _, cook = (response.json()["id"] for response in made)
+    page = frontend_page(offline, origin)
+    result = page.evaluate(
+        FRONTEND_LIST_REQUESTS,
+        {
+            "tasks": f"{server.url}{account.tasks_url}",
+            "token": account.token,
+            "moving": cook,
+            "above": wash_up,
+        },
+    )
+    requests = LOGGED_REQUEST.findall(server.log())
+    assert result == {
+        "read": [200, '"1"'],
+        "moved": [200, '"2"', "Cook"],
+        "reordered": [200, ["Cook", "Wash up", "Shop"]],
+        "markedAll": [200, {"changed": 3}],
+        "completed": [200, ["Cook", "Wash up", "Shop"]],
+    }
+    # The browser asked first: the request logged just before each write is its preflight.
+    position = f"{account.tasks_url}/{cook}/position"
+    for method, path in [("PUT", position), ("PATCH", account.tasks_url)]:
+        just_before = requests[requests.index(f"{method} {path} 200") - 1]
+        assert just_before == f"OPTIONS {path} 200"
     assert offline.blocked == [] and offline.script_errors == []
 
 

@@ -8,20 +8,26 @@ import type { components } from "./generated/schema";
 import { client } from "./generated/sdk/client.gen";
 import {
   completeTask,
+  completeTasks,
+  countTasks,
   createTask,
   deleteTask,
+  deleteTasks,
   getMe,
   getTask,
   health,
   listTasks,
+  moveTask,
   patchTask,
   signup,
   updateTask,
 } from "./generated/sdk";
+import type { TaskCreate } from "./generated/sdk";
 
-// openapi-typescript's view of a task; the SDK's results are assigned to it, so tsc also
-// checks that the two generators read the same schema.
+// openapi-typescript's view of the answers; the SDK's results are assigned to them, so tsc
+// also checks that the two generators read the same schema.
 type Task = components["schemas"]["TaskPublic"];
+type TaskCounts = components["schemas"]["TaskCounts"];
 
 let checks = 0;
 
@@ -137,6 +143,116 @@ async function main(baseUrl: string): Promise<void> {
 
   const gone = await getTask({ path: { user_id: pathUserId, task_id: task.id } });
   check(gone.response.status === 404 && gone.error !== undefined, "the deleted task is 404");
+
+  // The list as a whole, as a TodoMVC page uses it: mark all, reopen some, count, clear the
+  // completed ones, and drag a task to a new place. "Buy milk" is still there.
+  const list = { user_id: pathUserId };
+  const add = async (body: TaskCreate): Promise<{ task: Task; etag: string }> => {
+    const made = await createTask({ path: list, body });
+    if (made.data === undefined) throw unexpected("createTask", made.response, made.error);
+    return { task: made.data, etag: made.response.headers.get("ETag") ?? "" };
+  };
+  const due = { rent: "2000-01-01T09:00:00Z", flights: "2030-06-01T09:00:00Z" };
+  const rent = await add({ title: "Pay the rent", tags: ["home"], due_date: due.rent });
+  await add({ title: "Book flights", due_date: due.flights });
+  const plants = await add({ title: "Water the plants", tags: ["home"] });
+  const plumber = await add({ title: "Call the plumber", tags: ["home"] });
+
+  const all = await completeTasks({ path: list, body: { completed: true } });
+  if (all.data === undefined) throw unexpected("completeTasks", all.response, all.error);
+  check(
+    all.response.status === 200 && all.data.changed === 5,
+    "completeTasks with no filter completes all 5",
+  );
+
+  const reopen = { path: list, query: { tag: "home" }, body: { completed: false } };
+  const home = await completeTasks(reopen);
+  if (home.data === undefined) throw unexpected("completeTasks", home.response, home.error);
+  check(
+    home.response.status === 200 && home.data.changed === 3,
+    "completeTasks with tag=home reopens those 3",
+  );
+
+  const counted = await countTasks({ path: list, query: { tz: "Europe/Paris" } });
+  if (counted.data === undefined) throw unexpected("countTasks", counted.response, counted.error);
+  const counts: TaskCounts = counted.data;
+  // Nothing is due today in any time zone (the dates are in 2000 and 2030), so the server's
+  // clock cannot change these numbers.
+  const expected: TaskCounts = { total: 5, pending: 3, completed: 2, overdue: 1, due_today: 0 };
+  const names: (keyof TaskCounts)[] = ["total", "pending", "completed", "overdue", "due_today"];
+  check(
+    counted.response.status === 200 && names.every((name) => counts[name] === expected[name]),
+    "countTasks in Europe/Paris: 5 in all, 3 pending, 2 completed, 1 overdue, 0 due today",
+  );
+
+  const badZone = await countTasks({ path: list, query: { tz: "Mars/Olympus" } });
+  if (badZone.error === undefined) throw unexpected("countTasks", badZone.response, badZone.data);
+  const badZoneDetail = badZone.error.detail;
+  check(
+    badZone.response.status === 422 &&
+      Array.isArray(badZoneDetail) &&
+      badZoneDetail.some((error) => error.loc.join(".") === "query.tz"),
+    "countTasks with an unknown time zone is 422 naming query.tz",
+  );
+
+  const noScope = await deleteTasks({ path: list });
+  if (noScope.error === undefined) throw unexpected("deleteTasks", noScope.response, noScope.data);
+  const noScopeDetail = noScope.error.detail;
+  check(
+    noScope.response.status === 422 &&
+      Array.isArray(noScopeDetail) &&
+      noScopeDetail.some(
+        (error) => error.loc.join(".") === "query" && error.msg.includes("all=true"),
+      ),
+    "deleteTasks with neither a filter nor all=true is 422",
+  );
+
+  const cleared = await deleteTasks({ path: list, query: { status: "completed" } });
+  if (cleared.data === undefined) throw unexpected("deleteTasks", cleared.response, cleared.error);
+  check(
+    cleared.response.status === 200 && cleared.data.deleted === 2,
+    "deleteTasks with status=completed clears the 2 completed",
+  );
+
+  const order = async (): Promise<string> => {
+    const listed = await listTasks({ path: list, query: { sort: "position" } });
+    if (listed.data === undefined) throw unexpected("listTasks", listed.response, listed.error);
+    const listedTasks: Task[] = listed.data;
+    return listedTasks.map((each) => each.title).join(", ");
+  };
+  check(
+    (await order()) === "Pay the rent, Water the plants, Call the plumber",
+    "listTasks with sort=position lists the rest in the order they were made",
+  );
+
+  // Completing and reopening each made a new version, so the create's ETag is stale.
+  const plumberPath = { ...list, task_id: plumber.task.id };
+  const moveAbovePlants = { path: plumberPath, body: { before: plants.task.id } };
+  const outdated = await moveTask({ ...moveAbovePlants, headers: { "if-match": plumber.etag } });
+  if (outdated.error === undefined) throw unexpected("moveTask", outdated.response, outdated.data);
+  check(
+    outdated.response.status === 412 && outdated.response.headers.get("ETag") === '"3"',
+    "moveTask with an ETag from before the bulk changes is 412 with the current ETag",
+  );
+
+  const current = await getTask({ path: plumberPath });
+  if (current.data === undefined) throw unexpected("getTask", current.response, current.error);
+  const currentEtag = current.response.headers.get("ETag") ?? "";
+  const moved = await moveTask({ ...moveAbovePlants, headers: { "if-match": currentEtag } });
+  if (moved.data === undefined) throw unexpected("moveTask", moved.response, moved.error);
+  const movedTask: Task = moved.data;
+  // Version 4: made, completed, reopened, moved.
+  check(
+    moved.response.status === 200 &&
+      movedTask.id === plumber.task.id &&
+      movedTask.title === "Call the plumber" &&
+      moved.response.headers.get("ETag") === '"4"',
+    "moveTask before another task, with the ETag just read, answers it with a new ETag",
+  );
+  check(
+    (await order()) === "Pay the rent, Call the plumber, Water the plants",
+    "listTasks with sort=position shows the new order",
+  );
 
   console.log(`typed client: ${checks} checks passed`);
 }
