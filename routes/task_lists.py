@@ -83,8 +83,8 @@ def complete_tasks(
     "",
     response_model=TasksDeleted,
     summary="Delete many tasks",
-    description=f"{FILTERS}: status=completed clears the completed ones. Every task needs "
-    "all=true, and no filter; neither is a 422. Answers how many were deleted.",
+    description=f"{FILTERS}: status=completed clears the completed ones. Every task takes "
+    "all=true and no filter; neither a filter nor all=true is a 422. Answers how many went.",
 )
 def delete_tasks(
     owner: OwnerDep, scope: Annotated[TaskDeletion, Query()], request: Request
@@ -109,7 +109,9 @@ def delete_tasks(
     description="Total, pending, completed, overdue (pending, due before now) and due today "
     "(pending, due on today's date in `tz`), optionally within the list's filters.",
 )
-def count_tasks(owner: OwnerDep, query: Annotated[TaskCountsQuery, Query()], now: Now) -> Any:
+def count_tasks(
+    owner: OwnerDep, query: Annotated[TaskCountsQuery, Query()], now: Now
+) -> TaskCounts:
     zone = ZoneInfo(query.tz)
     today = now.astimezone(zone).date()
     day_starts, next_day_starts = (
