@@ -314,10 +314,11 @@ def test_counts_match_the_lists_total_count_for_each_filter(
     just_before_now = (now - timedelta(microseconds=1)).isoformat()
 
     def listed(**more: str) -> int:
+        """The list's X-Total-Count for the filters and `more` together."""
         if "status" in filters and "status" in more and filters["status"] != more["status"]:
             return 0
         narrowed = {**filters, **more}
-        # The list's due bounds are inclusive; both ask for the later lower and earlier upper.
+        # The filters and the count's own bound on one side: the narrower one holds.
         for bound, pick in (("due_before", min), ("due_after", max)):
             given = [value for value in (filters.get(bound), more.get(bound)) if value]
             if given:
