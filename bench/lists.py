@@ -1,6 +1,6 @@
 """The requests on a whole list, for one user holding 10,000 tasks: `python bench/lists.py`
-(SQLite, about a minute), or `python bench/lists.py --postgres` (a throwaway PostgreSQL 15
-from .ci/postgres, or the database at $BENCH_DATABASE_URL).
+(SQLite, about 25 seconds), or `python bench/lists.py --postgres` (about a minute, on a
+throwaway PostgreSQL 15 from .ci/postgres, or on the database at $BENCH_DATABASE_URL).
 
 It runs the app in this process, through FastAPI's TestClient, on a new database, and
 times the database's part of each request with SQLAlchemy's cursor events on the app's own
