@@ -1,6 +1,7 @@
 """Bursts and concurrency: a real `uvicorn main:app` under a burst of simultaneous clients,
 many requests at once through the app's own stack on a real database file, and the bounds
-on what one account's requests can cost (tasks per account, time per database statement).
+on what one account's requests can cost (tasks per account, time per database statement,
+requests on all of its tasks at once).
 
 Every request has a timeout, every loop a bound, so a server that stalls fails the test
 instead of hanging it. All load goes to the loopback interface.
@@ -8,6 +9,7 @@ instead of hanging it. All load goes to the loopback interface.
 
 import dataclasses
 import json
+import logging
 import re
 import socket
 import threading
@@ -19,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 import httpx2
 import pytest
 from helpers import TEST_DATABASE_URL, LiveServer
-from sqlalchemy import String, cast, func, insert, literal, select, text
+from sqlalchemy import String, bindparam, cast, func, insert, literal, select, text
 from sqlalchemy import delete as sql_delete
 from sqlalchemy import update as sql_update
 from sqlmodel import Session
@@ -29,7 +31,7 @@ import migrate
 import routes.task_rules
 import routes.tasks
 from db import STATEMENT_TIMED_OUT
-from models import RateLimitEvent, RefreshToken, RevokedToken, Task, TokenFamily, User
+from models import RateLimitEvent, RefreshToken, RevokedToken, Task, TaskTag, TokenFamily, User
 
 REQUEST_TIMEOUT_SECONDS = 60  # longer than the slowest answer a test accepts, so it measures it
 
@@ -524,6 +526,98 @@ def test_a_statement_over_its_budget_is_503_and_the_server_goes_on(
         assert (mine.status_code, mine.json()["id"]) == (200, alice.id)
     finally:
         strict.dispose()
+
+
+# --- many tasks in one request ---
+
+BULK_TASKS = 10_000
+FIRST_DUE = datetime(2026, 3, 2, tzinfo=UTC)  # after the clock fixture's today
+
+
+def insert_completed_backlog(engine, owner_id: int) -> list[datetime]:
+    """BULK_TASKS completed tasks: every tenth recurs daily, each due a minute after the one
+    before, and every fifth is tagged "work" (so every recurring one is). Returns the recurring
+    tasks' due dates."""
+    insert_tasks(engine, owner_id, BULK_TASKS, title="Call the notary", description=None)
+    tasks = routes.task_rules.TASKS
+    with engine.begin() as connection:
+        owned = select(Task.id).where(Task.user_id == owner_id).order_by(Task.position)
+        ids = connection.execute(owned).scalars().all()
+        done = sql_update(tasks).where(tasks.c.user_id == owner_id)
+        connection.execute(done.values(completed=True, completed_at=FIRST_DUE))
+        recurring = [
+            {"task_id": task_id, "due": FIRST_DUE + timedelta(minutes=number)}
+            for number, task_id in enumerate(ids[::10])
+        ]
+        recur = sql_update(tasks).where(tasks.c.id == bindparam("task_id"))
+        connection.execute(recur.values(recurrence="daily", due_date=bindparam("due")), recurring)
+        connection.execute(
+            insert(TaskTag), [{"task_id": task_id, "name": "work"} for task_id in ids[::5]]
+        )
+    return [row["due"] for row in recurring]
+
+
+def counts(client, account, **filters) -> dict:
+    response = client.get(f"{account.tasks_url}/counts", headers=account.headers, params=filters)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def pending_due_dates(client, account) -> list[datetime]:
+    due_dates: list[datetime] = []
+    for offset in range(0, BULK_TASKS, 100):
+        page = client.get(
+            account.tasks_url,
+            headers=account.headers,
+            params={"status": "pending", "sort": "due_date", "limit": 100, "offset": offset},
+        )
+        assert page.status_code == 200, page.text
+        due_dates += [datetime.fromisoformat(task["due_date"]) for task in page.json()]
+        if len(page.json()) < 100:
+            return due_dates
+    raise AssertionError("more pending tasks than BULK_TASKS")
+
+
+def test_10000_tasks_are_reopened_completed_and_cleared_each_in_one_request_within_budget(
+    client, engine, alice, clock, monkeypatch, caplog
+):
+    """Each answers 200: a statement past its budget (STATEMENT_TIMEOUT_MS) would be a 503.
+    Its access log line names how many tasks it changed, and nothing else about them."""
+    due_dates = insert_completed_backlog(engine, alice.id)
+    recurring = len(due_dates)
+    caplog.set_level(logging.INFO, logger="todo.access")
+
+    def bulk(method: str, **options) -> tuple[int, dict, list[str]]:
+        caplog.clear()
+        response = client.request(method, alice.tasks_url, headers=alice.headers, **options)
+        lines = [record.getMessage() for record in caplog.records if record.name == "todo.access"]
+        return response.status_code, response.json(), lines
+
+    def logged(method: str) -> str:
+        return rf"{method} {alice.tasks_url} 200 [0-9.]+ms request_id=[0-9a-f]+ count={BULK_TASKS}"
+
+    status, body, lines = bulk("PATCH", json={"completed": False})
+    assert (status, body) == (200, {"changed": BULK_TASKS})
+    assert len(lines) == 1 and re.fullmatch(logged("PATCH"), lines[0]), lines
+    reopened = {"total": BULK_TASKS, "pending": BULK_TASKS, "completed": 0}
+    assert counts(client, alice) == reopened | {"overdue": 0, "due_today": 0}
+
+    # Room for the next occurrences: the default limit is BULK_TASKS.
+    limit_tasks_to(monkeypatch, BULK_TASKS + recurring)
+    status, body, lines = bulk("PATCH", json={"completed": True})
+    assert (status, body) == (200, {"changed": BULK_TASKS})
+    assert len(lines) == 1 and re.fullmatch(logged("PATCH"), lines[0]), lines
+    # Exactly one next occurrence each: the day after, with its tag.
+    completed = {"total": BULK_TASKS + recurring, "pending": recurring, "completed": BULK_TASKS}
+    assert counts(client, alice) == completed | {"overdue": 0, "due_today": 0}
+    assert pending_due_dates(client, alice) == [due + timedelta(days=1) for due in due_dates]
+    assert counts(client, alice, tag="work")["pending"] == recurring
+
+    status, body, lines = bulk("DELETE", params={"status": "completed"})
+    assert (status, body) == (200, {"deleted": BULK_TASKS})
+    assert len(lines) == 1 and re.fullmatch(logged("DELETE"), lines[0]), lines
+    cleared = {"total": recurring, "pending": recurring, "completed": 0}
+    assert counts(client, alice) == cleared | {"overdue": 0, "due_today": 0}
 
 
 # --- a backlog of expired rows ---
