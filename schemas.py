@@ -308,6 +308,11 @@ class TaskFilters(BaseModel):
     due_before: UtcDateTime | None = None
     due_after: UtcDateTime | None = None
 
+    def any_set(self) -> bool:
+        """Whether any filter is set: with none, every task is selected."""
+        fields = TaskFilters.model_fields.items()
+        return any(getattr(self, name) != field.default for name, field in fields)
+
 
 class TaskListQuery(TaskFilters):
     sort: Literal["created", "updated", "title", "due_date", "priority", "position"] = "created"
@@ -327,8 +332,7 @@ class TaskDeletion(TaskFilters):
 
     @model_validator(mode="after")
     def scoped(self) -> "TaskDeletion":
-        fields = TaskFilters.model_fields.items()
-        filtered = any(getattr(self, name) != field.default for name, field in fields)
+        filtered = self.any_set()
         if filtered == self.all:  # no scope at all, or two
             raise ValueError(ALL_WITH_FILTERS if filtered else NO_SCOPE)
         return self

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Query, Request, Response
+from sqlalchemy import ColumnElement, ScalarSelect
 from sqlmodel import col, delete, func, not_, select, update
 
 from auth import OwnerDep
@@ -71,9 +72,12 @@ def complete_tasks(
             updated_at=now,
             version=col(Task.version) + 1,
         )
-        changed = list(session.connection().execute(change.returning(TASKS.c.id)).scalars())
+        # Which of them may owe a next occurrence: only those go on to claim one.
+        recurs = (TASKS.c.recurrence != "none") & ~TASKS.c.next_occurrence_created
+        changed = session.connection().execute(change.returning(TASKS.c.id, recurs)).all()
         if body.completed:
-            create_next_occurrences(session, user.id, changed, now)
+            recurring = [task_id for task_id, may_recur in changed if may_recur]
+            create_next_occurrences(session, user.id, recurring, now)
         session.commit()
     request.state.count = len(changed)
     return TasksChanged(changed=len(changed))
@@ -121,17 +125,27 @@ def count_tasks(
     pending, due = not_(Task.completed), col(Task.due_date)
     with owner.session() as (session, user):
         limit_statement_time(session)
+        filters = task_filters(user, query)
+
+        def count(*more: ColumnElement[bool]) -> ScalarSelect[int]:
+            # Unfiltered, each is a range of ix_task_user_completed_due: the pending tasks, not all.
+            return select(func.count()).select_from(Task).where(*filters, *more).scalar_subquery()
+
+        total: ColumnElement[int] = count()
+        if not query.any_set():  # the counter every create and delete keeps, once there is one
+            counter = select(TaskCount.tasks).where(col(TaskCount.user_id) == user.id)
+            total = func.coalesce(counter.scalar_subquery(), total)
         counts = select(
-            func.count(),
-            func.count().filter(col(Task.completed)),
-            func.count().filter(pending, due < now),
-            func.count().filter(pending, due >= day_starts, due < next_day_starts),
-        ).where(*task_filters(user, query))
-        total, completed, overdue, due_today = session.connection().execute(counts).one()
+            total,
+            count(pending),
+            count(pending, due < now),
+            count(pending, due >= day_starts, due < next_day_starts),
+        )
+        all_tasks, pending_tasks, overdue, due_today = session.connection().execute(counts).one()
     return TaskCounts(
-        total=total,
-        pending=total - completed,
-        completed=completed,
+        total=all_tasks,
+        pending=pending_tasks,
+        completed=all_tasks - pending_tasks,
         overdue=overdue,
         due_today=due_today,
     )

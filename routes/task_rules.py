@@ -238,12 +238,12 @@ def create_next_occurrences(
          "updated_at": now, "version": 1, "position": place}
         for (row, due), place in zip(series, places, strict=True)
     ]  # fmt: skip
-    made = connection.execute(
-        insert(TASKS).returning(TASKS.c.id, sort_by_parameter_order=True), rows
-    )
+    # Matched by their places, unique per owner: an INSERT's RETURNING in the rows' order would
+    # cost SQLite a statement per row.
+    made_at = insert(TASKS).returning(TASKS.c.position, TASKS.c.id)
+    made: dict[int, int] = dict(connection.execute(made_at, rows).all())
     copies = [
-        {"new": new_id, "old": row.id}
-        for (row, _), new_id in zip(series, made.scalars(), strict=True)
+        {"new": made[place], "old": row.id} for (row, _), place in zip(series, places, strict=True)
     ]
     old_tags = TASK_TAGS.select().where(TASK_TAGS.c.task_id == bindparam("old"))
     tags_of_old = old_tags.with_only_columns(bindparam("new", type_=Id), TASK_TAGS.c.name)
