@@ -123,31 +123,39 @@ def count_tasks(
         for day in (today, today + timedelta(days=1))
     )
     pending, due = not_(Task.completed), col(Task.due_date)
+    overdue, due_today = (pending, due < now), (pending, due >= day_starts, due < next_day_starts)
     with owner.session() as (session, user):
         limit_statement_time(session)
         filters = task_filters(user, query)
+        if query.any_set():  # one pass over the tasks the filters select
+            counts = select(
+                func.count().label("total"),
+                func.count().filter(pending).label("pending"),
+                func.count().filter(*overdue).label("overdue"),
+                func.count().filter(*due_today).label("due_today"),
+            ).where(*filters)
+        else:
+            # The counter every create and delete keeps (once made), and ranges of
+            # ix_task_user_completed_due over the pending tasks: the done ones are not read.
+            def count(*more: ColumnElement[bool]) -> ScalarSelect[int]:
+                return (
+                    select(func.count()).select_from(Task).where(*filters, *more).scalar_subquery()
+                )
 
-        def count(*more: ColumnElement[bool]) -> ScalarSelect[int]:
-            # Unfiltered, each is a range of ix_task_user_completed_due: the pending tasks, not all.
-            return select(func.count()).select_from(Task).where(*filters, *more).scalar_subquery()
-
-        total: ColumnElement[int] = count()
-        if not query.any_set():  # the counter every create and delete keeps, once there is one
             counter = select(TaskCount.tasks).where(col(TaskCount.user_id) == user.id)
-            total = func.coalesce(counter.scalar_subquery(), total)
-        counts = select(
-            total,
-            count(pending),
-            count(pending, due < now),
-            count(pending, due >= day_starts, due < next_day_starts),
-        )
-        all_tasks, pending_tasks, overdue, due_today = session.connection().execute(counts).one()
+            counts = select(
+                func.coalesce(counter.scalar_subquery(), count()).label("total"),
+                count(pending).label("pending"),
+                count(*overdue).label("overdue"),
+                count(*due_today).label("due_today"),
+            )
+        counted = session.connection().execute(counts).one()
     return TaskCounts(
-        total=all_tasks,
-        pending=pending_tasks,
-        completed=all_tasks - pending_tasks,
-        overdue=overdue,
-        due_today=due_today,
+        total=counted.total,
+        pending=counted.pending,
+        completed=counted.total - counted.pending,
+        overdue=counted.overdue,
+        due_today=counted.due_today,
     )
 
 
