@@ -7,7 +7,6 @@ from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastapi import Path
-from fastapi.exceptions import RequestValidationError
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -17,8 +16,6 @@ from pydantic import (
     Field,
     StrictBool,
     StringConstraints,
-    TypeAdapter,
-    ValidationError,
     field_validator,
     model_validator,
 )
@@ -87,6 +84,14 @@ def stored_tag(tag: str) -> str:
     return tag
 
 
+def time_zone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ValueError, OSError, ZoneInfoNotFoundError):  # a path, a folder, no such zone
+        raise ValueError("must be an IANA time zone, such as Europe/Paris or UTC") from None
+    return name
+
+
 def password_within_bcrypt_limits(password: str) -> str:
     try:
         size = len(password.encode())
@@ -100,17 +105,6 @@ def password_within_bcrypt_limits(password: str) -> str:
             f"(this one is {size}); bcrypt cannot use more than {BCRYPT_MAX_BYTES}"
         )
     return password
-
-
-EMAIL_ADDRESS = TypeAdapter(EmailStr)
-
-
-def as_email(text: str) -> str:
-    """The OAuth2 username as the JSON login reads its email; a non-email is only stripped."""
-    try:
-        return EMAIL_ADDRESS.validate_python(text)
-    except ValidationError:
-        return text.strip()
 
 
 PlainText = AfterValidator(plain_text)  # after the length checks, on stripped text
@@ -130,6 +124,7 @@ Tags = Annotated[
 ]
 UtcDateTime = Annotated[datetime, BeforeValidator(utc_date_time)]
 NewPassword = Annotated[str, AfterValidator(password_within_bcrypt_limits)]
+TimeZone = Annotated[str, StringConstraints(max_length=64), AfterValidator(time_zone)]
 
 
 def example(**fields: Any) -> ConfigDict:
@@ -226,12 +221,6 @@ class TaskCreate(BaseModel):
         return self
 
 
-def recurring_without_due_date() -> RequestValidationError:
-    """TaskCreate's 422, for an update that leaves a task in that state."""
-    message = f"Value error, {RECURRENCE_NEEDS_DUE_DATE}"
-    return RequestValidationError([{"type": "value_error", "loc": ("body",), "msg": message}])
-
-
 class TaskUpdate(BaseModel):
     """Every field optional: PUT and PATCH change only the fields sent."""
 
@@ -290,14 +279,6 @@ class TaskPublic(BaseModel):
     completed_at: datetime | None
 
 
-def time_zone(name: str) -> str:
-    try:
-        ZoneInfo(name)
-    except (ValueError, OSError, ZoneInfoNotFoundError):  # a path, a folder, no such zone
-        raise ValueError("must be an IANA time zone, such as Europe/Paris or UTC") from None
-    return name
-
-
 class TaskFilters(BaseModel):
     """The list's filters: what a list, the counts and the requests on many tasks select."""
 
@@ -322,9 +303,7 @@ class TaskListQuery(TaskFilters):
 
 
 class TaskCountsQuery(TaskFilters):
-    tz: Annotated[str, StringConstraints(max_length=64), AfterValidator(time_zone)] = Field(
-        default="UTC", description="The time zone whose today `due_today` counts", examples=["UTC"]
-    )
+    tz: TimeZone = Field(default="UTC", description="The time zone of due_today's today")
 
 
 class TaskDeletion(TaskFilters):
@@ -332,9 +311,8 @@ class TaskDeletion(TaskFilters):
 
     @model_validator(mode="after")
     def scoped(self) -> "TaskDeletion":
-        filtered = self.any_set()
-        if filtered == self.all:  # no scope at all, or two
-            raise ValueError(ALL_WITH_FILTERS if filtered else NO_SCOPE)
+        if self.any_set() == self.all:  # no scope at all, or two
+            raise ValueError(ALL_WITH_FILTERS if self.all else NO_SCOPE)
         return self
 
 
@@ -357,15 +335,12 @@ class TasksDeleted(BaseModel):
     deleted: int
 
 
-TaskIdValue = Annotated[int, Field(ge=1, le=MAX_ID)]
-
-
 class TaskMove(BaseModel):
     """Exactly one of: before a task, after a task, or to the top or the bottom."""
 
     model_config = example(to="top")
-    before: TaskIdValue | None = None
-    after: TaskIdValue | None = None
+    before: Annotated[int, Field(ge=1, le=MAX_ID)] | None = None
+    after: Annotated[int, Field(ge=1, le=MAX_ID)] | None = None
     to: Literal["top", "bottom"] | None = None
 
     @model_validator(mode="after")

@@ -9,6 +9,7 @@ from fastapi import HTTPException
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy import (
     ColumnElement,
+    Row,
     bindparam,
     case,
     exists,
@@ -24,10 +25,16 @@ from sqlmodel import Session, col, not_, or_, select
 from auth import invalid_credentials
 from config import settings
 from models import Id, Task, TaskCount, TaskTag, User
-from schemas import LATEST_DATE, TaskFilters, TaskMove, TaskPublic
+from schemas import LATEST_DATE, RECURRENCE_NEEDS_DUE_DATE, TaskFilters, TaskMove, TaskPublic
 
 TASK_NOT_FOUND = "Task not found"
 NO_SUCH_TASK = "No task of yours has this id"
+
+
+def recurring_without_due_date() -> RequestValidationError:
+    """TaskCreate's 422, for an update that leaves a task in that state."""
+    message = f"Value error, {RECURRENCE_NEEDS_DUE_DATE}"
+    return RequestValidationError([{"type": "value_error", "loc": ("body",), "msg": message}])
 
 
 def too_many_tasks() -> HTTPException:
@@ -58,9 +65,11 @@ def load_tags(session: Session, task_ids: list[int]) -> dict[int, list[str]]:
     return tags
 
 
-def add_tags(session: Session, task: Task, names: list[str]) -> None:
-    assert task.id is not None
-    session.add_all(TaskTag(task_id=task.id, name=name) for name in names)
+def add_tags(session: Session, task_id: int, names: list[str]) -> None:
+    if names:
+        session.connection().execute(
+            insert(TASK_TAGS), [{"task_id": task_id, "name": name} for name in names]
+        )
 
 
 def to_public(session: Session, task: Task) -> dict[str, Any]:
@@ -140,6 +149,26 @@ def count_new_tasks(session: Session, owner_id: int, count: int = 1) -> None:
     )
     if session.exec(COUNT_MORE_TASKS, params=params).rowcount != 1:
         raise too_many_tasks()
+
+
+# A create's one INSERT, built once, that finds the task's place at the end of the order itself
+# and returns the row: no ORM flush, no other statement while the counter's lock is held
+# (bench/README.md, "create").
+INSERT_TASK = (
+    insert(TASKS)
+    .values(
+        position=select(func.coalesce(func.max(TASKS.c.position), 0) + POSITION_GAP)
+        .where(TASKS.c.user_id == bindparam("owner_id"))
+        .scalar_subquery()
+    )
+    .returning(*TASKS.c)
+)
+
+
+def insert_task(session: Session, owner_id: int, fields: dict[str, Any]) -> Row[Any]:
+    """A new task of the owner, with `fields`, at the end of the order: after count_new_tasks."""
+    row = {"user_id": owner_id, "next_occurrence_created": False, "version": 1, **fields}
+    return session.connection().execute(INSERT_TASK, {"owner_id": owner_id, **row}).one()
 
 
 def end_positions(session: Session, owner_id: int, count: int) -> list[int]:

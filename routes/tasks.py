@@ -39,10 +39,11 @@ from routes.task_rules import (
     add_tags,
     count_new_tasks,
     create_next_occurrences,
-    end_positions,
     get_owned_task,
+    insert_task,
     load_tags,
     lock_owner,
+    recurring_without_due_date,
     set_completed,
     task_filters,
     to_public,
@@ -56,7 +57,6 @@ from schemas import (
     TaskPublic,
     TaskUpdate,
     UserIdPath,
-    recurring_without_due_date,
 )
 
 TASK_ERRORS: Responses = {404: error_response(TASK_NOT_FOUND, TASK_NOT_FOUND)}
@@ -166,23 +166,18 @@ def create_task(
             if used := claim_key(session, user.id, idempotency_key, request, now):
                 headers = {"Location": str(used.location), "ETag": task_etag(1)}
                 return Response(used.answer, 201, headers, media_type="application/json")
+        fields = body.model_dump(exclude={"tags"}) | times
         try:
             try:
                 lock_owner(session, user)
                 count_new_tasks(session, user.id)
-                [place] = end_positions(session, user.id, 1)  # new tasks go to the end
-                values = {"user_id": user.id, "position": place, **times}
-                task = Task.model_validate(body.model_dump(exclude={"tags"}), update=values)
-                session.add(task)
-                session.flush()
+                task = insert_task(session, user.id, fields)
             except IntegrityError:  # the account was deleted meanwhile
                 raise invalid_credentials() from None
-            add_tags(session, task, body.tags)
+            add_tags(session, task.id, body.tags)
             if task.completed:
-                session.flush()  # the next occurrence copies these tags
-                assert task.id is not None
                 create_next_occurrences(session, user.id, [task.id], now)
-            created = task.model_dump() | {"tags": sorted(body.tags)}
+            created = {**task._mapping, "tags": sorted(body.tags)}
             location = f"/api/{user_id}/tasks/{task.id}"
             if idempotency_key is not None:
                 answer = TaskPublic.model_validate(created).model_dump_json()
@@ -251,7 +246,7 @@ def update_task(
             raise precondition_failed(get_owned_task(session, user, task_id))
         if tags is not None:
             session.exec(delete(TaskTag).where(col(TaskTag.task_id) == task_id))
-            add_tags(session, written, tags)
+            add_tags(session, task_id, tags)
         if completed is not None:
             set_completed(session, user, task_id, completed, now)
         session.commit()

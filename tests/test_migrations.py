@@ -366,6 +366,9 @@ def test_a_database_of_the_release_before_migrations_is_upgraded_in_place_by_uvi
         signup = http.post(
             "/api/auth/signup", json={"email": "new@example.com", "password": PASSWORD}
         )
+        in_order = http.get(
+            f"/api/{made['ada']}/tasks", headers=issued_before, params={"sort": "position"}
+        )
     server_log = server.log()
     server.stop()
 
@@ -398,6 +401,13 @@ def test_a_database_of_the_release_before_migrations_is_upgraded_in_place_by_uvi
     assert created.json()["tags"] == ["new"] and created.json()["id"] > made["rent"] + 1
     assert signup.status_code == 201, signup.text
     assert signup.json()["user"]["id"] > made["bo"]
+    # The migration places existing tasks in their creation order; a new one goes last.
+    assert in_order.status_code == 200, in_order.text
+    assert [task["title"] for task in in_order.json()] == [
+        "Pay rent",
+        "Call mum",
+        "After the upgrade",
+    ]
     assert (
         f"Upgraded the database schema from revision {migrate.FIRST_REVISION} to {HEAD}"
         in server_log
