@@ -82,8 +82,8 @@ app.add_middleware(
 )
 app.add_middleware(AccessLog)
 app.include_router(auth.router)
-app.include_router(task_lists.router)  # first: /counts is not a task id
 app.include_router(tasks.router)
+app.include_router(task_lists.router)
 app.include_router(docs.router)
 app.mount(docs.ASSETS_URL, docs.assets, name="docs-assets")
 
