@@ -15,7 +15,6 @@ from sqlalchemy import (
     exists,
     func,
     insert,
-    inspect,
     literal,
     update,
 )
@@ -44,11 +43,11 @@ def too_many_tasks() -> HTTPException:
     )
 
 
-TASK_COLUMNS = inspect(Task).columns
-PUBLIC_COLUMNS = [column for column in TASK_COLUMNS if column.name in TaskPublic.model_fields]
+TASKS, TASK_TAGS = Task.metadata.tables["task"], TaskTag.metadata.tables["tasktag"]
+PUBLIC_COLUMNS = [column for column in TASKS.c if column.name in TaskPublic.model_fields]
 PUBLIC_NAMES = [column.name for column in PUBLIC_COLUMNS]
 # A list page's: what it shows, and the version, last, for its ETag.
-PAGE_COLUMNS = [*PUBLIC_COLUMNS, TASK_COLUMNS.version]
+PAGE_COLUMNS = [*PUBLIC_COLUMNS, TASKS.c.version]
 # Built once: every task response runs it.
 TAGS_OF_TASKS = (
     select(TaskTag.task_id, TaskTag.name)
@@ -107,7 +106,6 @@ def get_owned_task(session: Session, owner: User, task_id: int) -> Task:
     return task
 
 
-TASKS, TASK_TAGS = Task.metadata.tables["task"], TaskTag.metadata.tables["tasktag"]
 TASK_COUNTS = TaskCount.metadata.tables["taskcount"]
 # One statement for 1 or n more; its row lock also gives concurrent creates their turns at the
 # end of the order.
@@ -296,7 +294,7 @@ def set_completed(
     if versions is not None:
         statement = statement.where(col(Task.version).in_(versions))
     # Each right-hand side reads the row as it was before.
-    completed_at = case((new_state, literal(now, TASK_COLUMNS.completed_at.type)), else_=None)
+    completed_at = case((new_state, literal(now, TASKS.c.completed_at.type)), else_=None)
     changed = {"completed": new_state, "completed_at": completed_at, "updated_at": now}
     statement = statement.values(**changed, version=col(Task.version) + 1)
     task = session.exec(statement.returning(Task)).scalars().first()
