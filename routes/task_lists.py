@@ -17,6 +17,8 @@ from routes.preconditions import IfMatch, check_version, expected_versions, task
 from routes.responses import JSON_BODY, OWNER_ERRORS, error_response
 from routes.task_rules import (
     TASKS,
+    completion_changes,
+    count_fewer_tasks,
     create_next_occurrences,
     get_owned_task,
     lock_owner,
@@ -65,13 +67,7 @@ def complete_tasks(
         change = update(Task).where(
             *task_filters(user, filters), col(Task.completed) != body.completed
         )
-        completed_at = now if body.completed else None
-        change = change.values(
-            completed=body.completed,
-            completed_at=completed_at,
-            updated_at=now,
-            version=col(Task.version) + 1,
-        )
+        change = change.values(completion_changes(body.completed, now))
         # Which of them may owe a next occurrence: only those go on to claim one.
         recurs = (TASKS.c.recurrence != "none") & ~TASKS.c.next_occurrence_created
         changed = session.connection().execute(change.returning(TASKS.c.id, recurs)).all()
@@ -99,8 +95,7 @@ def delete_tasks(
         # Their tags go with them: ON DELETE CASCADE.
         owned = delete(Task).where(*task_filters(user, scope))
         deleted = session.connection().execute(owned).rowcount
-        counter = update(TaskCount).where(col(TaskCount.user_id) == user.id)
-        session.exec(counter.values(tasks=TaskCount.tasks - deleted))
+        count_fewer_tasks(session, user, deleted)
         session.commit()
     request.state.count = deleted
     return TasksDeleted(deleted=deleted)

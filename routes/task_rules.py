@@ -149,6 +149,12 @@ def count_new_tasks(session: Session, owner_id: int, count: int = 1) -> None:
         raise too_many_tasks()
 
 
+def count_fewer_tasks(session: Session, owner: User, count: int) -> None:
+    """After deleting `count` of the owner's tasks (a counter not made yet stays unmade)."""
+    counter = update(TASK_COUNTS).where(TASK_COUNTS.c.user_id == owner.id)
+    session.connection().execute(counter.values(tasks=TASK_COUNTS.c.tasks - count))
+
+
 # A create's one INSERT, built once, that finds the task's place at the end of the order itself
 # and returns the row: no ORM flush, no other statement while the counter's lock is held
 # (bench/README.md, "create").
@@ -277,6 +283,19 @@ def create_next_occurrences(
     connection.execute(insert(TASK_TAGS).from_select(["task_id", "name"], tags_of_old), copies)
 
 
+def completion_changes(completed: bool | None, now: datetime) -> dict[str, Any]:
+    """The columns an UPDATE that sets (None: toggles) completion writes. Each right-hand side
+    reads the row as it was before."""
+    new_state = not_(Task.completed) if completed is None else literal(completed)
+    completed_at = case((new_state, literal(now, TASKS.c.completed_at.type)), else_=None)
+    return {
+        "completed": new_state,
+        "completed_at": completed_at,
+        "updated_at": now,
+        "version": TASKS.c.version + 1,
+    }
+
+
 def set_completed(
     session: Session,
     owner: User,
@@ -287,16 +306,12 @@ def set_completed(
 ) -> Task | None:
     """Set (None: toggle) completion in one atomic UPDATE, if the task is at one of `versions`
     (None: any); None if missing, at another version or already so."""
-    new_state = not_(Task.completed) if completed is None else literal(completed)
     statement = update(Task).where(col(Task.id) == task_id, col(Task.user_id) == owner.id)
     if completed is not None:
         statement = statement.where(col(Task.completed) != completed)
     if versions is not None:
         statement = statement.where(col(Task.version).in_(versions))
-    # Each right-hand side reads the row as it was before.
-    completed_at = case((new_state, literal(now, TASKS.c.completed_at.type)), else_=None)
-    changed = {"completed": new_state, "completed_at": completed_at, "updated_at": now}
-    statement = statement.values(**changed, version=col(Task.version) + 1)
+    statement = statement.values(completion_changes(completed, now))
     task = session.exec(statement.returning(Task)).scalars().first()
     if task is not None and task.completed:
         assert task.id is not None

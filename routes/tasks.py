@@ -12,7 +12,7 @@ from starlette.convertors import StringConvertor, register_url_convertor
 
 from auth import OwnerDep, invalid_credentials
 from db import Now, limit_statement_time
-from models import Task, TaskCount, TaskTag
+from models import Task, TaskTag
 from routes.preconditions import (
     ETAG,
     NOT_MODIFIED,
@@ -37,6 +37,7 @@ from routes.task_rules import (
     PUBLIC_NAMES,
     TASK_NOT_FOUND,
     add_tags,
+    count_fewer_tasks,
     count_new_tasks,
     create_next_occurrences,
     get_owned_task,
@@ -271,8 +272,7 @@ def delete_task(task_id: IdPath, owner: OwnerDep, if_match: IfMatch = None) -> R
             owned = owned.where(col(Task.version).in_(versions))
         if session.exec(owned).rowcount == 0:  # missing (404), or at another version (412)
             raise precondition_failed(get_owned_task(session, user, task_id))
-        counter = update(TaskCount).where(col(TaskCount.user_id) == user.id)
-        session.exec(counter.values(tasks=TaskCount.tasks - 1))
+        count_fewer_tasks(session, user, 1)
         session.commit()
     return Response(status_code=204)
 
