@@ -11,9 +11,23 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import Depends
-from sqlalchemy import Connection, Engine, delete, event, inspect, make_url, select, text, tuple_
+from sqlalchemy import (
+    Connection,
+    Engine,
+    any_,
+    delete,
+    event,
+    func,
+    inspect,
+    literal_column,
+    make_url,
+    select,
+    text,
+    tuple_,
+)
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
+from sqlalchemy.sql.elements import ColumnClause
 from sqlmodel import Session, SQLModel, create_engine
 
 from config import settings
@@ -141,12 +155,22 @@ pruning = threading.Lock()  # one run per process: another would queue for the s
 
 
 def delete_expired(session: Session, table: type[SQLModel], now: datetime) -> int:
+    """One batch of expired rows, in the session's transaction, within the statement budget."""
+    limit_statement_time(session)
     mapper = inspect(table)
-    key = mapper.primary_key
-    expired = select(*key).where(mapper.columns["expires_at"] <= now).limit(PRUNE_BATCH_ROWS)
+    expired = mapper.columns["expires_at"] <= now
     if session.get_bind().dialect.name == "postgresql":
-        expired = expired.with_for_update(skip_locked=True)  # concurrent runs take other rows
-    statement = delete(table).where(tuple_(*key).in_(expired))
+        # The batch's row addresses, locked (concurrent runs skip them) and collected once, then
+        # deleted by address in a TID scan. DELETE ... IN (SELECT ...) is a join instead, whose
+        # plan rests on statistics that a bulk load leaves stale.
+        address: ColumnClause[str] = literal_column("ctid")
+        batch = select(address).select_from(table).where(expired).limit(PRUNE_BATCH_ROWS)
+        batch = batch.with_for_update(skip_locked=True).correlate(None)
+        statement = delete(table).where(address == any_(func.array(batch.scalar_subquery())))
+    else:
+        key = mapper.primary_key
+        batch = select(*key).where(expired).limit(PRUNE_BATCH_ROWS)
+        statement = delete(table).where(tuple_(*key).in_(batch))
     return session.connection().execute(statement).rowcount
 
 
